@@ -1,0 +1,135 @@
+"""`coach-clients`: one line per client of the coach, with sessions and goals."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Numeric, and_, func, select
+
+from pipeline.aggregates.base import (
+    AS_OF,
+    COACH_IDS,
+    Aggregate,
+    JSONValue,
+    Kind,
+    Rows,
+    TimeBoundary,
+    iso,
+    number,
+)
+from pipeline.tables import goals, sessions, users
+
+MAX_CLIENTS = 500
+
+_per_client_sessions = (
+    select(
+        sessions.c.coach_id,
+        sessions.c.client_id,
+        func.count().filter(sessions.c.status == "completed").label("completed_sessions"),
+        func.max(sessions.c.scheduled_at)
+        .filter(sessions.c.status == "completed")
+        .label("last_session_at"),
+        func.min(sessions.c.scheduled_at)
+        .filter(sessions.c.status == "scheduled", sessions.c.scheduled_at > AS_OF)
+        .label("next_session_at"),
+    )
+    .where(sessions.c.coach_id == func.any(COACH_IDS))
+    .group_by(sessions.c.coach_id, sessions.c.client_id)
+    .subquery("s")
+)
+_active = goals.c.status == "active"
+_per_client_goals = (
+    select(
+        goals.c.coach_id,
+        goals.c.client_id,
+        func.count().filter(_active).label("active_goals"),
+        func.round(func.avg(goals.c.progress).filter(_active).cast(Numeric), 2).label(
+            "average_goal_progress"
+        ),
+    )
+    .where(goals.c.coach_id == func.any(COACH_IDS))
+    .group_by(goals.c.coach_id, goals.c.client_id)
+    .subquery("g")
+)
+_name_order = (users.c.full_name.collate("C"), users.c.id)
+_ranked = (
+    select(
+        users.c.coach_id,
+        users.c.id,
+        users.c.full_name,
+        users.c.status,
+        func.coalesce(_per_client_sessions.c.completed_sessions, 0).label("completed_sessions"),
+        _per_client_sessions.c.last_session_at,
+        _per_client_sessions.c.next_session_at,
+        func.coalesce(_per_client_goals.c.active_goals, 0).label("active_goals"),
+        _per_client_goals.c.average_goal_progress,
+        func.row_number().over(partition_by=users.c.coach_id, order_by=_name_order).label("rank"),
+        func.count().over(partition_by=users.c.coach_id).label("total"),
+    )
+    .select_from(users)
+    .outerjoin(
+        _per_client_sessions,
+        and_(
+            _per_client_sessions.c.coach_id == users.c.coach_id,
+            _per_client_sessions.c.client_id == users.c.id,
+        ),
+    )
+    .outerjoin(
+        _per_client_goals,
+        and_(
+            _per_client_goals.c.coach_id == users.c.coach_id,
+            _per_client_goals.c.client_id == users.c.id,
+        ),
+    )
+    .where(users.c.role == "client", users.c.coach_id == func.any(COACH_IDS))
+    .subquery("ranked")
+)
+STATEMENT = (
+    select(_ranked)
+    .where(_ranked.c.rank <= MAX_CLIENTS)
+    .order_by(_ranked.c.coach_id, _ranked.c.rank)
+)
+
+
+def _client(row: Any) -> JSONValue:
+    return {
+        "id": str(row.id),
+        "full_name": row.full_name,
+        "status": row.status,
+        "completed_sessions": row.completed_sessions,
+        "last_session_at": iso(row.last_session_at),
+        "next_session_at": iso(row.next_session_at),
+        "active_goals": row.active_goals,
+        "average_goal_progress": number(row.average_goal_progress),
+    }
+
+
+def _assemble(rows: Mapping[str, Rows], as_of: datetime) -> dict[UUID, JSONValue]:
+    values: dict[UUID, JSONValue] = {}
+    for row in rows["clients"]:
+        value = values.setdefault(row.coach_id, {"total": row.total, "clients": []})
+        value["clients"].append(_client(row))
+    return values
+
+
+def _empty(as_of: datetime) -> JSONValue:
+    return {"total": 0, "clients": []}
+
+
+COACH_CLIENTS = Aggregate(
+    name="coach-clients",
+    kind=Kind.CRITICAL,
+    schema_version=1,
+    tables=frozenset({"users", "sessions", "goals"}),
+    statements={"clients": STATEMENT},
+    assemble=_assemble,
+    empty=_empty,
+    description=f"each client (up to {MAX_CLIENTS}, by name): status, completed sessions, last "
+    "and next session, active goals and their average progress",
+    time_boundaries=(
+        TimeBoundary("sessions", "scheduled_at", (timedelta(0),), "status = 'scheduled'"),
+    ),
+)

@@ -1,0 +1,115 @@
+"""Shared fixtures: a private Postgres and a private Redis for the whole run.
+
+Both are started from local binaries in a temporary directory, on free ports, independent of
+whatever services the machine runs, and removed at the end. Each test starts from empty tables,
+no replication slots and empty Redis databases, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from coachpipe.embedded import PrivatePostgres, PrivateRedis
+from config import Settings, load_settings
+from pipeline.db import make_engine
+from pipeline.migrate import upgrade
+from pipeline.tables import WATCHED_TABLES
+
+DATA_DB = 0
+BROKER_DB = 1
+
+
+@pytest.fixture(scope="session")
+def services_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="coachpipe-tests-"))
+    path.chmod(0o755)  # the Postgres server runs as `postgres` when the tests run as root
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(services_dir: Path) -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres(services_dir / "pg", durable=False, output_plugins=("wal2json",))
+    server.start()
+    engine = make_engine(server.url)
+    upgrade(engine, "coachpipe")
+    engine.dispose()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="session")
+def redis_server(services_dir: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(services_dir / "redis", durable=False).start()
+    yield server
+    server.destroy()
+
+
+def reset_database(url: str) -> None:
+    """Empty the watched tables and drop replication slots left by an earlier test."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for (slot,) in conn.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE NOT active"
+        ).fetchall():
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        tables = ", ".join(f"public.{table}" for table in WATCHED_TABLES)
+        conn.execute(f"TRUNCATE {tables} CASCADE")
+
+
+@pytest.fixture
+def database_url(postgres_server: PrivatePostgres) -> str:
+    reset_database(postgres_server.url)
+    return postgres_server.url
+
+
+@pytest.fixture
+def redis_url(redis_server: PrivateRedis) -> str:
+    client = redis.Redis(port=redis_server.port)
+    client.flushall()
+    client.close()
+    return f"redis://127.0.0.1:{redis_server.port}/{DATA_DB}"
+
+
+@pytest.fixture
+def broker_url(redis_server: PrivateRedis) -> str:
+    return f"redis://127.0.0.1:{redis_server.port}/{BROKER_DB}"
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, broker_url: str) -> Settings:
+    return load_settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        broker_url=broker_url,
+        log_format="console",
+        _env_file=None,
+    )
+
+
+@pytest.fixture
+def service_env(settings: Settings) -> dict[str, str]:
+    """Environment for subprocesses (workers, listeners) pointed at the private services."""
+    env = {key: value for key, value in os.environ.items() if key not in Settings.model_fields}
+    env |= {
+        "DATABASE_URL": settings.require_database_url(),
+        "REDIS_URL": settings.require_redis_url(),
+        "BROKER_URL": settings.require_broker_url(),
+        "LOG_FORMAT": "console",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env
