@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     # Dedup and recompute.
     debounce_ms: int = Field(default=50, ge=0, le=10_000)
     pending_stale_s: float = Field(default=30.0, gt=0, le=3600)
-    recompute_batch_size: int = Field(default=200, ge=1, le=10_000)
+    recompute_batch_size: int = Field(default=200, ge=1, le=5_000)
     refresh_batch_size: int = Field(default=500, ge=1, le=10_000)
 
     # Beat.

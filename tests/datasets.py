@@ -39,9 +39,9 @@ def clocks(draw: st.DrawFn) -> datetime:
 
 
 @st.composite
-def moments(draw: st.DrawFn, as_of: datetime) -> datetime:
+def moments(draw: st.DrawFn, as_of: datetime, edge_bias: float = 0.5) -> datetime:
     """A timestamp near `as_of`: often exactly on an edge, otherwise anywhere in ±90 days."""
-    if draw(st.booleans()):
+    if draw(st.floats(0, 1)) < edge_bias:
         edge = as_of - draw(st.sampled_from([0, 28, 30, 56, 60, 77])) * DAY
         edge += draw(st.sampled_from([timedelta(0), -MICRO, MICRO]))
         if draw(st.booleans()):  # a Monday midnight near the clock
@@ -54,9 +54,12 @@ def moments(draw: st.DrawFn, as_of: datetime) -> datetime:
 
 
 @st.composite
-def datasets(draw: st.DrawFn) -> tuple[datetime, Dataset, dict[str, Any]]:
+def datasets(
+    draw: st.DrawFn, max_rows: int = 14, edge_bias: float = 0.5
+) -> tuple[datetime, Dataset, dict[str, Any]]:
+    """`max_rows` bounds sessions (goals: half of it); small values make sparse datasets."""
     as_of = draw(clocks())
-    when = moments(as_of)
+    when = moments(as_of, edge_bias)
     coaches = draw(st.lists(st.uuids(version=4), min_size=1, max_size=3, unique=True))
     data = Dataset()
     for coach_id in coaches:
@@ -70,7 +73,7 @@ def datasets(draw: st.DrawFn) -> tuple[datetime, Dataset, dict[str, Any]]:
         data.users.append(_user(client_id, "client", coach_id, draw(NAMES), status, draw(when)))
     clients = [u["id"] for u in data.users if u["role"] == "client"]
     if clients:
-        for session_id in draw(st.lists(st.uuids(version=4), max_size=14, unique=True)):
+        for session_id in draw(st.lists(st.uuids(version=4), max_size=max_rows, unique=True)):
             status = draw(st.sampled_from(["scheduled", "completed", "cancelled", "no_show"]))
             completed_at = draw(when) if status == "completed" or draw(st.booleans()) else None
             if status == "completed" and draw(st.integers(0, 9)) == 0:
@@ -104,7 +107,7 @@ def datasets(draw: st.DrawFn) -> tuple[datetime, Dataset, dict[str, Any]]:
                 )
             )
     if clients:
-        for goal_id in draw(st.lists(st.uuids(version=4), max_size=6, unique=True)):
+        for goal_id in draw(st.lists(st.uuids(version=4), max_size=max_rows // 2, unique=True)):
             data.goals.append(
                 {
                     "id": goal_id,

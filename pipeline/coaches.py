@@ -1,0 +1,88 @@
+"""Which coaches to refresh when no single event says: all of them, the ones a clock crossing
+touched, or the ones whose rows changed since a moment (the catch-up after an outage)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Connection, DateTime, Engine, Select, bindparam, select, text, union
+
+from pipeline.aggregates import Aggregate
+from pipeline.tables import BY_NAME, users
+
+ACTIVE_COACHES = (users.c.role == "coach") & (users.c.status != "archived")
+SINCE = bindparam("since", type_=DateTime(timezone=True))
+UNTIL = bindparam("until", type_=DateTime(timezone=True))
+
+
+def active_coach_batches(engine: Engine, size: int) -> Iterator[list[UUID]]:
+    """Every coach that is not archived, in id order, `size` at a time (keyset pagination)."""
+    after: UUID | None = None
+    while True:
+        query = select(users.c.id).where(ACTIVE_COACHES).order_by(users.c.id).limit(size)
+        if after is not None:
+            query = query.where(users.c.id > after)
+        with engine.connect() as connection:
+            batch = list(connection.execute(query).scalars())
+        if not batch:
+            return
+        yield batch
+        after = batch[-1]
+
+
+def crossing_statement(aggregate: Aggregate) -> Select[Any] | None:
+    """Coaches with a row whose `column + offset` falls in (:since, :until], for any boundary.
+
+    `column + offset` in (since, until] is rewritten `column` in (since - offset, until - offset]
+    so the time indexes of pipeline.migrations serve it.
+    """
+    parts = []
+    for boundary in aggregate.time_boundaries:
+        table = BY_NAME[boundary.table]
+        column = table.c[boundary.column]
+        for offset in boundary.offsets:
+            part = select(table.c.coach_id).where(
+                column > SINCE - offset,
+                column <= UNTIL - offset,
+            )
+            if boundary.where:
+                part = part.where(text(boundary.where))
+            parts.append(part)
+    if not parts:
+        return None
+    return select(union(*parts).subquery().c.coach_id)
+
+
+def coaches_crossing(
+    connection: Connection, aggregate: Aggregate, since: datetime, until: datetime
+) -> set[UUID]:
+    """Coaches whose `aggregate` value may differ between `since` and `until` by the clock alone."""
+    statement = crossing_statement(aggregate)
+    if statement is None or until <= since:
+        return set()
+    rows = connection.execute(statement, {"since": since, "until": until}).scalars()
+    return set(rows)
+
+
+CHANGED_SINCE = text(
+    """
+    SELECT coach_id FROM public.sessions WHERE updated_at >= :since
+    UNION SELECT coach_id FROM public.session_feedback WHERE created_at >= :since
+    UNION SELECT coach_id FROM public.session_ratings WHERE created_at >= :since
+    UNION SELECT coach_id FROM public.goals WHERE updated_at >= :since
+    UNION SELECT coach_id FROM public.users
+          WHERE updated_at >= :since AND role = 'client' AND coach_id IS NOT NULL
+    """
+)
+
+
+def coaches_changed_since(engine: Engine, since: datetime, margin: timedelta) -> set[UUID]:
+    """Coaches with a row created or updated since `since - margin` (catch-up after an outage).
+
+    Deleted rows leave no trace here; the fallback sweep after recovery covers them.
+    """
+    with engine.connect() as connection:
+        return set(connection.execute(CHANGED_SINCE, {"since": since - margin}).scalars())

@@ -1,0 +1,135 @@
+"""Listener heartbeats in Redis, and the pipeline's realtime status computed from them.
+
+Each listener writes its own state every heartbeat. `realtime_status` is a pure function of
+those states and the clock: green when at least one listener is connected with a fresh
+heartbeat, yellow when none is but one is reconnecting, red otherwise. Beat's fallback polling
+and the dashboards' connection indicator both follow it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+
+import orjson
+import redis
+
+from pipeline import keys
+from pipeline.redis_values import as_text
+
+
+class ListenerState(StrEnum):
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    DISCONNECTED = "disconnected"
+
+
+class Color(StrEnum):
+    GREEN = "green"
+    YELLOW = "yellow"
+    RED = "red"
+
+
+@dataclass(frozen=True)
+class ListenerHealth:
+    listener_id: str
+    source: str
+    state: ListenerState
+    heartbeat_at: float
+    """Unix seconds of the last heartbeat."""
+    last_event_at: float | None = None
+    """Unix seconds of the commit of the last event seen (None before the first)."""
+    reconnect_attempts: int = 0
+    detail: str = ""
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> ListenerHealth:
+        data = orjson.loads(raw)
+        data["state"] = ListenerState(data["state"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class RealtimeStatus:
+    color: Color
+    listeners: tuple[ListenerHealth, ...]
+    reason: str
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "status": self.color.value,
+            "reason": self.reason,
+            "listeners": [asdict(listener) for listener in self.listeners],
+        }
+
+
+def realtime_status(
+    listeners: Sequence[ListenerHealth], now: float, stale_after_s: float
+) -> RealtimeStatus:
+    fresh = [h for h in listeners if now - h.heartbeat_at <= stale_after_s]
+    ordered = tuple(sorted(listeners, key=lambda h: h.listener_id))
+    if any(h.state is ListenerState.CONNECTED for h in fresh):
+        count = sum(h.state is ListenerState.CONNECTED for h in fresh)
+        return RealtimeStatus(Color.GREEN, ordered, f"{count} listener(s) connected")
+    if any(h.state is ListenerState.RECONNECTING for h in fresh):
+        return RealtimeStatus(Color.YELLOW, ordered, "listeners are reconnecting")
+    if not listeners:
+        return RealtimeStatus(Color.RED, ordered, "no listener has reported")
+    if not fresh:
+        return RealtimeStatus(Color.RED, ordered, "listener heartbeats are stale")
+    return RealtimeStatus(Color.RED, ordered, "no listener is connected")
+
+
+class HealthBoard:
+    """Reads and writes listener health in Redis."""
+
+    def __init__(self, client: redis.Redis, *, stale_after_s: float) -> None:
+        self._redis = client
+        self.stale_after_s = stale_after_s
+
+    def report(self, health: ListenerHealth) -> None:
+        ttl = max(int(self.stale_after_s * 20), 60)  # long enough for `status` to show the dead
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(keys.listener(health.listener_id), health.to_json(), ex=ttl)
+        pipe.zadd(keys.LISTENERS, {health.listener_id: health.heartbeat_at})
+        pipe.zremrangebyscore(keys.LISTENERS, "-inf", time.time() - ttl)
+        pipe.execute()
+
+    def forget(self, listener_id: str) -> None:
+        self._redis.delete(keys.listener(listener_id))
+        self._redis.zrem(keys.LISTENERS, listener_id)
+
+    def listeners(self) -> list[ListenerHealth]:
+        ids = [as_text(raw) for raw in self._redis.zrange(keys.LISTENERS, 0, -1)]
+        if not ids:
+            return []
+        found = self._redis.mget([keys.listener(listener_id) for listener_id in ids])
+        return [ListenerHealth.from_json(raw) for raw in found if raw is not None]
+
+    def status(self, now: float | None = None) -> RealtimeStatus:
+        return realtime_status(
+            self.listeners(), time.time() if now is None else now, self.stale_after_s
+        )
+
+    def record_transition(self, status: RealtimeStatus) -> Color | None:
+        """Remember the current color; return the previous one if it changed (None otherwise).
+
+        Several processes may watch the status; GETSET makes exactly one of them see each
+        transition, so "Realtime connection lost" is logged once.
+        """
+        previous = self._redis.getset(keys.REALTIME_STATUS, status.color.value)
+        if previous is not None and as_text(previous) == status.color.value:
+            return None
+        if previous is None and status.color is Color.GREEN:
+            return None
+        self._redis.publish(keys.STATUS_CHANNEL, orjson.dumps(status.as_json()))
+        return Color(as_text(previous)) if previous is not None else Color.GREEN
+
+    def last_recorded(self) -> Color | None:
+        raw = self._redis.get(keys.REALTIME_STATUS)
+        return Color(as_text(raw)) if raw is not None else None

@@ -1,0 +1,84 @@
+"""Every Redis key and channel name the pipeline uses, and nothing else.
+
+Keys of one aggregate share the `{aggregate}` hash tag, so the Lua scripts that touch several of
+them stay within one slot should the data move to Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+PREFIX = "coachpipe"
+
+# Stored aggregates and their update notices (pipeline.store, pipeline.read).
+VERSION_COUNTER = f"{PREFIX}:version"
+
+
+def aggregate(name: str, coach_id: UUID | str) -> str:
+    """Hash holding one coach's aggregate: version, computed_at, schema, value."""
+    return f"{PREFIX}:agg:{{{name}}}:{coach_id}"
+
+
+def updates_channel(coach_id: UUID | str) -> str:
+    """Pub/sub channel receiving a small notice for every stored write of a coach's aggregate."""
+    return f"{PREFIX}:updates:{coach_id}"
+
+
+UPDATES_PATTERN = f"{PREFIX}:updates:*"
+
+# Dedup and debounce (pipeline.dedup).
+
+
+def due(name: str) -> str:
+    """Sorted set: coach id → when its recompute is due (ms). Membership is the pending marker."""
+    return f"{PREFIX}:due:{{{name}}}"
+
+
+def commits(name: str) -> str:
+    """Hash: coach id → commit time (ms) of the oldest change its pending recompute answers."""
+    return f"{PREFIX}:commits:{{{name}}}"
+
+
+def last_run(name: str) -> str:
+    """Sorted set: coach id → when its last recompute started (ms); pruned after the window."""
+    return f"{PREFIX}:lastrun:{{{name}}}"
+
+
+def drain_scheduled(name: str) -> str:
+    """String: when the earliest enqueued drain task of this aggregate will run (ms)."""
+    return f"{PREFIX}:drain:{{{name}}}"
+
+
+def claim(name: str, task_id: str) -> str:
+    """Hash: coach id → commit ms, the coaches one drain task took; kept until it stores them."""
+    return f"{PREFIX}:claim:{{{name}}}:{task_id}"
+
+
+def claims(name: str) -> str:
+    """Sorted set: task id → claim time (ms), so a sweep can find claims of lost tasks."""
+    return f"{PREFIX}:claims:{{{name}}}"
+
+
+def wide_pending(name: str) -> str:
+    """Marker of a pending refresh of every coach's aggregate (events without a coach id)."""
+    return f"{PREFIX}:wide:{{{name}}}"
+
+
+# Listener health (pipeline.health).
+LISTENERS = f"{PREFIX}:listeners"
+
+
+def listener(listener_id: str) -> str:
+    return f"{PREFIX}:listener:{listener_id}"
+
+
+REALTIME_STATUS = f"{PREFIX}:realtime:status"
+STATUS_CHANNEL = f"{PREFIX}:realtime:status-changes"
+
+# Beat bookkeeping (tasks.jobs).
+CLOCK_LAST_TICK = f"{PREFIX}:clock:last-tick"
+LAST_REFRESH = f"{PREFIX}:refresh:last"
+
+
+def job_lock(name: str) -> str:
+    return f"{PREFIX}:lock:{name}"

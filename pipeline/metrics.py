@@ -1,0 +1,62 @@
+"""Every Prometheus metric of the pipeline, with stable names and units.
+
+Listeners and workers export them (see coachpipe.observability); pipeline code only increments.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60)
+
+EVENTS = Counter(
+    "coachpipe_events_total", "Change events received, by source, table and type.",
+    ["source", "table", "type"],
+)  # fmt: skip
+BAD_INPUT = Counter(
+    "coachpipe_bad_input_total", "Inputs from outside that could not be used, by reason.",
+    ["source", "reason"],
+)  # fmt: skip
+WIDE_REFRESHES = Counter(
+    "coachpipe_wide_refresh_requests_total",
+    "Changes without a usable coach id answered by a refresh of every coach, by table and reason.",
+    ["table", "reason"],
+)
+RECONNECTS = Counter(
+    "coachpipe_listener_reconnects_total", "Listener reconnect attempts.", ["source"]
+)
+LISTENER_STATE = Gauge(
+    "coachpipe_listener_state", "1 for the listener's current state, 0 for the others.",
+    ["source", "state"],
+)  # fmt: skip
+SLOT_LAG_BYTES = Gauge(
+    "coachpipe_slot_lag_bytes", "WAL bytes the replication slot still holds.", ["slot"]
+)
+EVENT_LAG_SECONDS = Histogram(
+    "coachpipe_commit_to_listener_seconds", "Commit to the listener's receipt of the event.",
+    ["source"], buckets=LATENCY_BUCKETS,
+)  # fmt: skip
+RECOMPUTE_REQUESTS = Counter(
+    "coachpipe_recompute_requests_total",
+    "Recompute requests by outcome: enqueued (marked due) or suppressed (already pending).",
+    ["outcome"],
+)
+DRAINS_ENQUEUED = Counter(
+    "coachpipe_drain_tasks_enqueued_total", "Drain tasks enqueued, by aggregate.", ["aggregate"]
+)
+RECOMPUTE_SECONDS = Histogram(
+    "coachpipe_recompute_duration_seconds", "One batch recompute: version, snapshot, store.",
+    ["aggregate"], buckets=LATENCY_BUCKETS,
+)  # fmt: skip
+RECOMPUTED_COACHES = Counter(
+    "coachpipe_recomputed_coaches_total", "Coach aggregates recomputed.", ["aggregate"]
+)
+STALE_WRITES = Counter(
+    "coachpipe_stale_writes_rejected_total",
+    "Writes rejected because a newer version was already stored.", ["aggregate"],
+)  # fmt: skip
+COMMIT_TO_STORED_SECONDS = Histogram(
+    "coachpipe_commit_to_stored_seconds",
+    "Commit of a change to the storage of the aggregate it invalidated.",
+    ["aggregate"], buckets=LATENCY_BUCKETS,
+)  # fmt: skip

@@ -1,0 +1,100 @@
+"""Recompute one aggregate for a batch of coaches and store it, version first.
+
+Order matters and is the whole point of this module:
+1. the caller has already removed the coaches' pending markers (`Dedup.claim`);
+2. a version is taken (`AggregateStore.next_version`);
+3. one REPEATABLE READ, read-only snapshot is opened and every statement runs in it;
+4. the values are stored with the compare-and-set, so an older snapshot never wins.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+import structlog
+from sqlalchemy import Engine, func, select
+
+from pipeline import metrics
+from pipeline.aggregates import Aggregate, JSONValue
+from pipeline.store import AggregateStore
+
+log = structlog.get_logger("pipeline.recompute")
+
+
+@dataclass(frozen=True)
+class RecomputeResult:
+    aggregate: str
+    coaches: int
+    stored: int
+    stale: int
+    version: int
+    seconds: float
+
+
+def compute_snapshot(
+    engine: Engine, aggregate: Aggregate, coach_ids: Sequence[UUID]
+) -> tuple[datetime, dict[UUID, JSONValue]]:
+    """(snapshot time, values) from one REPEATABLE READ read-only transaction.
+
+    The snapshot time is the database clock at the snapshot's first statement; it is also the
+    `as_of` the values are computed for, so every host agrees on "now".
+    """
+    with (
+        engine.connect().execution_options(
+            isolation_level="REPEATABLE READ", postgresql_readonly=True
+        ) as connection,
+        connection.begin(),
+    ):
+        snapshot_at = connection.execute(select(func.clock_timestamp())).scalar_one()
+        return snapshot_at, aggregate.compute(connection, coach_ids, snapshot_at)
+
+
+def recompute(
+    engine: Engine,
+    store: AggregateStore,
+    aggregate: Aggregate,
+    coach_ids: Sequence[UUID],
+    *,
+    commit_ms: Mapping[UUID, int | None] | None = None,
+) -> RecomputeResult:
+    started = time.perf_counter()
+    version = store.next_version()
+    snapshot_at, values = compute_snapshot(engine, aggregate, coach_ids)
+    computed_at = datetime.now(UTC)
+    written = store.write(
+        aggregate.name,
+        aggregate.schema_version,
+        version,
+        values,
+        snapshot_at=snapshot_at,
+        computed_at=computed_at,
+        commit_ms=commit_ms,
+    )
+    seconds = time.perf_counter() - started
+    metrics.RECOMPUTE_SECONDS.labels(aggregate.name).observe(seconds)
+    metrics.RECOMPUTED_COACHES.labels(aggregate.name).inc(len(coach_ids))
+    if written.stale:
+        metrics.STALE_WRITES.labels(aggregate.name).inc(written.stale)
+    stored_ms = computed_at.timestamp() * 1000
+    for coach_id, commit in (commit_ms or {}).items():
+        if commit is not None and coach_id in values:
+            metrics.COMMIT_TO_STORED_SECONDS.labels(aggregate.name).observe(
+                max(stored_ms - commit, 0) / 1000
+            )
+    return RecomputeResult(
+        aggregate=aggregate.name,
+        coaches=len(coach_ids),
+        stored=written.stored,
+        stale=written.stale,
+        version=version,
+        seconds=seconds,
+    )
+
+
+def batches(ids: Sequence[UUID], size: int) -> Iterator[Sequence[UUID]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]

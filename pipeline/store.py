@@ -1,0 +1,98 @@
+"""Versioned writes of aggregates to Redis, and the update notice each write publishes.
+
+A version is taken (`next_version`) before the Postgres snapshot is read. The Lua script stores
+a value only if no newer version is stored, so a slow recompute that read an older snapshot can
+never overwrite a newer result, whatever order writers finish in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+import redis
+
+from pipeline import keys
+from pipeline.aggregates import JSONValue
+
+STORE_IF_NEWER = """
+local current = redis.call('HGET', KEYS[1], 'version')
+if current and tonumber(current) >= tonumber(ARGV[1]) then
+    return 0
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'computed_at', ARGV[2], 'schema', ARGV[3],
+           'value', ARGV[4])
+redis.call('PUBLISH', KEYS[2], ARGV[5])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Notice:
+    """What subscribers of a coach's updates channel receive after each stored write."""
+
+    coach_id: str
+    aggregate: str
+    version: int
+    computed_at: str
+    snapshot_at: str
+    commit_ms: int | None = None
+    """Commit time of the oldest change this write answers, when an event triggered it."""
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.__dict__)
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Notice:
+        return cls(**orjson.loads(raw))
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    stored: int
+    stale: int
+
+
+class AggregateStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._store_if_newer = client.register_script(STORE_IF_NEWER)
+
+    def next_version(self) -> int:
+        return int(self._redis.incr(keys.VERSION_COUNTER))
+
+    def write(
+        self,
+        aggregate: str,
+        schema_version: int,
+        version: int,
+        values: Mapping[UUID, JSONValue],
+        *,
+        snapshot_at: datetime,
+        computed_at: datetime,
+        commit_ms: Mapping[UUID, int | None] | None = None,
+    ) -> WriteResult:
+        """Store every coach's value at `version` in one round trip; count stale rejections."""
+        pipe = self._redis.pipeline(transaction=False)
+        computed = computed_at.isoformat()
+        for coach_id, value in values.items():
+            notice = Notice(
+                coach_id=str(coach_id),
+                aggregate=aggregate,
+                version=version,
+                computed_at=computed,
+                snapshot_at=snapshot_at.isoformat(),
+                commit_ms=(commit_ms or {}).get(coach_id),
+            )
+            self._store_if_newer(
+                keys=[keys.aggregate(aggregate, coach_id), keys.updates_channel(coach_id)],
+                args=[version, computed, schema_version, orjson.dumps(value), notice.encode()],
+                client=pipe,
+            )
+        results: list[Any] = pipe.execute()
+        stored = sum(1 for result in results if result == 1)
+        return WriteResult(stored=stored, stale=len(results) - stored)

@@ -1,0 +1,51 @@
+"""Realtime status from listener heartbeats: a pure function, table-tested."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from pipeline.health import Color, HealthBoard, ListenerHealth, ListenerState, realtime_status
+
+NOW = 1_000_000.0
+STALE = 15.0
+
+
+def h(name: str, state: str, age: float) -> ListenerHealth:
+    return ListenerHealth(name, "postgres", ListenerState(state), heartbeat_at=NOW - age)
+
+
+CASES = [
+    ("nobody reported", [], Color.RED),
+    ("one connected, fresh", [h("a", "connected", 1)], Color.GREEN),
+    ("connected but stale", [h("a", "connected", 16)], Color.RED),
+    ("exactly at the stale limit is fresh", [h("a", "connected", 15)], Color.GREEN),
+    ("reconnecting", [h("a", "reconnecting", 1)], Color.YELLOW),
+    ("disconnected", [h("a", "disconnected", 1)], Color.RED),
+    ("one of two connected", [h("a", "disconnected", 1), h("b", "connected", 2)], Color.GREEN),
+    ("stale connected, fresh reconnecting", [h("a", "connected", 60), h("b", "reconnecting", 1)], Color.YELLOW),
+    ("all stale", [h("a", "reconnecting", 30), h("b", "connected", 30)], Color.RED),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("description", "listeners", "color"), CASES, ids=[c[0] for c in CASES])
+def test_status(description: str, listeners: list[ListenerHealth], color: Color) -> None:
+    assert realtime_status(listeners, NOW, STALE).color is color
+
+
+def test_board_round_trip_and_single_transition(redis_client: redis.Redis) -> None:
+    board = HealthBoard(redis_client, stale_after_s=STALE)
+    now = time.time()
+    assert board.status(now).color is Color.RED
+    alive = ListenerHealth("a", "postgres", ListenerState.CONNECTED, heartbeat_at=now)
+    board.report(alive)
+    assert board.listeners() == [alive]
+    assert board.status(now).color is Color.GREEN
+    assert board.record_transition(board.status(now)) is None  # first green: nothing lost
+    red = realtime_status([], now, STALE)
+    assert board.record_transition(red) is Color.GREEN
+    assert board.record_transition(red) is None  # logged once per transition
+    board.forget("a")
+    assert board.listeners() == []

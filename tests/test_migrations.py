@@ -1,0 +1,100 @@
+"""Migrations: idempotent, matching pipeline.tables, replication-ready, Supabase-friendly."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from sqlalchemy import inspect
+
+from coachpipe.embedded import PrivatePostgres
+from pipeline.db import make_engine
+from pipeline.migrate import current_revision, upgrade
+from pipeline.tables import WATCHED_TABLES, metadata
+
+
+@pytest.fixture
+def fresh_database(postgres_server: PrivatePostgres) -> Iterator[str]:
+    name = f"fresh_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_server.admin_url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield postgres_server.url.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(postgres_server.admin_url(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_migrate_twice_is_a_no_op(fresh_database: str) -> None:
+    engine = make_engine(fresh_database)
+    first = upgrade(engine, "coachpipe")
+    assert len(first) == 2 * len(WATCHED_TABLES)
+    assert upgrade(engine, "coachpipe") == []
+    assert current_revision(engine) == "0001"
+    engine.dispose()
+
+
+def test_migrated_schema_matches_the_table_definitions(fresh_database: str) -> None:
+    engine = make_engine(fresh_database)
+    upgrade(engine, "coachpipe")
+    inspector = inspect(engine)
+    for table in metadata.sorted_tables:
+        columns = {c["name"]: c for c in inspector.get_columns(table.name, schema="public")}
+        assert set(columns) == {c.name for c in table.columns}, table.name
+        for column in table.columns:
+            assert columns[column.name]["nullable"] == column.nullable, (table.name, column.name)
+    engine.dispose()
+
+
+def test_tables_are_ready_for_replication(fresh_database: str) -> None:
+    engine = make_engine(fresh_database)
+    upgrade(engine, "coachpipe")
+    engine.dispose()
+    with psycopg.connect(fresh_database) as conn:
+        identities = dict(
+            conn.execute(
+                "SELECT relname, relreplident FROM pg_class WHERE relname = ANY(%s)",
+                (list(WATCHED_TABLES),),
+            ).fetchall()
+        )
+        assert identities == dict.fromkeys(WATCHED_TABLES, "f")
+        for publication in ("coachpipe", "supabase_realtime"):
+            members = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT tablename FROM pg_publication_tables WHERE pubname = %s", (publication,)
+                )
+            }
+            assert members == set(WATCHED_TABLES), publication
+
+
+def test_migrate_adopts_existing_tables_and_a_partial_publication(fresh_database: str) -> None:
+    """A Supabase project often has the tables already and its own publication."""
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE public.users (id uuid PRIMARY KEY, role text NOT NULL, coach_id uuid,"
+            " full_name text NOT NULL, email text, status text NOT NULL DEFAULT 'active',"
+            " created_at timestamptz NOT NULL DEFAULT now(),"
+            " updated_at timestamptz NOT NULL DEFAULT now(), avatar_url text)"
+        )
+        conn.execute("CREATE PUBLICATION supabase_realtime FOR TABLE public.users")
+    engine = make_engine(fresh_database)
+    added = upgrade(engine, "coachpipe")
+    engine.dispose()
+    assert "supabase_realtime.users" not in added
+    assert "supabase_realtime.sessions" in added
+
+
+def test_updated_at_moves_on_every_update(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        user = uuid.uuid4()
+        conn.execute(
+            "INSERT INTO users (id, role, full_name, updated_at) "
+            "VALUES (%s, 'coach', 'A', '2020-01-01')",
+            (user,),
+        )
+        conn.execute("UPDATE users SET full_name = 'B' WHERE id = %s", (user,))
+        (moved,) = conn.execute(
+            "SELECT updated_at > '2021-01-01' FROM users WHERE id = %s", (user,)
+        ).fetchone()
+        assert moved

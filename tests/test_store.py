@@ -1,0 +1,101 @@
+"""Versioned store and read side against a real Redis."""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from datetime import UTC, datetime
+
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import keys
+from pipeline.read import read_aggregate, read_all
+from pipeline.store import AggregateStore, Notice
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def write(store: AggregateStore, coach: uuid.UUID, version: int, value: dict) -> int:
+    return store.write(
+        "coach-stats", 1, version, {coach: value}, snapshot_at=NOW, computed_at=NOW
+    ).stored
+
+
+def test_read_returns_value_version_and_computed_at(redis_client: redis.Redis) -> None:
+    store = AggregateStore(redis_client)
+    coach = uuid.uuid4()
+    assert write(store, coach, 7, {"n": 1}) == 1
+    stored = read_aggregate(redis_client, coach, "coach-stats")
+    assert stored is not None
+    assert (stored.value, stored.version, stored.computed_at) == ({"n": 1}, 7, NOW)
+    assert stored.schema_version == 1
+
+
+def test_unknown_coach_reads_as_none(redis_client: redis.Redis) -> None:
+    assert read_aggregate(redis_client, uuid.uuid4(), "coach-stats") is None
+    assert read_all(redis_client, uuid.uuid4()) is None
+
+
+def test_an_older_version_never_overwrites_a_newer_one(redis_client: redis.Redis) -> None:
+    store = AggregateStore(redis_client)
+    coach = uuid.uuid4()
+    assert write(store, coach, 5, {"n": 5}) == 1
+    assert write(store, coach, 4, {"n": 4}) == 0
+    assert write(store, coach, 5, {"n": "again"}) == 0  # same version twice: idempotent
+    stored = read_aggregate(redis_client, coach, "coach-stats")
+    assert stored is not None and stored.value == {"n": 5}
+
+
+def test_each_stored_write_publishes_a_notice(redis_client: redis.Redis) -> None:
+    store = AggregateStore(redis_client)
+    coach = uuid.uuid4()
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(keys.updates_channel(coach))
+    pubsub.get_message(timeout=1)
+    store.write(
+        "coach-stats", 1, 3, {coach: {}}, snapshot_at=NOW, computed_at=NOW, commit_ms={coach: 99}
+    )
+    store.write("coach-stats", 1, 2, {coach: {}}, snapshot_at=NOW, computed_at=NOW)  # stale
+    message = pubsub.get_message(timeout=2)
+    assert message is not None
+    notice = Notice.decode(message["data"])
+    assert (notice.coach_id, notice.aggregate, notice.version, notice.commit_ms) == (
+        str(coach),
+        "coach-stats",
+        3,
+        99,
+    )
+    assert pubsub.get_message(timeout=0.3) is None  # the stale write published nothing
+    pubsub.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(versions=st.lists(st.integers(1, 10_000), min_size=2, max_size=40, unique=True),
+       writers=st.integers(2, 8), seed=st.integers())  # fmt: skip
+def test_concurrent_writers_in_any_order_leave_the_newest(
+    redis_server, versions: list[int], writers: int, seed: int
+) -> None:
+    client = redis.Redis(port=redis_server.port)
+    coach = uuid.uuid4()
+    random.Random(seed).shuffle(versions)
+    shares = [versions[i::writers] for i in range(writers)]
+    barrier = threading.Barrier(writers)
+
+    def writer(mine: list[int]) -> None:
+        store = AggregateStore(redis.Redis(port=redis_server.port))
+        barrier.wait()
+        for version in mine:
+            write(store, coach, version, {"version": version})
+
+    threads = [threading.Thread(target=writer, args=(share,)) for share in shares]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stored = read_aggregate(client, coach, "coach-stats")
+    assert stored is not None
+    assert stored.version == max(versions)
+    assert stored.value == {"version": max(versions)}
