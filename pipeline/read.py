@@ -22,6 +22,8 @@ class StoredAggregate:
     aggregate: str
     version: int
     computed_at: datetime
+    as_of: datetime
+    """The database clock of the snapshot the value was computed from."""
     schema_version: int
     value: JSONValue
 
@@ -31,23 +33,25 @@ class StoredAggregate:
             "aggregate": self.aggregate,
             "version": self.version,
             "computed_at": self.computed_at.isoformat(),
+            "as_of": self.as_of.isoformat(),
             "schema_version": self.schema_version,
             "value": self.value,
         }
 
 
-_FIELDS = ("version", "computed_at", "schema", "value")
+_FIELDS = ("version", "computed_at", "schema", "value", "as_of")
 
 
 def _decode(coach_id: UUID, aggregate: str, fields: list[Any]) -> StoredAggregate | None:
     if fields[0] is None:
         return None
-    version, computed_at, schema, value = fields
+    version, computed_at, schema, value, as_of = fields
     return StoredAggregate(
         coach_id=coach_id,
         aggregate=aggregate,
         version=int(version),
         computed_at=datetime.fromisoformat(as_text(computed_at)),
+        as_of=datetime.fromisoformat(as_text(as_of)),
         schema_version=int(schema),
         value=orjson.loads(value),
     )

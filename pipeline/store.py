@@ -25,8 +25,8 @@ if current and tonumber(current) >= tonumber(ARGV[1]) then
     return 0
 end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'computed_at', ARGV[2], 'schema', ARGV[3],
-           'value', ARGV[4])
-redis.call('PUBLISH', KEYS[2], ARGV[5])
+           'value', ARGV[4], 'as_of', ARGV[5])
+redis.call('PUBLISH', KEYS[2], ARGV[6])
 return 1
 """
 
@@ -79,18 +79,26 @@ class AggregateStore:
         """Store every coach's value at `version` in one round trip; count stale rejections."""
         pipe = self._redis.pipeline(transaction=False)
         computed = computed_at.isoformat()
+        as_of = snapshot_at.isoformat()
         for coach_id, value in values.items():
             notice = Notice(
                 coach_id=str(coach_id),
                 aggregate=aggregate,
                 version=version,
                 computed_at=computed,
-                snapshot_at=snapshot_at.isoformat(),
+                snapshot_at=as_of,
                 commit_ms=(commit_ms or {}).get(coach_id),
             )
             self._store_if_newer(
                 keys=[keys.aggregate(aggregate, coach_id), keys.updates_channel(coach_id)],
-                args=[version, computed, schema_version, orjson.dumps(value), notice.encode()],
+                args=[
+                    version,
+                    computed,
+                    schema_version,
+                    orjson.dumps(value),
+                    as_of,
+                    notice.encode(),
+                ],
                 client=pipe,
             )
         results: list[Any] = pipe.execute()

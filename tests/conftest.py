@@ -26,6 +26,23 @@ from pipeline.tables import WATCHED_TABLES
 DATA_DB = 0
 BROKER_DB = 1
 
+# Short intervals so the end-to-end tests see beat, heartbeats and redelivery within seconds.
+E2E_SETTINGS = {
+    "DEBOUNCE_MS": "50",
+    "VISIBILITY_TIMEOUT_S": "5",
+    "PENDING_STALE_S": "10",
+    "STATUS_CHECK_S": "1",
+    "FALLBACK_POLL_S": "3",
+    "HEARTBEAT_S": "1",
+    "HEARTBEAT_STALE_S": "3",
+    "CLOCK_TICK_S": "2",
+    "SECONDARY_REFRESH_S": "3",
+    "RECONCILE_S": "3600",
+    "LOG_FORMAT": "console",
+    "LISTENER_METRICS_PORT": "0",
+    "WORKER_METRICS_PORT": "0",
+}
+
 
 @pytest.fixture(scope="session")
 def services_dir() -> Iterator[Path]:
@@ -90,26 +107,29 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-@pytest.fixture
-def settings(database_url: str, redis_url: str, broker_url: str) -> Settings:
-    return load_settings(
-        database_url=database_url,
-        redis_url=redis_url,
-        broker_url=broker_url,
-        log_format="console",
-        _env_file=None,
-    )
+@pytest.fixture(scope="session")
+def pipeline_env(postgres_server: PrivatePostgres, redis_server: PrivateRedis) -> dict[str, str]:
+    """The environment of every pipeline process in the tests, this one included.
 
-
-@pytest.fixture
-def service_env(settings: Settings) -> dict[str, str]:
-    """Environment for subprocesses (workers, listeners) pointed at the private services."""
-    env = {key: value for key, value in os.environ.items() if key not in Settings.model_fields}
-    env |= {
-        "DATABASE_URL": settings.require_database_url(),
-        "REDIS_URL": settings.require_redis_url(),
-        "BROKER_URL": settings.require_broker_url(),
-        "LOG_FORMAT": "console",
-        "PYTHONUNBUFFERED": "1",
+    The test process imports `tasks` (to enqueue like a listener does) with the same settings
+    as the worker and beat subprocesses it starts.
+    """
+    values = {
+        "DATABASE_URL": postgres_server.url,
+        "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/{DATA_DB}",
+        "BROKER_URL": f"redis://127.0.0.1:{redis_server.port}/{BROKER_DB}",
+        **E2E_SETTINGS,
     }
-    return env
+    os.environ.update(values)
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture
+def settings(pipeline_env: dict[str, str], database_url: str, redis_url: str) -> Settings:
+    return load_settings(_env_file=None)
+
+
+@pytest.fixture
+def service_env(pipeline_env: dict[str, str], database_url: str, redis_url: str) -> dict[str, str]:
+    """Environment for subprocesses (workers, beat, listeners), after the per-test reset."""
+    return dict(pipeline_env)

@@ -1,0 +1,57 @@
+"""Checks shared by the end-to-end tests: is what Redis holds what the oracle says?"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from uuid import UUID
+
+import psycopg
+import redis
+
+from pipeline import keys
+from pipeline.aggregates import CRITICAL
+from pipeline.read import read_aggregate
+from tests import oracle
+from tests.datasets import read_back
+
+CRITICAL_NAMES = tuple(a.name for a in CRITICAL)
+
+
+def snapshot(database_url: str) -> oracle.Dataset:
+    with psycopg.connect(database_url) as conn:
+        return read_back(conn)
+
+
+def mismatches(
+    database_url: str,
+    client: redis.Redis,
+    coaches: Iterable[UUID],
+    aggregates: Iterable[str] = CRITICAL_NAMES,
+) -> list[str]:
+    """Keys whose stored value differs from the oracle over the current rows (or is missing).
+
+    The oracle is evaluated at the stored value's own `as_of`, so time-dependent fields agree.
+    """
+    data = snapshot(database_url)
+    wrong = []
+    for coach in coaches:
+        for name in aggregates:
+            stored = read_aggregate(client, coach, name)
+            if stored is None:
+                wrong.append(f"{name}:{coach}: missing")
+            elif stored.value != oracle.expected(data, name, coach, stored.as_of):
+                wrong.append(f"{name}:{coach}: stale (version {stored.version})")
+    return wrong
+
+
+def idle(client: redis.Redis, aggregates: Iterable[str] = CRITICAL_NAMES) -> bool:
+    """No recompute is pending or claimed."""
+    for name in aggregates:
+        if client.zcard(keys.due(name)) or client.zcard(keys.claims(name)):
+            return False
+    return True
+
+
+def coach_ids(database_url: str) -> list[UUID]:
+    with psycopg.connect(database_url) as conn:
+        return [row[0] for row in conn.execute("SELECT id FROM users WHERE role = 'coach'")]

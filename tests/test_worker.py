@@ -1,0 +1,186 @@
+"""Celery end to end: real worker subprocesses against the private Postgres and Redis."""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline import seed
+from pipeline.events import ChangeEvent, ChangeType
+from pipeline.routing import route
+from tests.conftest import reset_database
+from tests.pipeline_checks import CRITICAL_NAMES, coach_ids, idle, mismatches
+from tests.processes import Proc, start_worker, wait_for
+
+SMALL = seed.SeedPlan(coaches=3, clients_per_coach=4, sessions_per_client=3)
+
+
+@pytest.fixture
+def worker(service_env: dict[str, str], tmp_path: Path, broker_url: str) -> Iterator[Proc]:
+    proc = start_worker(service_env, tmp_path, broker_url=broker_url)
+    yield proc
+    proc.terminate()
+
+
+def request(keys: Any) -> None:
+    from tasks.celery import runtime
+    from tasks.enqueue import request_recomputes
+
+    request_recomputes(runtime.dedup, keys)
+
+
+def request_all(coaches: list[uuid.UUID]) -> None:
+    request([(name, coach) for coach in coaches for name in CRITICAL_NAMES])
+
+
+def settle(
+    database_url: str, client: redis.Redis, coaches: list[uuid.UUID], timeout: float = 30
+) -> None:
+    wait_for(
+        lambda: idle(client) and not mismatches(database_url, client, coaches),
+        timeout,
+        interval=0.2,
+        message=f"aggregates to match the oracle: {mismatches(database_url, client, coaches)}",
+    )
+
+
+def test_a_requested_recompute_stores_what_the_oracle_computes(
+    database_url: str, redis_client: redis.Redis, worker: Proc
+) -> None:
+    seed.load(database_url, SMALL)
+    coaches = coach_ids(database_url)
+    request_all([*coaches, uuid.uuid4()])  # an unknown coach gets a well-formed empty value
+    settle(database_url, redis_client, coaches)
+
+
+def worker_blocked(database_url: str) -> bool:
+    with psycopg.connect(database_url) as conn:
+        (waiting,) = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'coachpipe-worker' "
+            "AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return waiting > 0
+
+
+def session_row(coach: uuid.UUID, client: uuid.UUID, status: str) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        "id": uuid.uuid4(),
+        "coach_id": coach,
+        "client_id": client,
+        "status": status,
+        "scheduled_at": now - timedelta(days=2),
+        "duration_minutes": 45,
+        "price_cents": 9000,
+        "completed_at": now - timedelta(days=1) if status == "completed" else None,
+    }
+
+
+def apply_change(
+    conn: psycopg.Connection[Any], kind: str, coaches: list[uuid.UUID], clients: list[uuid.UUID]
+) -> ChangeEvent:
+    """One change to `sessions`, returned as the event a listener would see."""
+    rows = conn.execute("SELECT id, coach_id, client_id, status FROM sessions").fetchall()
+    if kind == "insert" or not rows:
+        new = session_row(random.choice(coaches), random.choice(clients), "completed")
+        conn.execute(
+            "INSERT INTO sessions (id, coach_id, client_id, status, scheduled_at, duration_minutes,"
+            " price_cents, completed_at) VALUES (%(id)s, %(coach_id)s, %(client_id)s, %(status)s,"
+            " %(scheduled_at)s, %(duration_minutes)s, %(price_cents)s, %(completed_at)s)",
+            new,
+        )
+        return ChangeEvent("sessions", ChangeType.INSERT, {"coach_id": new["coach_id"]}, None, None)
+    session_id, coach, _, _ = random.choice(rows)
+    if kind == "delete":
+        conn.execute("DELETE FROM sessions WHERE id = %s", (session_id,))
+        return ChangeEvent("sessions", ChangeType.DELETE, None, {"coach_id": coach}, None)
+    new_coach = random.choice(coaches) if kind == "reassign" else coach
+    status = "cancelled" if kind == "cancel" else "completed"
+    conn.execute(
+        "UPDATE sessions SET coach_id = %s, status = %s, completed_at = now() WHERE id = %s",
+        (new_coach, status, session_id),
+    )
+    return ChangeEvent(
+        "sessions", ChangeType.UPDATE, {"coach_id": new_coach}, {"coach_id": coach}, None
+    )
+
+
+CHANGES = st.lists(
+    st.tuples(st.sampled_from(["insert", "cancel", "delete", "reassign"]), st.booleans()),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(changes=CHANGES, seed_value=st.integers(0, 2**16))
+def test_a_change_committed_during_its_recompute_is_not_lost(
+    database_url: str, redis_client: redis.Redis, worker: Proc, changes: Any, seed_value: int
+) -> None:
+    """The worker is held inside its snapshot while the change commits (a table lock makes
+    the interleaving certain); the request that follows the commit must not be suppressed."""
+    random.seed(seed_value)
+    reset_database(database_url)
+    redis_client.flushdb()
+    seed.load(database_url, seed.SeedPlan(coaches=2, clients_per_coach=2, sessions_per_client=2))
+    coaches = coach_ids(database_url)
+    with psycopg.connect(database_url) as conn:
+        clients = [r[0] for r in conn.execute("SELECT id FROM users WHERE role = 'client'")]
+    request_all(coaches)
+    settle(database_url, redis_client, coaches)
+    for kind, during_recompute in changes:
+        with psycopg.connect(database_url) as conn:
+            if during_recompute:
+                conn.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+                request_all(coaches)  # a recompute starts and blocks inside its snapshot
+                wait_for(lambda: worker_blocked(database_url), 20, message="worker to block")
+            event = apply_change(conn, kind, coaches, clients)
+            conn.commit()
+        request(route(event).keys)  # what the listener does once it sees the commit
+    settle(database_url, redis_client, coaches)
+
+
+def test_a_worker_killed_mid_recompute_is_redelivered_and_ends_correct(
+    database_url: str,
+    redis_client: redis.Redis,
+    service_env: dict[str, str],
+    tmp_path: Path,
+    broker_url: str,
+) -> None:
+    seed.load(database_url, SMALL)
+    coaches = coach_ids(database_url)
+    first = start_worker(service_env, tmp_path, name="doomed", broker_url=broker_url)
+    request_all(coaches)
+    settle(database_url, redis_client, coaches)
+    with psycopg.connect(database_url) as conn:
+        conn.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+        with psycopg.connect(database_url) as other:
+            clients = [r[0] for r in other.execute("SELECT id FROM users WHERE role = 'client'")]
+        event = apply_change(conn, "insert", coaches, clients)
+        request(route(event).keys)  # the listener saw nothing yet; the drain claims and blocks
+        wait_for(lambda: worker_blocked(database_url), 20, message="worker to block")
+        first.kill()
+        killed_at = time.monotonic()
+        conn.commit()
+    second = start_worker(service_env, tmp_path, name="rescuer", broker_url=broker_url)
+    try:
+        settle(database_url, redis_client, coaches, timeout=60)
+        recovered = time.monotonic() - killed_at
+    finally:
+        second.terminate()
+    print(f"\nredelivered and correct {recovered:.1f} s after kill -9")
