@@ -120,7 +120,7 @@ def start_worker(
             "--without-mingle",
             "--without-gossip",
             "--loglevel=INFO",
-        ),  # fmt: skip
+        ),
         env,
         log_dir / f"{name}.log",
     ).start()

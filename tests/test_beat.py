@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -56,7 +57,7 @@ def test_two_beats_send_each_scheduled_refresh_once(
         time.sleep(11)
         sends = sent_refreshes(broker)
         assert 3 <= len(sends) <= 11 / interval + 1, sends
-        gaps = [b - a for a, b in zip(sends, sends[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(sends)]
         assert min(gaps) > interval * 0.5, f"a slot was sent twice: {gaps}"
         holder = first if "beat: Starting" in first.output() and first.alive() else second
         standby = second if holder is first else first
