@@ -72,6 +72,11 @@ def listener(listener_id: str) -> str:
     return f"{PREFIX}:listener:{listener_id}"
 
 
+def source_last_event(source: str) -> str:
+    """Commit time (ISO) of the newest event a source delivered: where catch-up starts."""
+    return f"{PREFIX}:source:{source}:last-event"
+
+
 REALTIME_STATUS = f"{PREFIX}:realtime:status"
 STATUS_CHANNEL = f"{PREFIX}:realtime:status-changes"
 

@@ -1,0 +1,219 @@
+"""The listener loop: source → routing → dedup → Celery, plus heartbeat and catch-up.
+
+Blocking work (Redis round trips, broker publishes, catch-up queries) runs in one worker thread,
+in order, so the event loop keeps reading the socket while a batch is being enqueued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import redis
+import structlog
+from sqlalchemy import Engine
+
+from config import Settings
+from listeners.backoff import reconnect_delay
+from listeners.source import Batch, Resync, Source
+from pipeline import keys, metrics
+from pipeline.aggregates import CRITICAL
+from pipeline.coaches import coaches_changed_since
+from pipeline.dedup import Dedup
+from pipeline.events import ChangeEvent
+from pipeline.health import HealthBoard, ListenerHealth, ListenerState
+from pipeline.redis_values import as_text
+from pipeline.routing import Key, route
+from tasks.enqueue import request_recomputes, request_wide_refresh
+
+log = structlog.get_logger("listeners.runner")
+T = TypeVar("T")
+CATCH_UP_MARGIN = timedelta(seconds=5)
+"""Rows stamped up to this long before the last event seen are caught up too (clock skew)."""
+
+
+def new_listener_id(source: str) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{source}"
+
+
+class Listener:
+    def __init__(
+        self,
+        source: Source,
+        settings: Settings,
+        *,
+        client: redis.Redis,
+        engine: Engine,
+        listener_id: str | None = None,
+    ) -> None:
+        self.source = source
+        self.settings = settings
+        self.engine = engine
+        self.redis = client
+        self.listener_id = listener_id or new_listener_id(source.name)
+        self.dedup = Dedup(
+            client, window_ms=settings.debounce_ms, stale_ms=int(settings.pending_stale_s * 1000)
+        )
+        self.board = HealthBoard(client, stale_after_s=settings.heartbeat_stale_s)
+        self.last_event_at: float | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enqueue")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.batches = 0
+
+    async def _blocking(self, function: Any, *args: Any) -> Any:
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._executor, function, *args)
+
+    # --- health -------------------------------------------------------------------------
+    def health(self) -> ListenerHealth:
+        status = self.source.status
+        return ListenerHealth(
+            listener_id=self.listener_id,
+            source=self.source.name,
+            state=status.state,
+            heartbeat_at=time.time(),
+            last_event_at=self.last_event_at,
+            reconnect_attempts=status.attempts,
+            detail=status.detail,
+        )
+
+    def _report(self) -> None:
+        health = self.health()
+        for state in ListenerState:
+            metrics.LISTENER_STATE.labels(self.source.name, state.value).set(
+                int(state is health.state)
+            )
+        try:
+            self.board.report(health)
+        except redis.RedisError as error:
+            log.warning("heartbeat_failed", error_type=type(error).__name__, error=str(error))
+
+    def _state_changed(self) -> None:
+        """Called by the source on every state change: report at once, not at the next beat."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(
+                lambda: self._loop.run_in_executor(self._executor, self._report)  # type: ignore[union-attr]
+            )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await self._blocking(self._report)
+            lag = await self.source.lag_bytes()
+            if lag is not None:
+                metrics.SLOT_LAG_BYTES.labels(self.settings.slot_name).set(lag)
+                if lag > self.settings.slot_lag_warn_bytes:
+                    log.warning(
+                        "slot_lag_high",
+                        slot=self.settings.slot_name,
+                        lag_bytes=lag,
+                        warn_bytes=self.settings.slot_lag_warn_bytes,
+                    )
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+    # --- dispatch -----------------------------------------------------------------------
+    def _dispatch(self, events: list[ChangeEvent]) -> None:
+        keys_due: dict[Key, int | None] = {}
+        wide: dict[str, str] = {}
+        newest: float | None = None
+        now = time.time()
+        for event in events:
+            metrics.EVENTS.labels(self.source.name, event.table, event.type.value).inc()
+            if event.commit_ts is not None:
+                stamp = event.commit_ts.timestamp()
+                newest = stamp if newest is None else max(newest, stamp)
+                metrics.EVENT_LAG_SECONDS.labels(self.source.name).observe(max(now - stamp, 0))
+            result = route(event)
+            if result.problem:
+                metrics.WIDE_REFRESHES.labels(event.table, result.problem).inc()
+                log.warning(
+                    "change_without_coach",
+                    table=event.table,
+                    error_type=result.problem,
+                    detail=result.detail,
+                    commit_ts=event.commit_ts and event.commit_ts.isoformat(),
+                    position=event.position,
+                )
+                for aggregate in result.wide:
+                    wide[aggregate] = result.problem
+            commit = event.commit_ms()
+            for key in result.keys:
+                known = keys_due.get(key)
+                keys_due[key] = commit if known is None else min(known, commit or known)
+        if keys_due:
+            request_recomputes(self.dedup, keys_due, keys_due)
+        for aggregate, reason in wide.items():
+            request_wide_refresh(self.dedup, [aggregate], reason)
+        if newest is not None:
+            self.last_event_at = max(newest, self.last_event_at or newest)
+            self.redis.set(
+                keys.source_last_event(self.source.name),
+                datetime.fromtimestamp(self.last_event_at).astimezone().isoformat(),
+            )
+
+    def _catch_up(self, resync: Resync) -> None:
+        since = resync.since or self._stored_last_event()
+        names = [aggregate.name for aggregate in CRITICAL]
+        if since is None:
+            started = request_wide_refresh(self.dedup, names, f"catch-up: {resync.reason}")
+            log.info("catch_up", reason=resync.reason, scope="all active coaches", started=started)
+            return
+        coaches = coaches_changed_since(self.engine, since, CATCH_UP_MARGIN)
+        request_recomputes(self.dedup, [(name, coach) for coach in coaches for name in names])
+        log.info("catch_up", reason=resync.reason, since=since.isoformat(), coaches=len(coaches))
+
+    def _stored_last_event(self) -> datetime | None:
+        raw = self.redis.get(keys.source_last_event(self.source.name))
+        return datetime.fromisoformat(as_text(raw)) if raw else None
+
+    async def _retrying(self, function: Any, *args: Any) -> None:
+        """Run `function` until it succeeds: an unconfirmed batch must not be skipped."""
+        attempt = 0
+        while True:
+            try:
+                await self._blocking(function, *args)
+                return
+            except Exception as error:  # Redis or broker down: wait, keep the batch
+                attempt += 1
+                delay = reconnect_delay(
+                    attempt, self.settings.reconnect_initial_s, self.settings.reconnect_max_s
+                )
+                log.error(
+                    "enqueue_failed",
+                    error_type=type(error).__name__,
+                    error=str(error),
+                    retry_in_s=round(delay, 2),
+                )
+                await asyncio.sleep(delay)
+
+    # --- main loop ----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Consume until the source is closed (see `stop`), then report `disconnected`."""
+        self._loop = asyncio.get_running_loop()
+        self.source.status.on_change = self._state_changed
+        heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
+        log.info("listener_started", listener=self.listener_id, source=self.source.name)
+        try:
+            async for item in self.source.items():
+                if isinstance(item, Resync):
+                    await self._retrying(self._catch_up, item)
+                    continue
+                assert isinstance(item, Batch)
+                if item.events:
+                    await self._retrying(self._dispatch, item.events)
+                    self.batches += 1
+                await self.source.confirm(item.position)
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            self.source.status.on_change = None
+            await self._blocking(self._report)
+            self._executor.shutdown(wait=True)
+            log.info("listener_stopped", listener=self.listener_id, batches=self.batches)
+
+    async def stop(self) -> None:
+        await self.source.close()

@@ -1,0 +1,69 @@
+"""The one interface every change source implements, and what it yields.
+
+A source yields `Batch`es of `ChangeEvent`s and `Resync` requests. The listener enqueues a
+batch's invalidations, then calls `confirm(batch.position)`: a durable source (the replication
+slot) only moves its position then, so a listener killed at any moment loses nothing. A source
+that cannot replay (Supabase Realtime) yields `Resync` after every (re)connect instead.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pipeline.events import ChangeEvent
+from pipeline.health import ListenerState
+
+
+@dataclass(frozen=True)
+class Batch:
+    events: list[ChangeEvent]
+    position: str | None = None
+    """What `confirm` takes once the batch's invalidations are enqueued (an LSN, or None)."""
+
+
+@dataclass(frozen=True)
+class Resync:
+    """Changes may have been missed since `since` (None: since an unknown time)."""
+
+    reason: str
+    since: datetime | None = None
+
+
+@dataclass
+class SourceStatus:
+    state: ListenerState = ListenerState.DISCONNECTED
+    attempts: int = 0
+    detail: str = ""
+    on_change: Callable[[], None] | None = field(default=None, repr=False)
+
+    def set(self, state: ListenerState, detail: str = "", *, attempts: int | None = None) -> None:
+        changed = (state, detail) != (self.state, self.detail)
+        self.state, self.detail = state, detail
+        if attempts is not None:
+            self.attempts = attempts
+        if changed and self.on_change is not None:
+            self.on_change()
+
+
+class Source(abc.ABC):
+    name: str
+    status: SourceStatus
+
+    @abc.abstractmethod
+    def items(self) -> AsyncIterator[Batch | Resync]:
+        """Batches and resync requests, until `close` is called."""
+
+    @abc.abstractmethod
+    async def confirm(self, position: str | None) -> None:
+        """Everything up to `position` is enqueued: a durable source may release it."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Unsubscribe and disconnect; `items` ends after the batch in flight."""
+
+    async def lag_bytes(self) -> int | None:
+        """How much the source holds back on the server (replication slot lag), if it knows."""
+        return None

@@ -1,0 +1,195 @@
+"""The `postgres` source end to end: slot → listener → dedup → real worker → Redis."""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from pipeline import seed
+from pipeline.health import HealthBoard, ListenerState
+from tests.pipeline_checks import coach_ids, idle, mismatches
+from tests.processes import Proc, running, start_worker, wait_for
+
+SMALL = seed.SeedPlan(coaches=4, clients_per_coach=3, sessions_per_client=2)
+
+
+def start_listener(env: dict[str, str], log_dir: Path, name: str = "listener") -> Proc:
+    return Proc(
+        name, [sys.executable, "-m", "listeners", "postgres"], env, log_dir / f"{name}.log"
+    ).start()
+
+
+def states(client: redis.Redis) -> dict[str, tuple[ListenerState, str]]:
+    board = HealthBoard(client, stale_after_s=3)
+    return {h.listener_id: (h.state, h.detail) for h in board.listeners()}
+
+
+def connected(client: redis.Redis, proc: Proc) -> bool:
+    return any(
+        listener_id.split(":")[1] == str(proc.pid) and state is ListenerState.CONNECTED
+        for listener_id, (state, _) in states(client).items()
+    )
+
+
+@pytest.fixture
+def worker(service_env: dict[str, str], tmp_path: Path, broker_url: str) -> Iterator[Proc]:
+    redis.Redis.from_url(broker_url).flushdb()
+    proc = start_worker(service_env, tmp_path, broker_url=broker_url, concurrency=2)
+    yield proc
+    proc.terminate()
+
+
+def settle(database_url: str, client: redis.Redis, timeout: float = 60) -> None:
+    coaches = coach_ids(database_url)
+    wait_for(
+        lambda: idle(client) and not mismatches(database_url, client, coaches),
+        timeout,
+        interval=0.25,
+        message=f"aggregates to match: {mismatches(database_url, client, coaches)[:5]}",
+    )
+
+
+def burst(database_url: str, changes: int, seed_value: int = 7) -> None:
+    """`changes` single-statement transactions over the seeded coaches: inserts, status changes,
+    reassignments and deletes of sessions, ratings and goals."""
+    rng = random.Random(seed_value)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        pairs = conn.execute("SELECT coach_id, id FROM users WHERE role = 'client'").fetchall()
+        coaches = sorted({coach for coach, _ in pairs})
+        for _ in range(changes):
+            coach, client = rng.choice(pairs)
+            roll = rng.random()
+            if roll < 0.4:
+                conn.execute(
+                    "INSERT INTO sessions (coach_id, client_id, status, scheduled_at, completed_at,"
+                    " price_cents) VALUES (%s, %s, 'completed', now() - interval '1 day', now(), 5000)",
+                    (coach, client),
+                )
+            elif roll < 0.6:
+                conn.execute(
+                    "UPDATE sessions SET status = 'cancelled' WHERE id = (SELECT id FROM sessions"
+                    " WHERE coach_id = %s ORDER BY random() LIMIT 1)",
+                    (coach,),
+                )
+            elif roll < 0.7:
+                conn.execute(
+                    "UPDATE sessions SET coach_id = %s WHERE id = (SELECT id FROM sessions"
+                    " WHERE coach_id = %s ORDER BY random() LIMIT 1)",
+                    (rng.choice(coaches), coach),
+                )
+            elif roll < 0.85:
+                conn.execute(
+                    "INSERT INTO goals (coach_id, client_id, title, progress) VALUES (%s, %s, 'g', %s)",
+                    (coach, client, rng.randint(0, 100)),
+                )
+            else:
+                conn.execute(
+                    "DELETE FROM sessions WHERE id = (SELECT id FROM sessions WHERE coach_id = %s"
+                    " ORDER BY random() LIMIT 1)",
+                    (coach,),
+                )
+
+
+def test_committed_rows_end_as_correct_aggregates(
+    database_url: str,
+    redis_client: redis.Redis,
+    service_env: dict[str, str],
+    tmp_path: Path,
+    worker: Proc,
+) -> None:
+    seed.load(database_url, SMALL)
+    listener = start_listener(service_env, tmp_path)
+    with running(listener):
+        wait_for(lambda: connected(redis_client, listener), 20, message="listener to connect")
+        settle(database_url, redis_client)  # the new slot's position was unknown: full refresh
+        burst(database_url, 200)
+        settle(database_url, redis_client)
+        assert listener.terminate() == 0
+
+
+def test_listener_killed_during_a_burst_resumes_and_loses_nothing(
+    database_url: str,
+    redis_client: redis.Redis,
+    service_env: dict[str, str],
+    tmp_path: Path,
+    worker: Proc,
+) -> None:
+    seed.load(database_url, SMALL)
+    listener = start_listener(service_env, tmp_path, "listener-1")
+    wait_for(lambda: connected(redis_client, listener), 20, message="listener to connect")
+    settle(database_url, redis_client)
+    writer = threading.Thread(target=burst, args=(database_url, 2000, 11))
+    writer.start()
+    time.sleep(1.5)  # mid-burst
+    listener.kill()
+    restarted = start_listener(service_env, tmp_path, "listener-2")
+    with running(restarted):
+        writer.join()
+        settle(database_url, redis_client, timeout=120)
+
+
+def test_a_standby_listener_takes_over_the_slot_when_the_active_one_dies(
+    database_url: str,
+    redis_client: redis.Redis,
+    service_env: dict[str, str],
+    tmp_path: Path,
+    worker: Proc,
+) -> None:
+    seed.load(database_url, SMALL)
+    first = start_listener(service_env, tmp_path, "first")
+    wait_for(lambda: connected(redis_client, first), 20, message="first listener to connect")
+    second = start_listener(service_env, tmp_path, "second")
+    with running(first, second):
+        wait_for(
+            lambda: any("standby" in detail for _, detail in states(redis_client).values()),
+            20,
+            message="second listener to stand by",
+        )
+        first.kill()
+        taken_over = time.monotonic()
+        wait_for(lambda: connected(redis_client, second), 30, message="standby to take over")
+        print(f"\nstandby took over {time.monotonic() - taken_over:.1f} s after kill -9")  # noqa: T201
+        burst(database_url, 50)
+        settle(database_url, redis_client)
+
+
+def test_sigterm_finishes_the_batch_reports_disconnected_and_exits_zero(
+    database_url: str, redis_client: redis.Redis, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    listener = start_listener(service_env, tmp_path)
+    wait_for(lambda: connected(redis_client, listener), 20, message="listener to connect")
+    assert listener.terminate(timeout=20) == 0
+    ((state, _),) = states(redis_client).values()
+    assert state is ListenerState.DISCONNECTED
+    assert "listener_stopped" in listener.output()
+
+
+def test_slot_lag_is_measured_while_the_listener_is_paused(
+    database_url: str, redis_client: redis.Redis, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    import signal
+
+    from config import load_settings
+    from listeners.postgres_source import PostgresSource
+
+    listener = start_listener(service_env, tmp_path)
+    with running(listener):
+        wait_for(lambda: connected(redis_client, listener), 20, message="listener to connect")
+        source = PostgresSource(load_settings(_env_file=None))
+        listener.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+        try:
+            seed.load(database_url, SMALL)
+            held = source._lag() or 0
+            assert held > 10_000
+        finally:
+            listener.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        wait_for(lambda: (source._lag() or 0) < held / 10, 20, message="lag to drain")
