@@ -14,12 +14,10 @@ def main() -> int:
         source = SourceName(sys.argv[1]) if len(sys.argv) > 1 else None
         return run(settings, source)
     except SettingsError as error:
-        print(f"coachpipe: {error}", file=sys.stderr)  # noqa: T201
+        sys.stderr.write(f"coachpipe: {error}\n")
         return 2
     except ValueError:
-        print(
-            f"coachpipe: unknown source {sys.argv[1]!r}; use postgres or supabase", file=sys.stderr
-        )  # noqa: T201
+        sys.stderr.write(f"coachpipe: unknown source {sys.argv[1]!r}; use postgres or supabase\n")
         return 2
 
 

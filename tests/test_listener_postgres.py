@@ -6,7 +6,6 @@ import random
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,7 +156,7 @@ def test_a_standby_listener_takes_over_the_slot_when_the_active_one_dies(
         first.kill()
         taken_over = time.monotonic()
         wait_for(lambda: connected(redis_client, second), 30, message="standby to take over")
-        print(f"\nstandby took over {time.monotonic() - taken_over:.1f} s after kill -9")  # noqa: T201
+        print(f"\nstandby took over {time.monotonic() - taken_over:.1f} s after kill -9")
         burst(database_url, 50)
         settle(database_url, redis_client)
 
