@@ -10,14 +10,14 @@ from listeners.main import run
 
 def main() -> int:
     try:
-        settings = load_settings()
         source = SourceName(sys.argv[1]) if len(sys.argv) > 1 else None
-        return run(settings, source)
-    except SettingsError as error:
-        sys.stderr.write(f"coachpipe: {error}\n")
-        return 2
     except ValueError:
         sys.stderr.write(f"coachpipe: unknown source {sys.argv[1]!r}; use postgres or supabase\n")
+        return 2
+    try:
+        return run(load_settings(), source)
+    except SettingsError as error:
+        sys.stderr.write(f"coachpipe: {error}\n")
         return 2
 
 
