@@ -79,7 +79,8 @@ app.conf.imports = ("tasks.jobs",)
 
 @setup_logging.connect
 def _logging(**_: Any) -> None:
-    configure_logging(settings, process="worker")
+    role = next((arg for arg in sys.argv if arg in {"worker", "beat", "flower"}), "celery")
+    configure_logging(settings, process=role)
 
 
 @worker_process_init.connect

@@ -1,0 +1,277 @@
+"""`coachpipe doctor`: every prerequisite checked, each problem with the way to fix it."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+import psycopg
+import redis
+
+from config import Settings, SourceName
+from config.logging import redact_text
+from pipeline.db import libpq_dsn
+from pipeline.migrate import SUPABASE_PUBLICATION, VERSION_TABLE
+from pipeline.tables import WATCHED_TABLES
+
+MIN_REDIS = (6, 2)
+
+
+class Severity(StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    severity: Severity
+    message: str
+    fix: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def ok(name: str, message: str) -> Check:
+    return Check(name, Severity.OK, message)
+
+
+def _first_line(error: Exception) -> str:
+    return redact_text(str(error).strip().splitlines()[0] if str(error).strip() else repr(error))
+
+
+def _postgres_checks(settings: Settings, conn: psycopg.Connection[Any]) -> list[Check]:
+    def one(sql: str, *params: object) -> Any:
+        row = conn.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    checks = []
+    wal_level = one("SHOW wal_level")
+    checks.append(
+        ok("wal_level", "logical")
+        if wal_level == "logical"
+        else Check(
+            "wal_level",
+            Severity.FAIL,
+            f"wal_level is {wal_level}: no logical replication, so no change events at all",
+            "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL "
+            "(Supabase projects already run with logical)",
+        )
+    )
+    used, slots, senders = conn.execute(
+        "SELECT (SELECT count(*) FROM pg_replication_slots), "
+        "current_setting('max_replication_slots')::int, current_setting('max_wal_senders')::int"
+    ).fetchone() or (0, 0, 0)
+    exists = one("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", settings.slot_name)
+    if not exists and used >= slots:
+        checks.append(Check(
+            "replication slots", Severity.FAIL,
+            f"all {slots} replication slots are taken; the listener cannot create its own",
+            "raise max_replication_slots (and max_wal_senders) and restart, "
+            "or drop an unused slot",
+        ))  # fmt: skip
+    else:
+        checks.append(ok("replication slots", f"{used} of {slots} used, {senders} WAL senders"))
+    revision = one("SELECT to_regclass(%s) IS NOT NULL", f"public.{VERSION_TABLE}")
+    revision = one(f"SELECT version_num FROM {VERSION_TABLE}") if revision else None
+    checks.append(
+        ok("migrations", f"schema at revision {revision}")
+        if revision
+        else Check(
+            "migrations", Severity.FAIL, "the schema was never migrated", "coachpipe migrate"
+        )
+    )
+    identities = dict(
+        conn.execute(
+            "SELECT c.relname, c.relreplident FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relname = ANY(%s)",
+            (list(WATCHED_TABLES),),
+        ).fetchall()
+    )
+    missing = [t for t in WATCHED_TABLES if t not in identities]
+    if missing:
+        checks.append(Check(
+            "tables", Severity.FAIL, f"missing tables: {', '.join(missing)}", "coachpipe migrate"
+        ))  # fmt: skip
+    else:
+        checks.append(ok("tables", "all five tables exist"))
+    partial = [t for t, identity in identities.items() if identity != "f"]
+    if partial:
+        statements = " ".join(f"ALTER TABLE public.{t} REPLICA IDENTITY FULL;" for t in partial)
+        checks.append(Check(
+            "replica identity", Severity.FAIL,
+            f"not REPLICA IDENTITY FULL: {', '.join(sorted(partial))}. UPDATE and DELETE events "
+            "lack the old row, so a moved session or client cannot invalidate its old coach",
+            f"{statements} (or coachpipe migrate)",
+        ))  # fmt: skip
+    elif identities:
+        checks.append(ok("replica identity", "FULL on every table"))
+    publications = [(settings.publication_name, settings.listener_source is SourceName.POSTGRES)]
+    needs_realtime = (
+        settings.listener_source is SourceName.SUPABASE or settings.supabase_url is not None
+    )
+    publications.append((SUPABASE_PUBLICATION, needs_realtime))
+    for publication, required in publications:
+        checks.append(_publication_check(conn, publication, required))
+    privileged = one("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user")
+    user = one("SELECT current_user")
+    if settings.listener_source is SourceName.POSTGRES and not privileged:
+        checks.append(Check(
+            "replication privilege", Severity.FAIL,
+            f"role {user} may not stream replication, so `listen --source postgres` cannot run",
+            f'ALTER ROLE "{user}" WITH REPLICATION;',
+        ))  # fmt: skip
+    else:
+        checks.append(ok("replication privilege", f"role {user} may replicate"))
+    checks.append(_slot_check(settings, conn))
+    return checks
+
+
+def _publication_check(conn: psycopg.Connection[Any], publication: str, required: bool) -> Check:
+    name = f"publication {publication}"
+    row = conn.execute(
+        "SELECT puballtables FROM pg_publication WHERE pubname = %s", (publication,)
+    ).fetchone()
+    severity = Severity.FAIL if required else Severity.WARN
+    if row is None:
+        return Check(name, severity, "does not exist", "coachpipe migrate")
+    if row[0]:
+        return ok(name, "FOR ALL TABLES")
+    members = {
+        r[0]
+        for r in conn.execute(
+            "SELECT tablename FROM pg_publication_tables"
+            " WHERE pubname = %s AND schemaname = 'public'",
+            (publication,),
+        )
+    }
+    missing = [t for t in WATCHED_TABLES if t not in members]
+    if not missing:
+        return ok(name, "holds all five tables")
+    statements = " ".join(
+        f'ALTER PUBLICATION "{publication}" ADD TABLE public.{t};' for t in missing
+    )
+    return Check(
+        name,
+        severity,
+        f"lacks {', '.join(missing)}: their changes are never sent",
+        f"{statements} (or coachpipe migrate)",
+    )
+
+
+def _slot_check(settings: Settings, conn: psycopg.Connection[Any]) -> Check:
+    name = f"slot {settings.slot_name}"
+    row = conn.execute(
+        "SELECT plugin, active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
+        " FROM pg_replication_slots WHERE slot_name = %s",
+        (settings.slot_name,),
+    ).fetchone()
+    if row is None:
+        return ok(name, "not created yet: the first `coachpipe listen --source postgres` does")
+    plugin, active, lag = row
+    if plugin != "pgoutput":
+        return Check(name, Severity.FAIL, f"uses output plugin {plugin}, not pgoutput",
+                     "stop the listeners, `coachpipe slot drop`, start a listener")  # fmt: skip
+    if lag is not None and lag > settings.slot_lag_warn_bytes:
+        return Check(
+            name,
+            Severity.WARN,
+            f"holds {lag:,} bytes of WAL (active={active}); the disk fills if nobody consumes it",
+            "start a postgres listener, or `coachpipe slot drop` if the pipeline was removed",
+        )
+    return ok(name, f"active={active}, lag {lag or 0:,} bytes")
+
+
+def _redis_check(settings: Settings) -> Check:
+    try:
+        client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5)
+        info = client.info("server")
+    except redis.RedisError as error:
+        return Check("redis", Severity.FAIL, f"unreachable: {_first_line(error)}",
+                     "check REDIS_URL and that Redis runs")  # fmt: skip
+    version = tuple(int(part) for part in str(info["redis_version"]).split(".")[:2])
+    if version < MIN_REDIS:
+        return Check("redis", Severity.FAIL, f"version {info['redis_version']} is too old",
+                     "use Redis 6.2 or newer")  # fmt: skip
+    return ok("redis", f"version {info['redis_version']}")
+
+
+def _broker_check(settings: Settings) -> Check:
+    from kombu import Connection
+
+    try:
+        with Connection(settings.require_broker_url(), connect_timeout=5) as connection:
+            connection.ensure_connection(max_retries=1, timeout=5)
+            transport = connection.transport_cls
+    except Exception as error:
+        return Check("broker", Severity.FAIL, f"unreachable: {_first_line(error)}",
+                     "check BROKER_URL (or REDIS_URL) and that the broker runs")  # fmt: skip
+    return ok("broker", f"reachable ({transport})")
+
+
+def _jwt_role(token: str) -> str | None:
+    try:
+        body = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except (IndexError, ValueError, binascii.Error):
+        return None
+    role = claims.get("role") if isinstance(claims, dict) else None
+    return role if isinstance(role, str) else None
+
+
+def _supabase_checks(settings: Settings) -> list[Check]:
+    needed = settings.listener_source is SourceName.SUPABASE
+    if not needed and settings.supabase_url is None:
+        return [ok("supabase", "not used (LISTENER_SOURCE=postgres)")]
+    missing = [
+        name
+        for name, value in (
+            ("SUPABASE_URL", settings.supabase_url),
+            ("SUPABASE_KEY", settings.supabase_key),
+        )
+        if value is None
+    ]
+    if missing:
+        return [Check("supabase keys", Severity.FAIL if needed else Severity.WARN,
+                      f"{' and '.join(missing)} not set",
+                      "set them from the project's Settings > API page")]  # fmt: skip
+    assert settings.supabase_key is not None
+    key = settings.supabase_key.get_secret_value()
+    role = _jwt_role(key)
+    if role == "anon":
+        return [Check("supabase keys", Severity.WARN,
+                      "SUPABASE_KEY is the anon key: RLS hides rows, so changes go missing",
+                      "use the service_role key (or a secret key) for the listener")]  # fmt: skip
+    return [ok("supabase keys", f"set (role {role or 'secret key'})")]
+
+
+def _api_check(settings: Settings) -> Check:
+    if settings.supabase_jwt_secret is None and settings.supabase_jwks_url is None:
+        return Check("read API auth", Severity.WARN, "no SUPABASE_JWT_SECRET or SUPABASE_JWKS_URL: "
+                     "the read API refuses every request",
+                     "set one of them to the project's JWT secret or JWKS URL")  # fmt: skip
+    return ok("read API auth", "JWT verification configured")
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    checks: list[Check] = []
+    try:
+        with psycopg.connect(libpq_dsn(settings.require_database_url()), connect_timeout=5) as conn:
+            checks += _postgres_checks(settings, conn)
+    except psycopg.OperationalError as error:
+        checks.append(Check("postgres", Severity.FAIL, f"unreachable: {_first_line(error)}",
+                            "check DATABASE_URL, the network and the credentials"))  # fmt: skip
+    steps: list[Callable[[Settings], Check | list[Check]]] = [
+        _redis_check, _broker_check, _supabase_checks, _api_check,
+    ]  # fmt: skip
+    for step in steps:
+        result = step(settings)
+        checks += result if isinstance(result, list) else [result]
+    return checks

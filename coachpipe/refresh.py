@@ -1,0 +1,99 @@
+"""Recompute aggregates for many coaches now, in this process, with a progress bar.
+
+Used by `coachpipe refresh` and by the full-refresh benchmark. Batches run on a few threads:
+the database does the work, and psycopg releases the GIL while it waits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from uuid import UUID
+
+import redis
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from sqlalchemy import Engine, func, select
+
+from config import Settings
+from pipeline.aggregates import get
+from pipeline.coaches import ACTIVE_COACHES, active_coach_batches
+from pipeline.db import make_engine
+from pipeline.recompute import batches, recompute
+from pipeline.store import AggregateStore
+from pipeline.tables import users
+
+
+def count_active_coaches(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count()).where(ACTIVE_COACHES)).scalar_one())
+
+
+def refresh_everything(
+    engine: Engine,
+    store: AggregateStore,
+    names: Sequence[str],
+    coach_batches: Sequence[Sequence[UUID]],
+    *,
+    threads: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Recompute `names` for every batch; returns coach aggregates written."""
+    jobs = [(get(name), batch) for batch in coach_batches for name in names]
+
+    def run(job: tuple[object, Sequence[UUID]]) -> int:
+        aggregate, batch = job
+        result = recompute(engine, store, aggregate, batch)  # type: ignore[arg-type]
+        if progress:
+            progress(len(batch))
+        return result.coaches
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return sum(pool.map(run, jobs))
+
+
+def refresh_coaches(
+    settings: Settings,
+    coach_ids: list[UUID] | None,
+    names: Sequence[str],
+    *,
+    enqueue: bool,
+    console: Console,
+) -> None:
+    if enqueue:
+        from tasks.jobs import refresh_all, refresh_batch
+
+        for name in names:
+            if coach_ids is None:
+                refresh_all.delay(name, "cli")
+            else:
+                refresh_batch.delay(name, [str(c) for c in coach_ids])
+        console.print(f"enqueued refresh of {', '.join(names)}")
+        return
+    engine = make_engine(settings.require_database_url(), pool_size=4)
+    store = AggregateStore(redis.Redis.from_url(settings.require_redis_url()))
+    if coach_ids is None:
+        total = count_active_coaches(engine)
+        coach_batches = list(active_coach_batches(engine, settings.refresh_batch_size))
+    else:
+        with engine.connect() as connection:
+            known = set(
+                connection.execute(select(users.c.id).where(users.c.id.in_(coach_ids))).scalars()
+            )
+        for coach_id in coach_ids:
+            if coach_id not in known:
+                console.print(
+                    f"[yellow]note:[/] {coach_id} is not a user; storing empty aggregates"
+                )
+        total = len(coach_ids)
+        coach_batches = list(batches(coach_ids, settings.refresh_batch_size))
+    columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, BarColumn(bar_width=None), console=console) as bar:
+        task = bar.add_task("recomputing", total=total * len(names))
+        written = refresh_everything(
+            engine, store, names, coach_batches, progress=lambda n: bar.advance(task, n)
+        )
+    console.print(
+        f"stored {written:,} coach aggregates ({len(names)} aggregates x {total:,} coaches)"
+    )
+    engine.dispose()

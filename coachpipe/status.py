@@ -1,0 +1,112 @@
+"""`coachpipe status`: everything on-call looks at first, gathered in one report."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from config import Settings
+from pipeline import keys
+from pipeline.aggregates import NAMES
+from pipeline.health import HealthBoard
+from pipeline.redis_values import as_text
+
+QUEUES = ("realtime", "refresh")
+
+
+def _queue_depths() -> dict[str, int | None]:
+    from tasks.celery import app
+
+    depths: dict[str, int | None] = {}
+    with app.connection_for_read() as connection:
+        channel = connection.default_channel
+        for queue in QUEUES:
+            try:
+                depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+            except Exception:  # the queue does not exist yet: nothing was ever sent to it
+                depths[queue] = None
+    return depths
+
+
+def _slot(settings: Settings) -> dict[str, Any] | None:
+    from coachpipe.slot import describe
+
+    try:
+        slot = describe(settings)
+    except Exception as error:
+        return {"error": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
+    if slot is not None:
+        slot["warn"] = (slot["lag_bytes"] or 0) > settings.slot_lag_warn_bytes
+    return slot
+
+
+def gather(settings: Settings) -> dict[str, Any]:
+    client = redis.Redis.from_url(settings.require_redis_url())
+    board = HealthBoard(client, stale_after_s=settings.heartbeat_stale_s)
+    status = board.status()
+    pipe = client.pipeline(transaction=False)
+    for name in NAMES:
+        pipe.zcard(keys.due(name))
+        pipe.zcard(keys.claims(name))
+    counts = pipe.execute()
+    last = {as_text(k): float(v) for k, v in client.hgetall(keys.LAST_REFRESH).items()}
+    return {
+        "realtime": status.as_json(),
+        "queues": _queue_depths(),
+        "pending_recomputes": {name: counts[2 * i] for i, name in enumerate(NAMES)},
+        "claimed_recomputes": {name: counts[2 * i + 1] for i, name in enumerate(NAMES)},
+        "slot": _slot(settings),
+        "last_refresh": {
+            name: datetime.fromtimestamp(stamp, UTC).isoformat() for name, stamp in last.items()
+        },
+    }
+
+
+def render(report: dict[str, Any], console: Console) -> None:
+    realtime = report["realtime"]
+    colour = {"green": "green", "yellow": "yellow", "red": "red"}[realtime["status"]]
+    console.print(f"realtime: [bold {colour}]{realtime['status']}[/] ({realtime['reason']})")
+    listeners = Table(
+        "listener", "source", "state", "heartbeat", "last event", "attempts", "detail"
+    )
+    now = datetime.now(UTC).timestamp()
+    for listener in realtime["listeners"]:
+        last_event = listener["last_event_at"]
+        listeners.add_row(
+            listener["listener_id"],
+            listener["source"],
+            listener["state"],
+            f"{now - listener['heartbeat_at']:.0f} s ago",
+            f"{now - last_event:.0f} s ago" if last_event else "-",
+            str(listener["reconnect_attempts"]),
+            listener["detail"],
+        )
+    console.print(listeners)
+    queues = Table("queue", "waiting")
+    for queue, depth in report["queues"].items():
+        queues.add_row(queue, "-" if depth is None else str(depth))
+    console.print(queues)
+    pending = Table("aggregate", "pending", "claimed", "last bulk refresh")
+    for name, count in report["pending_recomputes"].items():
+        pending.add_row(
+            name,
+            str(count),
+            str(report["claimed_recomputes"][name]),
+            report["last_refresh"].get(name, "-"),
+        )
+    console.print(pending)
+    slot = report["slot"]
+    if slot is None:
+        console.print("slot: none yet (created by the first `coachpipe listen --source postgres`)")
+    elif "error" in slot:
+        console.print(f"slot: unknown ({slot['error']})")
+    else:
+        flag = " [red]above SLOT_LAG_WARN_BYTES[/]" if slot["warn"] else ""
+        console.print(
+            f"slot {slot['slot_name']}: active={slot['active']} lag={slot['lag_bytes']} bytes "
+            f"(WAL held {slot['wal_held']}){flag}"
+        )

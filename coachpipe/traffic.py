@@ -1,0 +1,280 @@
+"""Realistic change traffic against the five tables, for `simulate`, the demo and the benchmarks.
+
+Each change is one small transaction an application would make: a session booked, completed,
+cancelled or moved to another coach, a rating or feedback left, a goal created or advanced, a
+client signed up. Changes are paced open-loop at the requested rate.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from uuid import UUID, uuid4
+
+import psycopg
+
+from config import Settings
+from pipeline.db import libpq_dsn
+
+COMMENTS = ("Clear next steps.", "Great energy today.", "We went deep on priorities.", "Useful!")
+KINDS = {  # kind → weight
+    "book": 25,
+    "complete": 20,
+    "rate": 15,
+    "feedback": 10,
+    "cancel": 8,
+    "goal_progress": 10,
+    "new_goal": 5,
+    "new_client": 3,
+    "move_session": 2,
+    "delete_cancelled": 2,
+}
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str
+    table: str
+    coaches: tuple[UUID, ...]
+    commit_ms: float
+    """Wall clock (ms) right after the commit returned."""
+
+
+@dataclass
+class _Book:
+    clients: list[UUID] = field(default_factory=list)
+    scheduled: list[UUID] = field(default_factory=list)
+    unrated: list[tuple[UUID, UUID]] = field(default_factory=list)
+    cancelled: list[UUID] = field(default_factory=list)
+    goals: list[UUID] = field(default_factory=list)
+
+
+class ChangeWriter:
+    """Writes one realistic change per call on an autocommit connection."""
+
+    def __init__(
+        self, conn: psycopg.Connection[object], coaches: list[UUID], seed: int = 7
+    ) -> None:
+        if not coaches:
+            raise ValueError("no coaches to write changes for; run `coachpipe seed` first")
+        self.conn = conn
+        self.coaches = coaches
+        self.rng = random.Random(seed)
+        self.books: dict[UUID, _Book] = defaultdict(_Book)
+        self._load()
+
+    def _load(self) -> None:
+        ids = self.coaches
+        for coach, client in self.conn.execute(
+            "SELECT coach_id, id FROM users WHERE role = 'client' AND coach_id = ANY(%s)", (ids,)
+        ):
+            self.books[coach].clients.append(client)
+        for coach, session, client, status in self.conn.execute(
+            "SELECT s.coach_id, s.id, s.client_id, s.status FROM sessions s"
+            " WHERE s.coach_id = ANY(%s) AND (s.status IN ('scheduled', 'cancelled')"
+            " OR (s.status = 'completed' AND NOT EXISTS"
+            " (SELECT 1 FROM session_ratings r WHERE r.session_id = s.id)))",
+            (ids,),
+        ):
+            book = self.books[coach]
+            if status == "scheduled":
+                book.scheduled.append(session)
+            elif status == "cancelled":
+                book.cancelled.append(session)
+            else:
+                book.unrated.append((session, client))
+        for coach, goal in self.conn.execute(
+            "SELECT coach_id, id FROM goals WHERE coach_id = ANY(%s) AND status = 'active'", (ids,)
+        ):
+            self.books[coach].goals.append(goal)
+
+    def write(self, coach: UUID | None = None) -> Change:
+        coach = coach or self.rng.choice(self.coaches)
+        kind = self.rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
+        table, coaches = getattr(self, f"_{kind}")(coach)
+        return Change(kind, table, coaches, time.time() * 1000)
+
+    def _pop(self, items: list[object]) -> object:
+        return items.pop(self.rng.randrange(len(items)))
+
+    def _book(self, coach: UUID) -> tuple[str, tuple[UUID, ...]]:
+        book = self.books[coach]
+        if not book.clients:
+            return self._new_client(coach)
+        session = uuid4()
+        self.conn.execute(
+            "INSERT INTO sessions (id, coach_id, client_id, status, scheduled_at, duration_minutes,"
+            " price_cents) VALUES (%s, %s, %s, 'scheduled',"
+            " now() + %s * interval '1 hour', 60, 9900)",
+            (session, coach, self.rng.choice(book.clients), self.rng.randint(2, 24 * 21)),
+        )
+        book.scheduled.append(session)
+        return "sessions", (coach,)
+
+    def _complete(self, coach: UUID) -> tuple[str, tuple[UUID, ...]]:
+        book = self.books[coach]
+        if not book.scheduled:
+            return self._book(coach)
+        session = self._pop(book.scheduled)  # type: ignore[arg-type]
+        row = self.conn.execute(
+            "UPDATE sessions SET status = 'completed', completed_at = now() WHERE id = %s"
+            " RETURNING client_id",
+            (session,),
+        ).fetchone()
+        if row is not None:
+            book.unrated.append((session, row[0]))  # type: ignore[arg-type]
+        return "sessions", (coach,)
+
+    def _cancel(self, coach: UUID) -> tuple[str, tuple[UUID, ...]]:
+        book = self.books[coach]
+        if not book.scheduled:
+            return self._book(coach)
+        session = self._pop(book.scheduled)  # type: ignore[arg-type]
+        self.conn.execute("UPDATE sessions SET status = 'cancelled' WHERE id = %s", (session,))
+        book.cancelled.append(session)  # type: ignore[arg-type]
+        return "sessions", (coach,)
+
+    def _rate(self, coach: UUID) -> tuple[str, tuple[UUID, ...]]:
+        book = self.books[coach]
+        if not book.unrated:
+            return self._complete(coach)
+        session, client = self._pop(book.unrated)  # type: ignore[misc]
+        self.conn.execute(
+            "INSERT INTO session_ratings (session_id, coach_id, client_id, rating)"
+            " VALUES (%s, %s, %s, %s)",
+            (session, coach, client, self.rng.choices((1, 2, 3, 4, 5), (2, 3, 10, 35, 50))[0]),
+        )
+        return "session_ratings", (coach,)
+
+    def _feedback(self, coach: UUID) -> tuple[str, tuple[UUID, ...]]:
+        book = self.books[coach]
+        if not book.unrated:
+            return self._complete(coach)
+        session, client = self.rng.choice(book.unrated)
+        self.conn.execute(
+            "INSERT INTO session_feedback (session_id, coach_id, client_id, comment)"
+            " VALUES (%s, %s, %s, %s)",
+            (session, coach, client, self.rng.choice(COMMENTS)),
+        )
+        return "session_feedback", (coach,)
+
+    def _goal_progress(self, coach: UUID) -> tuple[str, tuple[UUID, ...]]:
+        book = self.books[coach]
+        if not book.goals:
+            return self._new_goal(coach)
+        self.conn.execute(
+            "UPDATE goals SET progress = LEAST(100, progress + %s) WHERE id = %s",
+            (self.rng.randint(1, 15), self.rng.choice(book.goals)),
+        )
+        return "goals", (coach,)
+
+    def _new_goal(self, coach: UUID) -> tuple[str, tuple[UUID, ...]]:
+        book = self.books[coach]
+        if not book.clients:
+            return self._new_client(coach)
+        goal = uuid4()
+        self.conn.execute(
+            "INSERT INTO goals (id, coach_id, client_id, title, progress)"
+            " VALUES (%s, %s, %s, %s, 0)",
+            (goal, coach, self.rng.choice(book.clients), "Build a weekly review habit"),
+        )
+        book.goals.append(goal)
+        return "goals", (coach,)
+
+    def _new_client(self, coach: UUID) -> tuple[str, tuple[UUID, ...]]:
+        client = uuid4()
+        self.conn.execute(
+            "INSERT INTO users (id, role, coach_id, full_name, email)"
+            " VALUES (%s, 'client', %s, %s, %s)",
+            (client, coach, f"New Client {str(client)[:4]}", f"{client}@example.com"),
+        )
+        self.books[coach].clients.append(client)
+        return "users", (coach,)
+
+    def _move_session(self, coach: UUID) -> tuple[str, tuple[UUID, ...]]:
+        book = self.books[coach]
+        other = self.rng.choice(self.coaches)
+        if not book.scheduled or other == coach:
+            return self._book(coach)
+        session = self._pop(book.scheduled)  # type: ignore[arg-type]
+        self.conn.execute("UPDATE sessions SET coach_id = %s WHERE id = %s", (other, session))
+        self.books[other].scheduled.append(session)  # type: ignore[arg-type]
+        return "sessions", (coach, other)
+
+    def _delete_cancelled(self, coach: UUID) -> tuple[str, tuple[UUID, ...]]:
+        book = self.books[coach]
+        if not book.cancelled:
+            return self._cancel(coach)
+        session = self._pop(book.cancelled)  # type: ignore[arg-type]
+        self.conn.execute("DELETE FROM sessions WHERE id = %s", (session,))
+        return "sessions", (coach,)
+
+
+def pick_coaches(conn: psycopg.Connection[object], count: int, seed: int) -> list[UUID]:
+    """`count` active coaches, the same ones for the same seed."""
+    rows = conn.execute(
+        "SELECT id FROM users WHERE role = 'coach' AND status <> 'archived' ORDER BY id"
+    ).fetchall()
+    coaches = [row[0] for row in rows]
+    random.Random(seed).shuffle(coaches)
+    return sorted(coaches[:count])
+
+
+@dataclass
+class TrafficStats:
+    changes: int = 0
+    seconds: float = 0.0
+    coaches: int = 0
+    behind_s: float = 0.0
+    """How far the writer fell behind the requested schedule at worst."""
+
+
+def run_traffic(
+    settings: Settings,
+    *,
+    rate: float,
+    duration: float,
+    coaches: int,
+    seed: int = 7,
+    on_change: Callable[[Change], None] | None = None,
+    stop: threading.Event | None = None,
+) -> TrafficStats:
+    with psycopg.connect(libpq_dsn(settings.require_database_url()), autocommit=True) as conn:
+        chosen = pick_coaches(conn, coaches, seed)
+        writer = ChangeWriter(conn, chosen, seed)
+        return pace(writer.write, rate=rate, duration=duration, on_change=on_change, stop=stop,
+                    coaches=len(chosen))  # fmt: skip
+
+
+def pace(
+    write: Callable[[], Change],
+    *,
+    rate: float,
+    duration: float,
+    coaches: int = 0,
+    on_change: Callable[[Change], None] | None = None,
+    stop: threading.Event | None = None,
+) -> TrafficStats:
+    """Call `write` `rate` times a second for `duration` seconds, open loop."""
+    stats = TrafficStats(coaches=coaches)
+    start = time.monotonic()
+    total = int(rate * duration)
+    for index in range(total):
+        if stop is not None and stop.is_set():
+            break
+        due = start + index / rate
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        else:
+            stats.behind_s = max(stats.behind_s, now - due)
+        change = write()
+        stats.changes += 1
+        if on_change is not None:
+            on_change(change)
+    stats.seconds = time.monotonic() - start
+    return stats
