@@ -102,6 +102,7 @@ class Listener:
 
     async def _heartbeat(self) -> None:
         while True:
+            metrics.LISTENER_TASKS.set(len(asyncio.all_tasks()))
             await self._blocking(self._report)
             lag = await self.source.lag_bytes()
             if lag is not None:

@@ -168,12 +168,12 @@ class SupabaseSource(Source):
         try:
             if state is RealtimeSubscribeStates.SUBSCRIBED:
                 return
-            code = getattr(error, "code", None) or getattr(
-                getattr(error, "rcvd", None), "code", None
-            )
-            if code == MESSAGE_TOO_BIG:
+            codes = {getattr(getattr(error, side, None), "code", None) for side in ("sent", "rcvd")}
+            if MESSAGE_TOO_BIG in codes:  # the client closed on a frame over its 1 MiB limit
                 metrics.BAD_INPUT.labels(SOURCE, "oversized_frame").inc()
-                log.error("oversized_frame", error_type="message_too_big", close_code=code)
+                log.error(
+                    "oversized_frame", error_type="message_too_big", close_code=MESSAGE_TOO_BIG
+                )
             log.warning(
                 "channel_state",
                 state=state.value,
@@ -267,7 +267,8 @@ class SupabaseSource(Source):
         client, self._client = self._client, None
         if client is None:
             return
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.remove_all_channels(), 5)
+        if client.is_connected:  # leave politely; on a dead socket a leave only waits to time out
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.remove_all_channels(), 5)
         with contextlib.suppress(Exception):
             await client.close()

@@ -29,6 +29,9 @@ LISTENER_STATE = Gauge(
     "coachpipe_listener_state", "1 for the listener's current state, 0 for the others.",
     ["source", "state"],
 )  # fmt: skip
+LISTENER_TASKS = Gauge(
+    "coachpipe_listener_asyncio_tasks", "asyncio tasks alive in the listener process (leak watch)."
+)
 SLOT_LAG_BYTES = Gauge(
     "coachpipe_slot_lag_bytes", "WAL bytes the replication slot still holds.", ["slot"]
 )

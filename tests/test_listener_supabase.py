@@ -1,0 +1,310 @@
+"""The `supabase` source end to end, with the real `realtime` client against the protocol
+stand-in fed by a real replication slot."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+from coachpipe.embedded import free_port
+from pipeline import keys, seed
+from pipeline.health import HealthBoard, ListenerState
+from tests.pipeline_checks import coach_ids, idle, mismatches
+from tests.processes import Proc, celery_args, running, start_worker, wait_for
+from tests.realtime_standin import RealtimeStandIn
+from tests.test_listener_postgres import burst
+
+SMALL = seed.SeedPlan(coaches=4, clients_per_coach=3, sessions_per_client=2)
+TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2lnbmF0dXJl"
+
+
+@pytest.fixture
+def standin(database_url: str) -> Iterator[RealtimeStandIn]:
+    with RealtimeStandIn(database_url) as server:
+        yield server
+
+
+@pytest.fixture
+def worker(service_env: dict[str, str], tmp_path: Path, broker_url: str) -> Iterator[Proc]:
+    redis.Redis.from_url(broker_url).flushdb()
+    proc = start_worker(service_env, tmp_path, broker_url=broker_url)
+    yield proc
+    proc.terminate()
+
+
+class Listener:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_dir: Path,
+        standin: RealtimeStandIn,
+        name: str = "listener",
+        **extra: str,
+    ) -> None:
+        self.metrics_port = free_port()
+        self.proc = Proc(
+            name,
+            [sys.executable, "-m", "listeners", "supabase"],
+            {
+                **env,
+                "SUPABASE_URL": standin.url,
+                "SUPABASE_KEY": TOKEN,
+                "LISTENER_METRICS_PORT": str(self.metrics_port),
+                **extra,
+            },
+            log_dir / f"{name}.log",
+        ).start()
+
+    def state(self, client: redis.Redis) -> ListenerState | None:
+        for health in HealthBoard(client, stale_after_s=3).listeners():
+            if health.listener_id.split(":")[1] == str(self.proc.pid):
+                return health.state
+        return None
+
+    def connected(self, client: redis.Redis) -> bool:
+        return self.state(client) is ListenerState.CONNECTED
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        total = 0.0
+        for line in text.splitlines():
+            if not line.startswith(name):
+                continue
+            match = re.match(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
+            if match is None:
+                continue
+            found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
+            if all(found.get(k) == v for k, v in labels.items()):
+                total += float(match.group(2))
+        return total
+
+
+def settle(database_url: str, client: redis.Redis, timeout: float = 60) -> None:
+    coaches = coach_ids(database_url)
+    wait_for(
+        lambda: idle(client) and not mismatches(database_url, client, coaches),
+        timeout,
+        interval=0.25,
+        message=f"aggregates to match: {mismatches(database_url, client, coaches)[:5]}",
+    )
+
+
+def test_committed_rows_end_as_correct_aggregates(
+    database_url: str, redis_client: redis.Redis, service_env: dict[str, str], tmp_path: Path,
+    standin: RealtimeStandIn, worker: Proc,
+) -> None:  # fmt: skip
+    seed.load(database_url, SMALL)
+    listener = Listener(service_env, tmp_path, standin)
+    with running(listener.proc):
+        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+        settle(database_url, redis_client)  # first connect: position unknown, full catch-up
+        burst(database_url, 150)
+        settle(database_url, redis_client)
+        assert listener.metric("coachpipe_events_total", source="supabase") >= 150
+
+
+def coach_change(database_url: str) -> None:
+    """One real change: a session of some coach is cancelled."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE sessions SET status = 'cancelled' WHERE id = "
+            "(SELECT id FROM sessions WHERE status <> 'cancelled' ORDER BY id LIMIT 1)"
+        )
+
+
+BAD_FRAMES = [
+    ("malformed_frame", lambda s: s.send_raw("{not json")),
+    ("malformed_frame", lambda s: s.send_raw('{"event":"postgres_changes","topic":"realtime:coachpipe","payload":{"ids":[1]}}')),
+    ("unknown_table", lambda s: s.send_change(_data("invoices", "INSERT", {"coach_id": str(uuid.uuid4())}))),
+    ("unknown_table", lambda s: s.send_change(_data("Sessions", "INSERT", {"coach_id": str(uuid.uuid4())}))),
+    # The client validates `type` and `record` itself and drops what fails, logging it: counted.
+    ("malformed_frame", lambda s: s.send_change(_data("sessions", "UPSERT", {"coach_id": str(uuid.uuid4())}))),
+    ("malformed_frame", lambda s: s.send_change(_data("sessions", "insert", {"coach_id": str(uuid.uuid4())}))),
+    ("malformed_frame", lambda s: s.send_change(_data("sessions", "INSERT", "not an object"))),
+    ("server_errors", lambda s: s.send_change(_data("goals", "INSERT", {"coach_id": str(uuid.uuid4())}, errors=["Error 413: Payload Too Large"]))),
+    ("oversized_frame", lambda s: s.send_oversized(2 * 1024 * 1024)),
+]  # fmt: skip
+
+
+def _data(
+    table: str, kind: str, record: object, errors: list[str] | None = None
+) -> dict[str, object]:
+    return {
+        "schema": "public",
+        "table": table,
+        "type": kind,
+        "commit_timestamp": "2026-01-01T00:00:00.000Z",
+        "columns": [{"name": "coach_id", "type": "uuid"}],
+        "errors": errors,
+        "record": record,
+    }
+
+
+def test_bad_input_is_counted_and_logged_and_the_listener_keeps_working(
+    database_url: str, redis_client: redis.Redis, service_env: dict[str, str], tmp_path: Path,
+    standin: RealtimeStandIn, worker: Proc,
+) -> None:  # fmt: skip
+    seed.load(database_url, SMALL)
+    listener = Listener(service_env, tmp_path, standin)
+    with running(listener.proc):
+        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+        settle(database_url, redis_client)
+        for reason, inject in BAD_FRAMES:
+            before = listener.metric("coachpipe_bad_input_total", reason=reason)
+            inject(standin)
+            wait_for(
+                lambda r=reason, b=before: (
+                    listener.metric("coachpipe_bad_input_total", reason=r) > b
+                ),
+                15,
+                message=f"bad input {reason} to be counted",
+            )
+            wait_for(
+                lambda: listener.connected(redis_client),
+                30,
+                message=f"listener back after {reason}",
+            )
+            coach_change(database_url)  # events around bad input are still processed
+            settle(database_url, redis_client)
+            assert listener.proc.alive()
+        unusable = [
+            (
+                "missing_coach_id",
+                _data("sessions", "DELETE", None) | {"old_record": {"id": str(uuid.uuid4())}},
+            ),
+            ("missing_coach_id", _data("goals", "INSERT", {"id": str(uuid.uuid4())})),
+            ("bad_coach_id", _data("session_ratings", "INSERT", {"coach_id": 42})),
+            ("bad_coach_id", _data("goals", "INSERT", {"coach_id": "not-a-uuid"})),
+        ]
+        for reason, data in unusable:  # no usable coach id: a wide refresh, never a silent drop
+            wide_before = listener.metric("coachpipe_wide_refresh_requests_total", reason=reason)
+            standin.send_change(data)
+            wait_for(
+                lambda r=reason, b=wide_before: (
+                    listener.metric("coachpipe_wide_refresh_requests_total", reason=r) > b
+                ),
+                15,
+                message=f"wide refresh request for {reason}",
+            )
+        for inject in (standin.send_system_error, standin.send_phx_error):
+            inject()
+            wait_for(
+                lambda: listener.connected(redis_client),
+                30,
+                message="listener back after a server error",
+            )
+            coach_change(database_url)
+            settle(database_url, redis_client)
+    output = listener.proc.output()
+    assert "bad_change" in output and "error_type" in output and "unknown_table" in output
+    assert "change_without_coach" in output and "bad_coach_id" in output
+
+
+def test_a_ten_second_outage_turns_status_red_polls_and_catches_up(
+    database_url: str, redis_client: redis.Redis, service_env: dict[str, str], tmp_path: Path,
+    standin: RealtimeStandIn, worker: Proc,
+) -> None:  # fmt: skip
+    seed.load(database_url, SMALL)
+    listener = Listener(service_env, tmp_path, standin)
+    beat = Proc(
+        "beat", celery_args("beat", "--loglevel=INFO"), service_env, tmp_path / "beat.log"
+    ).start()
+    with running(listener.proc, beat):
+        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+        settle(database_url, redis_client)
+        wait_for(lambda: redis_client.get(keys.REALTIME_STATUS) == b"green", 15, message="green")
+        standin.set_down(True)
+        down_at = time.monotonic()
+        burst(database_url, 60)  # changes keep coming; Realtime drops them
+        wait_for(lambda: redis_client.get(keys.REALTIME_STATUS) in (b"yellow", b"red"), 15,
+                 message="status to leave green")  # fmt: skip
+        polled_before = float(redis_client.hget(keys.LAST_REFRESH, "fallback") or 0)
+        wait_for(lambda: float(redis_client.hget(keys.LAST_REFRESH, "fallback") or 0) > polled_before - 1e-9
+                 and redis_client.hget(keys.LAST_REFRESH, "fallback") is not None, 15,
+                 message="fallback polling")  # fmt: skip
+        time.sleep(max(0.0, 10 - (time.monotonic() - down_at)))
+        burst(database_url, 30, seed_value=3)
+        standin.set_down(False)
+        wait_for(lambda: listener.connected(redis_client), 30, message="listener to reconnect")
+        settle(database_url, redis_client)
+        wait_for(
+            lambda: redis_client.get(keys.REALTIME_STATUS) == b"green", 15, message="green again"
+        )
+    assert "catch_up" in listener.proc.output()
+    assert "Realtime connection lost. Using polling." in beat.output() + worker.output()
+
+
+def test_sigterm_unsubscribes_closes_and_exits_zero(
+    database_url: str, redis_client: redis.Redis, service_env: dict[str, str], tmp_path: Path,
+    standin: RealtimeStandIn,
+) -> None:  # fmt: skip
+    listener = Listener(service_env, tmp_path, standin)
+    wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+    assert standin.connections == 1
+    assert listener.proc.terminate(timeout=20) == 0
+    wait_for(lambda: standin.connections == 0, 5, message="socket closed")
+    assert listener.state(redis_client) is ListenerState.DISCONNECTED
+
+
+def test_a_hundred_reconnect_cycles_leak_no_sockets_tasks_or_memory(
+    database_url: str, redis_client: redis.Redis, service_env: dict[str, str], tmp_path: Path,
+    standin: RealtimeStandIn,
+) -> None:  # fmt: skip
+    listener = Listener(
+        service_env,
+        tmp_path,
+        standin,
+        RECONNECT_INITIAL_S="0.02",
+        RECONNECT_MAX_S="0.05",
+        HEARTBEAT_S="0.2",
+    )
+    with running(listener.proc):
+        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+
+        def cycle(times: int) -> None:
+            for _ in range(times):
+                joins = standin.joins
+                standin.drop_connections(1011)
+                wait_for(lambda j=joins: standin.joins > j and listener.connected(redis_client), 20,
+                         interval=0.02, message="reconnect")  # fmt: skip
+
+        cycle(10)  # warm up: imports, pools and caches reach their steady size
+        time.sleep(0.5)
+        fds = listener.metric("process_open_fds")
+        tasks = listener.metric("coachpipe_listener_asyncio_tasks")
+        rss = listener.metric("process_resident_memory_bytes")
+        cycle(100)
+        time.sleep(0.5)
+        assert listener.metric("process_open_fds") <= fds + 2
+        assert listener.metric("coachpipe_listener_asyncio_tasks") <= tasks + 2
+        assert listener.metric("process_resident_memory_bytes") <= rss + 8 * 1024 * 1024
+        assert listener.metric("coachpipe_listener_reconnects_total") >= 100
+
+
+def test_two_listeners_share_the_work_through_dedup(
+    database_url: str, redis_client: redis.Redis, service_env: dict[str, str], tmp_path: Path,
+    standin: RealtimeStandIn, worker: Proc,
+) -> None:  # fmt: skip
+    seed.load(database_url, SMALL)
+    first = Listener(service_env, tmp_path, standin, name="first")
+    second = Listener(service_env, tmp_path, standin, name="second")
+    with running(first.proc, second.proc):
+        wait_for(lambda: first.connected(redis_client) and second.connected(redis_client), 20,
+                 message="both listeners to connect")  # fmt: skip
+        settle(database_url, redis_client)
+        burst(database_url, 100)
+        settle(database_url, redis_client)
+        suppressed = sum(
+            listener.metric("coachpipe_recompute_requests_total", outcome="suppressed")
+            for listener in (first, second)
+        )
+        assert suppressed > 0
