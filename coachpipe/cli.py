@@ -331,6 +331,14 @@ def demo(
     raise typer.Exit(run_demo(coaches=coaches, rate=rate, duration=duration, console=console))
 
 
+@app.command()
+def aggregates() -> None:
+    """The aggregates registry and the table → aggregates routing derived from it."""
+    from coachpipe.reference import aggregates_markdown, routing_markdown
+
+    sys.stdout.write(aggregates_markdown() + "\n" + routing_markdown())
+
+
 @slot_app.command("show")
 @command
 def slot_show(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -370,12 +378,18 @@ def slot_drop(
 def bench(
     scenario: Annotated[str, typer.Argument(help="A scenario name, or `all`.")] = "all",
     quick: Annotated[bool, typer.Option(help="Short runs (≈3 minutes in all).")] = False,
+    smoke: Annotated[
+        bool, typer.Option(help="Tiny runs that only prove the harness works.")
+    ] = False,
     output: Annotated[str, typer.Option(help="Results directory.")] = "bench/results",
 ) -> None:
-    """Measure the pipeline on private services; write JSON, Markdown and plots."""
+    """Measure the pipeline on private services; write JSON, Markdown and plots.
+
+    Run it from a clone of the repository: it uses the Realtime protocol stand-in in tests/.
+    """
     from coachpipe.bench.runner import run_bench
 
-    raise typer.Exit(run_bench(scenario, quick=quick, output=output, console=console))
+    raise typer.Exit(run_bench(scenario, quick=quick, smoke=smoke, output=output, console=console))
 
 
 def main() -> None:

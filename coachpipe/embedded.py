@@ -82,6 +82,8 @@ class PrivatePostgres:
     database: str = "coachpipe"
     durable: bool = True
     output_plugins: tuple[str, ...] = ()
+    settings: tuple[str, ...] = ()
+    """Extra server settings, e.g. ("shared_preload_libraries=pg_stat_statements",)."""
     log_file: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -159,6 +161,7 @@ class PrivatePostgres:
                 "-c TimeZone=UTC",
             ]
             options += self._output_plugin_options()
+            options += [f"-c {setting}" for setting in self.settings]
             if not self.durable:
                 options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
             self._run(

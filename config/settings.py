@@ -55,13 +55,21 @@ class Settings(BaseSettings):
     )
 
     # Services. None means "not configured": `coachpipe demo` then starts private ones.
-    database_url: PostgresUrl | None = None
-    redis_url: RedisUrl | None = None
+    database_url: PostgresUrl | None = Field(
+        default=None, description="Postgres holding the five tables (service credentials)."
+    )
+    redis_url: RedisUrl | None = Field(
+        default=None, description="Redis for aggregates, dedup markers and listener health."
+    )
     broker_url: BrokerUrl | None = Field(
         default=None, description="Celery broker; defaults to REDIS_URL. RabbitMQ works unchanged."
     )
-    supabase_url: HttpUrl | None = None
-    supabase_key: SecretStr | None = None
+    supabase_url: HttpUrl | None = Field(
+        default=None, description="Supabase project URL, for the `supabase` listener source."
+    )
+    supabase_key: SecretStr | None = Field(
+        default=None, description="Supabase service role (or secret) key for that source."
+    )
     supabase_jwt_secret: SecretStr | None = Field(
         default=None, description="HS256 secret that signs dashboard users' JWTs (read API)."
     )
@@ -70,42 +78,105 @@ class Settings(BaseSettings):
     )
 
     # Dedup and recompute.
-    debounce_ms: int = Field(default=50, ge=0, le=10_000)
-    pending_stale_s: float = Field(default=30.0, gt=0, le=3600)
-    recompute_batch_size: int = Field(default=200, ge=1, le=5_000)
-    refresh_batch_size: int = Field(default=500, ge=1, le=10_000)
+    debounce_ms: int = Field(
+        default=50, ge=0, le=10_000,
+        description="At most one recompute per coach and aggregate per window; idle keys: at once.",
+    )  # fmt: skip
+    pending_stale_s: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="A pending marker or claim older than this is treated as lost and redone.",
+    )  # fmt: skip
+    recompute_batch_size: int = Field(
+        default=200,
+        ge=1,
+        le=5_000,
+        description="Most coaches one realtime drain recomputes at once.",
+    )
+    refresh_batch_size: int = Field(
+        default=500, ge=1, le=10_000, description="Coaches per batch in beat's bulk refreshes."
+    )
 
     # Beat.
-    secondary_refresh_s: float = Field(default=90.0, gt=0, le=3600)
-    clock_tick_s: float = Field(default=30.0, gt=0, le=3600)
-    fallback_poll_s: float = Field(default=60.0, gt=0, le=3600)
-    status_check_s: float = Field(default=5.0, gt=0, le=300)
-    reconcile_s: float = Field(default=3600.0, gt=0, le=86_400)
+    secondary_refresh_s: float = Field(
+        default=90.0, gt=0, le=3600, description="Refresh interval of secondary aggregates."
+    )
+    clock_tick_s: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="How often time-dependent fields (upcoming, last 30 days) follow the clock.",
+    )  # fmt: skip
+    fallback_poll_s: float = Field(
+        default=60.0, gt=0, le=3600,
+        description="Polling of critical aggregates while the realtime status is not green.",
+    )  # fmt: skip
+    status_check_s: float = Field(
+        default=5.0, gt=0, le=300, description="How often beat derives the realtime status."
+    )
+    reconcile_s: float = Field(
+        default=3600.0, gt=0, le=86_400,
+        description="Full refresh of every aggregate of every coach, the safety net.",
+    )  # fmt: skip
 
     # Celery reliability.
-    visibility_timeout_s: int = Field(default=60, ge=5, le=86_400)
-    realtime_time_limit_s: int = Field(default=30, ge=1, le=3600)
-    refresh_time_limit_s: int = Field(default=50, ge=1, le=3600)
+    visibility_timeout_s: int = Field(
+        default=60, ge=5, le=86_400,
+        description="Redis broker: a task whose worker died is redelivered after this.",
+    )  # fmt: skip
+    realtime_time_limit_s: int = Field(
+        default=30, ge=1, le=3600, description="Hard time limit of a realtime drain task."
+    )
+    refresh_time_limit_s: int = Field(
+        default=50, ge=1, le=3600, description="Hard time limit of a beat refresh task."
+    )
 
     # Listeners.
-    listener_source: SourceName = SourceName.POSTGRES
-    heartbeat_s: float = Field(default=5.0, gt=0, le=300)
-    heartbeat_stale_s: float = Field(default=15.0, gt=0, le=3600)
-    reconnect_initial_s: float = Field(default=0.5, gt=0, le=60)
-    reconnect_max_s: float = Field(default=8.0, gt=0, le=600)
-    slot_name: str = Field(default="coachpipe", pattern=r"^[a-z0-9_]{1,63}$")
-    publication_name: str = Field(default="coachpipe", pattern=r"^[a-z0-9_]{1,63}$")
-    slot_lag_warn_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
-    max_payload_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    listener_source: SourceName = Field(
+        default=SourceName.POSTGRES, description="`postgres` (replication slot) or `supabase`."
+    )
+    heartbeat_s: float = Field(
+        default=5.0, gt=0, le=300, description="Listener heartbeat interval (state in Redis)."
+    )
+    heartbeat_stale_s: float = Field(
+        default=15.0, gt=0, le=3600,
+        description="A heartbeat older than this counts as gone (status turns red).",
+    )  # fmt: skip
+    reconnect_initial_s: float = Field(
+        default=0.5, gt=0, le=60, description="First reconnect delay (exponential, jittered)."
+    )
+    reconnect_max_s: float = Field(
+        default=8.0, gt=0, le=600, description="Longest reconnect delay."
+    )
+    slot_name: str = Field(
+        default="coachpipe", pattern=r"^[a-z0-9_]{1,63}$",
+        description="Logical replication slot of the `postgres` source.",
+    )  # fmt: skip
+    publication_name: str = Field(
+        default="coachpipe", pattern=r"^[a-z0-9_]{1,63}$",
+        description="Publication the slot streams (the five tables).",
+    )  # fmt: skip
+    slot_lag_warn_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=0,
+        description="Warn (log, status, doctor) when the slot holds more WAL than this.",
+    )  # fmt: skip
 
     # Operations.
-    log_level: str = Field(default="INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
-    log_format: LogFormat = LogFormat.JSON
-    listener_metrics_port: int = Field(default=9108, ge=0, le=65_535)
-    worker_metrics_port: int = Field(default=9109, ge=0, le=65_535)
-    api_host: str = "127.0.0.1"
-    api_port: int = Field(default=8000, ge=1, le=65_535)
-    flower_basic_auth: SecretStr | None = None
+    log_level: str = Field(
+        default="INFO", pattern=r"^(?i:debug|info|warning|error|critical)$",
+        description="DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+    )  # fmt: skip
+    log_format: LogFormat = Field(
+        default=LogFormat.JSON, description="`json` (one object per line) or `console`."
+    )
+    listener_metrics_port: int = Field(
+        default=9108, ge=0, le=65_535, description="Listener's Prometheus port (0: off)."
+    )
+    worker_metrics_port: int = Field(
+        default=9109, ge=0, le=65_535, description="Worker's Prometheus port (0: off)."
+    )
+    api_host: str = Field(default="127.0.0.1", description="Address `coachpipe api` binds.")
+    api_port: int = Field(default=8000, ge=1, le=65_535, description="Port of `coachpipe api`.")
+    flower_basic_auth: SecretStr | None = Field(
+        default=None, description="`user:password` that protects Flower."
+    )
     data_dir: str = Field(default=".data", description="Where `coachpipe demo` keeps its services.")
 
     @model_validator(mode="after")

@@ -31,11 +31,13 @@ def make_source(settings: Settings, name: SourceName) -> Source:
     return SupabaseSource(settings)
 
 
-async def serve(settings: Settings, source_name: SourceName) -> None:
+async def serve(
+    settings: Settings, source_name: SourceName, listener_class: type[Listener] = Listener
+) -> None:
     source = make_source(settings, source_name)
     client = redis.Redis.from_url(settings.require_redis_url(), health_check_interval=30)
     engine = make_engine(settings.require_database_url(), application_name="coachpipe-listener")
-    listener = Listener(source, settings, client=client, engine=engine)
+    listener = listener_class(source, settings, client=client, engine=engine)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 
@@ -53,11 +55,15 @@ async def serve(settings: Settings, source_name: SourceName) -> None:
         client.close()
 
 
-def run(settings: Settings, source_name: SourceName | None = None) -> int:
+def run(
+    settings: Settings,
+    source_name: SourceName | None = None,
+    listener_class: type[Listener] = Listener,
+) -> int:
     configure_logging(settings, process="listener")
     if settings.listener_metrics_port:
         from coachpipe.observability import serve_metrics
 
         serve_metrics(settings.listener_metrics_port)
-    asyncio.run(serve(settings, source_name or settings.listener_source))
+    asyncio.run(serve(settings, source_name or settings.listener_source, listener_class))
     return 0

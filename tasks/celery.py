@@ -6,11 +6,16 @@ broker; a BROKER_URL pointing at RabbitMQ works unchanged.
 
 from __future__ import annotations
 
+# First: decides where a worker's pool children keep their metrics (see the module).
+from tasks import worker_metrics  # isort: skip
+
+import os
 import sys
 from typing import Any
 
+import structlog
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown, worker_ready
 
 from config import Settings, SettingsError, load_settings
 from config.logging import configure_logging
@@ -86,3 +91,20 @@ def _logging(**_: Any) -> None:
 @worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
     runtime.reset_after_fork()
+
+
+@worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    if settings.worker_metrics_port and worker_metrics.IS_WORKER:
+        try:
+            worker_metrics.serve(settings.worker_metrics_port)
+        except OSError as error:  # another worker on this host has the port
+            structlog.get_logger("tasks").warning(
+                "metrics_port_taken", port=settings.worker_metrics_port, error=str(error)
+            )
+
+
+@worker_process_shutdown.connect
+def _forget_child(pid: int | None = None, **_: Any) -> None:
+    if worker_metrics.IS_WORKER:
+        worker_metrics.child_exited(pid or os.getpid())

@@ -72,9 +72,16 @@ def drain(self: Any, aggregate: str) -> dict[str, Any]:
 
 
 @app.task(name="tasks.jobs.refresh_batch", **RETRY, **REFRESH_LIMITS)
-def refresh_batch(aggregate: str, coach_ids: list[str]) -> dict[str, Any]:
-    """Recompute one batch of coaches directly (beat's bulk work, no dedup)."""
-    result = recompute(runtime.engine, runtime.store, get(aggregate), [UUID(c) for c in coach_ids])
+def refresh_batch(
+    aggregate: str, coach_ids: list[str], commit_ms: int | None = None
+) -> dict[str, Any]:
+    """Recompute one batch of coaches directly (beat's bulk work, no dedup).
+
+    `commit_ms`, when a change triggered the refresh, feeds the commit → stored latency.
+    """
+    coaches = [UUID(c) for c in coach_ids]
+    commits = dict.fromkeys(coaches, commit_ms) if commit_ms is not None else None
+    result = recompute(runtime.engine, runtime.store, get(aggregate), coaches, commit_ms=commits)
     return {"aggregate": aggregate, "coaches": result.coaches, "stale": result.stale}
 
 

@@ -56,6 +56,7 @@ BYTEA_OID = 17
 # Prefix of the logical message that flushes WAL (see FLUSH_WAL); the poller skips it.
 FLUSH_MESSAGE_PREFIX = "coachpipe.realtime_standin"
 FILTER_OPERATORS = ("eq", "neq")
+RENDER_CHUNK = 500
 
 # The option list of the real server's `realtime.list_changes`, with the tables appended.
 GET_CHANGES = """
@@ -746,8 +747,10 @@ class RealtimeStandIn:
             for (data,) in await cursor.fetchall()
         ]
         changes = [row for row in rows if row.get("action") in ACTION_TYPES]
-        if changes:
-            for data in await self._render(changes):
+        # A poll returns whole transactions, which can be large; render them in chunks so one
+        # query stays under Postgres' 65,535 bind parameters.
+        for start in range(0, len(changes), RENDER_CHUNK):
+            for data in await self._render(changes[start : start + RENDER_CHUNK]):
                 self._fan_out(data)
         return len(rows)
 

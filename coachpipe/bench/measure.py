@@ -1,0 +1,142 @@
+"""What the benchmarks measure with: update notices, percentiles, process memory, metrics."""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+import psutil
+import redis
+
+from pipeline import keys
+from pipeline.store import Notice
+
+
+def percentiles(values: list[float]) -> dict[str, float | int | None]:
+    """p50/p95/p99/max (nearest rank) and the count; None when there is nothing to rank."""
+    if not values:
+        return {"count": 0, "p50": None, "p95": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def rank(q: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+    return {
+        "count": len(ordered),
+        "p50": round(rank(0.50), 2),
+        "p95": round(rank(0.95), 2),
+        "p99": round(rank(0.99), 2),
+        "max": round(ordered[-1], 2),
+    }
+
+
+@dataclass
+class Observed:
+    notice: Notice
+    received: float
+    """Wall clock (s) when the bench received the notice."""
+
+    @property
+    def stored_ms(self) -> float:
+        return datetime.fromisoformat(self.notice.computed_at).timestamp() * 1000
+
+    @property
+    def latency_ms(self) -> float | None:
+        """Commit of the oldest change this write answers → stored in Redis."""
+        if self.notice.commit_ms is None:
+            return None
+        return self.stored_ms - self.notice.commit_ms
+
+
+@dataclass
+class NoticeCollector:
+    """Pattern-subscribes to every coach's update channel and keeps what arrives."""
+
+    url: str
+    notices: list[Observed] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _ready: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> NoticeCollector:
+        self._thread = threading.Thread(target=self._run, name="notices", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def _run(self) -> None:
+        pubsub = redis.Redis.from_url(self.url).pubsub(ignore_subscribe_messages=True)
+        pubsub.psubscribe(keys.UPDATES_PATTERN)
+        self._ready.set()
+        while not self._stop.is_set():
+            try:
+                message = pubsub.get_message(timeout=0.2)
+            except redis.RedisError:
+                break
+            if message is not None:
+                self.notices.append(Observed(Notice.decode(message["data"]), time.time()))
+        pubsub.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def since(self, start: float) -> list[Observed]:
+        return [n for n in self.notices if n.received >= start]
+
+    def clear(self) -> None:
+        self.notices.clear()
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (a prefork worker and its pool), MB."""
+    try:
+        process = psutil.Process(pid)
+        members = [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0
+    for member in members:
+        try:
+            total += member.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return round(total / 1024 / 1024, 1)
+
+
+def scrape(port: int, name: str, **labels: str) -> float:
+    """Sum of one metric's samples (matching `labels`) on a Prometheus endpoint."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
+        if match is None:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpus": psutil.cpu_count(),
+        "cpu_model": model,
+        "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
+    }

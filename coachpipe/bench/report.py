@@ -1,0 +1,366 @@
+"""Benchmark results as JSON (everything), a Markdown table (the goals) and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+GOALS = {
+    "steady postgres p50": 50,
+    "steady postgres p99": 300,
+    "steady supabase p99": 600,
+    "burst visible": 1.0,
+    "hot changes per recompute": 50,
+    "hot visible": 1.0,
+    "intake": 5000,
+    "full refresh": 30,
+    "rss": 256,
+    "naive query ratio": 20,
+    "one coach p50": 5,
+    "one coach p99": 20,
+}
+
+
+def _get(data: dict[str, Any], *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        value = round(value, 2)
+    return f"{value:,}{unit}" if isinstance(value, int | float) else f"{value}{unit}"
+
+
+def _met(ok: bool | None) -> str:
+    return "-" if ok is None else ("yes" if ok else "**no**")
+
+
+def _ratio(naive: Any, ours: Any) -> float | None:
+    if not naive or not ours:
+        return None
+    return round(naive / ours, 1)
+
+
+def _le(value: Any, goal: float) -> bool | None:
+    return None if value is None else value <= goal
+
+
+def _ge(value: Any, goal: float) -> bool | None:
+    return None if value is None else value >= goal
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(scenario and measure, measured, goal, met)."""
+    out: list[tuple[str, str, str, str]] = []
+    steady = results.get("steady", {})
+    for source, goal_p50, goal_p99 in (("postgres", 50, 300), ("supabase", None, 600)):
+        run = steady.get(source)
+        if not run:
+            continue
+        latency = run["commit_to_stored_ms"]
+        floor = run.get("commit_to_listener_ms", {})
+        out.append(
+            (
+                f"steady 200/s, {source}: commit → stored p50/p95/p99/max (ms)",
+                " / ".join(_fmt(latency[q]) for q in ("p50", "p95", "p99", "max")),
+                (f"p50 ≤ {goal_p50}, " if goal_p50 else "") + f"p99 ≤ {goal_p99}",
+                _met(
+                    _le(latency["p99"], goal_p99)
+                    and (goal_p50 is None or _le(latency["p50"], goal_p50))
+                ),
+            )
+        )
+        out.append(
+            (
+                f"steady 200/s, {source}: floor, commit → listener p50/p99 (ms)",
+                f"{_fmt(floor.get('p50'))} / {_fmt(floor.get('p99'))}",
+                "",
+                "-",
+            )
+        )
+    burst = results.get("burst", {})
+    if burst.get("pipeline"):
+        run = burst["pipeline"]
+        out.append(
+            (
+                "burst 2,000 in 1 s / 100 coaches: all correct after last commit (s)",
+                f"{_fmt(run['visible_after_last_commit_s'])} (wrong: {run['correct']['wrong']})",
+                "≤ 1",
+                _met(_le(run["visible_after_last_commit_s"], 1.0) and run["correct"]["wrong"] == 0),
+            )
+        )
+        out.append(
+            (
+                "burst: worker RSS max (MB)",
+                _fmt(run["worker_rss_mb_max"]),
+                "≤ 256",
+                _met(_le(run["worker_rss_mb_max"], 256)),
+            )
+        )
+    hot = results.get("hot", {})
+    if hot.get("pipeline"):
+        run = hot["pipeline"]
+        out.append(
+            (
+                "hot coach 1,000 in 1 s: changes per recompute",
+                _fmt(run["changes_per_recompute_of_hot_coach"]),
+                "≥ 50",
+                _met(_ge(run["changes_per_recompute_of_hot_coach"], 50)),
+            )
+        )
+        out.append(
+            (
+                "hot coach: last change visible after last commit (s)",
+                _fmt(run["visible_after_last_commit_s"]),
+                "≤ 1",
+                _met(_le(run["visible_after_last_commit_s"], 1.0)),
+            )
+        )
+    intake = results.get("intake", {})
+    for source in ("postgres", "supabase"):
+        run = intake.get(source)
+        if run:
+            goal = source == "postgres"
+            out.append(
+                (
+                    f"intake, {source}: listener changes/s (writers {_fmt(run['writer_rate'])}/s)",
+                    f"{_fmt(run['listener_rate'])} "
+                    f"(2nd half {_fmt(run['listener_rate_second_half'])})",
+                    "≥ 5,000" if goal else "",
+                    _met(_ge(run["listener_rate"], 5000)) if goal else "-",
+                )
+            )
+    full = results.get("full-refresh")
+    if full:
+        out.append(
+            (
+                f"full refresh, {full['coaches']:,} coaches x {full['aggregates']} aggregates, "
+                "workers (s)",
+                _fmt(full["pipeline_workers_s"]),
+                "≤ 30",
+                _met(_le(full["pipeline_workers_s"], 30)),
+            )
+        )
+    micro = results.get("aggregates")
+    if micro:
+        one = micro["one_coach_all_critical_ms"]
+        out.append(
+            (
+                "recompute all critical aggregates, 1 coach p50/p99 (ms)",
+                f"{_fmt(one['p50'])} / {_fmt(one['p99'])}",
+                "≤ 5 / ≤ 20",
+                _met(_le(one["p50"], 5) and _le(one["p99"], 20)),
+            )
+        )
+        out.append(
+            (
+                f"full refresh in one process, {micro['coaches']:,} coaches (s)",
+                _fmt(micro["full_refresh_all_aggregates_s"]),
+                "≤ 30",
+                _met(_le(micro["full_refresh_all_aggregates_s"], 30)),
+            )
+        )
+    soak = results.get("soak", {}).get("pipeline")
+    if soak:
+        for process in ("worker", "listener"):
+            trend = soak[f"{process}_rss_mb"]
+            out.append(
+                (
+                    f"soak 100/s {soak['seconds']:.0f} s: {process} RSS "
+                    "first→last third avg / max (MB)",
+                    f"{trend['first_third_avg']} → {trend['last_third_avg']} / {trend['max']}",
+                    "flat, ≤ 256",
+                    _met(
+                        trend["max"] <= 256
+                        and trend["last_third_avg"] <= trend["first_third_avg"] * 1.1 + 5
+                    ),
+                )
+            )
+        queued = soak["queued"]
+        out.append(
+            (
+                "soak: queued tasks first→last third avg / max",
+                f"{queued['first_third_avg']} → {queued['last_third_avg']} / {queued['max']}",
+                "no growth",
+                _met(queued["last_third_avg"] <= queued["first_third_avg"] + 5),
+            )
+        )
+    dedup = results.get("dedup")
+    if dedup:
+        latency = dedup["enqueue_to_stored_ms"]
+        out.append(
+            (
+                "enqueue → stored, idle key, loopback p50/p99 (ms)",
+                f"{_fmt(latency['p50'])} / {_fmt(latency['p99'])}",
+                "",
+                "-",
+            )
+        )
+        out.append(
+            (
+                "one worker process, coach recomputes/s batched | batch of 1",
+                f"{_fmt(dedup['one_worker_recomputes_per_s_batched']['per_second'])} | "
+                f"{_fmt(dedup['one_worker_recomputes_per_s_batch_of_1']['per_second'])}",
+                "",
+                "-",
+            )
+        )
+    return out
+
+
+def naive_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(scenario, measure, pipeline, naive, naive/pipeline)."""
+    out = []
+    pairs = [
+        (
+            "steady",
+            results.get("steady", {}).get("postgres"),
+            results.get("steady", {}).get("naive"),
+        ),
+        ("burst", results.get("burst", {}).get("pipeline"), results.get("burst", {}).get("naive")),
+        ("hot coach", results.get("hot", {}).get("pipeline"), results.get("hot", {}).get("naive")),
+        ("soak", results.get("soak", {}).get("pipeline"), results.get("soak", {}).get("naive")),
+    ]
+    for name, ours, naive in pairs:
+        if not ours or not naive:
+            continue
+        for measure, key in (("recomputes", "recomputes"), ("DB queries", "db_queries")):
+            if key in ours and key in naive:
+                out.append(
+                    (
+                        name,
+                        measure,
+                        _fmt(ours[key]),
+                        _fmt(naive[key]),
+                        _fmt(_ratio(naive[key], ours[key]), "x"),
+                    )
+                )
+        p99 = (ours["commit_to_stored_ms"]["p99"], naive["commit_to_stored_ms"]["p99"])
+        out.append(
+            (
+                name,
+                "p99 commit → stored (ms)",
+                _fmt(p99[0]),
+                _fmt(p99[1]),
+                _fmt(_ratio(p99[1], p99[0]), "x"),
+            )
+        )
+    full = results.get("full-refresh")
+    if full:
+        out.append(
+            (
+                "full refresh",
+                "seconds",
+                _fmt(full["pipeline_workers_s"]),
+                _fmt(full["naive_one_coach_per_query_s"]),
+                _fmt(_ratio(full["naive_one_coach_per_query_s"], full["pipeline_workers_s"]), "x"),
+            )
+        )
+        out.append(
+            (
+                "full refresh",
+                "DB queries",
+                _fmt(full["pipeline_db_queries"]),
+                _fmt(full["naive_db_queries"]),
+                _fmt(_ratio(full["naive_db_queries"], full["pipeline_db_queries"]), "x"),
+            )
+        )
+    intake = results.get("intake", {})
+    if intake.get("postgres") and intake.get("naive"):
+        out.append(
+            (
+                "intake",
+                "listener changes/s",
+                _fmt(intake["postgres"]["listener_rate"]),
+                _fmt(intake["naive"]["listener_rate"]),
+                _fmt(
+                    _ratio(intake["postgres"]["listener_rate"], intake["naive"]["listener_rate"]),
+                    "x fewer",
+                ),
+            )
+        )
+    return out
+
+
+def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
+    lines = [
+        f"# coachpipe benchmark — {meta['date']} ({meta['profile']})",
+        "",
+        f"commit `{meta['commit']}` · {meta['machine']['cpus']} CPUs "
+        f"({meta['machine']['cpu_model']}), "
+        f"{meta['machine']['memory_gb']} GB · DEBOUNCE_MS={meta['settings']['debounce_ms']} · "
+        f"run took {meta['seconds']:.0f} s",
+        "",
+        "| scenario / measure | measured | goal | met |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(results)]
+    naive = naive_rows(results)
+    if naive:
+        lines += [
+            "",
+            "Pipeline against the naive baseline (no dedup, one recompute per event, "
+            "one coach per query), same load:",
+            "",
+            "| scenario | measure | pipeline | naive | naive / pipeline |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in naive]
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict[str, Any], directory: Path, stem: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    steady = results.get("steady", {})
+    runs = [(name, run) for name, run in steady.items() if run and run.get("timeline")]
+    if not runs:
+        return written
+    figure, (over_time, distribution) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for name, run in runs:
+        times = [t for t, _ in run["timeline"]]
+        latencies = [lat for _, lat in run["timeline"]]
+        over_time.scatter(times, latencies, s=2, alpha=0.4, label=name)
+        ordered = sorted(latencies)
+        distribution.plot(ordered, [i / len(ordered) for i in range(len(ordered))], label=name)
+    over_time.set(
+        xlabel="seconds into the run",
+        ylabel="commit → stored (ms)",
+        yscale="log",
+        title="steady 200 changes/s: latency over time",
+    )
+    distribution.set(
+        xlabel="commit → stored (ms)",
+        ylabel="fraction of stored writes",
+        xscale="log",
+        title="latency distribution (CDF)",
+    )
+    for axis in (over_time, distribution):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    path = directory / f"{stem}-steady-latency.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    written.append(path)
+    return written
+
+
+def write(directory: Path, stem: str, meta: dict[str, Any], results: dict[str, Any]) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path = directory / f"{stem}.json"
+    json_path.write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
+    md_path = directory / f"{stem}.md"
+    md_path.write_text(markdown(meta, results))
+    return [json_path, md_path, *plots(results, directory, stem)]

@@ -1,0 +1,157 @@
+"""`make bench` / `coachpipe bench SCENARIO`: run scenarios on private stacks, write results.
+
+Scenarios on the 1,000-coach dataset share one stack (`dedup`, `steady`, `burst`, `hot`,
+`intake`, `soak`); the 10,000-coach / 1M-session ones share another (`aggregates`,
+`full-refresh`). `--quick` shrinks sizes and durations (≈3 minutes); `smoke` (used by the
+test suite) only proves the harness runs.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from coachpipe.bench import report
+from coachpipe.bench.measure import machine
+from coachpipe.bench.scenarios import (
+    PROFILES,
+    Profile,
+    aggregates_micro,
+    burst,
+    dedup_micro,
+    full_refresh,
+    intake,
+    soak,
+    steady,
+)
+from coachpipe.bench.stack import Stack
+from coachpipe.embedded import PrivateRedis
+from config import load_settings
+from config.logging import configure_logging
+
+Run = Callable[[Stack, Profile], Any]
+SMALL_STACK: dict[str, Run] = {
+    "dedup": dedup_micro,
+    "steady": lambda s, p: {
+        "postgres": steady(s, p, "postgres", naive=False),
+        "supabase": steady(s, p, "supabase", naive=False),
+        "naive": steady(s, p, "postgres", naive=True),
+    },
+    "burst": lambda s, p: {"pipeline": burst(s, p, naive=False), "naive": burst(s, p, naive=True)},
+    "hot": lambda s, p: {
+        "pipeline": burst(s, p, naive=False, hot=True),
+        "naive": burst(s, p, naive=True, hot=True),
+    },
+    "intake": lambda s, p: {
+        "postgres": intake(s, p, "postgres", naive=False),
+        "supabase": intake(s, p, "supabase", naive=False),
+        "naive": intake(s, p, "postgres", naive=True),
+    },
+    "soak": lambda s, p: {"pipeline": soak(s, p, naive=False), "naive": soak(s, p, naive=True)},
+}
+BIG_STACK: dict[str, Run] = {"aggregates": aggregates_micro, "full-refresh": full_refresh}
+SCENARIOS = (*SMALL_STACK, *BIG_STACK)
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _run_group(
+    group: dict[str, Run], names: list[str], stack: Stack, profile: Profile, console: Console
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name in names:
+        if name not in group:
+            continue
+        console.print(f"[bold]{name}[/] …")
+        started = time.monotonic()
+        results[name] = group[name](stack, profile)
+        stack.broker.flushdb()
+        console.print(f"  {name} done in {time.monotonic() - started:.0f} s")
+    return results
+
+
+def run_bench(
+    scenario: str, *, quick: bool, output: str, console: Console, smoke: bool = False
+) -> int:
+    names = list(SCENARIOS) if scenario == "all" else [scenario]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        console.print(
+            f"[red]unknown scenario {unknown[0]!r}[/]; choose from: all, {', '.join(SCENARIOS)}"
+        )
+        return 2
+    profile = PROFILES["smoke" if smoke else "quick" if quick else "full"]
+    configure_logging(load_settings(_env_file=None, log_level="WARNING", log_format="console"))
+    started = time.monotonic()
+    results: dict[str, Any] = {}
+    signal.signal(signal.SIGTERM, _exit_cleanly)  # run the finally blocks: no orphan processes
+    shared = tempfile.mkdtemp(prefix="coachpipe-bench-redis-")
+    redis_server = PrivateRedis(Path(shared), durable=False).start()
+    try:
+        results = _run_stacks(names, profile, redis_server, console)
+    finally:
+        redis_server.destroy()
+    report_and_print(results, profile, started, output, console)
+    return 0
+
+
+def _exit_cleanly(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _run_stacks(
+    names: list[str], profile: Profile, redis_server: PrivateRedis, console: Console
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    if any(n in SMALL_STACK for n in names):
+        stack = Stack(coaches=profile.coaches, redis_server=redis_server).start()
+        console.print(f"{profile.coaches:,} coaches seeded in {stack.seed_seconds:.0f} s")
+        try:
+            stack.refresh_now()
+            results |= _run_group(SMALL_STACK, names, stack, profile, console)
+        finally:
+            stack.close()
+    if any(n in BIG_STACK for n in names):
+        stack = Stack(coaches=profile.big_coaches, redis_server=redis_server).start()
+        console.print(f"{profile.big_coaches:,} coaches seeded in {stack.seed_seconds:.0f} s")
+        results["seed"] = {"coaches": profile.big_coaches, "seconds": round(stack.seed_seconds, 1)}
+        try:
+            results |= _run_group(BIG_STACK, names, stack, profile, console)
+        finally:
+            stack.close()
+    return results
+
+
+def report_and_print(
+    results: dict[str, Any], profile: Profile, started: float, output: str, console: Console
+) -> None:
+    settings = load_settings(_env_file=None)
+    now = datetime.now(UTC)
+    meta = {
+        "date": now.isoformat(timespec="seconds"),
+        "commit": _commit(),
+        "profile": profile.name,
+        "machine": machine(),
+        "settings": {"debounce_ms": settings.debounce_ms, "batch": settings.recompute_batch_size},
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    stem = f"bench-{now:%Y%m%d-%H%M%S}-{profile.name}"
+    paths = report.write(Path(output), stem, meta, results)
+    console.print(report.markdown(meta, results))
+    for path in paths:
+        console.print(f"wrote {path}")

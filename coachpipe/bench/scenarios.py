@@ -1,0 +1,634 @@
+"""The benchmark scenarios. Each returns a dict of measured figures (never estimates).
+
+Latency is commit → stored: each stored write's notice carries the commit time of the oldest
+change it answers (from the change event, i.e. the database's commit timestamp), and the time
+it was computed and stored. The floor (commit → event received) is measured by a second
+consumer of the same source, with the same code the listener uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from coachpipe.bench.measure import NoticeCollector, Observed, percentiles, scrape, tree_rss_mb
+from coachpipe.bench.stack import Stack
+from coachpipe.traffic import Change, ChangeWriter, pace, pick_coaches
+from config import load_settings
+from listeners.source import Batch
+from pipeline.aggregates import CRITICAL, get
+from pipeline.read import read_aggregate
+from pipeline.recompute import compute_snapshot
+from pipeline.routing import TABLE_AGGREGATES
+from tests.processes import wait_for
+
+
+@dataclass
+class Profile:
+    """Sizes and durations of one run (`full`, `quick` or `smoke`)."""
+
+    name: str
+    coaches: int
+    big_coaches: int
+    steady_s: float
+    steady_other_s: float
+    burst_changes: int
+    hot_changes: int
+    intake_s: float
+    soak_s: float
+    naive_soak_s: float
+    micro_samples: int
+
+
+PROFILES = {
+    "full": Profile("full", 1000, 10_000, 120, 60, 2000, 1000, 20, 600, 60, 500),
+    "quick": Profile("quick", 300, 1000, 15, 10, 1000, 500, 8, 30, 10, 200),
+    "smoke": Profile("smoke", 30, 60, 2, 2, 100, 50, 2, 3, 2, 20),
+}
+
+
+# --- writers ------------------------------------------------------------------------------
+@dataclass
+class Written:
+    changes: list[Change] = field(default_factory=list)
+    started: float = 0.0
+    finished: float = 0.0
+    behind_s: float = 0.0
+
+    @property
+    def last_commit_ms(self) -> float:
+        return max(change.commit_ms for change in self.changes)
+
+
+def write_paced(
+    stack: Stack,
+    *,
+    rate: float,
+    duration: float,
+    coaches: list[UUID],
+    hot: UUID | None = None,
+    threads: int = 1,
+    seed: int = 7,
+) -> Written:
+    """`rate` changes/s for `duration` s from `threads` connections (one ChangeWriter each)."""
+    written = Written(started=time.time())
+    lock = threading.Lock()
+
+    def one(index: int) -> None:
+        with psycopg.connect(stack.pg.url, autocommit=True) as conn:
+            writer = ChangeWriter(conn, [hot] if hot else coaches, seed + index)
+
+            def record(change: Change) -> None:
+                with lock:
+                    written.changes.append(change)
+
+            stats = pace(writer.write, rate=rate / threads, duration=duration, on_change=record)
+            with lock:
+                written.behind_s = max(written.behind_s, stats.behind_s)
+
+    workers = [threading.Thread(target=one, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    written.finished = time.time()
+    return written
+
+
+def affected_keys(changes: Iterable[Change]) -> int:
+    return sum(len(TABLE_AGGREGATES[c.table]) * len(c.coaches) for c in changes)
+
+
+# --- floor probe ----------------------------------------------------------------------------
+class FloorProbe:
+    """A second consumer of the source, recording commit → event received."""
+
+    def __init__(self, stack: Stack, source: str) -> None:
+        overrides: dict[str, Any] = {"slot_name": "bench_floor"}
+        if source == "supabase":
+            overrides |= {"supabase_url": stack.realtime().url, "supabase_key": "bench"}
+        self.settings = load_settings(_env_file=None, **overrides)
+        self.source_name = source
+        self.latencies: list[tuple[float, float]] = []
+        self.stack = stack
+        self._source: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="floor")
+        self._ready = threading.Event()
+
+    def start(self) -> FloorProbe:
+        self._thread.start()
+        self._ready.wait(30)
+        return self
+
+    def _run(self) -> None:
+        asyncio.run(self._consume())
+
+    async def _consume(self) -> None:
+        from pipeline.health import ListenerState
+
+        if self.source_name == "postgres":
+            from listeners.postgres_source import PostgresSource
+
+            self._source = PostgresSource(self.settings)
+        else:
+            from listeners.supabase_source import SupabaseSource
+
+            self._source = SupabaseSource(self.settings)
+        self._loop = asyncio.get_running_loop()
+        items = self._source.items()
+
+        async def watch_ready() -> None:
+            while self._source.status.state is not ListenerState.CONNECTED:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            self._ready.set()
+
+        watcher = asyncio.create_task(watch_ready())
+        async for item in items:
+            if isinstance(item, Batch):
+                now = time.time()
+                for event in item.events:
+                    if event.commit_ts is not None:
+                        self.latencies.append((now, (now - event.commit_ts.timestamp()) * 1000))
+            await self._source.confirm(getattr(item, "position", None))
+        watcher.cancel()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._source is not None:
+            closing = asyncio.run_coroutine_threadsafe(self._source.close(), self._loop)
+            with contextlib.suppress(concurrent.futures.CancelledError, TimeoutError):
+                closing.result(30)  # the loop may finish (and cancel this) once items() ends
+        self._thread.join(30)
+        if self.source_name == "postgres":
+            with psycopg.connect(self.stack.pg.url, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_drop_replication_slot('bench_floor') "
+                    "WHERE EXISTS (SELECT 1 FROM pg_replication_slots "
+                    "WHERE slot_name = 'bench_floor')"
+                )
+
+    def since(self, start: float) -> list[float]:
+        return [latency for at, latency in self.latencies if at >= start]
+
+
+# --- visibility and correctness ---------------------------------------------------------------
+def _as_of_ms(observed: Observed) -> float:
+    return datetime.fromisoformat(observed.notice.snapshot_at).timestamp() * 1000
+
+
+def visible_after_last_commit(written: Written, notices: list[Observed]) -> float | None:
+    """Seconds from the last commit until every key the changes touched was stored from a
+    snapshot taken after that key's last change (None if some key never was)."""
+    last: dict[tuple[str, str], float] = {}
+    for change in written.changes:
+        for coach in change.coaches:
+            for name in TABLE_AGGREGATES[change.table]:
+                key = (name, str(coach))
+                last[key] = max(last.get(key, 0.0), change.commit_ms)
+    by_key: dict[tuple[str, str], list[Observed]] = defaultdict(list)
+    for observed in notices:
+        by_key[(observed.notice.aggregate, observed.notice.coach_id)].append(observed)
+    visible = 0.0
+    for key, commit_ms in last.items():
+        stored = [o.stored_ms for o in by_key.get(key, []) if _as_of_ms(o) >= commit_ms]
+        if not stored:
+            return None
+        visible = max(visible, min(stored))
+    return round((visible - written.last_commit_ms) / 1000, 3)
+
+
+def verify(stack: Stack, coaches: Iterable[UUID]) -> dict[str, Any]:
+    """Stored values equal a fresh computation at their own `as_of` (the SQL the oracle tests
+    prove equal to the plain-Python oracle)."""
+    from pipeline.db import make_engine
+
+    engine = make_engine(stack.pg.url)
+    wrong = []
+    checked = 0
+    for aggregate in CRITICAL:
+        for coach in coaches:
+            stored = read_aggregate(stack.redis, coach, aggregate.name)
+            with engine.connect() as conn:
+                fresh = aggregate.compute(conn, [coach], stored.as_of)[coach] if stored else None
+            checked += 1
+            if stored is None or stored.value != fresh:
+                wrong.append(f"{aggregate.name}:{coach}")
+    engine.dispose()
+    return {"checked": checked, "wrong": len(wrong), "examples": wrong[:5]}
+
+
+def _latencies(notices: list[Observed]) -> list[float]:
+    return [lat for o in notices if (lat := o.latency_ms) is not None]
+
+
+def _timeline(notices: list[Observed], start: float) -> list[tuple[float, float]]:
+    return [
+        (round(o.received - start, 3), round(lat, 2))
+        for o in notices
+        if (lat := o.latency_ms) is not None
+    ]
+
+
+def _coaches(stack: Stack, count: int, seed: int = 7) -> list[UUID]:
+    with psycopg.connect(stack.pg.url, autocommit=True) as conn:
+        return pick_coaches(conn, count, seed)
+
+
+# --- scenarios ----------------------------------------------------------------------------
+def steady(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str, Any]:
+    duration = profile.steady_s if (source == "postgres" and not naive) else profile.steady_other_s
+    stack.worker()
+    listener = stack.listener(source, naive=naive)
+    floor = FloorProbe(stack, source).start() if not naive else None
+    collector = NoticeCollector(stack.env["REDIS_URL"]).start()
+    coaches = _coaches(stack, min(1000, stack.coaches))
+    stack.reset_counters()
+    start = time.time()
+    written = write_paced(stack, rate=200, duration=duration, coaches=coaches, threads=2)
+    drained = stack.quiesce(180)
+    notices = collector.since(start)
+    collector.stop()
+    result = {
+        "source": source,
+        "mode": "naive" if naive else "pipeline",
+        "rate": 200,
+        "seconds": duration,
+        "changes": len(written.changes),
+        "writer_behind_s": round(written.behind_s, 3),
+        "commit_to_stored_ms": percentiles(_latencies(notices)),
+        "recomputes": len(notices),
+        "naive_recomputes": affected_keys(written.changes),
+        "db_queries": stack.db_queries(),
+        "drain_after_last_write_s": round(drained, 2),
+        "events_seen": scrape(listener.metrics_port, "coachpipe_events_total"),  # type: ignore[attr-defined]
+        "timeline": _timeline(notices, start),
+    }
+    if floor is not None:
+        result["commit_to_listener_ms"] = percentiles(floor.since(start))
+        floor.stop()
+    stack.stop_processes()
+    return result
+
+
+def burst(stack: Stack, profile: Profile, naive: bool, hot: bool = False) -> dict[str, Any]:
+    """`burst`: N changes in 1 s over 100 coaches; `hot`: N changes to one coach in 1 s."""
+    worker = stack.worker()
+    stack.listener("postgres", naive=naive)
+    collector = NoticeCollector(stack.env["REDIS_URL"]).start()
+    coaches = _coaches(stack, 100)
+    stack.reset_counters()
+    rss: list[float] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            rss.append(tree_rss_mb(worker.pid))
+            sampling.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.time()
+    changes = profile.hot_changes if hot else profile.burst_changes
+    written = write_paced(
+        stack,
+        rate=changes,
+        duration=1.0,
+        coaches=coaches,
+        hot=coaches[0] if hot else None,
+        threads=4,
+    )
+    stack.quiesce(300)
+    time.sleep(0.3)
+    notices = collector.since(start)
+    collector.stop()
+    sampling.set()
+    sampler.join()
+    touched = sorted({c for change in written.changes for c in change.coaches})
+    result = {
+        "mode": "naive" if naive else "pipeline",
+        "changes": len(written.changes),
+        "write_seconds": round(written.finished - written.started, 3),
+        "coaches": len(touched),
+        "recomputes": len(notices),
+        "naive_recomputes": affected_keys(written.changes),
+        "changes_per_recompute_of_hot_coach": None,
+        "db_queries": stack.db_queries(),
+        "visible_after_last_commit_s": visible_after_last_commit(written, notices),
+        "commit_to_stored_ms": percentiles(_latencies(notices)),
+        "worker_rss_mb_max": max(rss, default=0.0),
+        "correct": verify(stack, touched),
+    }
+    if hot:
+        per_aggregate = defaultdict(int)
+        for observed in notices:
+            if observed.notice.coach_id == str(coaches[0]):
+                per_aggregate[observed.notice.aggregate] += 1
+        result["hot_recomputes_per_aggregate"] = dict(per_aggregate)
+        most = max(per_aggregate.values(), default=0)
+        result["changes_per_recompute_of_hot_coach"] = (
+            round(len(written.changes) / most, 1) if most else None
+        )
+    stack.stop_processes()
+    return result
+
+
+def intake(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str, Any]:
+    """Writers commit as fast as they can (100 rows per transaction); the listener's sustained
+    event rate and the slot lag over time."""
+    stack.worker()
+    listener = stack.listener(source, naive=naive)
+    port = listener.metrics_port  # type: ignore[attr-defined]
+    coaches = _coaches(stack, min(1000, stack.coaches))
+    with psycopg.connect(stack.pg.url, autocommit=True) as conn:
+        pairs = conn.execute(
+            "SELECT coach_id, id FROM users WHERE role = 'client' AND coach_id = ANY(%s)",
+            (coaches,),
+        ).fetchall()
+    stop = threading.Event()
+    written = [0]
+    lock = threading.Lock()
+
+    def writer(index: int) -> None:
+        rows = [pairs[(index * 7919 + i) % len(pairs)] for i in range(100)]
+        coach_ids = [r[0] for r in rows]
+        client_ids = [r[1] for r in rows]
+        with psycopg.connect(stack.pg.url, autocommit=True) as conn:
+            while not stop.is_set():
+                conn.execute(
+                    "INSERT INTO sessions (coach_id, client_id, status, scheduled_at, price_cents)"
+                    " SELECT c, k, 'scheduled', now() + interval '3 days', 9900"
+                    " FROM unnest(%s::uuid[], %s::uuid[]) AS t(c, k)",
+                    (coach_ids, client_ids),
+                )
+                with lock:
+                    written[0] += len(rows)
+
+    def lag() -> int:
+        with psycopg.connect(stack.pg.url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)),"
+                " 0)"
+                "::bigint FROM pg_replication_slots WHERE slot_name = 'coachpipe'"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
+    seen_before = scrape(port, "coachpipe_events_total")
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    samples = []
+    while time.monotonic() - start < profile.intake_s:
+        time.sleep(1)
+        samples.append(
+            {
+                "t": round(time.monotonic() - start, 1),
+                "written": written[0],
+                "seen": scrape(port, "coachpipe_events_total") - seen_before,
+                "slot_lag_bytes": lag(),
+            }
+        )
+    stop.set()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - start
+    seen = scrape(port, "coachpipe_events_total") - seen_before
+    half = samples[len(samples) // 2] if samples else {"t": 0, "seen": 0}
+    late_rate = (seen - half["seen"]) / max(elapsed - half["t"], 1e-9)
+    caught_up_at = time.monotonic()
+    caught_up = True
+    try:
+        wait_for(
+            lambda: scrape(port, "coachpipe_events_total") - seen_before >= written[0],
+            max(30, 4 * profile.intake_s),
+            interval=0.5,
+            message="listener to catch up",
+        )
+    except AssertionError:
+        caught_up = False  # reported below; Realtime may drop changes, a slot never does
+    result = {
+        "source": source,
+        "mode": "naive" if naive else "pipeline",
+        "seconds": round(elapsed, 1),
+        "written": written[0],
+        "writer_rate": round(written[0] / elapsed),
+        "listener_rate": round(seen / elapsed),
+        "listener_rate_second_half": round(late_rate),
+        "catch_up_after_writers_stopped_s": round(time.monotonic() - caught_up_at, 1),
+        "caught_up": caught_up,
+        "events_seen_total": scrape(port, "coachpipe_events_total") - seen_before,
+        "samples": samples,
+    }
+    stack.stop_processes()
+    stack.skip_backlog()  # a slower listener leaves WAL behind that later runs must not replay
+    with psycopg.connect(stack.pg.url, autocommit=True) as conn:  # keep later scenarios comparable
+        conn.execute(
+            "DELETE FROM sessions WHERE status = 'scheduled' AND price_cents = 9900"
+            " AND scheduled_at > now() + interval '2 days' AND duration_minutes = 60"
+            " AND created_at > now() - interval '1 hour'"
+        )
+    return result
+
+
+def soak(stack: Stack, profile: Profile, naive: bool) -> dict[str, Any]:
+    duration = profile.naive_soak_s if naive else profile.soak_s
+    worker = stack.worker()
+    listener = stack.listener("postgres", naive=naive)
+    collector = NoticeCollector(stack.env["REDIS_URL"]).start()
+    coaches = _coaches(stack, min(1000, stack.coaches))
+    samples: list[dict[str, float]] = []
+    done = threading.Event()
+    start = time.time()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(
+                {
+                    "t": round(time.time() - start, 1),
+                    "worker_rss_mb": tree_rss_mb(worker.pid),
+                    "listener_rss_mb": tree_rss_mb(listener.pid),
+                    "queued": stack.broker.llen("realtime") + stack.broker.llen("refresh"),
+                }
+            )
+            done.wait(max(1.0, duration / 60))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    written = write_paced(stack, rate=100, duration=duration, coaches=coaches, threads=1)
+    done.set()
+    sampler.join()
+    stack.quiesce(300)
+    notices = collector.since(start)
+    collector.stop()
+    third = max(1, len(samples) // 3)
+
+    def trend(key: str) -> dict[str, float]:
+        first = [s[key] for s in samples[:third]]
+        last = [s[key] for s in samples[-third:]]
+        return {
+            "first_third_avg": round(sum(first) / len(first), 1),
+            "last_third_avg": round(sum(last) / len(last), 1),
+            "max": max(s[key] for s in samples),
+        }
+
+    result = {
+        "mode": "naive" if naive else "pipeline",
+        "seconds": duration,
+        "changes": len(written.changes),
+        "commit_to_stored_ms": percentiles(_latencies(notices)),
+        "worker_rss_mb": trend("worker_rss_mb"),
+        "listener_rss_mb": trend("listener_rss_mb"),
+        "queued": trend("queued"),
+        "samples": samples,
+    }
+    stack.stop_processes()
+    return result
+
+
+def dedup_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
+    """Issue-4 figures: enqueue → stored on loopback (idle keys: no debounce wait), recomputes
+    per second of one worker process, batched and not."""
+    from tasks.celery import runtime
+    from tasks.enqueue import request_recomputes
+
+    collector = NoticeCollector(stack.env["REDIS_URL"]).start()
+    coaches = _coaches(stack, stack.coaches)
+    stack.worker(concurrency=1)
+    latencies = []
+    for coach in coaches[: profile.micro_samples]:
+        observed = len(collector.notices)
+        started = time.time()
+        request_recomputes(runtime.dedup, [("coach-stats", coach)])
+        wait_for(lambda n=observed: len(collector.notices) > n, 10, interval=0.0005)
+        latencies.append((collector.notices[-1].received - started) * 1000)
+    stack.quiesce(60)
+
+    def throughput(batch_env: dict[str, str]) -> dict[str, Any]:
+        stack.stop_processes()
+        stack.worker(name="solo", concurrency=1, **batch_env)
+        collector.clear()
+        keys_ = [("coach-stats", coach) for coach in coaches]
+        started = time.time()
+        request_recomputes(runtime.dedup, keys_)
+        wait_for(
+            lambda: len(collector.notices) >= len(keys_),
+            600,
+            interval=0.05,
+            message="all recomputes stored",
+        )
+        seconds = time.time() - started
+        return {
+            "coaches": len(keys_),
+            "seconds": round(seconds, 2),
+            "per_second": round(len(keys_) / seconds),
+        }
+
+    batched = throughput({})
+    single = throughput({"RECOMPUTE_BATCH_SIZE": "1"})
+    collector.stop()
+    stack.stop_processes()
+    return {
+        "enqueue_to_stored_ms": percentiles(latencies),
+        "one_worker_recomputes_per_s_batched": batched,
+        "one_worker_recomputes_per_s_batch_of_1": single,
+    }
+
+
+def aggregates_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
+    """Issue-3 figures on the big dataset: recompute (version, snapshot, store) of every critical
+    aggregate for 1 coach and for 100 coaches; a full refresh of everything for all coaches."""
+    from pipeline.db import make_engine
+    from pipeline.recompute import recompute
+    from pipeline.store import AggregateStore
+
+    engine = make_engine(stack.pg.url)
+    store = AggregateStore(stack.redis)
+    coaches = _coaches(stack, stack.coaches)
+    one = []
+    for coach in coaches[: profile.micro_samples]:
+        started = time.perf_counter()
+        for aggregate in CRITICAL:
+            recompute(engine, store, aggregate, [coach])
+        one.append((time.perf_counter() - started) * 1000)
+    hundred: dict[str, Any] = {}
+    for aggregate in CRITICAL:
+        samples = []
+        for round_ in range(10):
+            batch = coaches[round_ * 100 : round_ * 100 + 100]
+            started = time.perf_counter()
+            recompute(engine, store, aggregate, batch)
+            samples.append((time.perf_counter() - started) * 1000)
+        hundred[aggregate.name] = percentiles(samples)
+    single_snapshot = []
+    for coach in coaches[: profile.micro_samples]:
+        started = time.perf_counter()
+        compute_snapshot(engine, get("coach-stats"), [coach])
+        single_snapshot.append((time.perf_counter() - started) * 1000)
+    engine.dispose()
+    full = stack.refresh_now(threads=2)
+    return {
+        "one_coach_all_critical_ms": percentiles(one),
+        "one_coach_stats_snapshot_only_ms": percentiles(single_snapshot),
+        "hundred_coaches_per_aggregate_ms": hundred,
+        "full_refresh_all_aggregates_s": round(full, 2),
+        "coaches": stack.coaches,
+    }
+
+
+def full_refresh(stack: Stack, profile: Profile) -> dict[str, Any]:
+    """Every aggregate of every coach through the workers (beat's reconcile path), and the naive
+    way (one coach per query) in-process on the same data."""
+    from coachpipe.refresh import refresh_everything
+    from pipeline.aggregates import NAMES
+    from pipeline.coaches import active_coach_batches
+    from pipeline.db import make_engine
+    from pipeline.store import AggregateStore
+
+    stack.worker(concurrency=2)
+    collector = NoticeCollector(stack.env["REDIS_URL"]).start()
+    stack.reset_counters()
+    from tasks.jobs import refresh_all
+
+    started = time.time()
+    for name in NAMES:
+        refresh_all.delay(name, "bench")
+    expected = stack.coaches * len(NAMES)
+    wait_for(
+        lambda: len(collector.since(started)) >= expected,
+        900,
+        interval=0.2,
+        message="every aggregate of every coach",
+    )
+    workers_s = time.time() - started
+    pipeline_queries = stack.db_queries()
+    collector.stop()
+    stack.stop_processes()
+    engine = make_engine(stack.pg.url, pool_size=2)
+    store = AggregateStore(stack.redis)
+    singles = [[c] for batch in active_coach_batches(engine, 1000) for c in batch]
+    stack.reset_counters()
+    started = time.time()
+    refresh_everything(engine, store, NAMES, singles, threads=2)
+    naive_s = time.time() - started
+    naive_queries = stack.db_queries()
+    engine.dispose()
+    return {
+        "coaches": stack.coaches,
+        "aggregates": len(NAMES),
+        "pipeline_workers_s": round(workers_s, 2),
+        "pipeline_db_queries": pipeline_queries,
+        "naive_one_coach_per_query_s": round(naive_s, 2),
+        "naive_db_queries": naive_queries,
+    }

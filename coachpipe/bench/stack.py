@@ -1,0 +1,207 @@
+"""A private, production-like pipeline for one benchmark: services, data and processes.
+
+Postgres runs durable (fsync and synchronous commit on, as in production) with
+pg_stat_statements to count the queries the workers run. Pipeline processes are the real ones
+(`python -m listeners`, `celery -A tasks worker`), started as subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+
+from coachpipe.embedded import PrivatePostgres, PrivateRedis, free_port
+from coachpipe.refresh import refresh_everything
+from config import Settings, load_settings
+from pipeline import keys, seed
+from pipeline.aggregates import NAMES
+from pipeline.coaches import active_coach_batches
+from pipeline.db import make_engine
+from pipeline.migrate import upgrade
+from pipeline.store import AggregateStore
+from tests.processes import Proc, start_worker, wait_for
+
+BROKER_DB = 1
+ENV_DEFAULTS = {
+    "LOG_FORMAT": "console",
+    "LOG_LEVEL": "WARNING",
+    "HEARTBEAT_S": "1",
+    "HEARTBEAT_STALE_S": "5",
+    "PYTHONUNBUFFERED": "1",
+}
+SELECTS = """
+SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements
+WHERE query ILIKE 'select%%' AND (query ILIKE '%%coach_id%%' OR query ILIKE '%%clock_timestamp%%')
+"""
+
+
+@dataclass
+class Stack:
+    coaches: int
+    clients_per_coach: int = 20
+    sessions_per_client: int = 5
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="coachpipe-bench-")))
+    procs: list[Proc] = field(default_factory=list)
+    standin: Any = None
+    env: dict[str, str] = field(default_factory=dict)
+    seed_seconds: float = 0.0
+    redis_server: PrivateRedis | None = None
+    """Shared between stacks: the bench process's Celery app keeps its broker URL."""
+
+    def start(self) -> Stack:
+        self.root.chmod(0o755)
+        self.pg = PrivatePostgres(
+            self.root / "pg",
+            durable=True,
+            output_plugins=("wal2json",),
+            settings=("shared_preload_libraries=pg_stat_statements", "max_connections=300"),
+        ).start()
+        if self.redis_server is None:
+            self.redis_server = PrivateRedis(self.root / "redis", durable=False).start()
+        self.redis_server.start()
+        base = f"redis://127.0.0.1:{self.redis_server.port}"
+        self.env = {
+            **os.environ,
+            **ENV_DEFAULTS,
+            "DATABASE_URL": self.pg.url,
+            "REDIS_URL": f"{base}/0",
+            "BROKER_URL": f"{base}/{BROKER_DB}",
+        }
+        os.environ.update({k: self.env[k] for k in ("DATABASE_URL", "REDIS_URL", "BROKER_URL")})
+        engine = make_engine(self.pg.url)
+        upgrade(engine, "coachpipe")
+        engine.dispose()
+        with psycopg.connect(self.pg.url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        started = time.monotonic()
+        seed.load(
+            self.pg.url,
+            seed.SeedPlan(
+                coaches=self.coaches,
+                clients_per_coach=self.clients_per_coach,
+                sessions_per_client=self.sessions_per_client,
+            ),
+        )
+        self.seed_seconds = time.monotonic() - started
+        self.redis = redis.Redis.from_url(self.env["REDIS_URL"])
+        self.broker = redis.Redis.from_url(self.env["BROKER_URL"])
+        self.redis.flushdb()
+        self.broker.flushdb()
+        return self
+
+    @property
+    def settings(self) -> Settings:
+        return load_settings(_env_file=None)
+
+    def refresh_now(self, names: tuple[str, ...] = NAMES, threads: int = 2) -> float:
+        """Every aggregate of every coach, in this process; returns seconds."""
+        engine = make_engine(self.pg.url, pool_size=threads)
+        store = AggregateStore(self.redis)
+        started = time.monotonic()
+        batches = list(active_coach_batches(engine, 500))
+        refresh_everything(engine, store, names, batches, threads=threads)
+        seconds = time.monotonic() - started
+        engine.dispose()
+        return seconds
+
+    # --- processes ----------------------------------------------------------------------
+    def worker(self, name: str = "worker", concurrency: int = 2, **env: str) -> Proc:
+        proc = start_worker(
+            {**self.env, **env},
+            self.root / "logs",
+            name=name,
+            concurrency=concurrency,
+            broker_url=self.env["BROKER_URL"],
+        )
+        self.procs.append(proc)
+        return proc
+
+    def listener(self, source: str = "postgres", *, naive: bool = False, **env: str) -> Proc:
+        port = free_port()
+        extra = {"LISTENER_METRICS_PORT": str(port), **env}
+        if source == "supabase":
+            extra |= {"SUPABASE_URL": self.realtime().url, "SUPABASE_KEY": "bench"}
+        module = "coachpipe.bench.naive_listener" if naive else "listeners"
+        name = f"listener-{source}{'-naive' if naive else ''}-{len(self.procs)}"
+        proc = Proc(
+            name,
+            [sys.executable, "-m", module, source],
+            {**self.env, **extra},
+            self.root / "logs" / f"{name}.log",
+        ).start()
+        proc.metrics_port = port  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        wait_for(lambda: self._connected(proc), 60, interval=0.1, message=f"{name} to connect")
+        return proc
+
+    def realtime(self) -> Any:
+        if self.standin is None:
+            from tests.realtime_standin import RealtimeStandIn
+
+            self.standin = RealtimeStandIn(self.pg.url, poll_interval=0.02).start()
+        return self.standin
+
+    def _connected(self, proc: Proc) -> bool:
+        from pipeline.health import HealthBoard, ListenerState
+
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited:\n{proc.output()[-2000:]}")
+        return any(
+            h.listener_id.split(":")[1] == str(proc.pid) and h.state is ListenerState.CONNECTED
+            for h in HealthBoard(self.redis, stale_after_s=5).listeners()
+        )
+
+    def stop_processes(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate(timeout=30)
+        self.procs.clear()
+
+    def skip_backlog(self) -> None:
+        """Move the (idle) slot to the end of the WAL and drop queued tasks."""
+        with psycopg.connect(self.pg.url, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_replication_slot_advance(slot_name, pg_current_wal_lsn())"
+                " FROM pg_replication_slots WHERE slot_name = 'coachpipe' AND NOT active"
+            )
+        self.broker.flushdb()
+
+    # --- state --------------------------------------------------------------------------
+    def idle(self) -> bool:
+        pipe = self.redis.pipeline(transaction=False)
+        for name in NAMES:
+            pipe.zcard(keys.due(name))
+            pipe.zcard(keys.claims(name))
+        counts = pipe.execute()
+        queued = self.broker.llen("realtime") + self.broker.llen("refresh")
+        unacked = self.broker.hlen("unacked")
+        return not any(counts) and queued == 0 and unacked == 0
+
+    def quiesce(self, timeout: float = 120) -> float:
+        started = time.monotonic()
+        wait_for(self.idle, timeout, interval=0.1, message="pipeline to go idle")
+        return time.monotonic() - started
+
+    def reset_counters(self) -> None:
+        with psycopg.connect(self.pg.url, autocommit=True) as conn:
+            conn.execute("SELECT pg_stat_statements_reset()")
+
+    def db_queries(self) -> int:
+        with psycopg.connect(self.pg.url, autocommit=True) as conn:
+            row = conn.execute(SELECTS).fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        self.stop_processes()
+        if self.standin is not None:
+            self.standin.stop()
+        self.pg.destroy()
+        shutil.rmtree(self.root, ignore_errors=True)
