@@ -32,7 +32,13 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from coachpipe.embedded import MissingBinaryError, PrivatePostgres, PrivateRedis, port_is_open
+from coachpipe.embedded import (
+    MissingBinaryError,
+    PrivatePostgres,
+    PrivateRedis,
+    free_port,
+    port_is_open,
+)
 from coachpipe.traffic import Change, ChangeWriter, pace, pick_coaches
 from config import Settings, load_settings
 from pipeline import keys
@@ -213,9 +219,10 @@ def _run(
     board = _Board(coaches=chosen, names=names)
     token = _demo_token(settings.supabase_jwt_secret.get_secret_value(), chosen[0])  # type: ignore[union-attr]
     api = f"http://{settings.api_host}:{settings.api_port}"
+    flower_port = FLOWER_PORT if not port_is_open(FLOWER_PORT) else free_port()
     urls = [
         f"dashboard: {api}/dashboard?coach={chosen[0]}#token={token}",
-        f"flower:    http://127.0.0.1:{FLOWER_PORT} (basic auth: FLOWER_BASIC_AUTH, demo:demo)",
+        f"flower:    http://127.0.0.1:{flower_port} (basic auth: FLOWER_BASIC_AUTH, demo:demo)",
         f"logs:      {Path(settings.data_dir).resolve() / 'logs'}",
     ]
     console.print("\n".join(urls))
@@ -228,7 +235,7 @@ def _run(
         "listener": f"{cli} listen --source postgres",
         "worker": f"{celery} worker -Q realtime,refresh -c 2 -n demo@%h --loglevel=INFO",
         "beat": f"{celery} beat --loglevel=INFO",
-        "flower": f"{celery} flower --port={FLOWER_PORT} --address=127.0.0.1",
+        "flower": f"{celery} flower --port={flower_port} --address=127.0.0.1",
         "api": f"{cli} api",
     }.items():
         manager.add_process(name, command, env=dict(os.environ))
@@ -275,5 +282,5 @@ def _run(
         stop.set()
         for thread in (writer_thread, watcher, viewer):
             thread.join(10)
-    console.print(f"{board.changes} changes written, {board.updates} aggregate updates stored")
+    console.print(f"\n{board.changes} changes written, {board.updates} aggregate updates stored")
     return 0 if manager.returncode in (None, 0, 130, 143) or duration else int(manager.returncode)

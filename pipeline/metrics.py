@@ -26,14 +26,21 @@ RECONNECTS = Counter(
     "coachpipe_listener_reconnects_total", "Listener reconnect attempts.", ["source"]
 )
 LISTENER_STATE = Gauge(
-    "coachpipe_listener_state", "1 for the listener's current state, 0 for the others.",
+    "coachpipe_listener_state",
+    "1 for the listener's current state, 0 for the others.",
     ["source", "state"],
-)  # fmt: skip
+    multiprocess_mode="livemax",
+)
 LISTENER_TASKS = Gauge(
-    "coachpipe_listener_asyncio_tasks", "asyncio tasks alive in the listener process (leak watch)."
+    "coachpipe_listener_asyncio_tasks",
+    "asyncio tasks alive in the listener process (leak watch).",
+    multiprocess_mode="livemax",
 )
 SLOT_LAG_BYTES = Gauge(
-    "coachpipe_slot_lag_bytes", "WAL bytes the replication slot still holds.", ["slot"]
+    "coachpipe_slot_lag_bytes",
+    "WAL bytes the replication slot still holds.",
+    ["slot"],
+    multiprocess_mode="livemax",
 )
 EVENT_LAG_SECONDS = Histogram(
     "coachpipe_commit_to_listener_seconds", "Commit to the listener's receipt of the event.",

@@ -15,7 +15,13 @@ from typing import Any
 
 import structlog
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init, worker_process_shutdown, worker_ready
+from celery.signals import (
+    setup_logging,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 from config import Settings, SettingsError, load_settings
 from config.logging import configure_logging
@@ -108,3 +114,8 @@ def _serve_metrics(**_: Any) -> None:
 def _forget_child(pid: int | None = None, **_: Any) -> None:
     if worker_metrics.IS_WORKER:
         worker_metrics.child_exited(pid or os.getpid())
+
+
+@worker_shutdown.connect
+def _drop_metric_files(**_: Any) -> None:
+    worker_metrics.remove_files()

@@ -184,3 +184,42 @@ def test_a_worker_killed_mid_recompute_is_redelivered_and_ends_correct(
     finally:
         second.terminate()
     print(f"\nredelivered and correct {recovered:.1f} s after kill -9")
+
+
+def test_worker_metrics_are_served_with_the_named_series(
+    database_url: str, redis_client: redis.Redis, service_env: dict[str, str], tmp_path: Path,
+    broker_url: str,
+) -> None:  # fmt: skip
+    import time as clock
+
+    from coachpipe.bench.measure import scrape
+    from coachpipe.embedded import free_port
+    from tasks.celery import runtime
+    from tasks.enqueue import request_recomputes
+
+    port = free_port()
+    proc = start_worker(
+        {**service_env, "WORKER_METRICS_PORT": str(port)}, tmp_path, broker_url=broker_url
+    )
+    try:
+        seed.load(database_url, SMALL)
+        coaches = coach_ids(database_url)
+        now_ms = int(clock.time() * 1000)
+        keys = [(name, coach) for coach in coaches for name in CRITICAL_NAMES]
+        request_recomputes(runtime.dedup, keys, dict.fromkeys(keys, now_ms))
+        settle(database_url, redis_client, coaches)
+        assert scrape(port, "coachpipe_recomputed_coaches_total", aggregate="coach-stats") == len(
+            coaches
+        )
+        assert (
+            scrape(port, "coachpipe_recompute_duration_seconds_count", aggregate="coach-clients")
+            >= 1
+        )
+        assert scrape(
+            port, "coachpipe_commit_to_stored_seconds_count", aggregate="coach-activity"
+        ) == len(coaches)
+        seconds = scrape(port, "coachpipe_commit_to_stored_seconds_sum", aggregate="coach-activity")
+        assert 0 < seconds / len(coaches) < 30  # sensible: commit → stored within seconds
+        assert scrape(port, "coachpipe_stale_writes_rejected_total") == 0
+    finally:
+        proc.terminate()

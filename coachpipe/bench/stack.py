@@ -166,13 +166,22 @@ class Stack:
         self.procs.clear()
 
     def skip_backlog(self) -> None:
-        """Move the (idle) slot to the end of the WAL and drop queued tasks."""
+        """Move the slot to the end of the WAL (once its listener is gone); drop queued tasks."""
         with psycopg.connect(self.pg.url, autocommit=True) as conn:
+
+            def released() -> bool:
+                row = conn.execute(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = 'coachpipe'"
+                ).fetchone()
+                return row is None or not row[0]
+
+            wait_for(released, 30, interval=0.1, message="the slot to be released")
             conn.execute(
                 "SELECT pg_replication_slot_advance(slot_name, pg_current_wal_lsn())"
-                " FROM pg_replication_slots WHERE slot_name = 'coachpipe' AND NOT active"
+                " FROM pg_replication_slots WHERE slot_name = 'coachpipe'"
             )
         self.broker.flushdb()
+        self.redis.flushdb()
 
     # --- state --------------------------------------------------------------------------
     def idle(self) -> bool:

@@ -1,0 +1,166 @@
+"""`coachpipe doctor` names each missing prerequisite and how to fix it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from coachpipe.cli import app
+from coachpipe.doctor import Check, Severity, run_checks
+from coachpipe.embedded import PrivatePostgres
+from config import load_settings
+from pipeline.db import make_engine
+from pipeline.migrate import upgrade
+
+
+@pytest.fixture
+def fresh_database(postgres_server: PrivatePostgres) -> Iterator[str]:
+    name = f"doctor_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_server.admin_url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield postgres_server.url.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(postgres_server.admin_url(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def checks_for(database_url: str, redis_url: str, **overrides: object) -> dict[str, Check]:
+    settings = load_settings(
+        _env_file=None, database_url=database_url, redis_url=redis_url, **overrides
+    )
+    return {check.name: check for check in run_checks(settings)}
+
+
+def migrated(database_url: str) -> str:
+    engine = make_engine(database_url)
+    upgrade(engine, "coachpipe")
+    engine.dispose()
+    return database_url
+
+
+def test_a_healthy_setup_has_no_failures(fresh_database: str, redis_url: str) -> None:
+    checks = checks_for(migrated(fresh_database), redis_url)
+    assert [c for c in checks.values() if c.severity is Severity.FAIL] == []
+    assert checks["wal_level"].severity is Severity.OK
+    assert checks["slot coachpipe"].message.startswith("not created yet")
+
+
+def test_an_unmigrated_database(fresh_database: str, redis_url: str) -> None:
+    checks = checks_for(fresh_database, redis_url)
+    assert checks["migrations"].severity is Severity.FAIL
+    assert checks["migrations"].fix == "coachpipe migrate"
+    assert "missing tables" in checks["tables"].message
+    assert checks["publication coachpipe"].severity is Severity.FAIL
+
+
+def test_replica_identity_not_full(fresh_database: str, redis_url: str) -> None:
+    migrated(fresh_database)
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute("ALTER TABLE public.sessions REPLICA IDENTITY DEFAULT")
+    check = checks_for(fresh_database, redis_url)["replica identity"]
+    assert check.severity is Severity.FAIL
+    assert "sessions" in check.message and "old" in check.message
+    assert "ALTER TABLE public.sessions REPLICA IDENTITY FULL;" in check.fix
+
+
+def test_a_table_missing_from_the_publication(fresh_database: str, redis_url: str) -> None:
+    migrated(fresh_database)
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute("ALTER PUBLICATION coachpipe DROP TABLE public.goals")
+    check = checks_for(fresh_database, redis_url)["publication coachpipe"]
+    assert check.severity is Severity.FAIL
+    assert "goals" in check.message
+    assert 'ALTER PUBLICATION "coachpipe" ADD TABLE public.goals;' in check.fix
+
+
+def test_a_role_without_replication(fresh_database: str, redis_url: str) -> None:
+    migrated(fresh_database)
+    role = f"app_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        as_app = fresh_database.replace("postgres@", f"{role}@", 1)
+        check = checks_for(as_app, redis_url)["replication privilege"]
+        assert check.severity is Severity.FAIL
+        assert check.fix == f'ALTER ROLE "{role}" WITH REPLICATION;'
+    finally:
+        with psycopg.connect(fresh_database, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+def test_a_slot_holding_too_much_wal(fresh_database: str, redis_url: str) -> None:
+    migrated(fresh_database)
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot('doctor_slot', 'pgoutput')")
+        conn.execute(
+            "INSERT INTO users (role, full_name) SELECT 'coach', 'x' FROM generate_series(1, 100)"
+        )
+    try:
+        check = checks_for(
+            fresh_database, redis_url, slot_name="doctor_slot", slot_lag_warn_bytes=1
+        )["slot doctor_slot"]
+        assert check.severity is Severity.WARN
+        assert "slot drop" in check.fix
+    finally:
+        with psycopg.connect(fresh_database, autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot('doctor_slot')")
+
+
+def test_wal_level_replica(services_dir: Path, redis_url: str) -> None:
+    server = PrivatePostgres(
+        services_dir / "pg-replica", durable=False, settings=("wal_level=replica",)
+    )
+    server.start()
+    try:
+        check = checks_for(server.url, redis_url)["wal_level"]
+        assert check.severity is Severity.FAIL
+        assert "ALTER SYSTEM SET wal_level = logical" in check.fix
+    finally:
+        server.destroy()
+
+
+def test_unreachable_services(fresh_database: str) -> None:
+    checks = checks_for("postgresql://nobody@127.0.0.1:1/none", "redis://127.0.0.1:1/0")
+    assert checks["postgres"].severity is Severity.FAIL and "DATABASE_URL" in checks["postgres"].fix
+    assert checks["redis"].severity is Severity.FAIL and "REDIS_URL" in checks["redis"].fix
+    assert checks["broker"].severity is Severity.FAIL
+
+
+def _jwt(claims: dict[str, str]) -> str:
+    def part(data: dict[str, str]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'HS256'})}.{part(claims)}.c2ln"
+
+
+def test_supabase_source_without_keys_and_with_the_anon_key(
+    fresh_database: str, redis_url: str
+) -> None:
+    migrated(fresh_database)
+    missing = checks_for(fresh_database, redis_url, listener_source="supabase")["supabase keys"]
+    assert missing.severity is Severity.FAIL and "SUPABASE_URL and SUPABASE_KEY" in missing.message
+    anon = checks_for(
+        fresh_database, redis_url, listener_source="supabase",
+        supabase_url="https://x.supabase.co", supabase_key=_jwt({"role": "anon"}),
+    )["supabase keys"]  # fmt: skip
+    assert anon.severity is Severity.WARN and "service_role" in anon.fix
+
+
+def test_the_cli_exits_non_zero_on_a_failure(
+    fresh_database: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", fresh_database)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    result = CliRunner().invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    failing = {c["name"]: c["fix"] for c in report if c["severity"] == "fail"}
+    assert failing["migrations"] == "coachpipe migrate"
