@@ -38,18 +38,17 @@ def refresh_everything(
     threads: int = 4,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Recompute `names` for every batch; returns coach aggregates written."""
-    jobs = [(get(name), batch) for batch in coach_batches for name in names]
+    """Recompute `names` for every batch, one snapshot a batch; returns coach aggregates written."""
+    aggregates = [get(name) for name in names]
 
-    def run(job: tuple[object, Sequence[UUID]]) -> int:
-        aggregate, batch = job
-        result = recompute(engine, store, aggregate, batch)  # type: ignore[arg-type]
+    def run(batch: Sequence[UUID]) -> int:
+        result = recompute(engine, store, aggregates, batch)
         if progress:
-            progress(len(batch))
-        return result.coaches
+            progress(len(batch) * len(aggregates))
+        return result.coaches * len(aggregates)
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return sum(pool.map(run, jobs))
+        return sum(pool.map(run, coach_batches))
 
 
 def refresh_coaches(
@@ -70,7 +69,7 @@ def refresh_coaches(
                 refresh_batch.delay(name, [str(c) for c in coach_ids])
         console.print(f"enqueued refresh of {', '.join(names)}")
         return
-    engine = make_engine(settings.require_database_url(), pool_size=4)
+    engine = make_engine(settings.require_database_url(), pool_size=4, snapshots=True)
     store = AggregateStore(redis.Redis.from_url(settings.require_redis_url()))
     if coach_ids is None:
         total = count_active_coaches(engine)

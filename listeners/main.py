@@ -36,7 +36,9 @@ async def serve(
 ) -> None:
     source = make_source(settings, source_name)
     client = redis.Redis.from_url(settings.require_redis_url(), health_check_interval=30)
-    engine = make_engine(settings.require_database_url(), application_name="coachpipe-listener")
+    engine = make_engine(
+        settings.require_database_url(), application_name="coachpipe-listener", snapshots=True
+    )
     listener = listener_class(source, settings, client=client, engine=engine)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []

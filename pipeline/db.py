@@ -24,17 +24,26 @@ def redacted(database_url: str) -> str:
 
 
 def make_engine(
-    database_url: str, *, application_name: str = "coachpipe", pool_size: int = 4
+    database_url: str,
+    *,
+    application_name: str = "coachpipe",
+    pool_size: int = 4,
+    snapshots: bool = False,
 ) -> Engine:
-    """An engine whose sessions run in UTC, so SQL date arithmetic never depends on the server."""
+    """An engine whose sessions run in UTC, so SQL date arithmetic never depends on the server.
+
+    `snapshots=True` is for readers of aggregates (workers, refreshes): every transaction is
+    REPEATABLE READ and read-only from the connection's start, instead of being switched to it
+    (and back) around each checkout, which costs four round trips per recompute.
+    """
+    options = "-c TimeZone=UTC -c plan_cache_mode=force_custom_plan"
+    if snapshots:
+        options += " -c default_transaction_read_only=on"
     return create_engine(
         sqlalchemy_url(database_url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={
-            "application_name": application_name,
-            "options": "-c TimeZone=UTC -c plan_cache_mode=force_custom_plan",
-        },
+        isolation_level="REPEATABLE READ" if snapshots else "READ COMMITTED",
+        connect_args={"application_name": application_name, "options": options},
     )

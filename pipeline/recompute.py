@@ -3,7 +3,8 @@
 Order matters and is the whole point of this module:
 1. the caller has already removed the coaches' pending markers (`Dedup.claim`);
 2. a version is taken (`AggregateStore.next_version`);
-3. one REPEATABLE READ, read-only snapshot is opened and every statement runs in it;
+3. one REPEATABLE READ, read-only snapshot is opened and every statement runs in it (several
+   aggregates of the same coaches share it: a refresh of everything is one snapshot a batch);
 4. the values are stored with the compare-and-set, so an older snapshot never wins.
 """
 
@@ -27,7 +28,7 @@ log = structlog.get_logger("pipeline.recompute")
 
 @dataclass(frozen=True)
 class RecomputeResult:
-    aggregate: str
+    aggregates: tuple[str, ...]
     coaches: int
     stored: int
     stale: int
@@ -36,57 +37,55 @@ class RecomputeResult:
 
 
 def compute_snapshot(
-    engine: Engine, aggregate: Aggregate, coach_ids: Sequence[UUID]
-) -> tuple[datetime, dict[UUID, JSONValue]]:
-    """(snapshot time, values) from one REPEATABLE READ read-only transaction.
+    engine: Engine, aggregates: Sequence[Aggregate], coach_ids: Sequence[UUID]
+) -> tuple[datetime, dict[str, dict[UUID, JSONValue]]]:
+    """(snapshot time, values by aggregate) from one REPEATABLE READ read-only transaction.
 
-    The snapshot time is the database clock at the snapshot's first statement; it is also the
-    `as_of` the values are computed for, so every host agrees on "now".
+    Use an engine made with `snapshots=True`. The snapshot time is the database clock at the
+    snapshot's first statement; it is also the `as_of` the values are computed for, so every
+    host agrees on "now".
     """
-    with (
-        engine.connect().execution_options(
-            isolation_level="REPEATABLE READ", postgresql_readonly=True
-        ) as connection,
-        connection.begin(),
-    ):
+    with engine.connect() as connection, connection.begin():
         snapshot_at = connection.execute(select(func.clock_timestamp())).scalar_one()
-        return snapshot_at, aggregate.compute(connection, coach_ids, snapshot_at)
+        values = {a.name: a.compute(connection, coach_ids, snapshot_at) for a in aggregates}
+        return snapshot_at, values
 
 
 def recompute(
     engine: Engine,
     store: AggregateStore,
-    aggregate: Aggregate,
+    aggregates: Aggregate | Sequence[Aggregate],
     coach_ids: Sequence[UUID],
     *,
     commit_ms: Mapping[UUID, int | None] | None = None,
 ) -> RecomputeResult:
+    """Recompute `aggregates` for `coach_ids` from one snapshot and store them at one version."""
+    chosen = [aggregates] if isinstance(aggregates, Aggregate) else list(aggregates)
     started = time.perf_counter()
     version = store.next_version()
-    snapshot_at, values = compute_snapshot(engine, aggregate, coach_ids)
+    snapshot_at, values = compute_snapshot(engine, chosen, coach_ids)
     computed_at = datetime.now(UTC)
-    written = store.write(
-        aggregate.name,
-        aggregate.schema_version,
+    written = store.write_many(
+        [(a.name, a.schema_version, values[a.name]) for a in chosen],
         version,
-        values,
         snapshot_at=snapshot_at,
         computed_at=computed_at,
         commit_ms=commit_ms,
     )
     seconds = time.perf_counter() - started
-    metrics.RECOMPUTE_SECONDS.labels(aggregate.name).observe(seconds)
-    metrics.RECOMPUTED_COACHES.labels(aggregate.name).inc(len(coach_ids))
-    if written.stale:
-        metrics.STALE_WRITES.labels(aggregate.name).inc(written.stale)
     stored_ms = computed_at.timestamp() * 1000
-    for coach_id, commit in (commit_ms or {}).items():
-        if commit is not None and coach_id in values:
-            metrics.COMMIT_TO_STORED_SECONDS.labels(aggregate.name).observe(
-                max(stored_ms - commit, 0) / 1000
-            )
+    for aggregate in chosen:
+        metrics.RECOMPUTE_SECONDS.labels(aggregate.name).observe(seconds)
+        metrics.RECOMPUTED_COACHES.labels(aggregate.name).inc(len(coach_ids))
+        for coach_id, commit in (commit_ms or {}).items():
+            if commit is not None and coach_id in values[aggregate.name]:
+                metrics.COMMIT_TO_STORED_SECONDS.labels(aggregate.name).observe(
+                    max(stored_ms - commit, 0) / 1000
+                )
+    for name, stale in written.stale_by_aggregate.items():
+        metrics.STALE_WRITES.labels(name).inc(stale)
     return RecomputeResult(
-        aggregate=aggregate.name,
+        aggregates=tuple(a.name for a in chosen),
         coaches=len(coach_ids),
         stored=written.stored,
         stale=written.stale,

@@ -7,8 +7,8 @@ never overwrite a newer result, whatever order writers finish in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -55,6 +55,11 @@ class Notice:
 class WriteResult:
     stored: int
     stale: int
+    stale_by_aggregate: Mapping[str, int] = field(default_factory=dict)
+
+
+AggregateValues = tuple[str, int, Mapping[UUID, JSONValue]]
+"""(aggregate name, schema version, value per coach)"""
 
 
 class AggregateStore:
@@ -76,31 +81,58 @@ class AggregateStore:
         computed_at: datetime,
         commit_ms: Mapping[UUID, int | None] | None = None,
     ) -> WriteResult:
-        """Store every coach's value at `version` in one round trip; count stale rejections."""
+        """Store every coach's value at `version`; count stale rejections."""
+        return self.write_many(
+            [(aggregate, schema_version, values)],
+            version,
+            snapshot_at=snapshot_at,
+            computed_at=computed_at,
+            commit_ms=commit_ms,
+        )
+
+    def write_many(
+        self,
+        results: Sequence[AggregateValues],
+        version: int,
+        *,
+        snapshot_at: datetime,
+        computed_at: datetime,
+        commit_ms: Mapping[UUID, int | None] | None = None,
+    ) -> WriteResult:
+        """Store several aggregates' values at one version, in one round trip."""
         pipe = self._redis.pipeline(transaction=False)
         computed = computed_at.isoformat()
         as_of = snapshot_at.isoformat()
-        for coach_id, value in values.items():
-            notice = Notice(
-                coach_id=str(coach_id),
-                aggregate=aggregate,
-                version=version,
-                computed_at=computed,
-                snapshot_at=as_of,
-                commit_ms=(commit_ms or {}).get(coach_id),
-            )
-            self._store_if_newer(
-                keys=[keys.aggregate(aggregate, coach_id), keys.updates_channel(coach_id)],
-                args=[
-                    version,
-                    computed,
-                    schema_version,
-                    orjson.dumps(value),
-                    as_of,
-                    notice.encode(),
-                ],
-                client=pipe,
-            )
-        results: list[Any] = pipe.execute()
-        stored = sum(1 for result in results if result == 1)
-        return WriteResult(stored=stored, stale=len(results) - stored)
+        order = []
+        for aggregate, schema_version, values in results:
+            for coach_id, value in values.items():
+                notice = Notice(
+                    coach_id=str(coach_id),
+                    aggregate=aggregate,
+                    version=version,
+                    computed_at=computed,
+                    snapshot_at=as_of,
+                    commit_ms=(commit_ms or {}).get(coach_id),
+                )
+                self._store_if_newer(
+                    keys=[keys.aggregate(aggregate, coach_id), keys.updates_channel(coach_id)],
+                    args=[
+                        version,
+                        computed,
+                        schema_version,
+                        orjson.dumps(value),
+                        as_of,
+                        notice.encode(),
+                    ],
+                    client=pipe,
+                )
+                order.append(aggregate)
+        outcomes: list[Any] = pipe.execute()
+        stale_by_aggregate: dict[str, int] = {}
+        for aggregate, outcome in zip(order, outcomes, strict=True):
+            if outcome != 1:
+                stale_by_aggregate[aggregate] = stale_by_aggregate.get(aggregate, 0) + 1
+        stale = sum(stale_by_aggregate.values())
+        return WriteResult(
+            stored=len(outcomes) - stale, stale=stale, stale_by_aggregate=stale_by_aggregate
+        )

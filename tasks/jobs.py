@@ -73,26 +73,29 @@ def drain(self: Any, aggregate: str) -> dict[str, Any]:
 
 @app.task(name="tasks.jobs.refresh_batch", **RETRY, **REFRESH_LIMITS)
 def refresh_batch(
-    aggregate: str, coach_ids: list[str], commit_ms: int | None = None
+    aggregates: str | list[str], coach_ids: list[str], commit_ms: int | None = None
 ) -> dict[str, Any]:
-    """Recompute one batch of coaches directly (beat's bulk work, no dedup).
+    """Recompute one batch of coaches directly (beat's bulk work, no dedup), every aggregate
+    named from one snapshot.
 
     `commit_ms`, when a change triggered the refresh, feeds the commit → stored latency.
     """
+    names = [aggregates] if isinstance(aggregates, str) else aggregates
     coaches = [UUID(c) for c in coach_ids]
     commits = dict.fromkeys(coaches, commit_ms) if commit_ms is not None else None
-    result = recompute(runtime.engine, runtime.store, get(aggregate), coaches, commit_ms=commits)
-    return {"aggregate": aggregate, "coaches": result.coaches, "stale": result.stale}
+    result = recompute(
+        runtime.engine, runtime.store, [get(n) for n in names], coaches, commit_ms=commits
+    )
+    return {"aggregates": names, "coaches": result.coaches, "stale": result.stale}
 
 
 def _fan_out(aggregates: list[str], expires: float | None) -> int:
-    """One `refresh_batch` per batch of active coaches and aggregate; returns coaches seen."""
+    """One `refresh_batch` per batch of active coaches, for all `aggregates`; returns coaches."""
     coaches = 0
     for batch in active_coach_batches(runtime.engine, settings.refresh_batch_size):
         coaches += len(batch)
         ids = [str(coach) for coach in batch]
-        for aggregate in aggregates:
-            refresh_batch.apply_async((aggregate, ids), queue=REFRESH_QUEUE, expires=expires)
+        refresh_batch.apply_async((aggregates, ids), queue=REFRESH_QUEUE, expires=expires)
     return coaches
 
 

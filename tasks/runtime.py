@@ -26,7 +26,9 @@ class Runtime:
     @cached_property
     def engine(self) -> Engine:
         return make_engine(
-            self.settings.require_database_url(), application_name="coachpipe-worker"
+            self.settings.require_database_url(),
+            application_name="coachpipe-worker",
+            snapshots=True,
         )
 
     @cached_property

@@ -111,6 +111,24 @@ def tree_rss_mb(pid: int) -> float:
     return round(total / 1024 / 1024, 1)
 
 
+def tree_pss_mb(pid: int) -> float:
+    """Proportional set size of a process and its children, MB: shared pages (a prefork
+    pool shares most of its parent's) are split between the processes instead of counted
+    once per process as RSS does."""
+    try:
+        process = psutil.Process(pid)
+        members = [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0
+    for member in members:
+        try:
+            total += member.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return round(total / 1024 / 1024, 1)
+
+
 def scrape(port: int, name: str, **labels: str) -> float:
     """Sum of one metric's samples (matching `labels`) on a Prometheus endpoint."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text

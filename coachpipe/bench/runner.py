@@ -38,24 +38,39 @@ from config import load_settings
 from config.logging import configure_logging
 
 Run = Callable[[Stack, Profile], Any]
+
+
+def _variants(profile: Profile, **runs: Callable[[], Any]) -> dict[str, Any]:
+    """Run each variant; the smoke profile keeps the first and the naive one only."""
+    keep = [name for name in runs if profile.name != "smoke" or name in {next(iter(runs)), "naive"}]
+    return {name: runs[name]() for name in keep}
+
+
 SMALL_STACK: dict[str, Run] = {
     "dedup": dedup_micro,
-    "steady": lambda s, p: {
-        "postgres": steady(s, p, "postgres", naive=False),
-        "supabase": steady(s, p, "supabase", naive=False),
-        "naive": steady(s, p, "postgres", naive=True),
-    },
-    "burst": lambda s, p: {"pipeline": burst(s, p, naive=False), "naive": burst(s, p, naive=True)},
-    "hot": lambda s, p: {
-        "pipeline": burst(s, p, naive=False, hot=True),
-        "naive": burst(s, p, naive=True, hot=True),
-    },
-    "intake": lambda s, p: {
-        "postgres": intake(s, p, "postgres", naive=False),
-        "supabase": intake(s, p, "supabase", naive=False),
-        "naive": intake(s, p, "postgres", naive=True),
-    },
-    "soak": lambda s, p: {"pipeline": soak(s, p, naive=False), "naive": soak(s, p, naive=True)},
+    "steady": lambda s, p: _variants(
+        p,
+        postgres=lambda: steady(s, p, "postgres", naive=False),
+        supabase=lambda: steady(s, p, "supabase", naive=False),
+        naive=lambda: steady(s, p, "postgres", naive=True),
+    ),
+    "burst": lambda s, p: _variants(
+        p, pipeline=lambda: burst(s, p, naive=False), naive=lambda: burst(s, p, naive=True)
+    ),
+    "hot": lambda s, p: _variants(
+        p,
+        pipeline=lambda: burst(s, p, naive=False, hot=True),
+        naive=lambda: burst(s, p, naive=True, hot=True),
+    ),
+    "intake": lambda s, p: _variants(
+        p,
+        postgres=lambda: intake(s, p, "postgres", naive=False),
+        supabase=lambda: intake(s, p, "supabase", naive=False),
+        naive=lambda: intake(s, p, "postgres", naive=True),
+    ),
+    "soak": lambda s, p: _variants(
+        p, pipeline=lambda: soak(s, p, naive=False), naive=lambda: soak(s, p, naive=True)
+    ),
 }
 BIG_STACK: dict[str, Run] = {"aggregates": aggregates_micro, "full-refresh": full_refresh}
 SCENARIOS = (*SMALL_STACK, *BIG_STACK)

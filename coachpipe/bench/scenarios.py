@@ -14,7 +14,7 @@ import contextlib
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,7 +22,14 @@ from uuid import UUID
 
 import psycopg
 
-from coachpipe.bench.measure import NoticeCollector, Observed, percentiles, scrape, tree_rss_mb
+from coachpipe.bench.measure import (
+    NoticeCollector,
+    Observed,
+    percentiles,
+    scrape,
+    tree_pss_mb,
+    tree_rss_mb,
+)
 from coachpipe.bench.stack import Stack
 from coachpipe.traffic import Change, ChangeWriter, pace, pick_coaches
 from config import load_settings
@@ -290,11 +297,13 @@ def burst(stack: Stack, profile: Profile, naive: bool, hot: bool = False) -> dic
     coaches = _coaches(stack, 100)
     stack.reset_counters()
     rss: list[float] = []
+    pss: list[float] = []
     sampling = threading.Event()
 
     def sample() -> None:
         while not sampling.is_set():
             rss.append(tree_rss_mb(worker.pid))
+            pss.append(tree_pss_mb(worker.pid))
             sampling.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -328,6 +337,7 @@ def burst(stack: Stack, profile: Profile, naive: bool, hot: bool = False) -> dic
         "visible_after_last_commit_s": visible_after_last_commit(written, notices),
         "commit_to_stored_ms": percentiles(_latencies(notices)),
         "worker_rss_mb_max": max(rss, default=0.0),
+        "worker_pss_mb_max": max(pss, default=0.0),
         "correct": verify(stack, touched),
     }
     if hot:
@@ -432,7 +442,6 @@ def intake(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
         "samples": samples,
     }
     stack.stop_processes()
-    stack.skip_backlog()  # a slower listener leaves WAL behind that later runs must not replay
     return result
 
 
@@ -483,6 +492,7 @@ def soak(stack: Stack, profile: Profile, naive: bool) -> dict[str, Any]:
         "changes": len(written.changes),
         "commit_to_stored_ms": percentiles(_latencies(notices)),
         "worker_rss_mb": trend("worker_rss_mb"),
+        "worker_pss_mb": trend("worker_pss_mb"),
         "listener_rss_mb": trend("listener_rss_mb"),
         "queued": trend("queued"),
         "samples": samples,
@@ -547,35 +557,40 @@ def aggregates_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
     from pipeline.recompute import recompute
     from pipeline.store import AggregateStore
 
-    engine = make_engine(stack.pg.url)
+    engine = make_engine(stack.pg.url, snapshots=True)
     store = AggregateStore(stack.redis)
     coaches = _coaches(stack, stack.coaches)
-    one = []
-    for coach in coaches[: profile.micro_samples]:
-        started = time.perf_counter()
-        for aggregate in CRITICAL:
-            recompute(engine, store, aggregate, [coach])
-        one.append((time.perf_counter() - started) * 1000)
-    hundred: dict[str, Any] = {}
-    for aggregate in CRITICAL:
-        samples = []
-        for round_ in range(10):
-            batch = coaches[round_ * 100 : round_ * 100 + 100]
+    samples = coaches[: profile.micro_samples]
+
+    def timed(run: Callable[[UUID], object], coaches_: list[UUID]) -> list[float]:
+        out = []
+        for coach in coaches_:
             started = time.perf_counter()
-            recompute(engine, store, aggregate, batch)
-            samples.append((time.perf_counter() - started) * 1000)
-        hundred[aggregate.name] = percentiles(samples)
-    single_snapshot = []
-    for coach in coaches[: profile.micro_samples]:
-        started = time.perf_counter()
-        compute_snapshot(engine, get("coach-stats"), [coach])
-        single_snapshot.append((time.perf_counter() - started) * 1000)
+            run(coach)
+            out.append((time.perf_counter() - started) * 1000)
+        return out
+
+    for coach in samples[:20]:  # warm the pool and the plans
+        recompute(engine, store, CRITICAL, [coach])
+    one_snapshot = timed(lambda c: recompute(engine, store, CRITICAL, [c]), samples)
+    separate = timed(lambda c: [recompute(engine, store, a, [c]) for a in CRITICAL], samples)
+    hundred: dict[str, Any] = {}
+    for aggregate in (*CRITICAL, None):
+        batches_ = [coaches[i * 100 : i * 100 + 100] for i in range(min(10, len(coaches) // 100))]
+        runs = []
+        for batch in batches_:
+            started = time.perf_counter()
+            recompute(engine, store, aggregate or CRITICAL, batch)
+            runs.append((time.perf_counter() - started) * 1000)
+        hundred[aggregate.name if aggregate else "all critical, one snapshot"] = percentiles(runs)
+    stats_only = timed(lambda c: compute_snapshot(engine, [get("coach-stats")], [c]), samples)
     engine.dispose()
     full = stack.refresh_now(threads=2)
     return {
-        "one_coach_all_critical_ms": percentiles(one),
-        "one_coach_stats_snapshot_only_ms": percentiles(single_snapshot),
-        "hundred_coaches_per_aggregate_ms": hundred,
+        "one_coach_all_critical_ms": percentiles(one_snapshot),
+        "one_coach_all_critical_separate_snapshots_ms": percentiles(separate),
+        "one_coach_stats_snapshot_only_ms": percentiles(stats_only),
+        "hundred_coaches_ms": hundred,
         "full_refresh_all_aggregates_s": round(full, 2),
         "coaches": stack.coaches,
     }

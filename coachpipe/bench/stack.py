@@ -104,7 +104,7 @@ class Stack:
 
     def refresh_now(self, names: tuple[str, ...] = NAMES, threads: int = 2) -> float:
         """Every aggregate of every coach, in this process; returns seconds."""
-        engine = make_engine(self.pg.url, pool_size=threads)
+        engine = make_engine(self.pg.url, pool_size=threads, snapshots=True)
         store = AggregateStore(self.redis)
         started = time.monotonic()
         batches = list(active_coach_batches(engine, 500))
@@ -161,9 +161,12 @@ class Stack:
         )
 
     def stop_processes(self) -> None:
+        """Stop every pipeline process, then skip what a slower listener left in the slot
+        and the broker, so the next run starts from now."""
         for proc in reversed(self.procs):
             proc.terminate(timeout=30)
         self.procs.clear()
+        self.skip_backlog()
 
     def skip_backlog(self) -> None:
         """Move the slot to the end of the WAL (once its listener is gone); drop queued tasks."""
@@ -181,7 +184,6 @@ class Stack:
                 " FROM pg_replication_slots WHERE slot_name = 'coachpipe'"
             )
         self.broker.flushdb()
-        self.redis.flushdb()
 
     # --- state --------------------------------------------------------------------------
     def idle(self) -> bool:
