@@ -207,11 +207,12 @@ def flower(
 def api(
     host: Annotated[str | None, typer.Option(help="Default API_HOST.")] = None,
     port: Annotated[int | None, typer.Option(min=1, max=65_535, help="Default API_PORT.")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="uvicorn worker processes.")] = 1,
 ) -> None:
     """Serve the read API and the live dashboard page."""
     from coachpipe.api.server import serve
 
-    serve(settings(), host=host, port=port)
+    serve(settings(), host=host, port=port, workers=workers)
 
 
 # --- reading and refreshing -----------------------------------------------------------------

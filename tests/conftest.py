@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from config import Settings, load_settings
 from pipeline.db import make_engine
 from pipeline.migrate import upgrade
 from pipeline.tables import WATCHED_TABLES
+from tests.processes import Proc, start_worker
 
 DATA_DB = 0
 BROKER_DB = 1
@@ -122,6 +124,26 @@ def pipeline_env(postgres_server: PrivatePostgres, redis_server: PrivateRedis) -
     }
     os.environ.update(values)
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture
+def worker(service_env: dict[str, str], tmp_path: Path, broker_url: str) -> Iterator[Proc]:
+    """A real Celery worker subprocess (prefork, 2 children) on an empty broker."""
+    redis.Redis.from_url(broker_url).flushdb()
+    proc = start_worker(service_env, tmp_path, broker_url=broker_url)
+    yield proc
+    proc.terminate()
+
+
+@pytest.fixture
+def fresh_database(postgres_server: PrivatePostgres) -> Iterator[str]:
+    """A new, empty database on the private server (not migrated), dropped afterwards."""
+    name = f"fresh_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_server.admin_url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield postgres_server.url.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(postgres_server.admin_url(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 @pytest.fixture

@@ -52,6 +52,21 @@ def idle(client: redis.Redis, aggregates: Iterable[str] = CRITICAL_NAMES) -> boo
     return True
 
 
+def settle(
+    database_url: str, client: redis.Redis, coaches: list[UUID] | None = None, timeout: float = 60
+) -> None:
+    """Wait until nothing is pending and every coach's stored aggregates equal the oracle."""
+    from tests.processes import wait_for
+
+    chosen = coaches if coaches is not None else coach_ids(database_url)
+    wait_for(
+        lambda: idle(client) and not mismatches(database_url, client, chosen),
+        timeout,
+        interval=0.2,
+        message=f"aggregates to match the oracle: {mismatches(database_url, client, chosen)[:5]}",
+    )
+
+
 def coach_ids(database_url: str) -> list[UUID]:
     with psycopg.connect(database_url) as conn:
         return [row[0] for row in conn.execute("SELECT id FROM users WHERE role = 'coach'")]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -18,16 +17,6 @@ from coachpipe.embedded import PrivatePostgres
 from config import load_settings
 from pipeline.db import make_engine
 from pipeline.migrate import upgrade
-
-
-@pytest.fixture
-def fresh_database(postgres_server: PrivatePostgres) -> Iterator[str]:
-    name = f"doctor_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server.admin_url(), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield postgres_server.url.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(postgres_server.admin_url(), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def checks_for(database_url: str, redis_url: str, **overrides: object) -> dict[str, Check]:

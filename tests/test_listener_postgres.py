@@ -6,17 +6,15 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 import redis
 
 from pipeline import seed
 from pipeline.health import HealthBoard, ListenerState
-from tests.pipeline_checks import coach_ids, idle, mismatches
-from tests.processes import Proc, running, start_worker, wait_for
+from tests.pipeline_checks import settle
+from tests.processes import Proc, running, wait_for
 
 SMALL = seed.SeedPlan(coaches=4, clients_per_coach=3, sessions_per_client=2)
 
@@ -36,24 +34,6 @@ def connected(client: redis.Redis, proc: Proc) -> bool:
     return any(
         listener_id.split(":")[1] == str(proc.pid) and state is ListenerState.CONNECTED
         for listener_id, (state, _) in states(client).items()
-    )
-
-
-@pytest.fixture
-def worker(service_env: dict[str, str], tmp_path: Path, broker_url: str) -> Iterator[Proc]:
-    redis.Redis.from_url(broker_url).flushdb()
-    proc = start_worker(service_env, tmp_path, broker_url=broker_url, concurrency=2)
-    yield proc
-    proc.terminate()
-
-
-def settle(database_url: str, client: redis.Redis, timeout: float = 60) -> None:
-    coaches = coach_ids(database_url)
-    wait_for(
-        lambda: idle(client) and not mismatches(database_url, client, coaches),
-        timeout,
-        interval=0.25,
-        message=f"aggregates to match: {mismatches(database_url, client, coaches)[:5]}",
     )
 
 

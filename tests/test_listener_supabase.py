@@ -3,23 +3,22 @@ stand-in fed by a real replication slot."""
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 import redis
 
 from coachpipe.embedded import free_port
+from coachpipe.observability import scrape
 from pipeline import keys, seed
 from pipeline.health import HealthBoard, ListenerState
-from tests.pipeline_checks import coach_ids, idle, mismatches
-from tests.processes import Proc, celery_args, running, start_worker, wait_for
+from tests.pipeline_checks import settle
+from tests.processes import Proc, celery_args, running, wait_for
 from tests.realtime_standin import RealtimeStandIn
 from tests.test_listener_postgres import burst
 
@@ -31,14 +30,6 @@ TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2lnbmF0dXJl"
 def standin(database_url: str) -> Iterator[RealtimeStandIn]:
     with RealtimeStandIn(database_url) as server:
         yield server
-
-
-@pytest.fixture
-def worker(service_env: dict[str, str], tmp_path: Path, broker_url: str) -> Iterator[Proc]:
-    redis.Redis.from_url(broker_url).flushdb()
-    proc = start_worker(service_env, tmp_path, broker_url=broker_url)
-    yield proc
-    proc.terminate()
 
 
 class Listener:
@@ -74,28 +65,7 @@ class Listener:
         return self.state(client) is ListenerState.CONNECTED
 
     def metric(self, name: str, **labels: str) -> float:
-        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
-        total = 0.0
-        for line in text.splitlines():
-            if not line.startswith(name):
-                continue
-            match = re.match(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
-            if match is None:
-                continue
-            found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
-            if all(found.get(k) == v for k, v in labels.items()):
-                total += float(match.group(2))
-        return total
-
-
-def settle(database_url: str, client: redis.Redis, timeout: float = 60) -> None:
-    coaches = coach_ids(database_url)
-    wait_for(
-        lambda: idle(client) and not mismatches(database_url, client, coaches),
-        timeout,
-        interval=0.25,
-        message=f"aggregates to match: {mismatches(database_url, client, coaches)[:5]}",
-    )
+        return scrape(self.metrics_port, name, **labels)
 
 
 def test_committed_rows_end_as_correct_aggregates(

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import psycopg
-import pytest
 from sqlalchemy import inspect
 
-from coachpipe.embedded import PrivatePostgres
 from pipeline.db import make_engine
 from pipeline.migrate import current_revision, upgrade
 from pipeline.tables import WATCHED_TABLES, metadata
-
-
-@pytest.fixture
-def fresh_database(postgres_server: PrivatePostgres) -> Iterator[str]:
-    name = f"fresh_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres_server.admin_url(), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield postgres_server.url.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(postgres_server.admin_url(), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def test_migrate_twice_is_a_no_op(fresh_database: str) -> None:

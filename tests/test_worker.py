@@ -5,13 +5,11 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,17 +18,10 @@ from pipeline import seed
 from pipeline.events import ChangeEvent, ChangeType
 from pipeline.routing import route
 from tests.conftest import reset_database
-from tests.pipeline_checks import CRITICAL_NAMES, coach_ids, idle, mismatches
+from tests.pipeline_checks import CRITICAL_NAMES, coach_ids, settle
 from tests.processes import Proc, start_worker, wait_for
 
 SMALL = seed.SeedPlan(coaches=3, clients_per_coach=4, sessions_per_client=3)
-
-
-@pytest.fixture
-def worker(service_env: dict[str, str], tmp_path: Path, broker_url: str) -> Iterator[Proc]:
-    proc = start_worker(service_env, tmp_path, broker_url=broker_url)
-    yield proc
-    proc.terminate()
 
 
 def request(keys: Any) -> None:
@@ -42,17 +33,6 @@ def request(keys: Any) -> None:
 
 def request_all(coaches: list[uuid.UUID]) -> None:
     request([(name, coach) for coach in coaches for name in CRITICAL_NAMES])
-
-
-def settle(
-    database_url: str, client: redis.Redis, coaches: list[uuid.UUID], timeout: float = 30
-) -> None:
-    wait_for(
-        lambda: idle(client) and not mismatches(database_url, client, coaches),
-        timeout,
-        interval=0.2,
-        message=f"aggregates to match the oracle: {mismatches(database_url, client, coaches)}",
-    )
 
 
 def test_a_requested_recompute_stores_what_the_oracle_computes(

@@ -52,8 +52,8 @@ class Broadcaster:
 
     async def _run(self) -> None:
         while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
                 await pubsub.psubscribe(keys.UPDATES_PATTERN)
                 async for message in pubsub.listen():
                     coach_id = as_text(message["channel"]).removeprefix(self._prefix)
@@ -65,6 +65,9 @@ class Broadcaster:
                     "broadcast_resubscribe", error_type=type(error).__name__, error=str(error)
                 )
                 await asyncio.sleep(1)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _put(self, queue: asyncio.Queue[Event], event: Event) -> None:
         if queue.full():  # a stalled client: drop its oldest event, never block the others

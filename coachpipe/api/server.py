@@ -1,19 +1,45 @@
-"""`coachpipe api`: uvicorn serving the read API, logs through the pipeline's logging."""
+"""`coachpipe api`: uvicorn serving the read API, logs through the pipeline's logging.
+
+With `workers > 1` uvicorn forks that many processes sharing the listening socket. Each builds
+its app from the environment (`app_from_environment`), so each has its own broadcaster: one
+Redis subscription per process, whatever the number of streams it serves.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import uvicorn
 
-from config import Settings
+from config import Settings, load_settings
 from config.logging import configure_logging
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
-def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
+FACTORY = "coachpipe.api.server:app_from_environment"
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process, built from the environment and `.env`."""
+    from coachpipe.api.app import create_app
+
+    settings = load_settings()
+    configure_logging(settings, process="api")
+    return create_app(settings)
+
+
+def serve(
+    settings: Settings, *, host: str | None = None, port: int | None = None, workers: int = 1
+) -> None:
     from coachpipe.api.app import create_app
 
     configure_logging(settings, process="api")
+    several = workers > 1
     uvicorn.run(
-        create_app(settings),
+        FACTORY if several else create_app(settings),
+        factory=several,
+        workers=workers if several else None,
         host=host or settings.api_host,
         port=port or settings.api_port,
         log_config=None,

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import httpx
 import psutil
 import redis
 
+from coachpipe.observability import scrape
 from pipeline import keys
 from pipeline.store import Notice
+
+__all__ = ["scrape"]
 
 
 def percentiles(values: list[float]) -> dict[str, float | int | None]:
@@ -95,8 +97,7 @@ class NoticeCollector:
         self.notices.clear()
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (a prefork worker and its pool), MB."""
+def _tree_mb(pid: int, read: Callable[[psutil.Process], int]) -> float:
     try:
         process = psutil.Process(pid)
         members = [process, *process.children(recursive=True)]
@@ -105,42 +106,22 @@ def tree_rss_mb(pid: int) -> float:
     total = 0
     for member in members:
         try:
-            total += member.memory_info().rss
-        except psutil.NoSuchProcess:
+            total += read(member)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return round(total / 1024 / 1024, 1)
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (a prefork worker and its pool), MB."""
+    return _tree_mb(pid, lambda p: int(p.memory_info().rss))
 
 
 def tree_pss_mb(pid: int) -> float:
     """Proportional set size of a process and its children, MB: shared pages (a prefork
     pool shares most of its parent's) are split between the processes instead of counted
     once per process as RSS does."""
-    try:
-        process = psutil.Process(pid)
-        members = [process, *process.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0
-    for member in members:
-        try:
-            total += member.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return round(total / 1024 / 1024, 1)
-
-
-def scrape(port: int, name: str, **labels: str) -> float:
-    """Sum of one metric's samples (matching `labels`) on a Prometheus endpoint."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
-        if match is None:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
+    return _tree_mb(pid, lambda p: int(p.memory_full_info().pss))
 
 
 def machine() -> dict[str, Any]:

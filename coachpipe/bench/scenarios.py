@@ -461,6 +461,7 @@ def soak(stack: Stack, profile: Profile, naive: bool) -> dict[str, Any]:
                 {
                     "t": round(time.time() - start, 1),
                     "worker_rss_mb": tree_rss_mb(worker.pid),
+                    "worker_pss_mb": tree_pss_mb(worker.pid),
                     "listener_rss_mb": tree_rss_mb(listener.pid),
                     "queued": stack.broker.llen("realtime") + stack.broker.llen("refresh"),
                 }

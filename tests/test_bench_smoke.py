@@ -1,0 +1,50 @@
+"""The benchmark harness runs end to end (tiny sizes, no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config import Settings
+
+
+@pytest.mark.slow
+def test_bench_smoke_writes_json_markdown_and_plots(tmp_path: Path) -> None:
+    import os
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.upper() not in {n.upper() for n in Settings.model_fields}
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "coachpipe", "bench", "all", "--smoke", "--output", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    (report,) = tmp_path.glob("bench-*-smoke.json")
+    data = json.loads(report.read_text())
+    results = data["results"]
+    assert set(results) >= {
+        "dedup",
+        "steady",
+        "burst",
+        "hot",
+        "intake",
+        "soak",
+        "aggregates",
+        "full-refresh",
+    }
+    assert results["steady"]["postgres"]["commit_to_stored_ms"]["count"] > 0
+    assert results["burst"]["pipeline"]["correct"]["wrong"] == 0
+    assert data["meta"]["machine"]["cpus"] >= 1 and data["meta"]["commit"]
+    assert (
+        (tmp_path / report.name.replace(".json", ".md"))
+        .read_text()
+        .startswith("# coachpipe benchmark")
+    )
+    assert list(tmp_path.glob("bench-*-steady-latency.png"))

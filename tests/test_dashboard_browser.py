@@ -1,0 +1,240 @@
+"""The dashboard page in headless Chromium, fed by the whole pipeline.
+
+Real processes only: the private Postgres and Redis, a Celery worker, a `postgres` listener and
+`coachpipe api`. A row committed in Postgres shows on the open page; stopping the listener turns
+the indicator red and shows the "using polling" toast; restarting it turns it green again.
+Screenshots of the states land in tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+from coachpipe.embedded import free_port
+from pipeline import keys, seed
+from pipeline.health import HealthBoard, ListenerState
+from pipeline.read import read_aggregate
+from pipeline.store import Notice
+from tests.processes import Proc, running, start_worker, wait_for
+from tests.test_api import SECRET, claims, hs256
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+PLAN = seed.SeedPlan(coaches=3, clients_per_coach=3, sessions_per_client=3)
+SESSIONS_COMPLETED = "[data-testid=sessions-completed]"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium at /usr/bin/chromium "
+        "(apt-get install --no-install-recommends chromium; CI's .ci/run installs it)",
+    ),
+]
+
+
+def start_listener(env: dict[str, str], log_dir: Path, name: str) -> Proc:
+    return Proc(
+        name, [sys.executable, "-m", "listeners", "postgres"], env, log_dir / f"{name}.log"
+    ).start()
+
+
+def connected(client: redis.Redis, proc: Proc) -> bool:
+    board = HealthBoard(client, stale_after_s=3)
+    return any(
+        h.listener_id.split(":")[1] == str(proc.pid) and h.state is ListenerState.CONNECTED
+        for h in board.listeners()
+    )
+
+
+def completed_in_redis(client: redis.Redis, coach: UUID) -> int | None:
+    stored = read_aggregate(client, coach, "coach-stats")
+    if stored is None:
+        return None
+    value: Any = stored.value
+    return int(value["sessions"]["completed"])
+
+
+class NoticeClock:
+    """Wall-clock time at which each coach-stats update notice of one coach was published."""
+
+    def __init__(self, client: redis.Redis, coach: UUID) -> None:
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(keys.updates_channel(coach))
+        self.seen: list[tuple[float, Notice]] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._stop = threading.Event()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            message = self._pubsub.get_message(timeout=0.1)
+            if message is not None:
+                self.seen.append((time.time(), Notice.decode(message["data"])))
+
+    def first_after(self, moment: float, aggregate: str) -> float | None:
+        return next((at for at, n in self.seen if at >= moment and n.aggregate == aggregate), None)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._pubsub.close()
+
+
+@pytest.fixture
+def api(service_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    """`coachpipe api` as its own process, as deployed."""
+    port = free_port()
+    env = service_env | {"SUPABASE_JWT_SECRET": SECRET, "LOG_FORMAT": "console"}
+    proc = Proc(
+        "api",
+        [sys.executable, "-m", "coachpipe", "api", "--port", str(port)],
+        env,
+        tmp_path / "api.log",
+    ).start()
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"api exited early:\n{proc.output()[-3000:]}")
+        try:
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    with running(proc):
+        wait_for(healthy, 30, interval=0.2, message="coachpipe api to answer /healthz")
+        yield base
+
+
+def complete_one_session(database_url: str, coach: UUID) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        changed = conn.execute(
+            "UPDATE sessions SET status = 'completed', completed_at = now(), updated_at = now()"
+            " WHERE id = (SELECT id FROM sessions WHERE coach_id = %s AND status = 'scheduled'"
+            " ORDER BY scheduled_at LIMIT 1)",
+            (coach,),
+        ).rowcount
+    assert changed == 1
+
+
+def coach_with_a_scheduled_session(database_url: str) -> UUID:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT coach_id FROM sessions WHERE status = 'scheduled' GROUP BY coach_id"
+            " ORDER BY count(*) DESC LIMIT 1"
+        ).fetchone()
+    assert row is not None
+    return UUID(str(row[0]))
+
+
+def test_the_dashboard_follows_commits_and_shows_when_realtime_is_lost(
+    database_url: str,
+    redis_client: redis.Redis,
+    service_env: dict[str, str],
+    broker_url: str,
+    tmp_path: Path,
+    api: str,
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    seed.load(database_url, PLAN)
+    redis.Redis.from_url(broker_url).flushdb()
+    worker = start_worker(service_env, tmp_path, broker_url=broker_url)
+    listener = start_listener(service_env, tmp_path, "listener-1")
+    coach = coach_with_a_scheduled_session(database_url)
+    ARTIFACTS.mkdir(exist_ok=True)
+    clock = NoticeClock(redis_client, coach)
+    with running(worker, listener), sync_playwright() as playwright:
+        wait_for(lambda: connected(redis_client, listener), 30, message="listener to connect")
+        wait_for(lambda: completed_in_redis(redis_client, coach) is not None, 60, message="stats")
+        before = completed_in_redis(redis_client, coach)
+        assert before is not None
+
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        problems: list[str] = []
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.goto(f"{api}/dashboard?coach={coach}#token={hs256(claims(sub=str(coach)))}")
+
+        indicator = page.get_by_test_id("indicator")
+        toast = page.get_by_test_id("toast")
+        expect(page.locator(SESSIONS_COMPLETED)).to_have_text(str(before), timeout=10_000)
+        expect(indicator).to_have_attribute("data-status", "green", timeout=10_000)
+        expect(toast).to_be_hidden()
+        expect(page.locator("#problem")).to_be_empty()
+        assert "#token=" not in page.url  # the token does not stay in the address bar
+
+        # A commit in Postgres → listener → worker → Redis → SSE → the page.
+        page.evaluate(
+            """(selector) => {
+                window.__changes = [];
+                const target = document.querySelector(selector);
+                new MutationObserver(() => window.__changes.push([Date.now(), target.textContent]))
+                    .observe(target, {childList: true, characterData: true, subtree: true});
+            }""",
+            SESSIONS_COMPLETED,
+        )
+        committed = time.time()
+        complete_one_session(database_url, coach)
+        expect(page.locator(SESSIONS_COMPLETED)).to_have_text(str(before + 1), timeout=5_000)
+        changes = page.evaluate("window.__changes")
+        shown = next(at / 1000 for at, text in changes if text == str(before + 1))
+        stored = wait_for(lambda: clock.first_after(committed, "coach-stats"), 5)
+        assert stored is not None
+        assert completed_in_redis(redis_client, coach) == before + 1
+        print(
+            f"\ncommit → Redis write {(stored - committed) * 1000:.0f} ms,"
+            f" Redis write → page {(shown - stored) * 1000:.0f} ms,"
+            f" commit → page {(shown - committed) * 1000:.0f} ms"
+        )
+        assert shown - stored < 1.0
+        live = ARTIFACTS / "dashboard-live.png"
+        page.screenshot(path=str(live), full_page=True)
+
+        # The listener stops: realtime is lost, the page says so and falls back to polling.
+        stopped = time.monotonic()
+        assert listener.terminate(timeout=20) == 0
+        expect(indicator).to_have_attribute("data-status", "red", timeout=10_000)
+        expect(toast).to_be_visible()
+        expect(toast).to_have_text("Realtime connection lost. Using polling.")
+        print(f"indicator red {time.monotonic() - stopped:.1f} s after SIGTERM")
+        degraded = ARTIFACTS / "dashboard-degraded.png"
+        page.screenshot(path=str(degraded), full_page=True)
+
+        # A new listener connects: green again, the toast goes.
+        restarted = start_listener(service_env, tmp_path, "listener-2")
+        with running(restarted):
+            started = time.monotonic()
+            expect(indicator).to_have_attribute("data-status", "green", timeout=30_000)
+            expect(toast).to_be_hidden()
+            print(f"indicator green {time.monotonic() - started:.1f} s after the restart")
+            recovered = ARTIFACTS / "dashboard-recovered.png"
+            page.screenshot(path=str(recovered), full_page=True)
+        browser.close()
+    clock.close()
+    assert not problems, problems
+    for path in (live, degraded, recovered):
+        print(f"screenshot: {path}")
