@@ -169,13 +169,17 @@ def _publication_check(conn: psycopg.Connection[Any], publication: str, required
 def _slot_check(settings: Settings, conn: psycopg.Connection[Any]) -> Check:
     name = f"slot {settings.slot_name}"
     row = conn.execute(
-        "SELECT plugin, active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
-        " FROM pg_replication_slots WHERE slot_name = %s",
+        "SELECT plugin, active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,"
+        " database, current_database() FROM pg_replication_slots WHERE slot_name = %s",
         (settings.slot_name,),
     ).fetchone()
     if row is None:
         return ok(name, "not created yet: the first `coachpipe listen --source postgres` does")
-    plugin, active, lag = row
+    plugin, active, lag, database, current = row
+    if database != current:
+        return Check(name, Severity.FAIL,
+                     f"a slot of that name belongs to database {database!r}, not {current!r}",
+                     "set SLOT_NAME to a name of its own for this database")  # fmt: skip
     if plugin != "pgoutput":
         return Check(name, Severity.FAIL, f"uses output plugin {plugin}, not pgoutput",
                      "stop the listeners, `coachpipe slot drop`, start a listener")  # fmt: skip

@@ -272,6 +272,3 @@ class Dedup:
     def start_wide(self, aggregate: str) -> None:
         """A wide refresh starts: later requests must schedule another one."""
         self._redis.delete(keys.wide_pending(aggregate))
-
-    def pending(self, aggregate: str) -> int:
-        return int(self._redis.zcard(keys.due(aggregate)))

@@ -100,10 +100,6 @@ class HealthBoard:
         pipe.zremrangebyscore(keys.LISTENERS, "-inf", time.time() - ttl)
         pipe.execute()
 
-    def forget(self, listener_id: str) -> None:
-        self._redis.delete(keys.listener(listener_id))
-        self._redis.zrem(keys.LISTENERS, listener_id)
-
     def listeners(self) -> list[ListenerHealth]:
         ids = [as_text(raw) for raw in self._redis.zrange(keys.LISTENERS, 0, -1)]
         if not ids:
@@ -127,9 +123,4 @@ class HealthBoard:
             return None
         if previous is None and status.color is Color.GREEN:
             return None
-        self._redis.publish(keys.STATUS_CHANNEL, orjson.dumps(status.as_json()))
         return Color(as_text(previous)) if previous is not None else Color.GREEN
-
-    def last_recorded(self) -> Color | None:
-        raw = self._redis.get(keys.REALTIME_STATUS)
-        return Color(as_text(raw)) if raw is not None else None

@@ -78,12 +78,7 @@ def source_last_event(source: str) -> str:
 
 
 REALTIME_STATUS = f"{PREFIX}:realtime:status"
-STATUS_CHANNEL = f"{PREFIX}:realtime:status-changes"
 
 # Beat bookkeeping (tasks.jobs).
 CLOCK_LAST_TICK = f"{PREFIX}:clock:last-tick"
 LAST_REFRESH = f"{PREFIX}:refresh:last"
-
-
-def job_lock(name: str) -> str:
-    return f"{PREFIX}:lock:{name}"

@@ -8,7 +8,7 @@ for a wide refresh of the aggregates that read its table, and says why.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -87,13 +87,3 @@ def route(event: ChangeEvent) -> Route:
     except _Unknown as unknown:
         return Route(wide=frozenset(aggregates), problem=unknown.reason, detail=unknown.detail)
     return Route(keys=frozenset((name, coach) for coach in coaches for name in aggregates))
-
-
-def merge(routes: Iterable[Route]) -> Route:
-    """One route for a batch of events: the union of their keys and wide refreshes."""
-    keys: set[Key] = set()
-    wide: set[str] = set()
-    for r in routes:
-        keys |= r.keys
-        wide |= r.wide
-    return Route(keys=frozenset(keys), wide=frozenset(wide))

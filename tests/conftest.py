@@ -139,6 +139,7 @@ def worker(service_env: dict[str, str], tmp_path: Path, broker_url: str) -> Iter
 def fresh_database(postgres_server: PrivatePostgres) -> Iterator[str]:
     """A new, empty database on the private server (not migrated), dropped afterwards."""
     name = f"fresh_{uuid.uuid4().hex[:10]}"
+    reset_database(postgres_server.url)  # no slot of an earlier test may linger in the cluster
     with psycopg.connect(postgres_server.admin_url(), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     yield postgres_server.url.rsplit("/", 1)[0] + f"/{name}"

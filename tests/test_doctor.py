@@ -117,7 +117,11 @@ def test_wal_level_replica(services_dir: Path, redis_url: str) -> None:
 
 
 def test_unreachable_services(fresh_database: str) -> None:
-    checks = checks_for("postgresql://nobody@127.0.0.1:1/none", "redis://127.0.0.1:1/0")
+    checks = checks_for(
+        "postgresql://nobody@127.0.0.1:1/none",
+        "redis://127.0.0.1:1/0",
+        broker_url="redis://127.0.0.1:1/1",
+    )
     assert checks["postgres"].severity is Severity.FAIL and "DATABASE_URL" in checks["postgres"].fix
     assert checks["redis"].severity is Severity.FAIL and "REDIS_URL" in checks["redis"].fix
     assert checks["broker"].severity is Severity.FAIL
@@ -153,3 +157,18 @@ def test_the_cli_exits_non_zero_on_a_failure(
     report = json.loads(result.stdout)
     failing = {c["name"]: c["fix"] for c in report if c["severity"] == "fail"}
     assert failing["migrations"] == "coachpipe migrate"
+
+
+def test_a_slot_of_the_same_name_in_another_database(
+    fresh_database: str, database_url: str, redis_url: str
+) -> None:
+    migrated(fresh_database)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot('doctor_other', 'pgoutput')")
+    try:
+        check = checks_for(fresh_database, redis_url, slot_name="doctor_other")["slot doctor_other"]
+        assert check.severity is Severity.FAIL
+        assert "belongs to database" in check.message and "SLOT_NAME" in check.fix
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot('doctor_other')")

@@ -47,5 +47,3 @@ def test_board_round_trip_and_single_transition(redis_client: redis.Redis) -> No
     red = realtime_status([], now, STALE)
     assert board.record_transition(red) is Color.GREEN
     assert board.record_transition(red) is None  # logged once per transition
-    board.forget("a")
-    assert board.listeners() == []

@@ -15,7 +15,7 @@ from sqlalchemy.sql import visitors
 from pipeline.aggregates import REGISTRY, Kind
 from pipeline.coaches import crossing_statement
 from pipeline.events import ChangeEvent, ChangeType
-from pipeline.routing import TABLE_AGGREGATES, Route, merge, route
+from pipeline.routing import TABLE_AGGREGATES, Route, route
 
 SEED_MAP = {
     "sessions": {"coach-stats", "coach-activity"},
@@ -162,9 +162,3 @@ def test_a_change_without_a_usable_coach_asks_for_a_wide_refresh(
     assert result.keys == frozenset()
     assert result.wide == frozenset(TABLE_AGGREGATES[change.table])
     assert result.problem == reason
-
-
-def test_merge_unions_keys_and_wide_refreshes() -> None:
-    merged = merge([route(CASES[0][1]), route(WIDE_CASES[0][1]), route(CASES[1][1])])
-    assert merged.keys == keys_for("sessions", COACH_A, COACH_B)
-    assert merged.wide == frozenset(TABLE_AGGREGATES["sessions"])
