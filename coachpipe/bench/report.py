@@ -6,29 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-GOALS = {
-    "steady postgres p50": 50,
-    "steady postgres p99": 300,
-    "steady supabase p99": 600,
-    "burst visible": 1.0,
-    "hot changes per recompute": 50,
-    "hot visible": 1.0,
-    "intake": 5000,
-    "full refresh": 30,
-    "rss": 256,
-    "naive query ratio": 20,
-    "one coach p50": 5,
-    "one coach p99": 20,
-}
-
-
-def _get(data: dict[str, Any], *path: str) -> Any:
-    for key in path:
-        if not isinstance(data, dict) or key not in data:
-            return None
-        data = data[key]
-    return data
-
 
 def _fmt(value: Any, unit: str = "") -> str:
     if value is None:
@@ -148,6 +125,24 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 _met(_le(full["pipeline_workers_s"], 30)),
             )
         )
+        out.append(
+            (
+                "  same, in one process with 2 threads (s)",
+                _fmt(full.get("pipeline_in_process_s")),
+                "≤ 30",
+                _met(_le(full.get("pipeline_in_process_s"), 30)),
+            )
+        )
+    seeded = results.get("seed")
+    if seeded:
+        out.append(
+            (
+                f"seed {seeded['coaches']:,} coaches (x20 clients, x100 sessions), COPY (s)",
+                _fmt(seeded["seconds"]),
+                "≤ 120",
+                _met(_le(seeded["seconds"], 120)),
+            )
+        )
     micro = results.get("aggregates")
     if micro:
         one = micro["one_coach_all_critical_ms"]
@@ -159,12 +154,22 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 _met(_le(one["p50"], 5) and _le(one["p99"], 20)),
             )
         )
+        separate = micro.get("one_coach_all_critical_separate_snapshots_ms", {})
         out.append(
             (
-                f"full refresh in one process, {micro['coaches']:,} coaches (s)",
-                _fmt(micro["full_refresh_all_aggregates_s"]),
-                "≤ 30",
-                _met(_le(micro["full_refresh_all_aggregates_s"], 30)),
+                "  same, one snapshot per aggregate (as four drains would) p50/p99 (ms)",
+                f"{_fmt(separate.get('p50'))} / {_fmt(separate.get('p99'))}",
+                "",
+                "-",
+            )
+        )
+        batch = micro["hundred_coaches_ms"].get("all critical, one snapshot", {})
+        out.append(
+            (
+                "recompute all critical aggregates, 100 coaches p50/p99 (ms)",
+                f"{_fmt(batch.get('p50'))} / {_fmt(batch.get('p99'))}",
+                "",
+                "-",
             )
         )
     soak = results.get("soak", {}).get("pipeline")
@@ -259,10 +264,12 @@ def naive_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         out.append(
             (
                 "full refresh",
-                "seconds",
-                _fmt(full["pipeline_workers_s"]),
+                "seconds, in one process with 2 threads",
+                _fmt(full["pipeline_in_process_s"]),
                 _fmt(full["naive_one_coach_per_query_s"]),
-                _fmt(_ratio(full["naive_one_coach_per_query_s"], full["pipeline_workers_s"]), "x"),
+                _fmt(
+                    _ratio(full["naive_one_coach_per_query_s"], full["pipeline_in_process_s"]), "x"
+                ),
             )
         )
         out.append(
