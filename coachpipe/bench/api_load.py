@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import multiprocessing
 import os
 import platform
@@ -49,6 +48,7 @@ import orjson
 import psutil
 import redis
 
+from coachpipe.bench.measure import percentiles
 from coachpipe.embedded import PrivateRedis, free_port
 from pipeline.store import AggregateStore
 
@@ -196,25 +196,6 @@ def _cmd(process: psutil.Process) -> str:
     with contextlib.suppress(psutil.Error):
         return " ".join(process.cmdline())
     return ""
-
-
-# --- percentiles ----------------------------------------------------------------------------
-def percentiles(values: list[float]) -> dict[str, float | int | None]:
-    """p50/p95/p99/max by nearest rank, and the count."""
-    if not values:
-        return {"count": 0, "p50": None, "p95": None, "p99": None, "max": None}
-    ordered = sorted(values)
-
-    def rank(q: float) -> float:
-        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-    return {
-        "count": len(ordered),
-        "p50": round(rank(0.50), 2),
-        "p95": round(rank(0.95), 2),
-        "p99": round(rank(0.99), 2),
-        "max": round(ordered[-1], 2),
-    }
 
 
 # --- other work on the machine --------------------------------------------------------------
