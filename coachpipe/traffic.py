@@ -21,6 +21,7 @@ from config import Settings
 from pipeline.db import libpq_dsn
 
 COMMENTS = ("Clear next steps.", "Great energy today.", "We went deep on priorities.", "Useful!")
+MAX_ATTEMPTS = 20
 KINDS = {  # kind → weight
     "book": 25,
     "complete": 20,
@@ -65,6 +66,7 @@ class ChangeWriter:
         self.coaches = coaches
         self.rng = random.Random(seed)
         self.books: dict[UUID, _Book] = defaultdict(_Book)
+        self.conflicts = 0
         self._load()
 
     def _load(self) -> None:
@@ -93,10 +95,18 @@ class ChangeWriter:
             self.books[coach].goals.append(goal)
 
     def write(self, coach: UUID | None = None) -> Change:
-        coach = coach or self.rng.choice(self.coaches)
-        kind = self.rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
-        table, coaches = getattr(self, f"_{kind}")(coach)
-        return Change(kind, table, coaches, time.time() * 1000)
+        """One change. Another writer may have deleted or moved a row this one remembers: the
+        statement then fails on a constraint, the row is forgotten and another change is made."""
+        for _ in range(MAX_ATTEMPTS):
+            chosen = coach or self.rng.choice(self.coaches)
+            kind = self.rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
+            try:
+                table, coaches = getattr(self, f"_{kind}")(chosen)
+            except psycopg.errors.IntegrityError:
+                self.conflicts += 1
+                continue
+            return Change(kind, table, coaches, time.time() * 1000)
+        raise RuntimeError(f"no change possible after {MAX_ATTEMPTS} attempts")
 
     def _pop(self, items: list[object]) -> object:
         return items.pop(self.rng.randrange(len(items)))

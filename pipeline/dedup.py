@@ -22,11 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
 import redis
 
 from pipeline import keys
+from pipeline.lua import Lua, run_pipeline
 from pipeline.redis_values import as_text
 from pipeline.routing import Key
 
@@ -184,11 +186,11 @@ class Dedup:
         self._redis = client
         self.window_ms = window_ms
         self.stale_ms = stale_ms
-        self._request = client.register_script(REQUEST)
-        self._claim = client.register_script(CLAIM)
-        self._release = client.register_script(RELEASE)
-        self._sweep = client.register_script(SWEEP)
-        self._request_wide = client.register_script(REQUEST_WIDE)
+        self._request = Lua(client, REQUEST)
+        self._claim = Lua(client, CLAIM)
+        self._release = Lua(client, RELEASE)
+        self._sweep = Lua(client, SWEEP)
+        self._request_wide = Lua(client, REQUEST_WIDE)
 
     def request(
         self, items: Iterable[Key], commit_ms: Mapping[Key, int | None] | None = None
@@ -206,23 +208,24 @@ class Dedup:
             )
         if not by_aggregate:
             return RequestOutcome()
-        pipe = self._redis.pipeline(transaction=False)
-        for aggregate, pairs in by_aggregate.items():
-            self._request(
-                keys=[
-                    keys.due(aggregate),
-                    keys.last_run(aggregate),
-                    keys.drain_scheduled(aggregate),
-                    keys.commits(aggregate),
-                ],
-                args=[self.window_ms, self.stale_ms, *pairs],
-                client=pipe,
-            )
+
+        def build(pipe: Any) -> None:
+            for aggregate, pairs in by_aggregate.items():
+                self._request.queue(
+                    pipe,
+                    keys=[
+                        keys.due(aggregate),
+                        keys.last_run(aggregate),
+                        keys.drain_scheduled(aggregate),
+                        keys.commits(aggregate),
+                    ],
+                    args=[self.window_ms, self.stale_ms, *pairs],
+                )
+
+        outcomes = run_pipeline(self._redis, [self._request], build)
         enqueued = suppressed = 0
         drains: dict[str, float] = {}
-        for aggregate, (added, skipped, countdown) in zip(
-            by_aggregate, pipe.execute(), strict=True
-        ):
+        for aggregate, (added, skipped, countdown) in zip(by_aggregate, outcomes, strict=True):
             enqueued += int(added)
             suppressed += int(skipped)
             if int(countdown) >= 0:

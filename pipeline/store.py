@@ -18,6 +18,7 @@ import redis
 
 from pipeline import keys
 from pipeline.aggregates import JSONValue
+from pipeline.lua import Lua, run_pipeline
 
 STORE_IF_NEWER = """
 local current = redis.call('HGET', KEYS[1], 'version')
@@ -65,7 +66,7 @@ AggregateValues = tuple[str, int, Mapping[UUID, JSONValue]]
 class AggregateStore:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
-        self._store_if_newer = client.register_script(STORE_IF_NEWER)
+        self._store_if_newer = Lua(client, STORE_IF_NEWER)
 
     def next_version(self) -> int:
         return int(self._redis.incr(keys.VERSION_COUNTER))
@@ -100,10 +101,10 @@ class AggregateStore:
         commit_ms: Mapping[UUID, int | None] | None = None,
     ) -> WriteResult:
         """Store several aggregates' values at one version, in one round trip."""
-        pipe = self._redis.pipeline(transaction=False)
         computed = computed_at.isoformat()
         as_of = snapshot_at.isoformat()
         order = []
+        calls = []
         for aggregate, schema_version, values in results:
             for coach_id, value in values.items():
                 notice = Notice(
@@ -114,20 +115,20 @@ class AggregateStore:
                     snapshot_at=as_of,
                     commit_ms=(commit_ms or {}).get(coach_id),
                 )
-                self._store_if_newer(
-                    keys=[keys.aggregate(aggregate, coach_id), keys.updates_channel(coach_id)],
-                    args=[
-                        version,
-                        computed,
-                        schema_version,
-                        orjson.dumps(value),
-                        as_of,
-                        notice.encode(),
-                    ],
-                    client=pipe,
-                )
+                calls.append(
+                    (
+                        [keys.aggregate(aggregate, coach_id), keys.updates_channel(coach_id)],
+                        [version, computed, schema_version, orjson.dumps(value), as_of,
+                         notice.encode()],
+                    )
+                )  # fmt: skip
                 order.append(aggregate)
-        outcomes: list[Any] = pipe.execute()
+
+        def build(pipe: Any) -> None:
+            for call_keys, args in calls:
+                self._store_if_newer.queue(pipe, call_keys, args)
+
+        outcomes = run_pipeline(self._redis, [self._store_if_newer], build)
         stale_by_aggregate: dict[str, int] = {}
         for aggregate, outcome in zip(order, outcomes, strict=True):
             if outcome != 1:

@@ -133,3 +133,12 @@ def test_a_batch_larger_than_the_limit_asks_for_a_follow_up_at_once(
     assert claim.follow_up_s == 0.0
     client = redis.Redis.from_url(redis_url)
     assert client.zcard(keys.due("coach-stats")) == 3
+
+
+def test_requests_and_claims_survive_redis_forgetting_its_scripts(redis_url: str) -> None:
+    dedup = dedup_for(redis_url)
+    coach = uuid.uuid4()
+    redis.Redis.from_url(redis_url).script_flush()
+    assert dedup.request([("coach-stats", coach)]).enqueued == 1
+    redis.Redis.from_url(redis_url).script_flush()
+    assert dedup.claim("coach-stats", "t1", 10).coaches == [coach]

@@ -99,3 +99,13 @@ def test_concurrent_writers_in_any_order_leave_the_newest(
     assert stored is not None
     assert stored.version == max(versions)
     assert stored.value == {"version": max(versions)}
+
+
+def test_writes_survive_redis_forgetting_its_scripts(redis_client: redis.Redis) -> None:
+    store = AggregateStore(redis_client)
+    coach = uuid.uuid4()
+    assert write(store, coach, 1, {"n": 1}) == 1
+    redis_client.script_flush()  # a Redis restart empties the script cache
+    assert write(store, coach, 2, {"n": 2}) == 1
+    stored = read_aggregate(redis_client, coach, "coach-stats")
+    assert stored is not None and stored.version == 2

@@ -72,7 +72,8 @@ SMALL_STACK: dict[str, Run] = {
         p, pipeline=lambda: soak(s, p, naive=False), naive=lambda: soak(s, p, naive=True)
     ),
 }
-BIG_STACK: dict[str, Run] = {"aggregates": aggregates_micro, "full-refresh": full_refresh}
+# full-refresh first: the micro benchmarks then measure a warm cache, as a live system has.
+BIG_STACK: dict[str, Run] = {"full-refresh": full_refresh, "aggregates": aggregates_micro}
 SCENARIOS = (*SMALL_STACK, *BIG_STACK)
 
 

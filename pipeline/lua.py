@@ -1,0 +1,55 @@
+"""Lua scripts run by SHA, without redis-py's per-pipeline `SCRIPT EXISTS` round trip.
+
+redis-py checks every registered script with `SCRIPT EXISTS` each time a pipeline that uses
+it executes: one extra round trip on the hot path of every recompute. Here a script is loaded
+once per process and run with EVALSHA; if Redis forgot it (a restart, `SCRIPT FLUSH`), it is
+loaded again and the call (or the whole pipeline) is replayed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+from redis.exceptions import NoScriptError
+
+
+class Lua:
+    def __init__(self, client: redis.Redis, source: str) -> None:
+        self._client = client
+        self._source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    def load(self) -> None:
+        self._client.script_load(self._source)
+
+    def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        try:
+            return self._client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self.load()
+            return self._client.evalsha(self.sha, len(keys), *keys, *args)
+
+    def queue(self, pipe: Pipeline, keys: Sequence[Any], args: Sequence[Any]) -> None:
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+
+def run_pipeline(
+    client: redis.Redis, scripts: Sequence[Lua], build: Callable[[Pipeline], None]
+) -> list[Any]:
+    """Build and execute a non-transactional pipeline, loading `scripts` and replaying once
+    if Redis did not know one of them."""
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        build(pipe)
+        try:
+            return list(pipe.execute())
+        except NoScriptError:
+            if attempt:
+                raise
+            for script in scripts:
+                script.load()
+    raise AssertionError("unreachable")
