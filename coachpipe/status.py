@@ -27,8 +27,10 @@ def _queue_depths() -> dict[str, int | None]:
         for queue in QUEUES:
             try:
                 depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
-            except Exception:  # the queue does not exist yet: nothing was ever sent to it
-                depths[queue] = None
+            except Exception as error:  # kombu/py-amqp ChannelError, by transport
+                # NOT_FOUND: on Redis an empty queue has no list at all; elsewhere the queue was
+                # never declared. Either way nothing waits in it.
+                depths[queue] = 0 if "NOT_FOUND" in str(error) else None
     return depths
 
 
