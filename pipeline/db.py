@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine
+from typing import Any
+
+import psycopg
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import URL, make_url
 
 
@@ -47,3 +50,12 @@ def make_engine(
         isolation_level="REPEATABLE READ" if snapshots else "READ COMMITTED",
         connect_args={"application_name": application_name, "options": options},
     )
+
+
+def psycopg_connection(connection: Connection) -> psycopg.Connection[Any]:
+    """The psycopg connection under a SQLAlchemy one, for what Core does not expose
+    (pipeline mode). Only `make_engine`'s engines are supported."""
+    driver = connection.connection.driver_connection
+    if not isinstance(driver, psycopg.Connection):
+        raise TypeError(f"expected a psycopg 3 connection, got {type(driver).__name__}")
+    return driver

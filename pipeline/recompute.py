@@ -17,10 +17,12 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 import structlog
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine
 
 from pipeline import metrics
 from pipeline.aggregates import Aggregate, JSONValue
+from pipeline.aggregates.base import compute_all
+from pipeline.db import psycopg_connection
 from pipeline.store import AggregateStore
 
 log = structlog.get_logger("pipeline.recompute")
@@ -46,9 +48,20 @@ def compute_snapshot(
     host agrees on "now".
     """
     with engine.connect() as connection, connection.begin():
-        snapshot_at = connection.execute(select(func.clock_timestamp())).scalar_one()
-        values = {a.name: a.compute(connection, coach_ids, snapshot_at) for a in aggregates}
+        snapshot_at = database_clock(connection)
+        values = compute_all(connection, aggregates, coach_ids, snapshot_at, end_transaction=True)
         return snapshot_at, values
+
+
+def database_clock(connection: Connection) -> datetime:
+    """`clock_timestamp()` in one round trip with the transaction's BEGIN (pipelined)."""
+    driver = psycopg_connection(connection)
+    with driver.pipeline():
+        cursor = driver.execute("SELECT clock_timestamp()")
+    row = cursor.fetchone()
+    assert row is not None  # a SELECT without FROM returns one row
+    clock: datetime = row[0]
+    return clock
 
 
 def recompute(

@@ -57,12 +57,9 @@ def test_declared_tables_equal_the_relations_postgres_plans_to_read(
     dialect = postgresql.psycopg.dialect()  # type: ignore[attr-defined]
     relations: set[str] = set()
     with psycopg.connect(database_url) as conn:
-        for stmt in aggregate.statements.values():
-            compiled = stmt.compile(dialect=dialect)
-            params = compiled.construct_params(
-                {"coach_ids": [uuid.uuid4()], "as_of": datetime.now(UTC)}
-            )
-            (plan,) = conn.execute(f"EXPLAIN (FORMAT JSON) {compiled.string}", params).fetchone()
+        for sql in aggregate.compiled(dialect).values():  # what the workers execute
+            params = {"coach_ids": [uuid.uuid4()], "as_of": datetime.now(UTC)}
+            (plan,) = conn.execute(f"EXPLAIN (FORMAT JSON) {sql}", params).fetchone()
             relations |= _relations(plan[0]["Plan"])
     assert relations == aggregate.tables
 

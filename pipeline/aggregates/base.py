@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
+from psycopg.rows import namedtuple_row
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
     DateTime,
-    Row,
     Select,
     TableValuedAlias,
     Uuid,
@@ -29,10 +29,15 @@ from sqlalchemy import (
     column,
     func,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import BindParameter
+
+from pipeline.db import psycopg_connection
 
 JSONValue = dict[str, Any]
-Rows = Sequence[Row[Any]]
+Rows = Sequence[Any]
+"""Named tuples from psycopg: attribute access (`row.coach_id`) and `row._asdict()`."""
 
 COACH_IDS = bindparam("coach_ids", type_=ARRAY(Uuid))
 AS_OF = bindparam("as_of", type_=DateTime(timezone=True))
@@ -111,9 +116,87 @@ class Aggregate:
         Run it inside one REPEATABLE READ transaction (pipeline.recompute does) so that every
         statement sees the same snapshot.
         """
-        params = {"coach_ids": list(coach_ids), "as_of": as_of}
-        rows = {
-            name: connection.execute(stmt, params).all() for name, stmt in self.statements.items()
+        return compute_all(connection, [self], coach_ids, as_of)[self.name]
+
+    def values(
+        self, rows: Mapping[str, Rows], coach_ids: Sequence[UUID], as_of: datetime
+    ) -> dict[UUID, JSONValue]:
+        assembled = self.assemble(rows, as_of)
+        return {coach_id: assembled.get(coach_id) or self.empty(as_of) for coach_id in coach_ids}
+
+    def compiled(self, dialect: Dialect) -> Mapping[str, str]:
+        """The statements as SQL strings for `dialect`, compiled once (see `driver_sql`)."""
+        key = (self.name, dialect.name, dialect.driver)
+        if key not in _COMPILED:
+            _COMPILED[key] = {
+                name: driver_sql(statement, dialect) for name, statement in self.statements.items()
+            }
+        return _COMPILED[key]
+
+
+PARAMETERS = frozenset({COACH_IDS.key, AS_OF.key})
+
+
+def driver_sql(statement: Select[Any], dialect: Dialect) -> str:
+    """The statement as the driver's SQL, its constants inlined as literals.
+
+    Only `:coach_ids` and `:as_of` stay parameters, so Postgres can plan each statement once
+    (a generic plan, see `compute_all`) for every batch; with the constants as parameters too
+    the generic plans are far worse (status filters of unknown selectivity) and replanning
+    every execution costs more than executing. Compiled once, these strings also spare
+    SQLAlchemy's per-execution walk of the statement for its cache key.
+    """
+
+    def inline(element: Any, **_: Any) -> Any:
+        if isinstance(element, BindParameter) and element.key not in PARAMETERS:
+            return element.render_literal_execute()
+        return None
+
+    inlined = cast(Select[Any], visitors.replacement_traverse(statement, {}, inline))
+    placeholders: dict[str, Any] = {COACH_IDS.key: [], AS_OF.key: None}
+    expanded = inlined.compile(dialect=dialect).construct_expanded_state(placeholders)
+    return str(expanded.statement)
+
+
+_COMPILED: dict[tuple[str, str, str], Mapping[str, str]] = {}
+
+
+def compute_all(
+    connection: Connection,
+    aggregates: Sequence[Aggregate],
+    coach_ids: Sequence[UUID],
+    as_of: datetime,
+    *,
+    end_transaction: bool = False,
+) -> dict[str, dict[UUID, JSONValue]]:
+    """Values by aggregate, every statement of every aggregate sent to Postgres at once.
+
+    psycopg's pipeline mode makes the statements one round trip instead of one each; on this
+    2-core machine a loopback round trip costs about 0.3 ms, more than most statements' own
+    execution. psycopg prepares a statement on its fifth execution on a connection; from then
+    on Postgres reuses one generic plan instead of planning each execution, which took more
+    time than executing (1 coach, all critical aggregates: 1.8 ms planning, 1.1 ms executing).
+    The statements run in the caller's transaction, on its snapshot; `end_transaction=True`
+    ends it (a read-only snapshot has nothing to commit) in the same round trip.
+    """
+    driver = psycopg_connection(connection)
+    params = {"coach_ids": list(coach_ids), "as_of": as_of}
+    with driver.pipeline():
+        driver.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        cursors = {
+            aggregate.name: {
+                name: driver.cursor(row_factory=namedtuple_row).execute(sql, params)
+                for name, sql in aggregate.compiled(connection.dialect).items()
+            }
+            for aggregate in aggregates
         }
-        values = self.assemble(rows, as_of)
-        return {coach_id: values.get(coach_id) or self.empty(as_of) for coach_id in coach_ids}
+        if end_transaction:
+            driver.commit()
+    return {
+        aggregate.name: aggregate.values(
+            {name: cursor.fetchall() for name, cursor in cursors[aggregate.name].items()},
+            coach_ids,
+            as_of,
+        )
+        for aggregate in aggregates
+    }

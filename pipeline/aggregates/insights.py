@@ -141,7 +141,7 @@ def _summary(row: Any) -> JSONValue:
 
 
 def _assemble(rows: Mapping[str, Rows], as_of: datetime) -> dict[UUID, JSONValue]:
-    values = {row.coach_id: _summary(row._mapping) for row in rows["summary"]}
+    values = {row.coach_id: _summary(row._asdict()) for row in rows["summary"]}
     for row in rows["latest_feedback"]:
         values[row.coach_id]["latest_feedback"].append(
             {

@@ -100,7 +100,7 @@ def _value(row: Any) -> JSONValue:
 
 
 def _assemble(rows: Mapping[str, Rows], as_of: datetime) -> dict[UUID, JSONValue]:
-    return {row.coach_id: _value(row._mapping) for row in rows["stats"]}
+    return {row.coach_id: _value(row._asdict()) for row in rows["stats"]}
 
 
 def _empty(as_of: datetime) -> JSONValue:
