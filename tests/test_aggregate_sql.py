@@ -44,10 +44,14 @@ def test_repeated_recomputes_reuse_one_generic_plan_per_statement(
     assert all(values == results[0] for values in results[1:])  # same as the custom plans
     statements = sum(len(a.statements) for a in CRITICAL)
     with engine.connect() as connection:  # the pool's only connection: the one that ran them
-        rows = psycopg_connection(connection).execute(
-            "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
-            " WHERE statement NOT LIKE 'SET %%' AND statement <> 'SELECT clock_timestamp()'"
-        ).fetchall()
+        rows = (
+            psycopg_connection(connection)
+            .execute(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement NOT LIKE 'SET %%' AND statement <> 'SELECT clock_timestamp()'"
+            )
+            .fetchall()
+        )
     assert len(rows) == statements
     assert all(generic >= 1 and custom == 0 for generic, custom in rows)
 
