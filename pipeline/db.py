@@ -38,6 +38,11 @@ def make_engine(
     `snapshots=True` is for readers of aggregates (workers, refreshes): every transaction is
     REPEATABLE READ and read-only from the connection's start, instead of being switched to it
     (and back) around each checkout, which costs four round trips per recompute.
+
+    psycopg prepares a statement executed five times on a connection; Postgres then plans it
+    per execution (`force_custom_plan`), because a generic plan guesses at parameters such as
+    a status filter and guesses badly. The aggregates' statements, which have only the batch
+    and the clock as parameters, switch to generic plans per transaction (pipeline.aggregates).
     """
     options = "-c TimeZone=UTC -c plan_cache_mode=force_custom_plan"
     if snapshots:
