@@ -56,12 +56,14 @@ class Profile:
     soak_s: float
     naive_soak_s: float
     micro_samples: int
+    naive_drain_s: float
+    """How long a naive run's backlog is waited for after its writers stop."""
 
 
 PROFILES = {
-    "full": Profile("full", 1000, 10_000, 120, 20, 2000, 1000, 12, 600, 20, 300),
-    "quick": Profile("quick", 300, 1000, 10, 5, 1000, 500, 5, 15, 5, 100),
-    "smoke": Profile("smoke", 30, 60, 2, 2, 100, 50, 2, 3, 2, 20),
+    "full": Profile("full", 1000, 10_000, 120, 20, 2000, 1000, 12, 600, 20, 300, 60),
+    "quick": Profile("quick", 300, 1000, 10, 5, 500, 300, 3, 15, 5, 100, 5),
+    "smoke": Profile("smoke", 30, 60, 2, 2, 100, 50, 2, 3, 2, 20, 5),
 }
 
 
@@ -271,7 +273,7 @@ def steady(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
     start = time.time()
     written = write_paced(stack, rate=200, duration=duration, coaches=coaches, threads=2)
     try:  # the naive mode's backlog is not waited for long: what it has stored so far counts
-        drained: float | None = stack.quiesce(10 if naive else 60)
+        drained: float | None = stack.quiesce(min(10, profile.naive_drain_s) if naive else 60)
     except AssertionError:
         drained = None  # a backlog (the naive mode's) still draining: what it has so far counts
     notices = collector.since(start)
@@ -328,7 +330,7 @@ def burst(stack: Stack, profile: Profile, naive: bool, hot: bool = False) -> dic
         threads=4,
     )
     with contextlib.suppress(AssertionError):  # naive: a backlog left after a minute is wrong
-        stack.quiesce(60 if naive else 300)
+        stack.quiesce(profile.naive_drain_s if naive else 300)
     time.sleep(0.3)
     notices = collector.since(start)
     collector.stop()
@@ -432,7 +434,7 @@ def intake(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
     try:
         wait_for(
             lambda: scrape(port, "coachpipe_events_total") - seen_before >= written[0],
-            max(10, 4 * profile.intake_s) if source == "postgres" and not naive else 5,
+            max(10, 4 * profile.intake_s) if source == "postgres" and not naive else 3,
             interval=0.5,
             message="listener to catch up",
         )
@@ -484,7 +486,7 @@ def soak(stack: Stack, profile: Profile, naive: bool) -> dict[str, Any]:
     done.set()
     sampler.join()
     with contextlib.suppress(AssertionError):  # naive: latencies of what it stored so far
-        stack.quiesce(30 if naive else 300)
+        stack.quiesce(min(30, profile.naive_drain_s) if naive else 300)
     notices = collector.since(start)
     collector.stop()
     third = max(1, len(samples) // 3)
