@@ -378,7 +378,7 @@ def slot_drop(
 @command
 def bench(
     scenario: Annotated[str, typer.Argument(help="A scenario name, or `all`.")] = "all",
-    quick: Annotated[bool, typer.Option(help="Short runs (≈3 minutes in all).")] = False,
+    quick: Annotated[bool, typer.Option(help="Short runs (a few minutes in all).")] = False,
     smoke: Annotated[
         bool, typer.Option(help="Tiny runs that only prove the harness works.")
     ] = False,

@@ -2,7 +2,7 @@
 
 Scenarios on the 1,000-coach dataset share one stack (`dedup`, `steady`, `burst`, `hot`,
 `intake`, `soak`); the 10,000-coach / 1M-session ones share another (`aggregates`,
-`full-refresh`). `--quick` shrinks sizes and durations (≈3 minutes); `smoke` (used by the
+`full-refresh`). `--quick` shrinks sizes and durations (a few minutes); `smoke` (used by the
 test suite) only proves the harness runs.
 """
 
