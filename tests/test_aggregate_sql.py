@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql
 
+from pipeline import seed
 from pipeline.aggregates import CRITICAL, REGISTRY
 from pipeline.db import make_engine, psycopg_connection
 from pipeline.recompute import compute_snapshot
@@ -34,14 +35,12 @@ def test_only_the_batch_and_the_clock_are_parameters(aggregate: object) -> None:
 def test_repeated_recomputes_reuse_one_generic_plan_per_statement(
     engine: Engine, database_url: str
 ) -> None:
-    coach = uuid.uuid4()
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO users (id, role, full_name, status) VALUES (%s, 'coach', 'C', 'active')",
-            (coach,),
-        )
-    results = [compute_snapshot(engine, CRITICAL, [coach])[1] for _ in range(8)]
+    seed.load(database_url, seed.SeedPlan(coaches=3))
+    with psycopg.connect(database_url) as conn:
+        coaches = [r[0] for r in conn.execute("SELECT id FROM users WHERE role = 'coach'")]
+    results = [compute_snapshot(engine, CRITICAL, coaches)[1] for _ in range(8)]
     assert all(values == results[0] for values in results[1:])  # same as the custom plans
+    assert all(results[0]["coach-stats"][c]["sessions"]["total"] > 0 for c in coaches)
     statements = sum(len(a.statements) for a in CRITICAL)
     with engine.connect() as connection:  # the pool's only connection: the one that ran them
         rows = (
