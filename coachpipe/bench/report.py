@@ -67,7 +67,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         run = burst["pipeline"]
         out.append(
             (
-                "burst 2,000 in 1 s / 100 coaches: all correct after last commit (s)",
+                f"burst {run['changes']:,} in 1 s / {run['coaches']} coaches: "
+                "all correct after last commit (s)",
                 f"{_fmt(run['visible_after_last_commit_s'])} (wrong: {run['correct']['wrong']})",
                 "≤ 1",
                 _met(_le(run["visible_after_last_commit_s"], 1.0) and run["correct"]["wrong"] == 0),
@@ -86,7 +87,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         run = hot["pipeline"]
         out.append(
             (
-                "hot coach 1,000 in 1 s: changes per recompute",
+                f"hot coach {run['changes']:,} in 1 s: changes per recompute",
                 _fmt(run["changes_per_recompute_of_hot_coach"]),
                 "≥ 50",
                 _met(_ge(run["changes_per_recompute_of_hot_coach"], 50)),

@@ -96,7 +96,6 @@ def _run_group(
         console.print(f"[bold]{name}[/] …")
         started = time.monotonic()
         results[name] = group[name](stack, profile)
-        stack.broker.flushdb()
         console.print(f"  {name} done in {time.monotonic() - started:.0f} s")
     return results
 

@@ -241,9 +241,24 @@ def verify(stack: Stack, coaches: Iterable[UUID]) -> dict[str, Any]:
                 fresh = aggregate.compute(conn, [coach], stored.as_of)[coach] if stored else None
             checked += 1
             if stored is None or stored.value != fresh:
-                wrong.append(f"{aggregate.name}:{coach}")
+                wrong.append(f"{aggregate.name}:{coach} {_difference(stored, fresh)}")
     engine.dispose()
     return {"checked": checked, "wrong": len(wrong), "examples": wrong[:5]}
+
+
+def _difference(stored: Any, fresh: Any) -> str:
+    """Which fields differ (stored → fresh), to tell a stale value from a comparison artefact."""
+    if stored is None:
+        return "never stored"
+    if not isinstance(stored.value, dict) or not isinstance(fresh, dict):
+        return f"{stored.value!r} → {fresh!r}"[:300]
+    fields = sorted(set(stored.value) | set(fresh))
+    changed = {
+        f: (stored.value.get(f), fresh.get(f))
+        for f in fields
+        if stored.value.get(f) != fresh.get(f)
+    }
+    return f"as_of {stored.as_of.isoformat()} {changed!r}"[:600]
 
 
 def _latencies(notices: list[Observed]) -> list[float]:
@@ -637,6 +652,7 @@ def full_refresh(stack: Stack, profile: Profile) -> dict[str, Any]:
     pipeline_queries = stack.db_queries()
     collector.stop()
     stack.stop_processes()
+    stack.stop_worker()  # the in-process comparison below gets both cores
     engine = make_engine(stack.pg.url, pool_size=2, snapshots=True)
     store = AggregateStore(stack.redis)
     # The comparison runs on a subset: the naive way takes minutes for every coach.

@@ -7,11 +7,13 @@ pg_stat_statements to count the queries the workers run. Pipeline processes are 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from pipeline.store import AggregateStore
 from tests.processes import Proc, start_worker, wait_for
 
 BROKER_DB = 1
+QUEUES = ("realtime", "refresh")
 ENV_DEFAULTS = {
     "LOG_FORMAT": "console",
     "LOG_LEVEL": "WARNING",
@@ -56,6 +59,8 @@ class Stack:
     seed_seconds: float = 0.0
     redis_server: PrivateRedis | None = None
     """Shared between stacks: the bench process's Celery app keeps its broker URL."""
+    running_worker: Proc | None = None
+    worker_config: tuple[object, ...] = ()
 
     def start(self) -> Stack:
         self.root.chmod(0o755)
@@ -115,15 +120,27 @@ class Stack:
 
     # --- processes ----------------------------------------------------------------------
     def worker(self, name: str = "worker", concurrency: int = 2, **env: str) -> Proc:
-        proc = start_worker(
+        """The running worker if its configuration matches, else a fresh one. A worker keeps
+        no state between runs (what it knows is in Redis), so one start serves a whole stack."""
+        config = (concurrency, tuple(sorted(env.items())))
+        worker = self.running_worker
+        if worker is not None and self.worker_config == config and worker.alive():
+            return worker
+        self.stop_worker()
+        self.running_worker = start_worker(
             {**self.env, **env},
             self.root / "logs",
             name=name,
             concurrency=concurrency,
             broker_url=self.env["BROKER_URL"],
         )
-        self.procs.append(proc)
-        return proc
+        self.worker_config = config
+        return self.running_worker
+
+    def stop_worker(self) -> None:
+        if self.running_worker is not None:
+            self.running_worker.terminate(timeout=5)
+            self.running_worker = None
 
     def listener(self, source: str = "postgres", *, naive: bool = False, **env: str) -> Proc:
         port = free_port()
@@ -161,10 +178,12 @@ class Stack:
         )
 
     def stop_processes(self) -> None:
-        """Stop every pipeline process, then skip what a slower listener left in the slot
-        and the broker, so the next run starts from now."""
-        for proc in reversed(self.procs):
-            proc.terminate(timeout=5)  # the naive listener would flush its whole backlog first
+        """Stop the listeners (all at once; the worker stays), then skip what a slower
+        listener left in the slot and the broker, so the next run starts from now."""
+        if self.procs:
+            # The naive listener would flush its whole backlog first: 5 s, then SIGKILL.
+            with ThreadPoolExecutor(len(self.procs)) as pool:
+                list(pool.map(lambda proc: proc.terminate(timeout=5), self.procs))
         self.procs.clear()
         self.skip_backlog()
 
@@ -183,7 +202,18 @@ class Stack:
                 "SELECT pg_replication_slot_advance(slot_name, pg_current_wal_lsn())"
                 " FROM pg_replication_slots WHERE slot_name = 'coachpipe'"
             )
-        self.broker.flushdb()
+        self.drop_queued()
+
+    def drop_queued(self) -> None:
+        """Delete the queues' messages (kombu's bindings stay: the running worker and every
+        producer rely on them), then let the worker finish the few it had taken; what a killed
+        worker left unacknowledged is dropped too rather than redelivered into the next run."""
+        queued = [key for queue in QUEUES for key in self.broker.scan_iter(f"{queue}*")]
+        if queued:
+            self.broker.delete(*queued)
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: self.broker.hlen("unacked") == 0, 10, interval=0.05)
+        self.broker.delete("unacked", "unacked_index")
 
     # --- state --------------------------------------------------------------------------
     def idle(self) -> bool:
@@ -192,7 +222,7 @@ class Stack:
             pipe.zcard(keys.due(name))
             pipe.zcard(keys.claims(name))
         counts = pipe.execute()
-        queued = self.broker.llen("realtime") + self.broker.llen("refresh")
+        queued = sum(self.broker.llen(queue) for queue in QUEUES)
         unacked = self.broker.hlen("unacked")
         return not any(counts) and queued == 0 and unacked == 0
 
@@ -212,6 +242,7 @@ class Stack:
 
     def close(self) -> None:
         self.stop_processes()
+        self.stop_worker()
         if self.standin is not None:
             self.standin.stop()
         self.pg.destroy()
