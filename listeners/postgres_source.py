@@ -195,6 +195,8 @@ class PostgresSource(Source):
         pending: list[ChangeEvent] = []  # the open transaction's events
         ready: list[ChangeEvent] = []  # committed, not yet handed over
         ready_position: int | None = None
+        ready_xids: list[int] = []
+        xid = 0
         in_transaction = False
         handed = 0  # position of the last batch handed over
         idle_flush = 0
@@ -215,8 +217,10 @@ class PostgresSource(Source):
                     )
                     continue
                 if isinstance(decoded, Begin):
-                    pending, in_transaction = [], True
+                    pending, in_transaction, xid = [], True, decoded.xid
                 elif isinstance(decoded, Commit):
+                    if pending:
+                        ready_xids.append(xid)
                     ready.extend(pending)
                     pending, in_transaction = [], False
                     ready_position = decoded.end_lsn
@@ -225,10 +229,11 @@ class PostgresSource(Source):
                 if len(ready) < MAX_BATCH:
                     continue  # drain what is already buffered before handing over
             if ready_position is not None:
-                if not self._hand_over(Batch(ready, lsn_text(ready_position))):
+                batch = Batch(ready, lsn_text(ready_position), tuple(ready_xids))
+                if not self._hand_over(batch):
                     return
                 handed = ready_position
-                ready, ready_position = [], None
+                ready, ready_position, ready_xids = [], None, []
             if not in_transaction and self._confirmed >= handed:
                 # Nothing of ours is unconfirmed: let the slot follow the server's WAL, so
                 # activity on other tables or databases does not pile up behind an idle slot.

@@ -29,11 +29,14 @@ from pipeline.events import ChangeEvent
 from pipeline.health import HealthBoard, ListenerHealth, ListenerState
 from pipeline.redis_values import as_text
 from pipeline.routing import Key, route
+from pipeline.visibility import wait_until_visible
 from tasks.enqueue import request_recomputes, request_wide_refresh
 
 log = structlog.get_logger("listeners.runner")
 T = TypeVar("T")
 CATCH_UP_MARGIN = timedelta(seconds=5)
+VISIBILITY_TIMEOUT_S = 5.0
+"""How long a batch waits for its transactions to become visible before it is sent anyway."""
 """Rows stamped up to this long before the last event seen are caught up too (clock skew)."""
 
 
@@ -156,6 +159,22 @@ class Listener:
                 datetime.fromtimestamp(self.last_event_at).astimezone().isoformat(),
             )
 
+    def _await_visible(self, xids: tuple[int, ...]) -> None:
+        """Hold the batch until a new snapshot sees its transactions, so the recomputes it
+        asks for cannot read a snapshot without them (see `pipeline.visibility`)."""
+        started = time.monotonic()
+        with self.engine.connect() as connection:
+            visible, polls = wait_until_visible(connection, xids, timeout_s=VISIBILITY_TIMEOUT_S)
+        if visible and polls == 1:
+            return
+        metrics.VISIBILITY_WAITS.labels(self.source.name, "visible" if visible else "timeout").inc()
+        (log.info if visible else log.warning)(
+            "commits_not_yet_visible",
+            transactions=len(xids),
+            visible=visible,
+            waited_ms=round((time.monotonic() - started) * 1000, 2),
+        )
+
     def _catch_up(self, resync: Resync) -> None:
         since = resync.since or self._stored_last_event()
         names = [aggregate.name for aggregate in CRITICAL]
@@ -205,6 +224,8 @@ class Listener:
                     continue
                 assert isinstance(item, Batch)
                 if item.events:
+                    if item.xids:
+                        await self._retrying(self._await_visible, item.xids)
                     await self._retrying(self._dispatch, item.events)
                     self.batches += 1
                 await self.source.confirm(item.position)

@@ -22,6 +22,9 @@ class Batch:
     events: list[ChangeEvent]
     position: str | None = None
     """What `confirm` takes once the batch's invalidations are enqueued (an LSN, or None)."""
+    xids: tuple[int, ...] = ()
+    """The batch's transaction ids, when the source knows them: the listener waits until a new
+    snapshot sees them before it requests recomputes (see `pipeline.visibility`)."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,12 @@ WIDE_REFRESHES = Counter(
     "Changes without a usable coach id answered by a refresh of every coach, by table and reason.",
     ["table", "reason"],
 )
+VISIBILITY_WAITS = Counter(
+    "coachpipe_visibility_waits_total",
+    "Batches whose committed transactions a fresh snapshot did not see yet, by outcome "
+    "(visible after polling, or timeout: recomputes requested anyway).",
+    ["source", "outcome"],
+)
 RECONNECTS = Counter(
     "coachpipe_listener_reconnects_total", "Listener reconnect attempts.", ["source"]
 )

@@ -308,6 +308,9 @@ def steady(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
         "db_queries": stack.db_queries(),
         "drain_after_last_write_s": None if drained is None else round(drained, 2),
         "events_seen": scrape(listener.metrics_port, "coachpipe_events_total"),  # type: ignore[attr-defined]
+        "batches_held_until_visible": scrape(
+            listener.metrics_port, "coachpipe_visibility_waits_total"
+        ),  # type: ignore[attr-defined]
         "timeline": _timeline(notices, start),
     }
     if floor is not None:
@@ -320,7 +323,7 @@ def steady(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
 def burst(stack: Stack, profile: Profile, naive: bool, hot: bool = False) -> dict[str, Any]:
     """`burst`: N changes in 1 s over 100 coaches; `hot`: N changes to one coach in 1 s."""
     worker = stack.worker()
-    stack.listener("postgres", naive=naive)
+    listener = stack.listener("postgres", naive=naive)
     collector = NoticeCollector(stack.env["REDIS_URL"]).start()
     coaches = _coaches(stack, 100)
     stack.reset_counters()
@@ -368,6 +371,10 @@ def burst(stack: Stack, profile: Profile, naive: bool, hot: bool = False) -> dic
         "worker_rss_mb_max": max(rss, default=0.0),
         "worker_pss_mb_max": max(pss, default=0.0),
         "correct": verify(stack, touched),
+        "batches_held_until_visible": scrape(
+            listener.metrics_port,  # type: ignore[attr-defined]
+            "coachpipe_visibility_waits_total",
+        ),
     }
     if hot:
         per_aggregate = defaultdict(int)

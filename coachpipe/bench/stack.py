@@ -59,6 +59,8 @@ class Stack:
     seed_seconds: float = 0.0
     redis_server: PrivateRedis | None = None
     """Shared between stacks: the bench process's Celery app keeps its broker URL."""
+    own_redis: PrivateRedis | None = None
+    """The Redis this stack started itself (none given), stopped with it."""
     running_worker: Proc | None = None
     worker_config: tuple[object, ...] = ()
 
@@ -71,7 +73,8 @@ class Stack:
             settings=("shared_preload_libraries=pg_stat_statements", "max_connections=300"),
         ).start()
         if self.redis_server is None:
-            self.redis_server = PrivateRedis(self.root / "redis", durable=False).start()
+            self.own_redis = PrivateRedis(self.root / "redis", durable=False)
+            self.redis_server = self.own_redis
         self.redis_server.start()
         base = f"redis://127.0.0.1:{self.redis_server.port}"
         self.env = {
@@ -246,4 +249,6 @@ class Stack:
         if self.standin is not None:
             self.standin.stop()
         self.pg.destroy()
+        if self.own_redis is not None:
+            self.own_redis.destroy()
         shutil.rmtree(self.root, ignore_errors=True)
