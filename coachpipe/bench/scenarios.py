@@ -322,7 +322,7 @@ def steady(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
 
 def burst(stack: Stack, profile: Profile, naive: bool, hot: bool = False) -> dict[str, Any]:
     """`burst`: N changes in 1 s over 100 coaches; `hot`: N changes to one coach in 1 s."""
-    worker = stack.worker()
+    worker = stack.worker(fresh=not naive and not hot)  # the burst measures worker memory
     listener = stack.listener("postgres", naive=naive)
     collector = NoticeCollector(stack.env["REDIS_URL"]).start()
     coaches = _coaches(stack, 100)
@@ -483,7 +483,7 @@ def intake(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
 
 def soak(stack: Stack, profile: Profile, naive: bool) -> dict[str, Any]:
     duration = profile.naive_soak_s if naive else profile.soak_s
-    worker = stack.worker()
+    worker = stack.worker(fresh=not naive)  # memory over time, from a worker's start
     listener = stack.listener("postgres", naive=naive)
     collector = NoticeCollector(stack.env["REDIS_URL"]).start()
     coaches = _coaches(stack, min(1000, stack.coaches))

@@ -122,12 +122,15 @@ class Stack:
         return seconds
 
     # --- processes ----------------------------------------------------------------------
-    def worker(self, name: str = "worker", concurrency: int = 2, **env: str) -> Proc:
+    def worker(
+        self, name: str = "worker", concurrency: int = 2, *, fresh: bool = False, **env: str
+    ) -> Proc:
         """The running worker if its configuration matches, else a fresh one. A worker keeps
-        no state between runs (what it knows is in Redis), so one start serves a whole stack."""
+        no state between runs (what it knows is in Redis), so one start serves a whole stack;
+        `fresh` restarts it, for runs that measure the worker's own memory."""
         config = (concurrency, tuple(sorted(env.items())))
         worker = self.running_worker
-        if worker is not None and self.worker_config == config and worker.alive():
+        if worker is not None and self.worker_config == config and worker.alive() and not fresh:
             return worker
         self.stop_worker()
         self.running_worker = start_worker(
