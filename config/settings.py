@@ -79,7 +79,7 @@ class Settings(BaseSettings):
 
     # Dedup and recompute.
     debounce_ms: int = Field(
-        default=100, ge=0, le=10_000,
+        default=50, ge=0, le=10_000,
         description="At most one recompute per coach and aggregate per window; idle keys: at once.",
     )  # fmt: skip
     pending_stale_s: float = Field(

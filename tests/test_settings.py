@@ -17,7 +17,7 @@ def test_defaults_need_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in Settings.model_fields:
         monkeypatch.delenv(name.upper(), raising=False)
     settings = load_settings(_env_file=None)
-    assert settings.database_url is None and settings.debounce_ms == 100
+    assert settings.database_url is None and settings.debounce_ms == 50
 
 
 def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
