@@ -61,15 +61,23 @@ def current_snapshot(connection: Connection) -> Snapshot:
 
 
 def wait_until_visible(
-    connection: Connection, xids: Collection[int], *, timeout_s: float, poll_s: float = 0.001
+    connection: Connection,
+    xids: Collection[int],
+    *,
+    timeout_s: float,
+    first_poll_s: float = 0.0005,
+    max_poll_s: float = 0.02,
 ) -> tuple[bool, int]:
-    """Poll fresh snapshots until each committed transaction in `xids` is visible.
+    """Poll fresh snapshots until each committed transaction in `xids` is visible, backing off
+    from `first_poll_s` to `max_poll_s` between polls.
 
-    Returns (all visible, snapshots taken). Each poll is its own transaction, so a fresh
-    snapshot is read whatever the connection's isolation level.
+    Returns (all visible, snapshots taken). Each poll ends its transaction, so a fresh
+    snapshot is read whatever the connection's isolation level (an AUTOCOMMIT connection
+    costs one round trip per poll).
     """
     deadline = time.monotonic() + timeout_s
     polls = 0
+    pause = first_poll_s
     while True:
         snapshot = current_snapshot(connection)
         connection.rollback()
@@ -78,4 +86,5 @@ def wait_until_visible(
             return True, polls
         if time.monotonic() >= deadline:
             return False, polls
-        time.sleep(poll_s)
+        time.sleep(pause)
+        pause = min(pause * 2, max_poll_s)
