@@ -25,7 +25,7 @@ WIDE_REFRESHES = Counter(
 VISIBILITY_WAITS = Counter(
     "coachpipe_visibility_waits_total",
     "Batches whose committed transactions a fresh snapshot did not see yet, by outcome "
-    "(visible after polling, or timeout: recomputes requested anyway).",
+    "(visible after polling; timeout or error: recomputes requested anyway).",
     ["source", "outcome"],
 )
 RECONNECTS = Counter(

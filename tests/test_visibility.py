@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
 import psycopg
+import pytest
 
+from config import Settings
+from listeners.postgres_source import PostgresSource
+from listeners.source import Batch, Resync
+from pipeline import seed
 from pipeline.db import make_engine
 from pipeline.visibility import XID_SPACE, Snapshot, wait_until_visible
 
@@ -33,16 +39,21 @@ def test_32_bit_ids_from_wal_are_widened_with_the_snapshot_epoch() -> None:
     assert late.full_id(2) == epoch + 2 and not late.sees(2)
 
 
-def test_waits_until_an_open_transaction_leaves_the_procarray(database_url: str) -> None:
+@pytest.mark.parametrize("isolation", ["AUTOCOMMIT", "REPEATABLE READ"])
+def test_waits_until_an_open_transaction_leaves_the_procarray(
+    database_url: str, isolation: str
+) -> None:
     """An open transaction stands in for one whose commit was decoded before the committing
-    backend left the ProcArray: a snapshot taken meanwhile does not see it."""
-    engine = make_engine(database_url, snapshots=True)  # REPEATABLE READ, as the listener's
+    backend left the ProcArray: a snapshot taken meanwhile does not see it. The listener's
+    engine is REPEATABLE READ; it checks on an AUTOCOMMIT connection."""
+    engine = make_engine(database_url, snapshots=True)
     writer = psycopg.connect(database_url)
     try:
         full = writer.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()
         assert full is not None
         xid = int(full[0]) % XID_SPACE
-        with engine.connect() as connection:
+        with engine.connect() as pooled:
+            connection = pooled.execution_options(isolation_level=isolation)
             visible, polls = wait_until_visible(connection, [xid], timeout_s=0.2)
             assert not visible and polls > 1
 
@@ -64,3 +75,56 @@ def test_waits_until_an_open_transaction_leaves_the_procarray(database_url: str)
     finally:
         writer.close()
         engine.dispose()
+
+
+def test_slot_batches_carry_the_ids_of_the_transactions_they_hold(
+    settings: Settings, database_url: str
+) -> None:
+    """The `postgres` source hands each batch over with its transactions' ids (as decoded from
+    WAL, 32-bit); a transaction that touched no published table adds none."""
+    seed.load(database_url, seed.SeedPlan(coaches=2, clients_per_coach=2, sessions_per_client=1))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS unpublished (x int)")
+    source = PostgresSource(settings.model_copy(update={"slot_name": "xid_test"}))
+
+    def write() -> tuple[int, int]:
+        ids = []
+        with psycopg.connect(database_url) as conn:
+            for statement in (
+                "INSERT INTO unpublished VALUES (1)",
+                "INSERT INTO goals (coach_id, client_id, title, progress)"
+                " SELECT coach_id, id, 'g', 5 FROM users WHERE role = 'client' LIMIT 1",
+            ):
+                conn.execute(statement)
+                row = conn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()
+                assert row is not None
+                ids.append(int(row[0]) % XID_SPACE)
+                conn.commit()
+        return ids[0], ids[1]
+
+    async def consume() -> tuple[tuple[int, int], list[int]]:
+        items = source.items()
+        written: tuple[int, int] | None = None
+        seen: list[int] = []
+        async for item in items:
+            if isinstance(item, Resync):  # the slot was just created: now write
+                written = await asyncio.to_thread(write)
+                continue
+            assert isinstance(item, Batch)
+            seen.extend(item.xids)
+            await source.confirm(item.position)
+            if any(event.table == "goals" for event in item.events):
+                break
+        await source.close()
+        assert written is not None
+        return written, seen
+
+    try:
+        (unpublished, goal), seen = asyncio.run(asyncio.wait_for(consume(), 60))
+        assert goal in seen and unpublished not in seen
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot('xid_test') FROM pg_replication_slots"
+                " WHERE slot_name = 'xid_test' AND NOT active"
+            )

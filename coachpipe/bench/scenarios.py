@@ -38,7 +38,7 @@ from pipeline.aggregates import CRITICAL, get
 from pipeline.read import read_aggregate
 from pipeline.recompute import compute_snapshot
 from pipeline.routing import TABLE_AGGREGATES
-from tests.processes import wait_for
+from tests.processes import Proc, wait_for
 
 
 @dataclass
@@ -273,6 +273,11 @@ def _timeline(notices: list[Observed], start: float) -> list[tuple[float, float]
     ]
 
 
+def listener_metric(listener: Proc, name: str) -> float:
+    """One metric of a listener `Stack.listener` started (it serves them on `metrics_port`)."""
+    return scrape(listener.metrics_port, name)  # type: ignore[attr-defined]
+
+
 def _coaches(stack: Stack, count: int, seed: int = 7) -> list[UUID]:
     with psycopg.connect(stack.pg.url, autocommit=True) as conn:
         return pick_coaches(conn, count, seed)
@@ -307,10 +312,8 @@ def steady(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
         "naive_recomputes": affected_keys(written.changes),
         "db_queries": stack.db_queries(),
         "drain_after_last_write_s": None if drained is None else round(drained, 2),
-        "events_seen": scrape(listener.metrics_port, "coachpipe_events_total"),  # type: ignore[attr-defined]
-        "batches_held_until_visible": scrape(
-            listener.metrics_port, "coachpipe_visibility_waits_total"
-        ),  # type: ignore[attr-defined]
+        "events_seen": listener_metric(listener, "coachpipe_events_total"),
+        "batches_held_until_visible": listener_metric(listener, "coachpipe_visibility_waits_total"),
         "timeline": _timeline(notices, start),
     }
     if floor is not None:
@@ -371,10 +374,7 @@ def burst(stack: Stack, profile: Profile, naive: bool, hot: bool = False) -> dic
         "worker_rss_mb_max": max(rss, default=0.0),
         "worker_pss_mb_max": max(pss, default=0.0),
         "correct": verify(stack, touched),
-        "batches_held_until_visible": scrape(
-            listener.metrics_port,  # type: ignore[attr-defined]
-            "coachpipe_visibility_waits_total",
-        ),
+        "batches_held_until_visible": listener_metric(listener, "coachpipe_visibility_waits_total"),
     }
     if hot:
         per_aggregate = defaultdict(int)
@@ -395,7 +395,6 @@ def intake(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
     event rate and the slot lag over time."""
     stack.worker()
     listener = stack.listener(source, naive=naive)
-    port = listener.metrics_port  # type: ignore[attr-defined]
     coaches = _coaches(stack, min(1000, stack.coaches))
     with psycopg.connect(stack.pg.url, autocommit=True) as conn:
         pairs = conn.execute(
@@ -431,7 +430,7 @@ def intake(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
         return int(row[0]) if row else 0
 
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
-    seen_before = scrape(port, "coachpipe_events_total")
+    seen_before = listener_metric(listener, "coachpipe_events_total")
     start = time.monotonic()
     for thread in threads:
         thread.start()
@@ -442,7 +441,7 @@ def intake(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
             {
                 "t": round(time.monotonic() - start, 1),
                 "written": written[0],
-                "seen": scrape(port, "coachpipe_events_total") - seen_before,
+                "seen": listener_metric(listener, "coachpipe_events_total") - seen_before,
                 "slot_lag_bytes": lag(),
             }
         )
@@ -450,14 +449,14 @@ def intake(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
     for thread in threads:
         thread.join()
     elapsed = time.monotonic() - start
-    seen = scrape(port, "coachpipe_events_total") - seen_before
+    seen = listener_metric(listener, "coachpipe_events_total") - seen_before
     half = samples[len(samples) // 2] if samples else {"t": 0, "seen": 0}
     late_rate = (seen - half["seen"]) / max(elapsed - half["t"], 1e-9)
     caught_up_at = time.monotonic()
     caught_up = True
     try:
         wait_for(
-            lambda: scrape(port, "coachpipe_events_total") - seen_before >= written[0],
+            lambda: listener_metric(listener, "coachpipe_events_total") - seen_before >= written[0],
             max(10, 4 * profile.intake_s) if source == "postgres" and not naive else 3,
             interval=0.5,
             message="listener to catch up",
@@ -474,7 +473,7 @@ def intake(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
         "listener_rate_second_half": round(late_rate),
         "catch_up_after_writers_stopped_s": round(time.monotonic() - caught_up_at, 1),
         "caught_up": caught_up,
-        "events_seen_total": scrape(port, "coachpipe_events_total") - seen_before,
+        "events_seen_total": listener_metric(listener, "coachpipe_events_total") - seen_before,
         "samples": samples,
     }
     stack.stop_processes()
