@@ -29,10 +29,10 @@ demo: install
 	$(BIN)/coachpipe demo
 
 bench: install
-	$(BIN)/coachpipe bench all
+	$(BIN)/python -m devtools.bench all
 
 bench-quick: install
-	$(BIN)/coachpipe bench all --quick
+	$(BIN)/python -m devtools.bench all --quick
 
 clean:
 	rm -rf .data .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -210,7 +210,7 @@ def api(
     workers: Annotated[int, typer.Option(min=1, max=64, help="uvicorn worker processes.")] = 1,
 ) -> None:
     """Serve the read API and the live dashboard page."""
-    from coachpipe.api.server import serve
+    from api.server import serve
 
     serve(settings(), host=host, port=port, workers=workers)
 
@@ -372,25 +372,6 @@ def slot_drop(
             abort=True,
         )
     console.print("dropped" if drop(config) else "no such slot")
-
-
-@app.command()
-@command
-def bench(
-    scenario: Annotated[str, typer.Argument(help="A scenario name, or `all`.")] = "all",
-    quick: Annotated[bool, typer.Option(help="Short runs (a few minutes in all).")] = False,
-    smoke: Annotated[
-        bool, typer.Option(help="Tiny runs that only prove the harness works.")
-    ] = False,
-    output: Annotated[str, typer.Option(help="Results directory.")] = "bench/results",
-) -> None:
-    """Measure the pipeline on private services; write JSON, Markdown and plots.
-
-    Run it from a clone of the repository: it uses the Realtime protocol stand-in in tests/.
-    """
-    from coachpipe.bench.runner import run_bench
-
-    raise typer.Exit(run_bench(scenario, quick=quick, smoke=smoke, output=output, console=console))
 
 
 def main() -> None:

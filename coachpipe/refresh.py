@@ -1,54 +1,22 @@
-"""Recompute aggregates for many coaches now, in this process, with a progress bar.
-
-Used by `coachpipe refresh` and by the full-refresh benchmark. Batches run on a few threads:
-the database does the work, and psycopg releases the GIL while it waits.
-"""
+"""`coachpipe refresh`: recompute aggregates now with a progress bar, or hand them to workers."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from uuid import UUID
 
 import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-from sqlalchemy import Engine, func, select
+from sqlalchemy import select
 
 from config import Settings
-from pipeline.aggregates import get
-from pipeline.coaches import ACTIVE_COACHES, active_coach_batches
+from pipeline.coaches import active_coach_batches
 from pipeline.db import make_engine
-from pipeline.recompute import batches, recompute
+from pipeline.recompute import batches
+from pipeline.refresh import count_active_coaches, refresh_everything
 from pipeline.store import AggregateStore
 from pipeline.tables import users
-
-
-def count_active_coaches(engine: Engine) -> int:
-    with engine.connect() as connection:
-        return int(connection.execute(select(func.count()).where(ACTIVE_COACHES)).scalar_one())
-
-
-def refresh_everything(
-    engine: Engine,
-    store: AggregateStore,
-    names: Sequence[str],
-    coach_batches: Sequence[Sequence[UUID]],
-    *,
-    threads: int = 4,
-    progress: Callable[[int], None] | None = None,
-) -> int:
-    """Recompute `names` for every batch, one snapshot a batch; returns coach aggregates written."""
-    aggregates = [get(name) for name in names]
-
-    def run(batch: Sequence[UUID]) -> int:
-        result = recompute(engine, store, aggregates, batch)
-        if progress:
-            progress(len(batch) * len(aggregates))
-        return result.coaches * len(aggregates)
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return sum(pool.map(run, coach_batches))
 
 
 def refresh_coaches(

@@ -11,6 +11,7 @@ import signal
 
 import redis
 import structlog
+from prometheus_client import start_http_server
 
 from config import Settings, SourceName
 from config.logging import configure_logging
@@ -64,8 +65,7 @@ def run(
 ) -> int:
     configure_logging(settings, process="listener")
     if settings.listener_metrics_port:
-        from coachpipe.observability import serve_metrics
-
-        serve_metrics(settings.listener_metrics_port)
+        # Scraped from outside the host (Prometheus), hence every interface.
+        start_http_server(settings.listener_metrics_port, addr="0.0.0.0")  # noqa: S104
     asyncio.run(serve(settings, source_name or settings.listener_source, listener_class))
     return 0

@@ -1,6 +1,7 @@
 """Every Prometheus metric of the pipeline, with stable names and units.
 
-Listeners and workers export them (see coachpipe.observability); pipeline code only increments.
+Listeners serve them on LISTENER_METRICS_PORT, workers through `tasks.worker_metrics`;
+pipeline code only increments.
 """
 
 from __future__ import annotations

@@ -20,10 +20,10 @@ import redis
 
 from coachpipe.embedded import PrivatePostgres, PrivateRedis
 from config import Settings, load_settings
+from devtools.processes import Proc, start_worker
 from pipeline.db import make_engine
 from pipeline.migrate import upgrade
 from pipeline.tables import WATCHED_TABLES
-from tests.processes import Proc, start_worker
 
 DATA_DB = 0
 BROKER_DB = 1

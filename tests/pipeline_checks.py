@@ -56,7 +56,7 @@ def settle(
     database_url: str, client: redis.Redis, coaches: list[UUID] | None = None, timeout: float = 60
 ) -> None:
     """Wait until nothing is pending and every coach's stored aggregates equal the oracle."""
-    from tests.processes import wait_for
+    from devtools.processes import wait_for
 
     chosen = coaches if coaches is not None else coach_ids(database_url)
     wait_for(

@@ -35,13 +35,13 @@ from fastapi.testclient import TestClient
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from pydantic import SecretStr
 
-from coachpipe.api.app import STATUS_POLL_S, create_app
-from coachpipe.api.auth import LEEWAY_S, AuthError, Verifier
+from api.app import STATUS_POLL_S, create_app
+from api.auth import LEEWAY_S, AuthError, Verifier
 from coachpipe.embedded import free_port
 from config import Settings
+from devtools.processes import wait_for
 from pipeline.health import HealthBoard, ListenerHealth, ListenerState
 from pipeline.store import AggregateStore
-from tests.processes import wait_for
 
 SECRET = "a-test-only-hs256-secret-of-32+-bytes"
 COACH = UUID("0b5e4a52-3c1f-4d55-9d1e-6f6a0c7f1a01")

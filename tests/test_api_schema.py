@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from pydantic import SecretStr
 from schemathesis import GenerationMode
 
-from coachpipe.api.app import create_app
+from api.app import create_app
 from config import Settings
 from pipeline.aggregates import NAMES
 from pipeline.store import AggregateStore

@@ -18,10 +18,10 @@ import pytest
 import redis
 
 from coachpipe.embedded import free_port
+from devtools.processes import Proc, celery_args, running, start_worker, wait_for
 from pipeline import keys, seed
 from pipeline.health import HealthBoard, ListenerHealth, ListenerState
 from tests.pipeline_checks import coach_ids, mismatches
-from tests.processes import Proc, celery_args, running, start_worker, wait_for
 
 SMALL = seed.SeedPlan(coaches=3, clients_per_coach=3, sessions_per_client=3)
 

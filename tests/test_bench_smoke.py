@@ -22,7 +22,7 @@ def test_bench_smoke_writes_json_markdown_and_plots(tmp_path: Path) -> None:
         if k.upper() not in {n.upper() for n in Settings.model_fields}
     }
     result = subprocess.run(
-        [sys.executable, "-m", "coachpipe", "bench", "all", "--smoke", "--output", str(tmp_path)],
+        [sys.executable, "-m", "devtools.bench", "all", "--smoke", "--output", str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]

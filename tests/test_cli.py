@@ -28,7 +28,6 @@ BAD_ARGUMENTS = [
     (["seed", "--coaches", "0"], "--coaches"),
     (["listen", "--source", "kafka"], "kafka"),
     (["show", "00000000-0000-0000-0000-000000000000", "--aggregate", "coach-nope"], "coach-nope"),
-    (["bench", "nope"], "unknown scenario"),
     (["frobnicate"], "No such command"),
 ]
 

@@ -22,11 +22,11 @@ import pytest
 import redis
 
 from coachpipe.embedded import free_port
+from devtools.processes import Proc, running, start_worker, wait_for
 from pipeline import keys, seed
 from pipeline.health import HealthBoard, ListenerState
 from pipeline.read import read_aggregate
 from pipeline.store import Notice
-from tests.processes import Proc, running, start_worker, wait_for
 from tests.test_api import SECRET, claims, hs256
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -11,10 +11,10 @@ from pathlib import Path
 import psycopg
 import redis
 
+from devtools.processes import Proc, running, wait_for
 from pipeline import seed
 from pipeline.health import HealthBoard, ListenerState
 from tests.pipeline_checks import settle
-from tests.processes import Proc, running, wait_for
 
 SMALL = seed.SeedPlan(coaches=4, clients_per_coach=3, sessions_per_client=2)
 

@@ -14,12 +14,12 @@ import pytest
 import redis
 
 from coachpipe.embedded import free_port
-from coachpipe.observability import scrape
+from devtools.processes import Proc, celery_args, running, wait_for
+from devtools.realtime_standin import RealtimeStandIn
+from devtools.scrape import scrape
 from pipeline import keys, seed
 from pipeline.health import HealthBoard, ListenerState
 from tests.pipeline_checks import settle
-from tests.processes import Proc, celery_args, running, wait_for
-from tests.realtime_standin import RealtimeStandIn
 from tests.test_listener_postgres import burst
 
 SMALL = seed.SeedPlan(coaches=4, clients_per_coach=3, sessions_per_client=2)

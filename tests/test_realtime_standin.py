@@ -24,7 +24,7 @@ from realtime.types import RealtimePostgresChangesListenEvent
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.realtime_standin import RealtimeStandIn, binding_id
+from devtools.realtime_standin import RealtimeStandIn, binding_id
 
 SUBSCRIBED = RealtimeSubscribeStates.SUBSCRIBED
 CHANNEL_ERROR = RealtimeSubscribeStates.CHANNEL_ERROR

@@ -14,12 +14,12 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devtools.processes import Proc, start_worker, wait_for
 from pipeline import seed
 from pipeline.events import ChangeEvent, ChangeType
 from pipeline.routing import route
 from tests.conftest import reset_database
 from tests.pipeline_checks import CRITICAL_NAMES, coach_ids, settle
-from tests.processes import Proc, start_worker, wait_for
 
 SMALL = seed.SeedPlan(coaches=3, clients_per_coach=4, sessions_per_client=3)
 
@@ -172,8 +172,8 @@ def test_worker_metrics_are_served_with_the_named_series(
 ) -> None:  # fmt: skip
     import time as clock
 
-    from coachpipe.bench.measure import scrape
     from coachpipe.embedded import free_port
+    from devtools.scrape import scrape
     from tasks.celery import runtime
     from tasks.enqueue import request_recomputes
 

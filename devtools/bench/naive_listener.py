@@ -2,7 +2,7 @@
 
 What a straightforward port of "invalidate on every event" does; the benchmarks run it on the
 same load to show what dedup, debounce and batching buy.
-`python -m coachpipe.bench.naive_listener` runs it like `coachpipe listen --source postgres`.
+`python -m devtools.bench.naive_listener` runs it like `coachpipe listen --source postgres`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Load run of the read API (a measurement, not a test): SSE fan-out and GET throughput.
 
-    python -m coachpipe.bench.api_load [--workers 2] [--subscribers 1000] [--quick]
+    python -m devtools.bench.api_load [--workers 2] [--subscribers 1000] [--quick]
 
 Starts a private Redis, stores synthetic aggregates for 100 coaches with `AggregateStore` (no
 Postgres: the API never reads it), and serves the API with uvicorn in a subprocess. Then:
@@ -48,8 +48,8 @@ import orjson
 import psutil
 import redis
 
-from coachpipe.bench.measure import percentiles
 from coachpipe.embedded import PrivateRedis, free_port
+from devtools.bench.measure import percentiles
 from pipeline.store import AggregateStore
 
 SECRET = "api-load-bench-only-hs256-secret-0123456789"  # noqa: S105 - the private API's
@@ -136,7 +136,7 @@ class Api:
             "LOG_LEVEL": "WARNING",
             "LOG_FORMAT": "console",
         }
-        args = [sys.executable, "-m", "uvicorn", "coachpipe.api.server:app_from_environment"]
+        args = [sys.executable, "-m", "uvicorn", "api.server:app_from_environment"]
         args += ["--factory", "--host", "127.0.0.1", "--port", str(self.port)]
         args += ["--workers", str(self.workers), "--no-access-log", "--log-level", "warning"]
         with self.log.open("ab") as handle:
@@ -720,7 +720,7 @@ def write(result: dict[str, Any], output: str) -> tuple[Path, Path]:
 
 
 def parse(argv: list[str] | None) -> Options:
-    parser = argparse.ArgumentParser(prog="python -m coachpipe.bench.api_load", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench.api_load", description=__doc__)
     parser.add_argument("--workers", type=int, default=Options.workers)
     parser.add_argument("--coaches", type=int, default=Options.coaches)
     parser.add_argument("--subscribers", type=int, default=Options.subscribers)

@@ -1,4 +1,5 @@
-"""A Supabase Realtime stand-in for tests: `postgres_changes` over Phoenix channels, fed by a real slot.
+"""A Supabase Realtime stand-in for tests: `postgres_changes` over Phoenix channels, fed by a
+real slot.
 
 The real `realtime` client (2.34.1) connects to it exactly as it connects to Supabase, so the
 listeners are tested against the wire protocol rather than against a mock of the client. The
@@ -6,8 +7,9 @@ change feed comes from a temporary wal2json slot on the test database, polled an
 the real server's `postgres_cdc_rls` extension does it (supabase/realtime `replication_poller.ex`,
 `realtime.list_changes` and `realtime.cast`; frames as Phoenix's V1 and V2 JSON serializers write
 them). Production's losses are kept on purpose: changes that reach no ready channel are dropped,
-never buffered or replayed, so the listeners' resync paths are really exercised. Failure switches (closed sockets, HTTP 503, slow or
-malformed frames, system errors, oversized frames) let tests provoke what production does rarely.
+never buffered or replayed, so the listeners' resync paths are really exercised. Failure
+switches (closed sockets, HTTP 503, slow or malformed frames, system errors, oversized
+frames) let tests provoke what production does rarely.
 
 The server runs in its own thread with its own event loop, so synchronous tests can drive it;
 every switch schedules its work on that loop and returns once the frames are queued, without

@@ -22,23 +22,23 @@ from uuid import UUID
 
 import psycopg
 
-from coachpipe.bench.measure import (
+from coachpipe.traffic import Change, ChangeWriter, pace, pick_coaches
+from config import load_settings
+from devtools.bench.measure import (
     NoticeCollector,
     Observed,
     percentiles,
-    scrape,
     tree_pss_mb,
     tree_rss_mb,
 )
-from coachpipe.bench.stack import Stack
-from coachpipe.traffic import Change, ChangeWriter, pace, pick_coaches
-from config import load_settings
+from devtools.bench.stack import Stack
+from devtools.processes import Proc, wait_for
+from devtools.scrape import scrape
 from listeners.source import Batch
 from pipeline.aggregates import CRITICAL, get
 from pipeline.read import read_aggregate
 from pipeline.recompute import compute_snapshot
 from pipeline.routing import TABLE_AGGREGATES
-from tests.processes import Proc, wait_for
 
 
 @dataclass
@@ -634,10 +634,10 @@ def aggregates_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
 def full_refresh(stack: Stack, profile: Profile) -> dict[str, Any]:
     """Every aggregate of every coach through the workers (beat's reconcile path), and the naive
     way (one coach per query) in-process on the same data."""
-    from coachpipe.refresh import refresh_everything
     from pipeline.aggregates import NAMES
     from pipeline.coaches import active_coach_batches
     from pipeline.db import make_engine
+    from pipeline.refresh import refresh_everything
     from pipeline.store import AggregateStore
 
     stack.worker(concurrency=2)

@@ -17,12 +17,12 @@ from config.logging import configure_logging
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-FACTORY = "coachpipe.api.server:app_from_environment"
+FACTORY = "api.server:app_from_environment"
 
 
 def app_from_environment() -> FastAPI:
     """The app of one worker process, built from the environment and `.env`."""
-    from coachpipe.api.app import create_app
+    from api.app import create_app
 
     settings = load_settings()
     configure_logging(settings, process="api")
@@ -32,7 +32,7 @@ def app_from_environment() -> FastAPI:
 def serve(
     settings: Settings, *, host: str | None = None, port: int | None = None, workers: int = 1
 ) -> None:
-    from coachpipe.api.app import create_app
+    from api.app import create_app
 
     configure_logging(settings, process="api")
     several = workers > 1

@@ -25,8 +25,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from coachpipe.api.auth import AuthError, ForbiddenError, Principal, Verifier
-from coachpipe.api.broadcast import Broadcaster
+from api.auth import AuthError, ForbiddenError, Principal, Verifier
+from api.broadcast import Broadcaster
 from config import Settings
 from pipeline import keys
 from pipeline.aggregates import NAMES
@@ -295,7 +295,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard() -> HTMLResponse:
-        page = files("coachpipe") / "static" / "dashboard.html"
+        page = files("api") / "static" / "dashboard.html"
         return HTMLResponse(page.read_text(), headers={"Cache-Control": "no-cache"})
 
     return app

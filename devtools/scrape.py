@@ -1,16 +1,10 @@
-"""Prometheus endpoints of the pipeline's processes."""
+"""Reading one metric off a process's Prometheus endpoint (tests and the benchmark)."""
 
 from __future__ import annotations
 
 import re
 
 import httpx
-from prometheus_client import start_http_server
-
-
-def serve_metrics(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from outside
-    """Expose this process's metrics on http://address:port/metrics (a daemon thread)."""
-    start_http_server(port, addr=address)
 
 
 def scrape(port: int, name: str, **labels: str) -> float:

@@ -1,4 +1,4 @@
-"""`make bench` / `coachpipe bench SCENARIO`: run scenarios on private stacks, write results.
+"""`make bench` / `python -m devtools.bench SCENARIO`: scenarios on private stacks, results.
 
 Scenarios on the 1,000-coach dataset share one stack (`dedup`, `steady`, `burst`, `hot`,
 `intake`, `soak`); the 10,000-coach / 1M-session ones share another (`aggregates`,
@@ -19,9 +19,12 @@ from typing import Any
 
 from rich.console import Console
 
-from coachpipe.bench import report
-from coachpipe.bench.measure import machine
-from coachpipe.bench.scenarios import (
+from coachpipe.embedded import PrivateRedis
+from config import load_settings
+from config.logging import configure_logging
+from devtools.bench import report
+from devtools.bench.measure import machine
+from devtools.bench.scenarios import (
     PROFILES,
     Profile,
     aggregates_micro,
@@ -32,10 +35,7 @@ from coachpipe.bench.scenarios import (
     soak,
     steady,
 )
-from coachpipe.bench.stack import Stack
-from coachpipe.embedded import PrivateRedis
-from config import load_settings
-from config.logging import configure_logging
+from devtools.bench.stack import Stack
 
 Run = Callable[[Stack, Profile], Any]
 

@@ -13,11 +13,8 @@ from typing import Any
 import psutil
 import redis
 
-from coachpipe.observability import scrape
 from pipeline import keys
 from pipeline.store import Notice
-
-__all__ = ["scrape"]
 
 
 def percentiles(values: list[float]) -> dict[str, float | int | None]:

@@ -22,15 +22,15 @@ import psycopg
 import redis
 
 from coachpipe.embedded import PrivatePostgres, PrivateRedis, free_port
-from coachpipe.refresh import refresh_everything
 from config import Settings, load_settings
+from devtools.processes import Proc, start_worker, wait_for
 from pipeline import keys, seed
 from pipeline.aggregates import NAMES
 from pipeline.coaches import active_coach_batches
 from pipeline.db import make_engine
 from pipeline.migrate import upgrade
+from pipeline.refresh import refresh_everything
 from pipeline.store import AggregateStore
-from tests.processes import Proc, start_worker, wait_for
 
 BROKER_DB = 1
 QUEUES = ("realtime", "refresh")
@@ -153,7 +153,7 @@ class Stack:
         extra = {"LISTENER_METRICS_PORT": str(port), **env}
         if source == "supabase":
             extra |= {"SUPABASE_URL": self.realtime().url, "SUPABASE_KEY": "bench"}
-        module = "coachpipe.bench.naive_listener" if naive else "listeners"
+        module = "devtools.bench.naive_listener" if naive else "listeners"
         name = f"listener-{source}{'-naive' if naive else ''}-{len(self.procs)}"
         proc = Proc(
             name,
@@ -168,7 +168,7 @@ class Stack:
 
     def realtime(self) -> Any:
         if self.standin is None:
-            from tests.realtime_standin import RealtimeStandIn
+            from devtools.realtime_standin import RealtimeStandIn
 
             self.standin = RealtimeStandIn(self.pg.url, poll_interval=0.02).start()
         return self.standin

@@ -1,0 +1,31 @@
+"""`python -m devtools.bench [SCENARIO|all] [--quick|--smoke] [--output DIR]` (`make bench`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from devtools.bench.runner import run_bench
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def bench(
+    scenario: Annotated[str, typer.Argument(help="A scenario name, or `all`.")] = "all",
+    quick: Annotated[bool, typer.Option(help="Short runs (a few minutes in all).")] = False,
+    smoke: Annotated[
+        bool, typer.Option(help="Tiny runs that only prove the harness works.")
+    ] = False,
+    output: Annotated[str, typer.Option(help="Results directory.")] = "devtools/bench/results",
+) -> None:
+    """Measure the pipeline on private services; write JSON, Markdown and plots."""
+    raise typer.Exit(
+        run_bench(scenario, quick=quick, smoke=smoke, output=output, console=Console())
+    )
+
+
+if __name__ == "__main__":
+    app()
