@@ -82,3 +82,9 @@ REALTIME_STATUS = f"{PREFIX}:realtime:status"
 # Beat bookkeeping (tasks.jobs).
 CLOCK_LAST_TICK = f"{PREFIX}:clock:last-tick"
 LAST_REFRESH = f"{PREFIX}:refresh:last"
+
+# Consistency audit (pipeline.audit).
+AUDIT_LAST = f"{PREFIX}:audit:last"
+"""JSON summary of the last audit pass (checked, consistency, mismatches, oldest stale)."""
+AUDIT_CURSOR = f"{PREFIX}:audit:cursor"
+"""Id of the last coach the sampling audit visited; the next sample starts after it."""

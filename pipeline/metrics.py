@@ -77,3 +77,26 @@ COMMIT_TO_STORED_SECONDS = Histogram(
     "Commit of a change to the storage of the aggregate it invalidated.",
     ["aggregate"], buckets=LATENCY_BUCKETS,
 )  # fmt: skip
+AUDIT_CHECKED = Counter(
+    "coachpipe_audit_checked_total", "Stored coach aggregates the audit compared.", ["aggregate"]
+)
+AUDIT_FINDINGS = Counter(
+    "coachpipe_audit_findings_total",
+    "Audit findings by kind: missing or differs (stale past the grace period: mismatches), "
+    "clock (differs only by the clock's move, bounded by the clock tick).",
+    ["aggregate", "kind"],
+)
+AUDIT_REPAIRED = Counter(
+    "coachpipe_audit_repaired_total", "Coach aggregates the audit recomputed after a mismatch."
+)
+AUDIT_CONSISTENCY = Gauge(
+    "coachpipe_audit_consistency_ratio",
+    "Share of the last audit pass's checked values that were right, per aggregate.",
+    ["aggregate"],
+    multiprocess_mode="mostrecent",
+)
+AUDIT_OLDEST_STALE_SECONDS = Gauge(
+    "coachpipe_audit_oldest_stale_seconds",
+    "How long the stalest mismatch of the last audit pass had been wrong, at least.",
+    multiprocess_mode="mostrecent",
+)
