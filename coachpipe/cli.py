@@ -263,6 +263,39 @@ def refresh(
 
 @app.command()
 @command
+def audit(  # noqa: PLR0917 - typer passes options by position
+    all_coaches: Annotated[bool, typer.Option("--all", help="Every active coach.")] = False,
+    coach: Annotated[str | None, typer.Option(help="One coach id.")] = None,
+    sample: Annotated[
+        int | None, typer.Option(min=1, help="The next N coaches of beat's sampling order.")
+    ] = None,
+    aggregate: Annotated[AggregateName | None, typer.Option(help="Only this aggregate.")] = None,
+    repair: Annotated[bool, typer.Option(help="Recompute what is wrong.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Compare stored aggregates with a fresh recompute; repair and report. Exit 1 on a
+    mismatch."""
+    from coachpipe.audit import render, run_audit
+
+    if sum((all_coaches, coach is not None, sample is not None)) != 1:
+        raise typer.BadParameter("give exactly one of --all, --coach ID or --sample N")
+    reports = run_audit(
+        settings(),
+        coach_ids=[_coach(coach)] if coach else None,
+        sample=sample,
+        names=[aggregate.value] if aggregate else None,
+        repair=repair,
+    )
+    if as_json:
+        _print_json([report.as_json() for report in reports])
+    else:
+        render(reports, console)
+    if any(report.mismatches for report in reports):
+        raise typer.Exit(1)
+
+
+@app.command()
+@command
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Listeners, realtime status, queue depths, slot lag and the last refreshes."""
     from coachpipe.status import gather, render

@@ -116,6 +116,24 @@ class Settings(BaseSettings):
         description="Full refresh of every aggregate of every coach, the safety net.",
     )  # fmt: skip
 
+    # Consistency audit (pipeline.audit).
+    audit_cycle_s: float = Field(
+        default=3600.0, gt=0, le=7 * 86_400,
+        description="Beat's audit visits every active coach once per this period.",
+    )  # fmt: skip
+    audit_interval_s: float = Field(
+        default=10.0, gt=0, le=3600, description="How often beat audits its next sample."
+    )
+    audit_grace_s: float = Field(
+        default=5.0, ge=0, le=600,
+        description="A stored value still older than the audit's snapshot this long after it "
+        "is a mismatch (the freshness promise).",
+    )  # fmt: skip
+    audit_consistency_slo: float = Field(
+        default=0.999, gt=0, le=1,
+        description="Status turns yellow when an aggregate's audited consistency is below this.",
+    )  # fmt: skip
+
     # Celery reliability.
     visibility_timeout_s: int = Field(
         default=60, ge=5, le=86_400,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from uuid import UUID
@@ -174,3 +175,26 @@ def test_sampling_visits_every_active_coach_once_per_cycle(
         seen.extend(audit.next_sample(engine, redis_client, 3))
     first, second, third, fourth = sorted(everyone)
     assert seen == [first, second, third, fourth, first, second]  # a full cycle, then wrapping
+
+
+def test_the_audit_command_reports_a_mismatch_repairs_it_and_then_passes(
+    engine: Engine, stored: AggregateStore, redis_client: redis.Redis, service_env: dict[str, str]
+) -> None:
+    from tests.test_cli import coachpipe
+
+    coach = coach_ids(service_env["DATABASE_URL"])[2]
+    redis_client.hset(keys.aggregate("coach-clients", coach), "value", b'{"clients": []}')
+    env = service_env | {"AUDIT_GRACE_S": "0"}
+
+    first = coachpipe(env, "audit", "--all", "--json")
+    assert first.returncode == 1, first.stderr
+    (report,) = json.loads(first.stdout)
+    assert [(m["aggregate"], m["coach_id"]) for m in report["mismatches"]] == [
+        ("coach-clients", str(coach))
+    ]
+    assert report["repaired"] == 1
+
+    second = coachpipe(env, "audit", "--coach", str(coach))
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "coach-clients" in second.stdout
+    assert coachpipe(env, "audit").returncode == 2  # none of --all, --coach, --sample
