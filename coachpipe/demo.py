@@ -2,31 +2,40 @@
 
 With no DATABASE_URL / REDIS_URL it starts a private Postgres (wal_level=logical) and Redis from
 local binaries under DATA_DIR (default `.data/`); with them set it uses those services. Then it
-migrates, seeds, runs listener + worker + beat + Flower + the read API as real processes under
-honcho, writes simulated traffic and shows a few coaches' aggregates changing live, with the
-measured commit → stored latency. Ctrl-C stops every process it started.
+migrates, seeds, runs listener + worker + beat + Flower + the read API as real processes
+(`coachpipe.supervisor`), writes simulated traffic and shows a few coaches' aggregates changing
+live, with the measured commit → stored latency.
+
+While it runs, `.data/demo.env` holds its settings, so `coachpipe status` (or any command) in
+another terminal reaches the demo's services. A component that exits is shown in the live view
+while the others go on; `l` stops or starts the listener (to watch the fallback polling), `q`
+quits. Ctrl-C, SIGTERM or closing the terminal (SIGHUP) stops every process and service it
+started; a previous demo's leftovers (found through `DATA_DIR/demo.pid`) are stopped first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
+import select
 import signal
 import sys
+import termios
 import threading
 import time
+import tty
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 from uuid import UUID
 
 import jwt
 import psycopg
 import redis
-from honcho.manager import Manager
-from honcho.printer import Message
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -39,8 +48,10 @@ from coachpipe.embedded import (
     free_port,
     port_is_open,
 )
+from coachpipe.supervisor import Supervisor, wait_gone
 from coachpipe.traffic import Change, ChangeWriter, pace, pick_coaches
 from config import Settings, load_settings
+from config.settings import DEMO_ENV_FILE
 from pipeline import keys
 from pipeline.db import libpq_dsn, make_engine
 from pipeline.health import HealthBoard
@@ -52,32 +63,6 @@ from pipeline.store import Notice
 PG_PORT, REDIS_PORT, FLOWER_PORT = 54329, 56379, 5555
 SHOWN = 6
 TRAFFIC_COACHES = 20
-
-
-class _FilePrinter:
-    """honcho printer: each process's output to DATA_DIR/logs/<name>.log, system lines kept."""
-
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory
-        self.files: dict[str, TextIO] = {}
-        self.system: deque[str] = deque(maxlen=4)
-        self.width = 0
-
-    def write(self, message: Message) -> None:
-        data = (
-            message.data.decode(errors="replace")
-            if isinstance(message.data, bytes)
-            else message.data
-        )
-        if message.name == "system":
-            self.system.append(data.strip())
-            return
-        handle = self.files.get(message.name)
-        if handle is None:
-            handle = self.files[message.name] = (self.directory / f"{message.name}.log").open("a")
-        handle.write(data)
-        handle.flush()
 
 
 @dataclass
@@ -141,7 +126,11 @@ def _watch_notices(client: redis.Redis, board: _Board, stop: threading.Event) ->
 
 
 def _view(
-    client: redis.Redis, board: _Board, settings: Settings, urls: list[str], system: deque[str]
+    client: redis.Redis,
+    board: _Board,
+    settings: Settings,
+    urls: list[str],
+    supervisor: Supervisor,
 ) -> Group:
     status = HealthBoard(client, stale_after_s=settings.heartbeat_stale_s).status()
     colour = {"green": "green", "yellow": "yellow", "red": "red"}[status.color.value]
@@ -174,33 +163,198 @@ def _view(
         f"realtime: [bold {colour}]{status.color.value}[/] — {status.reason}   "
         f"changes written: {board.changes}   stored updates: {board.updates}   latency: {summary}"
     )
-    footer = Text("\n".join([*urls[1:], *system, "Ctrl-C stops everything."]), style="dim")
-    return Group(header, table, footer)
+    processes = Text("components: ")
+    for name, component in supervisor.components.items():
+        state = component.state()
+        processes.append(f"{name} ", style="bold")
+        processes.append(f"{state}   ", style="green" if state == "running" else "bold red")
+    footer = Text(
+        "\n".join(
+            [
+                *urls[1:],
+                "keys: l stops/starts the listener, q quits (or Ctrl-C)",
+            ]
+        ),
+        style="dim",
+        no_wrap=True,
+        overflow="ellipsis",
+    )
+    return Group(header, processes, table, footer)
+
+
+def _pid_file(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "demo.pid"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _stop_leftovers(settings: Settings, console: Console) -> None:
+    """Stop what an earlier demo left running (its pid file names it): the demo itself if it is
+    still alive (it then stops its own processes and services), else its orphaned processes,
+    then the private Postgres and Redis that serve DATA_DIR."""
+    path = _pid_file(settings)
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    demo = recorded.get("pid")
+    if isinstance(demo, int) and demo != os.getpid() and "coachpipe" in _cmdline(demo):
+        console.print(f"a previous `coachpipe demo` (pid {demo}) is still running: stopping it …")
+        os.kill(demo, signal.SIGTERM)
+        if not wait_gone(demo, 30):
+            os.kill(demo, signal.SIGKILL)
+    for pid in recorded.get("children", []):
+        if isinstance(pid, int) and _cmdline(pid):
+            console.print(
+                f"stopping a previous demo's process {pid}: {_cmdline(pid)[:60]}",
+                soft_wrap=True,
+                highlight=False,
+            )
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+            if not wait_gone(pid, 10):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+    data = Path(settings.data_dir)
+    if settings.database_url is None and PrivatePostgres(data / "pg").running():
+        console.print(f"stopping a previous demo's Postgres in {data / 'pg'}")
+        PrivatePostgres(data / "pg").stop()
+    leftover_redis = PrivateRedis(data / "redis")
+    if settings.redis_url is None and leftover_redis.pid_file.exists():
+        try:
+            pid = int(leftover_redis.pid_file.read_text().strip())
+        except ValueError:
+            pid = 0
+        if pid and "redis-server" in _cmdline(pid):
+            console.print(f"stopping a previous demo's Redis (pid {pid})")
+            os.kill(pid, signal.SIGTERM)
+            wait_gone(pid, 10)
+    path.unlink(missing_ok=True)
+    Path(DEMO_ENV_FILE).unlink(missing_ok=True)
+    (data / "demo.env").unlink(missing_ok=True)
+
+
+def _write_pid_file(settings: Settings, children: list[int]) -> None:
+    _pid_file(settings).write_text(json.dumps({"pid": os.getpid(), "children": children}))
+
+
+def _write_demo_env(settings: Settings, env: dict[str, str]) -> Path:
+    """The demo's service settings where the CLI finds them (`config.settings.DEMO_ENV_FILE`
+    for the default DATA_DIR; another DATA_DIR gets its own file, to source by hand)."""
+    default = Path(settings.data_dir).resolve() == Path(DEMO_ENV_FILE).parent.resolve()
+    path = Path(DEMO_ENV_FILE) if default else Path(settings.data_dir) / "demo.env"
+    lines = [f"{name}={value}" for name, value in sorted(env.items())]
+    path.write_text("# written by a running `coachpipe demo`; removed when it stops\n")
+    with path.open("a") as handle:
+        handle.write("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path
 
 
 def run_demo(*, coaches: int, rate: float, duration: float | None, console: Console) -> int:
-    base = load_settings()
+    # Not the demo's own settings file: it names the services of the demo this one replaces.
+    base = load_settings(_env_file=".env")
+    Path(base.data_dir).mkdir(parents=True, exist_ok=True)
+    _stop_leftovers(base, console)
+    _write_pid_file(base, [])
+    stopping = threading.Event()
+
+    def hang_up(signum: int, _frame: object) -> None:
+        # Closing the terminal (SIGHUP) or SIGTERM ends the demo as Ctrl-C does.
+        stopping.set()
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, hang_up)
+    demo_env: Path | None = None
+    services: list[Any] = []
     try:
-        env, services = _start_services(base, console)
-    except MissingBinaryError as error:
-        console.print(f"[red]coachpipe demo:[/] {error}")
-        return 1
-    os.environ.update(env)
-    os.environ.setdefault("LOG_FORMAT", "console")
-    os.environ.setdefault("FLOWER_BASIC_AUTH", "demo:demo")
-    if not os.environ.get("SUPABASE_JWT_SECRET") and not os.environ.get("SUPABASE_JWKS_URL"):
-        os.environ["SUPABASE_JWT_SECRET"] = secrets.token_urlsafe(32)
-    settings = load_settings()
-    try:
-        return _run(settings, coaches=coaches, rate=rate, duration=duration, console=console)
+        try:
+            env, services = _start_services(base, console)
+        except MissingBinaryError as error:
+            console.print(f"[red]coachpipe demo:[/] {error}")
+            return 1
+        os.environ.update(env)
+        os.environ.setdefault("LOG_FORMAT", "console")
+        os.environ.setdefault("FLOWER_BASIC_AUTH", "demo:demo")
+        if not os.environ.get("SUPABASE_JWT_SECRET") and not os.environ.get("SUPABASE_JWKS_URL"):
+            os.environ["SUPABASE_JWT_SECRET"] = secrets.token_urlsafe(32)
+        shared = {
+            name: os.environ[name]
+            for name in ("DATABASE_URL", "REDIS_URL", "BROKER_URL", "SUPABASE_JWT_SECRET")
+            if name in os.environ
+        }
+        demo_env = _write_demo_env(base, shared)
+        settings = load_settings(_env_file=".env")
+        return _run(
+            settings,
+            coaches=coaches,
+            rate=rate,
+            duration=duration,
+            console=console,
+            demo_env=demo_env,
+            stopping=stopping,
+        )
+    except KeyboardInterrupt:
+        return 0
+    except OSError:
+        if not stopping.is_set():
+            raise
+        return 0  # the terminal went away (SIGHUP) while the view was drawn
     finally:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for service in reversed(services):
             service.stop()
-        console.print("stopped every process and service the demo started")
+        if demo_env is not None:
+            demo_env.unlink(missing_ok=True)
+        _pid_file(base).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+            console.print("stopped every process and service the demo started")
+
+
+def _keys(supervisor: Supervisor, stop: threading.Event) -> None:
+    """`l` toggles the listener, `q` quits; only when stdin is a terminal."""
+    if not sys.stdin.isatty():
+        return
+    fd = sys.stdin.fileno()
+    try:
+        saved = termios.tcgetattr(fd)
+    except termios.error:
+        return
+    try:
+        tty.setcbreak(fd)
+        while not stop.is_set():
+            readable, _, _ = select.select([fd], [], [], 0.25)
+            if not readable:
+                continue
+            key = os.read(fd, 1)
+            if key == b"l":
+                supervisor.toggle("listener")
+            elif key == b"q":
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+    except OSError:
+        return
+    finally:
+        with contextlib.suppress(termios.error):
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 def _run(
-    settings: Settings, *, coaches: int, rate: float, duration: float | None, console: Console
+    settings: Settings,
+    *,
+    coaches: int,
+    rate: float,
+    duration: float | None,
+    console: Console,
+    demo_env: Path,
+    stopping: threading.Event,
 ) -> int:
     database_url = settings.require_database_url()
     engine = make_engine(database_url)
@@ -220,67 +374,71 @@ def _run(
     token = _demo_token(settings.supabase_jwt_secret.get_secret_value(), chosen[0])  # type: ignore[union-attr]
     api = f"http://{settings.api_host}:{settings.api_port}"
     flower_port = FLOWER_PORT if not port_is_open(FLOWER_PORT) else free_port()
+    logs = Path(settings.data_dir).resolve() / "logs"
     urls = [
         f"dashboard: {api}/dashboard?coach={chosen[0]}#token={token}",
         f"flower:    http://127.0.0.1:{flower_port} (basic auth: FLOWER_BASIC_AUTH, demo:demo)",
-        f"logs:      {Path(settings.data_dir).resolve() / 'logs'}",
+        f"logs:      {logs}",
+        f"CLI:       .venv/bin/coachpipe status (it reads {demo_env} while the demo runs)",
     ]
-    console.print("\n".join(urls))
+    for line in urls:  # one line each, never wrapped: the URL must stay copyable
+        console.print(line, soft_wrap=True, highlight=False)
     python = sys.executable
-    printer = _FilePrinter(Path(settings.data_dir) / "logs")
-    manager = Manager(printer=printer)
-    cli = f"{python} -m coachpipe"
-    celery = f"{python} -m celery -A tasks"
-    for name, command in {
-        "listener": f"{cli} listen --source postgres",
-        "worker": f"{celery} worker -Q realtime,refresh -c 2 -n demo@%h --loglevel=INFO",
-        "beat": f"{celery} beat --loglevel=INFO",
-        "flower": f"{celery} flower --port={flower_port} --address=127.0.0.1",
-        "api": f"{cli} api",
-    }.items():
-        manager.add_process(name, command, env=dict(os.environ))
+    supervisor = Supervisor(
+        logs, lambda line: console.print(line, soft_wrap=True, highlight=False, style="dim")
+    )
+    cli = [python, "-m", "coachpipe"]
+    celery = [python, "-m", "celery", "-A", "tasks"]
+    components = {
+        "listener": [*cli, "listen", "--source", "postgres"],
+        "worker": [*celery, "worker", "-Q", "realtime,refresh", "-c", "2", "-n", "demo@%h",
+                   "--loglevel=INFO"],
+        "beat": [*celery, "beat", "--loglevel=INFO"],
+        "flower": [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"],
+        "api": [*cli, "api"],
+    }  # fmt: skip
+    for name, args in components.items():
+        supervisor.add(name, args, dict(os.environ))
     stop = threading.Event()
-    watcher = threading.Thread(target=_watch_notices, args=(client, board, stop), daemon=True)
-    watcher.start()
-
-    def traffic() -> None:
-        def counted(change: Change) -> None:
-            board.changes += 1
-
-        if stop.wait(3):  # let the listener subscribe first
-            return
-        try:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                writer = ChangeWriter(conn, chosen, seed=int(time.time()))
-                pace(
-                    writer.write,
-                    rate=rate,
-                    duration=duration or 10**9,
-                    on_change=counted,
-                    stop=stop,
-                )
-        except psycopg.Error as error:
-            if not stop.is_set():
-                printer.system.append(f"traffic stopped: {type(error).__name__}: {error}")
-
-    writer_thread = threading.Thread(target=traffic, daemon=True)
-    writer_thread.start()
-    if duration is not None:
-        threading.Timer(duration, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
-
-    def live() -> None:
-        with Live(console=console, refresh_per_second=4, transient=False) as view:
-            while not stop.is_set():
-                view.update(_view(client, board, settings, urls, printer.system))
-                stop.wait(0.25)
-
-    viewer = threading.Thread(target=live, daemon=True)
-    viewer.start()
     try:
-        manager.loop()
+        supervisor.start_all()
+        _write_pid_file(settings, supervisor.pids())
+        watcher = threading.Thread(target=_watch_notices, args=(client, board, stop), daemon=True)
+        watcher.start()
+
+        def traffic() -> None:
+            def counted(change: Change) -> None:
+                board.changes += 1
+
+            if stop.wait(3):  # let the listener subscribe first
+                return
+            try:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    writer = ChangeWriter(conn, chosen, seed=int(time.time()))
+                    pace(
+                        writer.write,
+                        rate=rate,
+                        duration=duration or 10**9,
+                        on_change=counted,
+                        stop=stop,
+                    )
+            except psycopg.Error as error:
+                if not stop.is_set():
+                    supervisor.announce(f"traffic stopped: {type(error).__name__}: {error}")
+
+        writer_thread = threading.Thread(target=traffic, daemon=True)
+        writer_thread.start()
+        keys_thread = threading.Thread(target=_keys, args=(supervisor, stop), daemon=True)
+        keys_thread.start()
+        ends = None if duration is None else time.monotonic() + duration
+        with Live(console=console, refresh_per_second=4, transient=False) as view:
+            while not stopping.is_set() and (ends is None or time.monotonic() < ends):
+                supervisor.poll()
+                _write_pid_file(settings, supervisor.pids())
+                view.update(_view(client, board, settings, urls, supervisor))
+                stopping.wait(0.25)
     finally:
         stop.set()
-        for thread in (writer_thread, watcher, viewer):
-            thread.join(10)
+        supervisor.stop_all()
     console.print(f"\n{board.changes} changes written, {board.updates} aggregate updates stored")
-    return 0 if manager.returncode in (None, 0, 130, 143) or duration else int(manager.returncode)
+    return 0

@@ -30,15 +30,24 @@ def _check_scheme(allowed: tuple[str, ...]) -> AfterValidator:
     def check(value: SecretStr | None) -> SecretStr | None:
         if value is None:
             return None
-        raw = value.get_secret_value()
-        scheme = urlsplit(raw).scheme
-        if scheme not in allowed:
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in allowed:
             raise ValueError(f"must be a URL with scheme {' or '.join(allowed)}")
-        if not urlsplit(raw).hostname and "host=" not in raw:
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise ValueError("must name a socket path (unix:///run/redis/redis.sock)")
+        elif parts.scheme.startswith("postgres"):
+            pass  # libpq: no host is the local socket (postgresql:///db, ?host=/run/postgresql)
+        elif not parts.hostname:
             raise ValueError("must name a host")
         return value
 
     return AfterValidator(check)
+
+
+DEMO_ENV_FILE = ".data/demo.env"
+"""Written by a running `coachpipe demo` (removed when it stops): the CLI finds the demo's
+services there when neither the environment nor `.env` names them."""
 
 
 PostgresUrl = Annotated[SecretStr, _check_scheme(("postgresql", "postgres", "postgresql+psycopg"))]
@@ -51,7 +60,11 @@ class Settings(BaseSettings):
     """Every knob of the pipeline. `.env.example` documents each one."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        # Later files win: `.env` over the demo's settings; the environment over both.
+        env_file=(DEMO_ENV_FILE, ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
     )
 
     # Services. None means "not configured": `coachpipe demo` then starts private ones.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -75,3 +77,75 @@ def test_demo_runs_the_whole_pipeline_and_leaves_no_process(data_dir: Path) -> N
     }
     assert "Traceback" not in (logs / "listener.log").read_text()
     assert ours(data_dir) == []
+
+
+def _demo_env(data_dir: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.upper() not in {n.upper() for n in Settings.model_fields}
+    }
+    return env | {"DATA_DIR": str(data_dir), "API_PORT": str(free_port()), "TERM": "dumb"}
+
+
+def _start_demo(
+    cwd: Path, env: dict[str, str], output: Path, *args: str
+) -> subprocess.Popen[bytes]:
+    with output.open("ab") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", "coachpipe", "demo", "--coaches", "10", "--rate", "10", *args],
+            cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def test_demo_survives_a_component_exit_cleans_up_after_kill_and_hang_up(data_dir: Path) -> None:
+    from devtools.processes import wait_for
+
+    tmp_path, data_dir = data_dir, data_dir / ".data"
+    env = _demo_env(data_dir)
+    output = tmp_path / "demo.out"
+    demo_env = data_dir / "demo.env"
+
+    first = _start_demo(tmp_path, env, output)
+    wait_for(lambda: demo_env.exists() and len(_children(data_dir)) == 5, 120)
+    # The CLI finds the running demo's services through .data/demo.env (cwd-relative).
+    status = subprocess.run(
+        [sys.executable, "-m", "coachpipe", "status", "--json"],
+        cwd=tmp_path, env=_demo_env(data_dir) | {"DATA_DIR": ".data"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "DATABASE_URL" not in status.stdout
+
+    # One component exits: the demo goes on and says so.
+    listener = json.loads((data_dir / "demo.pid").read_text())["children"][0]
+    os.kill(listener, signal.SIGTERM)
+    wait_for(lambda: "listener exited" in output.read_text(), 60)
+    assert first.poll() is None
+
+    # The demo dies without cleaning up: the next one stops the leftovers first.
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert ours(data_dir) != []
+    second = _start_demo(tmp_path, env, output, "--duration", "15")
+    assert second.wait(timeout=240) == 0, output.read_text()[-3000:]
+    text = output.read_text()
+    assert "stopping a previous demo's Postgres" in text
+    assert "stopping a previous demo's Redis" in text
+    assert "address already in use" not in (data_dir / "logs" / "api.log").read_text()
+    assert ours(data_dir) == []
+
+    # Closing the terminal (SIGHUP to the process group) ends it like Ctrl-C.
+    third = _start_demo(tmp_path, env, output)
+    wait_for(lambda: demo_env.exists() and len(_children(data_dir)) == 5, 120)
+    os.killpg(third.pid, signal.SIGHUP)
+    assert third.wait(timeout=120) == 0
+    assert ours(data_dir) == []
+    assert not demo_env.exists()
+
+
+def _children(data_dir: Path) -> list[int]:
+    try:
+        return list(json.loads((data_dir / "demo.pid").read_text())["children"])
+    except (OSError, ValueError, KeyError):
+        return []
