@@ -13,7 +13,7 @@ from config import Settings
 from config.logging import configure_logging
 from pipeline.aggregates import CRITICAL, get
 from pipeline.audit import AuditReport, audit, next_sample, record
-from pipeline.coaches import active_coach_batches
+from pipeline.coaches import active_coach_batches, require_coaches
 from pipeline.db import make_engine
 from pipeline.recompute import batches
 from pipeline.store import AggregateStore
@@ -36,6 +36,7 @@ def run_audit(
     aggregates = [get(name) for name in names] if names else list(CRITICAL)
     try:
         if coach_ids is not None:
+            require_coaches(engine, coach_ids)
             chosen: list[Sequence[UUID]] = list(batches(coach_ids, settings.refresh_batch_size))
         elif sample is not None:
             chosen = [next_sample(engine, client, sample)]

@@ -69,13 +69,13 @@ def command(function: F) -> F:
         try:
             return function(*args, **kwargs)
         except SettingsError as error:
-            errors.print(f"[red]coachpipe:[/] {error}", highlight=False)
+            errors.print(f"[red]coachpipe:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except Exception as error:
             message = _failure_message(error)
             if message is None:
                 raise
-            errors.print(f"[red]coachpipe:[/] {message}", highlight=False)
+            errors.print(f"[red]coachpipe:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

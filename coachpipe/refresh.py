@@ -8,15 +8,13 @@ from uuid import UUID
 import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-from sqlalchemy import select
 
 from config import Settings
-from pipeline.coaches import active_coach_batches
+from pipeline.coaches import active_coach_batches, require_coaches
 from pipeline.db import make_engine
 from pipeline.recompute import batches
 from pipeline.refresh import count_active_coaches, refresh_everything
 from pipeline.store import AggregateStore
-from pipeline.tables import users
 
 
 def refresh_coaches(
@@ -27,6 +25,8 @@ def refresh_coaches(
     enqueue: bool,
     console: Console,
 ) -> None:
+    if coach_ids is not None:
+        _require_coaches(settings, coach_ids)
     if enqueue:
         from tasks.jobs import refresh_all, refresh_batch
 
@@ -43,15 +43,6 @@ def refresh_coaches(
         total = count_active_coaches(engine)
         coach_batches = list(active_coach_batches(engine, settings.refresh_batch_size))
     else:
-        with engine.connect() as connection:
-            known = set(
-                connection.execute(select(users.c.id).where(users.c.id.in_(coach_ids))).scalars()
-            )
-        for coach_id in coach_ids:
-            if coach_id not in known:
-                console.print(
-                    f"[yellow]note:[/] {coach_id} is not a user; storing empty aggregates"
-                )
         total = len(coach_ids)
         coach_batches = list(batches(coach_ids, settings.refresh_batch_size))
     columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeElapsedColumn())
@@ -64,3 +55,12 @@ def refresh_coaches(
         f"stored {written:,} coach aggregates ({len(names)} aggregates x {total:,} coaches)"
     )
     engine.dispose()
+
+
+def _require_coaches(settings: Settings, coach_ids: Sequence[UUID]) -> None:
+    """Refuse ids that are not coaches before anything is enqueued or written."""
+    engine = make_engine(settings.require_database_url())
+    try:
+        require_coaches(engine, coach_ids)
+    finally:
+        engine.dispose()

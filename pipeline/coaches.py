@@ -3,7 +3,7 @@ touched, or the ones whose rows changed since a moment (the catch-up after an ou
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -11,11 +11,33 @@ from uuid import UUID
 from sqlalchemy import Connection, DateTime, Engine, Select, bindparam, select, text, union
 
 from pipeline.aggregates import Aggregate
+from pipeline.errors import NotACoachError
 from pipeline.tables import BY_NAME, users
 
 ACTIVE_COACHES = (users.c.role == "coach") & (users.c.status != "archived")
 SINCE = bindparam("since", type_=DateTime(timezone=True))
 UNTIL = bindparam("until", type_=DateTime(timezone=True))
+
+
+def require_coaches(engine: Engine, ids: Iterable[UUID]) -> None:
+    """Raise `NotACoachError` naming every id of `ids` that is not a coach, and why."""
+    wrong = not_coaches(engine, ids)
+    if wrong:
+        raise NotACoachError(wrong)
+
+
+def not_coaches(engine: Engine, ids: Iterable[UUID]) -> dict[UUID, str]:
+    """Which of `ids` are not coaches, each with why ("no such user", "a client", …)."""
+    wanted = list(dict.fromkeys(ids))
+    with engine.connect() as connection:
+        roles = dict(
+            connection.execute(select(users.c.id, users.c.role).where(users.c.id.in_(wanted))).all()
+        )
+    return {
+        coach: "no such user" if coach not in roles else f"a user with role {roles[coach]!r}"
+        for coach in wanted
+        if roles.get(coach) != "coach"
+    }
 
 
 def active_coach_batches(engine: Engine, size: int) -> Iterator[list[UUID]]:

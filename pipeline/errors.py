@@ -1,5 +1,8 @@
 """What can go wrong in the pipeline domain, as one hierarchy."""
 
+from collections.abc import Mapping
+from uuid import UUID
+
 
 class PipelineError(Exception):
     """Base of every error the pipeline raises on purpose."""
@@ -22,3 +25,13 @@ class BadEventError(PipelineError, ValueError):
         super().__init__(message)
         self.reason = reason
         self.table = table
+
+
+class NotACoachError(PipelineError, ValueError):
+    """Ids given as coaches that are not (unknown users, clients, admins); nothing was done."""
+
+    def __init__(self, reasons: Mapping[UUID, str]) -> None:
+        super().__init__(
+            "not a coach: " + "; ".join(f"{user} ({why})" for user, why in reasons.items())
+        )
+        self.reasons = reasons

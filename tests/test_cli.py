@@ -139,3 +139,24 @@ def test_simulate_writes_changes(service_env: dict[str, str], database_url: str)
 def test_aggregates_lists_the_registry(service_env: dict[str, str]) -> None:
     result = coachpipe(service_env, "aggregates")
     assert result.returncode == 0 and "`coach-trends` | secondary" in result.stdout
+
+
+def test_refresh_and_audit_refuse_ids_that_are_not_coaches_and_write_nothing(
+    service_env: dict[str, str], database_url: str, redis_client
+) -> None:
+    assert coachpipe(service_env, "seed", "--coaches", "2", "--truncate").returncode == 0
+    with psycopg.connect(database_url) as conn:
+        (client,) = conn.execute("SELECT id FROM users WHERE role = 'client' LIMIT 1").fetchone()
+    nobody = "00000000-0000-0000-0000-000000000001"
+    for args in (
+        ["refresh", "--coach", nobody],
+        ["refresh", "--coach", str(client)],
+        ["refresh", "--coach", nobody, "--enqueue"],
+        ["audit", "--coach", str(client)],
+    ):
+        result = coachpipe(service_env, *args)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert "not a coach" in result.stderr and "Traceback" not in result.stderr
+    assert "no such user" in coachpipe(service_env, "refresh", "--coach", nobody).stderr
+    assert "role 'client'" in coachpipe(service_env, "refresh", "--coach", str(client)).stderr
+    assert redis_client.keys("coachpipe:agg:*") == []
