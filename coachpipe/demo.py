@@ -98,9 +98,17 @@ def _start_services(settings: Settings, console: Console) -> tuple[dict[str, str
     return env, started
 
 
-def _demo_token(secret: str, coach: UUID) -> str:
+def _demo_token(secret: str, coach: UUID, name: str) -> str:
+    """A token shaped like Supabase Auth's (the profile in `user_metadata`), valid 1 day."""
     now = int(time.time())
-    claims = {"sub": str(coach), "role": "authenticated", "iat": now, "exp": now + 7 * 86400}
+    claims = {
+        "sub": str(coach),
+        "role": "authenticated",
+        "aud": "authenticated",
+        "iat": now,
+        "exp": now + 86400,
+        "user_metadata": {"full_name": name},
+    }
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
@@ -371,7 +379,11 @@ def _run(
         )
     client = redis.Redis.from_url(settings.require_redis_url())
     board = _Board(coaches=chosen, names=names)
-    token = _demo_token(settings.supabase_jwt_secret.get_secret_value(), chosen[0])  # type: ignore[union-attr]
+    token = _demo_token(
+        settings.supabase_jwt_secret.get_secret_value(),  # type: ignore[union-attr]
+        chosen[0],
+        names.get(chosen[0], ""),
+    )
     api = f"http://{settings.api_host}:{settings.api_port}"
     flower_port = FLOWER_PORT if not port_is_open(FLOWER_PORT) else free_port()
     logs = Path(settings.data_dir).resolve() / "logs"

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import redis
 
-from coachpipe.embedded import PrivatePostgres, PrivateRedis
+from coachpipe.embedded import PrivatePostgres, PrivateRedis, free_port
 from config import Settings, load_settings
-from devtools.processes import Proc, start_worker
+from devtools.processes import Proc, running, start_worker, wait_for
 from pipeline.db import make_engine
 from pipeline.migrate import upgrade
 from pipeline.tables import WATCHED_TABLES
@@ -156,3 +158,31 @@ def settings(pipeline_env: dict[str, str], database_url: str, redis_url: str) ->
 def service_env(pipeline_env: dict[str, str], database_url: str, redis_url: str) -> dict[str, str]:
     """Environment for subprocesses (workers, beat, listeners), after the per-test reset."""
     return dict(pipeline_env)
+
+
+@pytest.fixture
+def api(service_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    """`coachpipe api` as its own process, as deployed."""
+    port = free_port()
+    from tests.test_api import SECRET
+
+    env = service_env | {"SUPABASE_JWT_SECRET": SECRET, "LOG_FORMAT": "console"}
+    proc = Proc(
+        "api",
+        [sys.executable, "-m", "coachpipe", "api", "--port", str(port)],
+        env,
+        tmp_path / "api.log",
+    ).start()
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"api exited early:\n{proc.output()[-3000:]}")
+        try:
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    with running(proc):
+        wait_for(healthy, 30, interval=0.2, message="coachpipe api to answer /healthz")
+        yield base
