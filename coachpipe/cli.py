@@ -334,7 +334,10 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 @command
 def simulate(
     rate: Annotated[float, typer.Option(min=0.1, max=100_000, help="Changes per second.")] = 20,
-    duration: Annotated[float, typer.Option(min=0.1, help="Seconds to run.")] = 60,
+    duration: Annotated[
+        float,
+        typer.Option(min=0.1, max=30 * 86_400, help="Seconds to run."),
+    ] = 60,
     coaches: Annotated[
         int, typer.Option(min=1, help="Spread changes over this many coaches.")
     ] = 50,
@@ -356,7 +359,8 @@ def demo(
     coaches: Annotated[int, typer.Option(min=1, max=20_000, help="Coaches to seed.")] = 200,
     rate: Annotated[float, typer.Option(min=0.1, max=1000, help="Simulated changes/s.")] = 10,
     duration: Annotated[
-        float | None, typer.Option(help="Stop by itself after this many seconds.")
+        float | None,
+        typer.Option(min=1, max=30 * 86_400, help="Stop by itself after this many seconds."),
     ] = None,
 ) -> None:
     """The whole pipeline on this machine: private Postgres and Redis unless URLs are set."""

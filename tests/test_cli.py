@@ -29,6 +29,10 @@ BAD_ARGUMENTS = [
     (["listen", "--source", "kafka"], "kafka"),
     (["show", "00000000-0000-0000-0000-000000000000", "--aggregate", "coach-nope"], "coach-nope"),
     (["frobnicate"], "No such command"),
+    (["simulate", "--duration", "inf"], "--duration"),
+    (["simulate", "--duration", "nan"], "--duration"),
+    (["simulate", "--rate", "nan"], "--rate"),
+    (["demo", "--duration", "inf"], "--duration"),
 ]
 
 
