@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 from uuid import UUID
 
 import redis
@@ -28,9 +29,16 @@ def read_all(
     for name in names:
         get(name)
         pipe.hmget(keys.aggregate(name, coach_id), HASH_FIELDS)
+    return stored_by_name(coach_id, names, pipe.execute()) or None
+
+
+def stored_by_name(
+    coach_id: UUID, names: Sequence[str], replies: Sequence[Sequence[Any]]
+) -> dict[str, StoredAggregate]:
+    """The aggregates stored for a coach, from HMGET replies of `HASH_FIELDS` in `names` order."""
     found = {}
-    for name, fields in zip(names, pipe.execute(), strict=True):
+    for name, fields in zip(names, replies, strict=True):
         stored = StoredAggregate.from_hash(coach_id, name, fields)
         if stored is not None:
             found[name] = stored
-    return found or None
+    return found
