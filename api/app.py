@@ -28,18 +28,6 @@ log = structlog.get_logger("api")
 
 def create_app(settings: Settings) -> FastAPI:
     shared = Services.from_settings(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await shared.broadcaster.start()
-        watcher = asyncio.create_task(shared.status.run(), name="status-watch")
-        yield
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-        await shared.broadcaster.stop()
-        await shared.close()
-
     app = FastAPI(
         title="coachpipe read API",
         version="1",
@@ -47,12 +35,26 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.services = shared
-    app.state.broadcaster = shared.broadcaster
+    app.state.broadcaster = shared.broadcaster  # its `subscribers` tell how many streams are open
     app.exception_handler(AuthError)(auth_failed)
     app.exception_handler(redis.RedisError)(redis_failed)
     for module in (aggregates, events, status):
         app.include_router(module.router)
     return app
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """One Redis subscription and one status watch per process, for as long as it serves."""
+    shared: Services = app.state.services
+    await shared.broadcaster.start()
+    watcher = asyncio.create_task(shared.status.run(), name="status-watch")
+    yield
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    await shared.broadcaster.stop()
+    await shared.close()
 
 
 async def auth_failed(_: Request, error: AuthError) -> JSONResponse:
