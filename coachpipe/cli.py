@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 from uuid import UUID
 
 import typer
@@ -36,7 +36,8 @@ slot_app = typer.Typer(help="The logical replication slot of the `postgres` sour
 app.add_typer(slot_app, name="slot")
 console = Console()
 errors = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
+Params = ParamSpec("Params")
+Result = TypeVar("Result")
 
 AggregateName = StrEnum("AggregateName", {name: name for name in NAMES})  # type: ignore[misc]
 
@@ -61,11 +62,11 @@ def _failure_message(error: Exception) -> str | None:
     return None
 
 
-def command(function: F) -> F:
+def command(function: Callable[Params, Result]) -> Callable[Params, Result]:
     """Turn known failures into a clear message and an exit code instead of a traceback."""
 
     @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: Params.args, **kwargs: Params.kwargs) -> Result:
         try:
             return function(*args, **kwargs)
         except SettingsError as error:
@@ -78,7 +79,7 @@ def command(function: F) -> F:
             errors.print(f"[red]coachpipe:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def settings() -> Settings:

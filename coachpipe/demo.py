@@ -36,6 +36,7 @@ from uuid import UUID
 import jwt
 import psycopg
 import redis
+from pydantic import SecretStr
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -112,8 +113,19 @@ def _demo_token(secret: str, coach: UUID, name: str) -> str:
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
+def dashboard_url(api: str, coach: UUID, secret: SecretStr | None, name: str = "") -> str:
+    """The dashboard of `coach`, signed in with a demo token when the project secret is known.
+
+    A project verified by its JWKS only (no SUPABASE_JWT_SECRET) cannot get a token from us.
+    """
+    page = f"{api}/dashboard?coach={coach}"
+    if secret is None:
+        return f"{page} (sign in with an access token of the project)"
+    return f"{page}#token={_demo_token(secret.get_secret_value(), coach, name)}"
+
+
 def _watch_notices(client: redis.Redis, board: _Board, stop: threading.Event) -> None:
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     pubsub.subscribe(*(keys.updates_channel(c) for c in board.coaches))
     while not stop.is_set():
         try:
@@ -374,21 +386,17 @@ def _run(
         load(dsn, SeedPlan(coaches=coaches))
     with psycopg.connect(dsn, autocommit=True) as conn:
         chosen = pick_coaches(conn, TRAFFIC_COACHES, seed=7)
-        names = dict(
+        names: dict[UUID, str] = dict(
             conn.execute("SELECT id, full_name FROM users WHERE id = ANY(%s)", (chosen,)).fetchall()
         )
     client = redis.Redis.from_url(settings.require_redis_url())
     board = _Board(coaches=chosen, names=names)
-    token = _demo_token(
-        settings.supabase_jwt_secret.get_secret_value(),  # type: ignore[union-attr]
-        chosen[0],
-        names.get(chosen[0], ""),
-    )
     api = f"http://{settings.api_host}:{settings.api_port}"
     flower_port = FLOWER_PORT if not port_is_open(FLOWER_PORT) else free_port()
     logs = Path(settings.data_dir).resolve() / "logs"
     urls = [
-        f"dashboard: {api}/dashboard?coach={chosen[0]}#token={token}",
+        "dashboard: "
+        + dashboard_url(api, chosen[0], settings.supabase_jwt_secret, names.get(chosen[0], "")),
         f"flower:    http://127.0.0.1:{flower_port} (basic auth: FLOWER_BASIC_AUTH, demo:demo)",
         f"logs:      {logs}",
         f"CLI:       .venv/bin/coachpipe status (it reads {demo_env} while the demo runs)",

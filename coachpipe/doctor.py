@@ -208,10 +208,11 @@ def _redis_check(settings: Settings) -> Check:
 
 
 def _broker_check(settings: Settings) -> Check:
-    from kombu import Connection
+    from kombu.connection import Connection
 
     try:
-        with Connection(settings.require_broker_url(), connect_timeout=5) as connection:
+        broker = settings.require_broker_url()
+        with Connection(broker, connect_timeout=5) as connection:  # type: ignore[no-untyped-call]
             connection.ensure_connection(max_retries=1, timeout=5)
             transport = connection.transport_cls
     except Exception as error:

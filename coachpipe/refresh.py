@@ -41,7 +41,9 @@ def refresh_coaches(
     store = AggregateStore(redis.Redis.from_url(settings.require_redis_url()))
     if coach_ids is None:
         total = count_active_coaches(engine)
-        coach_batches = list(active_coach_batches(engine, settings.refresh_batch_size))
+        coach_batches: list[Sequence[UUID]] = list(
+            active_coach_batches(engine, settings.refresh_batch_size)
+        )
     else:
         total = len(coach_ids)
         coach_batches = list(batches(coach_ids, settings.refresh_batch_size))

@@ -13,15 +13,18 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 from uuid import UUID, uuid4
 
 import psycopg
+from psycopg.rows import TupleRow
 
 from config import Settings
 from pipeline.db import libpq_dsn
 
 COMMENTS = ("Clear next steps.", "Great energy today.", "We went deep on priorities.", "Useful!")
 MAX_ATTEMPTS = 20
+Item = TypeVar("Item")
 KINDS = {  # kind → weight
     "book": 25,
     "complete": 20,
@@ -58,7 +61,7 @@ class ChangeWriter:
     """Writes one realistic change per call on an autocommit connection."""
 
     def __init__(
-        self, conn: psycopg.Connection[object], coaches: list[UUID], seed: int = 7
+        self, conn: psycopg.Connection[TupleRow], coaches: list[UUID], seed: int = 7
     ) -> None:
         if not coaches:
             raise ValueError("no coaches to write changes for; run `coachpipe seed` first")
@@ -108,7 +111,7 @@ class ChangeWriter:
             return Change(kind, table, coaches, time.time() * 1000)
         raise RuntimeError(f"no change possible after {MAX_ATTEMPTS} attempts")
 
-    def _pop(self, items: list[object]) -> object:
+    def _pop(self, items: list[Item]) -> Item:
         return items.pop(self.rng.randrange(len(items)))
 
     def _book(self, coach: UUID) -> tuple[str, tuple[UUID, ...]]:
@@ -129,30 +132,30 @@ class ChangeWriter:
         book = self.books[coach]
         if not book.scheduled:
             return self._book(coach)
-        session = self._pop(book.scheduled)  # type: ignore[arg-type]
+        session = self._pop(book.scheduled)
         row = self.conn.execute(
             "UPDATE sessions SET status = 'completed', completed_at = now() WHERE id = %s"
             " RETURNING client_id",
             (session,),
         ).fetchone()
         if row is not None:
-            book.unrated.append((session, row[0]))  # type: ignore[arg-type]
+            book.unrated.append((session, row[0]))
         return "sessions", (coach,)
 
     def _cancel(self, coach: UUID) -> tuple[str, tuple[UUID, ...]]:
         book = self.books[coach]
         if not book.scheduled:
             return self._book(coach)
-        session = self._pop(book.scheduled)  # type: ignore[arg-type]
+        session = self._pop(book.scheduled)
         self.conn.execute("UPDATE sessions SET status = 'cancelled' WHERE id = %s", (session,))
-        book.cancelled.append(session)  # type: ignore[arg-type]
+        book.cancelled.append(session)
         return "sessions", (coach,)
 
     def _rate(self, coach: UUID) -> tuple[str, tuple[UUID, ...]]:
         book = self.books[coach]
         if not book.unrated:
             return self._complete(coach)
-        session, client = self._pop(book.unrated)  # type: ignore[misc]
+        session, client = self._pop(book.unrated)
         self.conn.execute(
             "INSERT INTO session_ratings (session_id, coach_id, client_id, rating)"
             " VALUES (%s, %s, %s, %s)",
@@ -210,21 +213,21 @@ class ChangeWriter:
         other = self.rng.choice(self.coaches)
         if not book.scheduled or other == coach:
             return self._book(coach)
-        session = self._pop(book.scheduled)  # type: ignore[arg-type]
+        session = self._pop(book.scheduled)
         self.conn.execute("UPDATE sessions SET coach_id = %s WHERE id = %s", (other, session))
-        self.books[other].scheduled.append(session)  # type: ignore[arg-type]
+        self.books[other].scheduled.append(session)
         return "sessions", (coach, other)
 
     def _delete_cancelled(self, coach: UUID) -> tuple[str, tuple[UUID, ...]]:
         book = self.books[coach]
         if not book.cancelled:
             return self._cancel(coach)
-        session = self._pop(book.cancelled)  # type: ignore[arg-type]
+        session = self._pop(book.cancelled)
         self.conn.execute("DELETE FROM sessions WHERE id = %s", (session,))
         return "sessions", (coach,)
 
 
-def pick_coaches(conn: psycopg.Connection[object], count: int, seed: int) -> list[UUID]:
+def pick_coaches(conn: psycopg.Connection[TupleRow], count: int, seed: int) -> list[UUID]:
     """`count` active coaches, the same ones for the same seed."""
     rows = conn.execute(
         "SELECT id FROM users WHERE role = 'coach' AND status <> 'archived' ORDER BY id"

@@ -230,10 +230,6 @@ class Settings(BaseSettings):
             return self.broker_url.get_secret_value()
         return self.require_redis_url()
 
-    @property
-    def debounce_s(self) -> float:
-        return self.debounce_ms / 1000
-
 
 def _require(value: SecretStr | None, name: str) -> str:
     if value is None:

@@ -38,10 +38,11 @@ from pipeline import keys, metrics
 from pipeline.aggregates import Aggregate, JSONValue
 from pipeline.aggregates.base import compute_all
 from pipeline.coaches import ACTIVE_COACHES
-from pipeline.read import StoredAggregate, read_aggregate
+from pipeline.read import read_aggregate
 from pipeline.recompute import database_clock, recompute
 from pipeline.redis_values import as_text
 from pipeline.store import AggregateStore
+from pipeline.stored import StoredAggregate
 from pipeline.tables import users
 
 log = structlog.get_logger("pipeline.audit")

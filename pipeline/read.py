@@ -2,66 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
-import orjson
 import redis
 
 from pipeline import keys
-from pipeline.aggregates import NAMES, JSONValue, get
-from pipeline.redis_values import as_text
-
-
-@dataclass(frozen=True)
-class StoredAggregate:
-    coach_id: UUID
-    aggregate: str
-    version: int
-    computed_at: datetime
-    as_of: datetime
-    """The database clock of the snapshot the value was computed from."""
-    schema_version: int
-    value: JSONValue
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "coach_id": str(self.coach_id),
-            "aggregate": self.aggregate,
-            "version": self.version,
-            "computed_at": self.computed_at.isoformat(),
-            "as_of": self.as_of.isoformat(),
-            "schema_version": self.schema_version,
-            "value": self.value,
-        }
-
-
-_FIELDS = ("version", "computed_at", "schema", "value", "as_of")
-
-
-def _decode(coach_id: UUID, aggregate: str, fields: list[Any]) -> StoredAggregate | None:
-    if fields[0] is None:
-        return None
-    version, computed_at, schema, value, as_of = fields
-    return StoredAggregate(
-        coach_id=coach_id,
-        aggregate=aggregate,
-        version=int(version),
-        computed_at=datetime.fromisoformat(as_text(computed_at)),
-        as_of=datetime.fromisoformat(as_text(as_of)),
-        schema_version=int(schema),
-        value=orjson.loads(value),
-    )
+from pipeline.aggregates import NAMES, get
+from pipeline.stored import HASH_FIELDS, StoredAggregate
 
 
 def read_aggregate(client: redis.Redis, coach_id: UUID, aggregate: str) -> StoredAggregate | None:
     """One coach's aggregate, or None when nothing is stored for that coach."""
     get(aggregate)  # raises UnknownAggregateError for a name outside the registry
-    fields = client.hmget(keys.aggregate(aggregate, coach_id), _FIELDS)
-    return _decode(coach_id, aggregate, list(fields))
+    fields = client.hmget(keys.aggregate(aggregate, coach_id), HASH_FIELDS)
+    return StoredAggregate.from_hash(coach_id, aggregate, list(fields))
 
 
 def read_all(
@@ -72,10 +28,17 @@ def read_all(
     pipe = client.pipeline(transaction=False)
     for name in names:
         get(name)
-        pipe.hmget(keys.aggregate(name, coach_id), _FIELDS)
+        pipe.hmget(keys.aggregate(name, coach_id), HASH_FIELDS)
+    return stored_by_name(coach_id, names, pipe.execute()) or None
+
+
+def stored_by_name(
+    coach_id: UUID, names: Sequence[str], replies: Sequence[Sequence[Any]]
+) -> dict[str, StoredAggregate]:
+    """The aggregates stored for a coach, from HMGET replies of `HASH_FIELDS` in `names` order."""
     found = {}
-    for name, fields in zip(names, pipe.execute(), strict=True):
-        stored = _decode(coach_id, name, fields)
+    for name, fields in zip(names, replies, strict=True):
+        stored = StoredAggregate.from_hash(coach_id, name, fields)
         if stored is not None:
             found[name] = stored
-    return found or None
+    return found

@@ -19,17 +19,19 @@ import redis
 from pipeline import keys
 from pipeline.aggregates import JSONValue
 from pipeline.lua import Lua, run_pipeline
+from pipeline.stored import StoredAggregate
 
 STORE_IF_NEWER = """
-local current = redis.call('HGET', KEYS[1], 'version')
-if current and tonumber(current) >= tonumber(ARGV[1]) then
+local current = redis.call('HGET', KEYS[1], ARGV[2])
+if current and tonumber(current) >= tonumber(ARGV[3]) then
     return 0
 end
-redis.call('HSET', KEYS[1], 'version', ARGV[1], 'computed_at', ARGV[2], 'schema', ARGV[3],
-           'value', ARGV[4], 'as_of', ARGV[5])
-redis.call('PUBLISH', KEYS[2], ARGV[6])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PUBLISH', KEYS[2], ARGV[1])
 return 1
 """
+"""KEYS: the aggregate's hash, the coach's updates channel. ARGV: the notice, then the hash's
+field, value pairs (`StoredAggregate.to_hash`), the version first."""
 
 
 @dataclass(frozen=True)
@@ -115,13 +117,22 @@ class AggregateStore:
                     snapshot_at=as_of,
                     commit_ms=(commit_ms or {}).get(coach_id),
                 )
+                stored = StoredAggregate(
+                    coach_id=coach_id,
+                    aggregate=aggregate,
+                    version=version,
+                    computed_at=computed_at,
+                    as_of=snapshot_at,
+                    schema_version=schema_version,
+                    value_json=orjson.dumps(value),
+                )
+                fields = [part for pair in stored.to_hash().items() for part in pair]
                 calls.append(
                     (
                         [keys.aggregate(aggregate, coach_id), keys.updates_channel(coach_id)],
-                        [version, computed, schema_version, orjson.dumps(value), as_of,
-                         notice.encode()],
+                        [notice.encode(), *fields],
                     )
-                )  # fmt: skip
+                )
                 order.append(aggregate)
 
         def build(pipe: Any) -> None:

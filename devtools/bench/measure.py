@@ -70,7 +70,8 @@ class NoticeCollector:
         return self
 
     def _run(self) -> None:
-        pubsub = redis.Redis.from_url(self.url).pubsub(ignore_subscribe_messages=True)
+        client = redis.Redis.from_url(self.url)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         pubsub.psubscribe(keys.UPDATES_PATTERN)
         self._ready.set()
         while not self._stop.is_set():

@@ -22,7 +22,7 @@ def _met(ok: bool | None) -> str:
 def _ratio(naive: Any, ours: Any) -> float | None:
     if not naive or not ours:
         return None
-    return round(naive / ours, 1)
+    return round(float(naive) / float(ours), 1)
 
 
 def _le(value: Any, goal: float) -> bool | None:
@@ -322,7 +322,7 @@ def plots(results: dict[str, Any], directory: Path, stem: str) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
+    written: list[Path] = []
     steady = results.get("steady", {})
     runs = [(name, run) for name, run in steady.items() if run and run.get("timeline")]
     if not runs:

@@ -377,7 +377,7 @@ def burst(stack: Stack, profile: Profile, naive: bool, hot: bool = False) -> dic
         "batches_held_until_visible": listener_metric(listener, "coachpipe_visibility_waits_total"),
     }
     if hot:
-        per_aggregate = defaultdict(int)
+        per_aggregate: defaultdict[str, int] = defaultdict(int)
         for observed in notices:
             if observed.notice.coach_id == str(coaches[0]):
                 per_aggregate[observed.notice.aggregate] += 1
@@ -552,13 +552,17 @@ def dedup_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
         observed = len(collector.notices)
         started = time.time()
         request_recomputes(runtime.dedup, [("coach-stats", coach)])
-        wait_for(lambda n=observed: len(collector.notices) > n, 10, interval=0.0005)
+
+        def arrived(seen: int = observed) -> bool:
+            return len(collector.notices) > seen
+
+        wait_for(arrived, 10, interval=0.0005)
         latencies.append((collector.notices[-1].received - started) * 1000)
     stack.quiesce(60)
 
     def throughput(batch_env: dict[str, str]) -> dict[str, Any]:
         stack.stop_processes()
-        stack.worker(name="solo", concurrency=1, **batch_env)
+        stack.worker(name="solo", concurrency=1, env=batch_env)
         collector.clear()
         keys_ = [("coach-stats", coach) for coach in coaches]
         started = time.time()

@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,11 +124,17 @@ class Stack:
 
     # --- processes ----------------------------------------------------------------------
     def worker(
-        self, name: str = "worker", concurrency: int = 2, *, fresh: bool = False, **env: str
+        self,
+        name: str = "worker",
+        concurrency: int = 2,
+        *,
+        fresh: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> Proc:
         """The running worker if its configuration matches, else a fresh one. A worker keeps
         no state between runs (what it knows is in Redis), so one start serves a whole stack;
         `fresh` restarts it, for runs that measure the worker's own memory."""
+        env = env or {}
         config = (concurrency, tuple(sorted(env.items())))
         worker = self.running_worker
         if worker is not None and self.worker_config == config and worker.alive() and not fresh:

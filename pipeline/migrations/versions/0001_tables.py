@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS public.goals (
 """
 
 # Each index serves a named reader: an aggregate's per-coach scan, the clock tick's time
-# boundaries (pipeline.clock) or the catch-up after a realtime outage (pipeline.catchup).
+# boundaries (pipeline.coaches.coaches_crossing) or the catch-up after a realtime outage
+# (pipeline.coaches.coaches_changed_since).
 INDEXES = """
 CREATE INDEX IF NOT EXISTS users_coach_clients_idx
     ON public.users (coach_id, full_name COLLATE "C", id) WHERE role = 'client';
