@@ -98,8 +98,6 @@ class SchedulerModel(RuleBasedStateMachine):
             del self.due[coach]
             self.commits.pop(coach, None)
         self.requested_since_taken -= taken
-        if expected and not prior:
-            self.stale_claims.discard(task)  # a fresh claim: its time is now
         self.tasks[task] = expected
         held = self.held_entries.setdefault(task, {})
         for coach in taken:
