@@ -25,7 +25,7 @@ def scheduler_for(
     return RecomputeScheduler(client, sender, window_ms=window_ms, stale_ms=stale_ms), sender
 
 
-def hammer(url: str, coach: str, times: int, start: float, out: multiprocessing.Queue) -> None:
+def hammer(url: str, coach: str, times: int, start: float, out: multiprocessing.Queue[int]) -> None:
     scheduler, sender = scheduler_for(url)
     while time.time() < start:
         time.sleep(0.001)  # a common start line, so the processes race
@@ -36,7 +36,7 @@ def hammer(url: str, coach: str, times: int, start: float, out: multiprocessing.
 
 def test_eight_processes_requesting_one_key_send_exactly_one_drain(redis_url: str) -> None:
     coach = str(uuid.uuid4())
-    out: multiprocessing.Queue = multiprocessing.Queue()
+    out: multiprocessing.Queue[int] = multiprocessing.Queue()
     start = time.time() + 0.5
     procs = [
         multiprocessing.Process(target=hammer, args=(redis_url, coach, 1000, start, out))

@@ -14,6 +14,7 @@ as many as the batch and the due set permit) instead of predicting them.
 
 from __future__ import annotations
 
+from typing import cast
 from uuid import UUID
 
 import redis
@@ -78,9 +79,12 @@ class SchedulerModel(RuleBasedStateMachine):
         seconds, micros = self.redis.time()
         return int(seconds) * 1000 + int(micros) // 1000
 
+    def _scores(self, key: str) -> dict[str, float]:
+        entries = cast("list[tuple[bytes, float]]", self.redis.zrange(key, 0, -1, withscores=True))
+        return {as_text(member): score for member, score in entries}
+
     def _due_in_redis(self) -> dict[UUID, float]:
-        raw = self.redis.zrange(keys.due(AGGREGATE), 0, -1, withscores=True)
-        return {UUID(as_text(coach)): score for coach, score in raw}
+        return {UUID(coach): score for coach, score in self._scores(keys.due(AGGREGATE)).items()}
 
     def _claim(self, task: str, batch: int) -> None:
         """Run `claim` as a drain task (or its redelivery) would, and check it against the
@@ -188,9 +192,9 @@ class SchedulerModel(RuleBasedStateMachine):
     def stale_time_passes(self, lose_queued_drains: bool) -> None:
         """More than stale_ms passes (optionally the broker loses the drains it held)."""
         for key in (keys.due(AGGREGATE), keys.claims(AGGREGATE), keys.last_run(AGGREGATE)):
-            entries = self.redis.zrange(key, 0, -1, withscores=True)
+            entries = self._scores(key)
             if entries:
-                self.redis.zadd(key, {member: score - AGE_MS for member, score in entries})
+                self.redis.zadd(key, {member: score - AGE_MS for member, score in entries.items()})
         self.redis.delete(
             keys.drain_scheduled(AGGREGATE), *(keys.wide_pending(a) for a in WIDE_AGGREGATES)
         )
@@ -233,13 +237,9 @@ class SchedulerModel(RuleBasedStateMachine):
         assert {coach: score < now - STALE_MS for coach, score in stored.items()} == self.due
         commits = self.redis.hgetall(keys.commits(AGGREGATE))
         assert {UUID(as_text(c)): int(v) for c, v in commits.items()} == self.commits
-        claims = self.redis.zrange(keys.claims(AGGREGATE), 0, -1, withscores=True)
-        assert {as_text(task) for task, _ in claims} == {
-            t for t, held in self.tasks.items() if held
-        }
-        assert {as_text(task) for task, score in claims if score < now - STALE_MS} == (
-            self.stale_claims
-        )
+        claims = self._scores(keys.claims(AGGREGATE))
+        assert set(claims) == {task for task, held in self.tasks.items() if held}
+        assert {task for task, at in claims.items() if at < now - STALE_MS} == self.stale_claims
         for task, held in self.tasks.items():
             raw = self.redis.hgetall(keys.claim(AGGREGATE, task))
             assert {UUID(as_text(c)): int(v) if v else None for c, v in raw.items()} == held
@@ -269,9 +269,14 @@ class SchedulerModel(RuleBasedStateMachine):
 
 def test_the_scheduler_behaves_like_its_model(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
+
+    class OnThisRedis(SchedulerModel):
+        def __init__(self) -> None:
+            super().__init__(client)
+
     try:
         run_state_machine_as_test(
-            lambda: SchedulerModel(client),
+            OnThisRedis,
             settings=settings(
                 max_examples=75,
                 stateful_step_count=40,
