@@ -1,4 +1,4 @@
-"""The listener loop: source → routing → dedup → Celery, plus heartbeat and catch-up.
+"""The listener loop: source → routing → recompute scheduler → Celery, plus heartbeat and catch-up.
 
 Blocking work (Redis round trips, broker publishes, catch-up queries) runs in one worker thread,
 in order, so the event loop keeps reading the socket while a batch is being enqueued.
@@ -25,13 +25,12 @@ from listeners.source import Batch, Resync, Source
 from pipeline import keys, metrics
 from pipeline.aggregates import CRITICAL
 from pipeline.coaches import coaches_changed_since
-from pipeline.dedup import Dedup
 from pipeline.events import ChangeEvent
 from pipeline.health import HealthBoard, ListenerHealth, ListenerState
 from pipeline.redis_values import as_text
 from pipeline.routing import Key, route
+from pipeline.scheduler import RecomputeScheduler, TaskSender
 from pipeline.visibility import wait_until_visible
-from tasks.enqueue import request_recomputes, request_wide_refresh
 
 log = structlog.get_logger("listeners.runner")
 T = TypeVar("T")
@@ -40,6 +39,14 @@ CATCH_UP_MARGIN = timedelta(seconds=5)
 SNAPSHOT_WAIT_S = 1.0
 """How long a batch waits for its transactions to become visible before it is sent anyway
 (normally microseconds; short enough not to hold the heartbeat, which shares the thread)."""
+
+
+def _celery_sender() -> TaskSender:
+    """The default: the environment's Celery app (until the app is passed in)."""
+    from tasks import app
+    from tasks.producer import CeleryTaskSender
+
+    return CeleryTaskSender(app)
 
 
 def new_listener_id(source: str) -> str:
@@ -55,14 +62,18 @@ class Listener:
         client: redis.Redis,
         engine: Engine,
         listener_id: str | None = None,
+        sender: TaskSender | None = None,
     ) -> None:
         self.source = source
         self.settings = settings
         self.engine = engine
         self.redis = client
         self.listener_id = listener_id or new_listener_id(source.name)
-        self.dedup = Dedup(
-            client, window_ms=settings.debounce_ms, stale_ms=int(settings.pending_stale_s * 1000)
+        self.scheduler = RecomputeScheduler(
+            client,
+            sender or _celery_sender(),
+            window_ms=settings.debounce_ms,
+            stale_ms=int(settings.pending_stale_s * 1000),
         )
         self.board = HealthBoard(client, stale_after_s=settings.heartbeat_stale_s)
         self.last_event_at: float | None = None
@@ -151,9 +162,9 @@ class Listener:
                 known = keys_due.get(key)
                 keys_due[key] = commit if known is None else min(known, commit or known)
         if keys_due:
-            request_recomputes(self.dedup, keys_due, keys_due)
+            self.scheduler.request(keys_due, keys_due)
         for aggregate, reason in wide.items():
-            request_wide_refresh(self.dedup, [aggregate], reason)
+            self.scheduler.request_wide([aggregate], reason)
         if newest is not None:
             self.last_event_at = max(newest, self.last_event_at or newest)
             self.redis.set(
@@ -188,11 +199,11 @@ class Listener:
         since = resync.since or self._stored_last_event()
         names = [aggregate.name for aggregate in CRITICAL]
         if since is None:
-            started = request_wide_refresh(self.dedup, names, f"catch-up: {resync.reason}")
+            started = self.scheduler.request_wide(names, f"catch-up: {resync.reason}")
             log.info("catch_up", reason=resync.reason, scope="all active coaches", started=started)
             return
         coaches = coaches_changed_since(self.engine, since, CATCH_UP_MARGIN)
-        request_recomputes(self.dedup, [(name, coach) for coach in coaches for name in names])
+        self.scheduler.request([(name, coach) for coach in coaches for name in names])
         log.info("catch_up", reason=resync.reason, since=since.isoformat(), coaches=len(coaches))
 
     def _stored_last_event(self) -> datetime | None:

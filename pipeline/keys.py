@@ -26,7 +26,7 @@ def updates_channel(coach_id: UUID | str) -> str:
 
 UPDATES_PATTERN = f"{PREFIX}:updates:*"
 
-# Dedup and debounce (pipeline.dedup).
+# The recompute scheduler (pipeline.scheduler: see its state table).
 
 
 def due(name: str) -> str:

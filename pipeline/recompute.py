@@ -1,7 +1,7 @@
 """Recompute one aggregate for a batch of coaches and store it, version first.
 
 Order matters and is the whole point of this module:
-1. the caller has already removed the coaches' pending markers (`Dedup.claim`);
+1. the caller has already removed the coaches' pending markers (`RecomputeScheduler.claim`);
 2. a version is taken (`AggregateStore.next_version`);
 3. one REPEATABLE READ, read-only snapshot is opened and every statement runs in it (several
    aggregates of the same coaches share it: a refresh of everything is one snapshot a batch);

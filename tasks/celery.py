@@ -26,6 +26,7 @@ from celery.signals import (
 from config import Settings, SettingsError, load_settings
 from config.logging import configure_logging
 from pipeline import keys
+from tasks.producer import CeleryTaskSender
 from tasks.runtime import Runtime
 from tasks.schedule import beat_schedule
 
@@ -79,8 +80,8 @@ def _load() -> Settings:
 
 
 settings = _load()
-runtime = Runtime(settings)
 app = Celery("coachpipe")
+runtime = Runtime(settings, CeleryTaskSender(app))
 try:
     app.conf.update(celery_config(settings))
 except SettingsError as error:

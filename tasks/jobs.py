@@ -24,7 +24,6 @@ from pipeline.coaches import active_coach_batches, coaches_crossing
 from pipeline.health import Color
 from pipeline.recompute import recompute
 from tasks.celery import REFRESH_QUEUE, app, runtime, settings
-from tasks.enqueue import enqueue_drain, request_recomputes
 
 log = structlog.get_logger("tasks.jobs")
 
@@ -59,15 +58,13 @@ FALLBACK_LAST_RUN = "fallback"
 def drain(self: Any, aggregate: str) -> dict[str, Any]:
     """Recompute every coach of `aggregate` that is due, in one set-based batch."""
     definition = get(aggregate)
-    claim = runtime.dedup.claim(aggregate, self.request.id, settings.recompute_batch_size)
-    if claim.follow_up_s is not None:
-        enqueue_drain(aggregate, claim.follow_up_s)
+    claim = runtime.scheduler.claim(aggregate, self.request.id, settings.recompute_batch_size)
     result = None
     if claim.coaches:
         result = recompute(
             runtime.engine, runtime.store, definition, claim.coaches, commit_ms=claim.commit_ms
         )
-    runtime.dedup.release(aggregate, self.request.id)
+    runtime.scheduler.release(aggregate, self.request.id)
     return {"aggregate": aggregate, "coaches": len(claim.coaches), "stale": result and result.stale}
 
 
@@ -108,7 +105,7 @@ def _mark_refreshed(*names: str) -> None:
 def refresh_all(aggregate: str, reason: str = "manual") -> dict[str, Any]:
     """Refresh `aggregate` for every active coach, in parallel batches."""
     get(aggregate)
-    runtime.dedup.start_wide(aggregate)
+    runtime.scheduler.start_wide(aggregate)
     coaches = _fan_out([aggregate], expires=None)
     _mark_refreshed(aggregate)
     log.info("refresh_all_enqueued", aggregate=aggregate, coaches=coaches, reason=reason)
@@ -126,7 +123,7 @@ def tick_clock(aggregate: str) -> dict[str, Any]:
         since = datetime.fromisoformat(raw.decode()) if raw else until
         crossing = coaches_crossing(connection, definition, since, until)
     if crossing:
-        request_recomputes(runtime.dedup, [(aggregate, coach) for coach in crossing])
+        runtime.scheduler.request([(aggregate, coach) for coach in crossing])
     runtime.redis.set(key, until.isoformat())
     return {"aggregate": aggregate, "coaches": len(crossing)}
 
@@ -177,9 +174,7 @@ def sweep() -> dict[str, Any]:
     """Requeue coaches of claims whose drain task vanished; re-enqueue lost drains."""
     requeued = {}
     for aggregate in CRITICAL:
-        count, countdown = runtime.dedup.sweep(aggregate.name)
-        if countdown is not None:
-            enqueue_drain(aggregate.name, countdown)
+        count = runtime.scheduler.sweep(aggregate.name)
         if count:
             requeued[aggregate.name] = count
     if requeued:

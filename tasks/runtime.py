@@ -1,4 +1,4 @@
-"""Per-process resources of a worker or beat: engine, Redis client, store, dedup, health board.
+"""Per-process resources of a worker or beat: engine, Redis client, store, scheduler, health board.
 
 Created lazily on first use and dropped after a fork, so prefork children never share a
 connection with their parent.
@@ -14,14 +14,15 @@ from sqlalchemy import Engine
 
 from config import Settings
 from pipeline.db import make_engine
-from pipeline.dedup import Dedup
 from pipeline.health import HealthBoard
+from pipeline.scheduler import RecomputeScheduler, TaskSender
 from pipeline.store import AggregateStore
 
 
 @dataclass
 class Runtime:
     settings: Settings
+    sender: TaskSender
 
     @cached_property
     def engine(self) -> Engine:
@@ -42,9 +43,10 @@ class Runtime:
         return AggregateStore(self.redis)
 
     @cached_property
-    def dedup(self) -> Dedup:
-        return Dedup(
+    def scheduler(self) -> RecomputeScheduler:
+        return RecomputeScheduler(
             self.redis,
+            self.sender,
             window_ms=self.settings.debounce_ms,
             stale_ms=int(self.settings.pending_stale_s * 1000),
         )
@@ -57,5 +59,5 @@ class Runtime:
         """Forget inherited connections; the child opens its own on first use."""
         if "engine" in self.__dict__:
             self.engine.dispose(close=False)
-        for name in ("engine", "redis", "store", "dedup", "board"):
+        for name in ("engine", "redis", "store", "scheduler", "board"):
             self.__dict__.pop(name, None)

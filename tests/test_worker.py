@@ -26,9 +26,8 @@ SMALL = seed.SeedPlan(coaches=3, clients_per_coach=4, sessions_per_client=3)
 
 def request(keys: Any) -> None:
     from tasks.celery import runtime
-    from tasks.enqueue import request_recomputes
 
-    request_recomputes(runtime.dedup, keys)
+    runtime.scheduler.request(keys)
 
 
 def request_all(coaches: list[uuid.UUID]) -> None:
@@ -175,7 +174,6 @@ def test_worker_metrics_are_served_with_the_named_series(
     from coachpipe.embedded import free_port
     from devtools.scrape import scrape
     from tasks.celery import runtime
-    from tasks.enqueue import request_recomputes
 
     port = free_port()
     proc = start_worker(
@@ -186,7 +184,7 @@ def test_worker_metrics_are_served_with_the_named_series(
         coaches = coach_ids(database_url)
         now_ms = int(clock.time() * 1000)
         keys = [(name, coach) for coach in coaches for name in CRITICAL_NAMES]
-        request_recomputes(runtime.dedup, keys, dict.fromkeys(keys, now_ms))
+        runtime.scheduler.request(keys, dict.fromkeys(keys, now_ms))
         settle(database_url, redis_client, coaches)
         assert scrape(port, "coachpipe_recomputed_coaches_total", aggregate="coach-stats") == len(
             coaches

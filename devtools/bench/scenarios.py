@@ -542,7 +542,6 @@ def dedup_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
     """Issue-4 figures: enqueue → stored on loopback (idle keys: no debounce wait), recomputes
     per second of one worker process, batched and not."""
     from tasks.celery import runtime
-    from tasks.enqueue import request_recomputes
 
     collector = NoticeCollector(stack.env["REDIS_URL"]).start()
     coaches = _coaches(stack, stack.coaches)
@@ -551,7 +550,7 @@ def dedup_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
     for coach in coaches[: profile.micro_samples]:
         observed = len(collector.notices)
         started = time.time()
-        request_recomputes(runtime.dedup, [("coach-stats", coach)])
+        runtime.scheduler.request([("coach-stats", coach)])
 
         def arrived(seen: int = observed) -> bool:
             return len(collector.notices) > seen
@@ -566,7 +565,7 @@ def dedup_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
         collector.clear()
         keys_ = [("coach-stats", coach) for coach in coaches]
         started = time.time()
-        request_recomputes(runtime.dedup, keys_)
+        runtime.scheduler.request(keys_)
         wait_for(
             lambda: len(collector.notices) >= len(keys_),
             600,

@@ -1,0 +1,42 @@
+-- Mark coaches of one aggregate due (RecomputeScheduler.request).
+-- KEYS: due, last_run, drain_scheduled, commits
+-- ARGV: window_ms, stale_ms, then (coach, commit_ms or "") pairs
+-- Returns {enqueued, suppressed, countdown_ms of the drain to send (-1: none)}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+local stale = tonumber(ARGV[2])
+local enqueued, suppressed, earliest = 0, 0, nil
+for i = 3, #ARGV, 2 do
+    local coach, commit = ARGV[i], ARGV[i + 1]
+    local pending = redis.call('ZSCORE', KEYS[1], coach)
+    if pending and now - tonumber(pending) < stale then
+        suppressed = suppressed + 1
+    else
+        local due = now
+        local last = redis.call('ZSCORE', KEYS[2], coach)
+        if last and tonumber(last) + window > now then
+            due = tonumber(last) + window
+        end
+        redis.call('ZADD', KEYS[1], due, coach)
+        if commit ~= '' then
+            redis.call('HSETNX', KEYS[4], coach, commit)
+        end
+        enqueued = enqueued + 1
+        if pending then
+            redis.call('DEL', KEYS[3])  -- the drain that should have taken it was lost
+        end
+        if earliest == nil or due < earliest then
+            earliest = due
+        end
+    end
+end
+local countdown = -1
+if earliest ~= nil then
+    local scheduled = redis.call('GET', KEYS[3])
+    if not scheduled or tonumber(scheduled) > earliest then
+        redis.call('SET', KEYS[3], earliest, 'PX', earliest - now + stale)
+        countdown = earliest - now
+    end
+end
+return {enqueued, suppressed, countdown}
