@@ -200,6 +200,23 @@ def test_beat_schedules_again_after_its_redis_pauses_for_20s(
         assert_each_sent_once_per_interval(sent(broker, schedule), schedule)
 
 
+def test_beat_started_while_its_redis_is_down_waits_for_it(
+    service_env: dict[str, str], schedule: Schedule, tmp_path: Path, own_redis: PrivateRedis
+) -> None:
+    env = {**service_env, "REDIS_URL": own_redis.url}
+    broker = redis.Redis.from_url(env["BROKER_URL"])
+    broker.flushdb()
+    own_redis.stop()
+    scheduler = beat(env, tmp_path, "beat")
+    with running(scheduler):
+        wait_for(lambda: "beat_redis_unavailable" in scheduler.output(), 30, interval=0.2,
+                 message=f"beat to find Redis down:\n{scheduler.output()[-3000:]}")  # fmt: skip
+        own_redis.start()
+        wait_for(lambda: sent(broker, schedule), 30, interval=0.2,
+                 message=f"a first send:\n{scheduler.output()[-3000:]}")  # fmt: skip
+        assert scheduler.alive()
+
+
 def _answers(client: redis.Redis) -> bool:
     try:
         return bool(client.ping())
