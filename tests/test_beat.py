@@ -195,8 +195,8 @@ def test_beat_schedules_again_after_its_redis_pauses_for_20s(
         resumed = time.time()
         wait_for(lambda: len(sent_after(broker, schedule, resumed).get("realtime-status", [])) >= 3,
                  30, interval=0.2, message="sends after the pause")  # fmt: skip
-        first = min(map(min, sent_after(broker, schedule, resumed).values()))
-        print(f"paused: first send {first - resumed:.2f} s after Redis answered again")
+        again = min(map(min, sent_after(broker, schedule, resumed).values()))
+        print(f"paused: first send {again - resumed:.2f} s after Redis answered again")
         assert first.alive() and second.alive()
         assert len(lock_holders(first, second)) == 1
         assert_each_sent_once_per_interval(sent(broker, schedule), schedule)
