@@ -56,11 +56,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
         # Beat: schedule and lock in Redis, so a second beat stands by instead of doubling work.
-        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "beat_scheduler": "tasks.beat_scheduler.ResilientScheduler",
         "redbeat_redis_url": settings.require_redis_url(),
-        "redbeat_redis_options": {},
+        "redbeat_redis_options": {"socket_timeout": 5, "socket_connect_timeout": 5},
         "redbeat_key_prefix": f"{keys.PREFIX}:redbeat",
-        "redbeat_lock_timeout": 15,
+        "redbeat_lock_timeout": 6,  # a standby takes over within ~7 s
         "beat_max_loop_interval": 1,
         "beat_schedule": beat_schedule(settings),
     }

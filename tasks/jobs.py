@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from pipeline import keys
 from pipeline.aggregates import CRITICAL, NAMES, get
+from pipeline.clock import Marker, tick_window
 from pipeline.coaches import active_coach_batches, coaches_crossing
 from pipeline.health import Color
 from pipeline.recompute import recompute
@@ -120,8 +121,11 @@ def tick_clock(aggregate: str) -> dict[str, Any]:
     with runtime.engine.connect() as connection:
         until: datetime = connection.execute(select(func.now())).scalar_one()
         raw = runtime.redis.get(key)
-        since = datetime.fromisoformat(raw.decode()) if raw else until
-        crossing = coaches_crossing(connection, definition, since, until)
+        window = tick_window(raw.decode() if raw else None, until)
+        if window.marker is not Marker.FOUND:
+            log.warning("clock_tick_marker_unusable", aggregate=aggregate, marker=window.marker,
+                        since=window.since.isoformat())  # fmt: skip
+        crossing = coaches_crossing(connection, definition, window.since, until)
     if crossing:
         runtime.scheduler.request([(aggregate, coach) for coach in crossing])
     runtime.redis.set(key, until.isoformat())

@@ -1,19 +1,27 @@
-"""The clock tick finds every coach whose aggregate changes with time alone."""
+"""The clock tick finds every coach whose aggregate changes with time alone, also after a\nfresh start with no marker of the last tick."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from uuid import UUID
 
+import psycopg
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
-from pipeline.aggregates import CRITICAL
+from devtools.processes import Proc, wait_for
+from pipeline import keys, seed
+from pipeline.aggregates import CRITICAL, REGISTRY
+from pipeline.clock import LONGEST_BOUNDARY, Marker, TickWindow, tick_window
 from pipeline.coaches import coaches_crossing
 from pipeline.db import make_engine
+from pipeline.read import read_aggregate
 from tests.datasets import datasets
+from tests.pipeline_checks import coach_ids, mismatches, settle
 from tests.test_aggregates_oracle import load
 
 # Sparse datasets on the window edges and mostly short steps, as between two ticks, so that
@@ -51,3 +59,78 @@ def test_coaches_outside_the_crossing_set_keep_their_value(
             crossing = coaches_crossing(conn, aggregate, as_of, later)
             changed = {c for c in coach_ids if before[c] != after[c]}
             assert changed <= crossing, aggregate.name
+
+
+UNTIL = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("last_tick", "since", "marker"),
+    [
+        (None, UNTIL - LONGEST_BOUNDARY, Marker.MISSING),
+        ("", UNTIL - LONGEST_BOUNDARY, Marker.UNREADABLE),
+        ("yesterday", UNTIL - LONGEST_BOUNDARY, Marker.UNREADABLE),
+        ("2026-03-01T11:59:58", UNTIL - LONGEST_BOUNDARY, Marker.UNREADABLE),  # no zone
+        ((UNTIL - 2 * SECOND).isoformat(), UNTIL - 2 * SECOND, Marker.FOUND),
+        ((UNTIL - 2 * SECOND).astimezone(timezone(timedelta(hours=-5))).isoformat(),
+         UNTIL - 2 * SECOND, Marker.FOUND),
+        (UNTIL.isoformat(), UNTIL, Marker.FOUND),  # an empty window
+        ((UNTIL - timedelta(days=90)).isoformat(), UNTIL - timedelta(days=90), Marker.FOUND),
+        ((UNTIL + SECOND).isoformat(), UNTIL, Marker.AHEAD),
+    ],
+)  # fmt: skip
+def test_the_tick_window_never_starts_at_now_without_a_marker(
+    last_tick: str | None, since: datetime, marker: Marker
+) -> None:
+    assert tick_window(last_tick, UNTIL) == TickWindow(since, marker)
+
+
+def test_the_safe_window_is_the_longest_declared_boundary() -> None:
+    offsets = [o for a in REGISTRY for b in a.time_boundaries for o in b.offsets]
+    assert LONGEST_BOUNDARY == max(offsets) == timedelta(days=60)
+
+
+THIRTY_DAY_AGGREGATES = ("coach-stats", "coach-insights")
+
+
+def stored_as_of(client: redis.Redis, coach: UUID, name: str) -> datetime:
+    stored = read_aggregate(client, coach, name)
+    assert stored is not None
+    return stored.as_of
+
+
+def test_a_session_crossing_30_days_while_no_tick_marker_existed_ends_correct(
+    database_url: str, redis_client: redis.Redis, worker: Proc
+) -> None:
+    """Values are stored, a session completed just under 30 days before them leaves the
+    30-day window, then the first tick runs with no marker (a fresh start): it must
+    recompute that coach."""
+    from tasks.celery import runtime
+    from tasks.enqueue import request_recomputes
+    from tasks.jobs import tick_clock
+
+    seed.load(database_url, seed.SeedPlan(coaches=2, clients_per_coach=2, sessions_per_client=2))
+    coaches = coach_ids(database_url)
+    request_recomputes(runtime.dedup, [(a.name, c) for c in coaches for a in CRITICAL])
+    settle(database_url, redis_client, coaches)
+    coach = coaches[0]
+    stored_at = min(stored_as_of(redis_client, coach, name) for name in THIRTY_DAY_AGGREGATES)
+    with psycopg.connect(database_url) as conn:
+        # No change event follows: only the clock moves this session out of "the last 30 days".
+        conn.execute(
+            "UPDATE sessions SET status = 'completed', completed_at = %s WHERE id = "
+            "(SELECT id FROM sessions WHERE coach_id = %s LIMIT 1)",
+            (stored_at - timedelta(days=30) + timedelta(milliseconds=1), coach),
+        )
+    assert not redis_client.keys(f"{keys.CLOCK_LAST_TICK}:*"), "no tick has run yet"
+    for name in THIRTY_DAY_AGGREGATES:
+        tick_clock(name)
+
+    def recomputed_and_right() -> bool:
+        later = all(
+            stored_as_of(redis_client, coach, name) > stored_at for name in THIRTY_DAY_AGGREGATES
+        )
+        return later and not mismatches(database_url, redis_client, [coach], THIRTY_DAY_AGGREGATES)
+
+    wait_for(recomputed_and_right, 30, interval=0.2, message="the crossing coach recomputed")
