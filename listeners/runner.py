@@ -27,6 +27,7 @@ from pipeline.aggregates import CRITICAL
 from pipeline.coaches import coaches_changed_since
 from pipeline.dedup import Dedup
 from pipeline.events import ChangeEvent
+from pipeline.freshness import Freshness
 from pipeline.health import HealthBoard, ListenerHealth, ListenerState
 from pipeline.redis_values import as_text
 from pipeline.routing import Key, route
@@ -65,6 +66,7 @@ class Listener:
             client, window_ms=settings.debounce_ms, stale_ms=int(settings.pending_stale_s * 1000)
         )
         self.board = HealthBoard(client, stale_after_s=settings.heartbeat_stale_s)
+        self.freshness = Freshness(client)
         self.last_event_at: float | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enqueue")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -151,6 +153,7 @@ class Listener:
                 known = keys_due.get(key)
                 keys_due[key] = commit if known is None else min(known, commit or known)
         if keys_due:
+            self.freshness.register(events)  # before the requests: see pipeline.freshness
             request_recomputes(self.dedup, keys_due, keys_due)
         for aggregate, reason in wide.items():
             request_wide_refresh(self.dedup, [aggregate], reason)
