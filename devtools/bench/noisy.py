@@ -51,6 +51,10 @@ class NoisyNeighbour:
         self._started = time.monotonic()
         return self
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
     def stop(self) -> None:
         if self._proc is None:
             return
