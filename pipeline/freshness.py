@@ -124,8 +124,8 @@ class Freshness:
             for call_keys in calls:
                 self._script.queue(pipe, call_keys, args)
 
-        latencies = [ms / 1000 for found in run_pipeline(self._redis, [self._script], build)
-                     for ms in found]  # fmt: skip
+        completed = run_pipeline(self._redis, [self._script], build)
+        latencies = [ms / 1000 for found in completed for ms in found]
         for seconds in latencies:
             metrics.CHANGE_FRESHNESS_SECONDS.observe(seconds)
         return latencies
