@@ -108,7 +108,8 @@ def rows(
         change = run.get("commit_to_all_stored_ms", {})
         out.append(
             (
-                "  burst: commit → every routed aggregate stored, per change p50/p95/p99/max (ms)",
+                f"  burst{noise}: commit → every routed aggregate stored, per change "
+                "p50/p95/p99/max (ms)",
                 f"{_quartet(change)} (missing {_fmt(change.get('missing'))})",
                 "",
                 "-",
@@ -145,8 +146,8 @@ def rows(
         change = run.get("commit_to_all_stored_ms", {})
         out.append(
             (
-                "  hot coach: commit → every routed aggregate stored, per change p50/p95/p99/max"
-                " (ms)",
+                f"  hot coach{noise}: commit → every routed aggregate stored, per change "
+                "p50/p95/p99/max (ms)",
                 f"{_quartet(change)} (missing {_fmt(change.get('missing'))})",
                 "",
                 "-",
