@@ -12,6 +12,7 @@ from rich.table import Table
 from config import Settings
 from pipeline import keys
 from pipeline.aggregates import NAMES
+from pipeline.freshness import summary as freshness_summary
 from pipeline.health import HealthBoard
 from pipeline.redis_values import as_text
 
@@ -62,6 +63,7 @@ def gather(settings: Settings) -> dict[str, Any]:
         "pending_recomputes": {name: counts[2 * i] for i, name in enumerate(NAMES)},
         "claimed_recomputes": {name: counts[2 * i + 1] for i, name in enumerate(NAMES)},
         "slot": _slot(settings),
+        "freshness": freshness_summary(client),
         "last_refresh": {
             name: datetime.fromtimestamp(stamp, UTC).isoformat() for name, stamp in last.items()
         },
@@ -101,6 +103,12 @@ def render(report: dict[str, Any], console: Console) -> None:
             report["last_refresh"].get(name, "-"),
         )
     console.print(pending)
+    fresh = report["freshness"]
+    console.print(
+        f"freshness, commit → every aggregate stored, last {fresh['minutes']} min: "
+        f"p50 {fresh['p50_ms'] or '-'} ms, p99 {fresh['p99_ms'] or '-'} ms "
+        f"({fresh['changes']} changes)"
+    )
     slot = report["slot"]
     if slot is None:
         console.print("slot: none yet (created by the first `coachpipe listen --source postgres`)")

@@ -46,6 +46,9 @@ class Change:
     coaches: tuple[UUID, ...]
     commit_ms: float
     """Wall clock (ms) right after the commit returned."""
+    sent_ms: float
+    """Wall clock (ms) right before the change's statement (an autocommit transaction) was
+    sent: the commit became visible somewhere in [sent_ms, commit_ms]."""
 
 
 @dataclass
@@ -103,12 +106,13 @@ class ChangeWriter:
         for _ in range(MAX_ATTEMPTS):
             chosen = coach or self.rng.choice(self.coaches)
             kind = self.rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
+            sent_ms = time.time() * 1000
             try:
                 table, coaches = getattr(self, f"_{kind}")(chosen)
             except psycopg.errors.IntegrityError:
                 self.conflicts += 1
                 continue
-            return Change(kind, table, coaches, time.time() * 1000)
+            return Change(kind, table, coaches, time.time() * 1000, sent_ms)
         raise RuntimeError(f"no change possible after {MAX_ATTEMPTS} attempts")
 
     def _pop(self, items: list[Item]) -> Item:

@@ -26,6 +26,7 @@ from pipeline import keys, metrics
 from pipeline.aggregates import CRITICAL
 from pipeline.coaches import coaches_changed_since
 from pipeline.events import ChangeEvent
+from pipeline.freshness import Freshness
 from pipeline.health import HealthBoard, ListenerHealth, ListenerState
 from pipeline.redis_values import as_text
 from pipeline.routing import Key, route
@@ -76,6 +77,7 @@ class Listener:
             stale_ms=int(settings.pending_stale_s * 1000),
         )
         self.board = HealthBoard(client, stale_after_s=settings.heartbeat_stale_s)
+        self.freshness = Freshness(client)
         self.last_event_at: float | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enqueue")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -162,6 +164,7 @@ class Listener:
                 known = keys_due.get(key)
                 keys_due[key] = commit if known is None else min(known, commit or known)
         if keys_due:
+            self.freshness.register(events)  # before the requests: see pipeline.freshness
             self.scheduler.request(keys_due, keys_due)
         for aggregate, reason in wide.items():
             self.scheduler.request_wide([aggregate], reason)

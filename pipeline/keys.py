@@ -88,3 +88,22 @@ AUDIT_LAST = f"{PREFIX}:audit:last"
 """JSON summary of the last audit pass (checked, consistency, mismatches, oldest stale)."""
 AUDIT_CURSOR = f"{PREFIX}:audit:cursor"
 """Id of the last coach the sampling audit visited; the next sample starts after it."""
+
+# Freshness tickets (pipeline.freshness): keys of one coach share the `{coach}` hash tag.
+
+
+def freshness_open(coach_id: UUID | str) -> str:
+    """Hash: commit ms → aggregates of that change still to store; `s:<commit ms>` → latest
+    store (ms) among those already stored."""
+    return f"{PREFIX}:fresh:{{{coach_id}}}:open"
+
+
+def freshness_pending(coach_id: UUID | str, name: str) -> str:
+    """Sorted set: commit ms of the coach's changes waiting for this aggregate, scored by the
+    version counter when they were registered."""
+    return f"{PREFIX}:fresh:{{{coach_id}}}:pending:{name}"
+
+
+def freshness_minute(minute: int) -> str:
+    """Hash: log-scale latency bucket → changes completed in this minute (epoch minutes)."""
+    return f"{PREFIX}:freshness:{minute}"

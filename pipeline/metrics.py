@@ -77,6 +77,14 @@ COMMIT_TO_STORED_SECONDS = Histogram(
     "Commit of a change to the storage of the aggregate it invalidated.",
     ["aggregate"], buckets=LATENCY_BUCKETS,
 )  # fmt: skip
+FRESHNESS_BUCKETS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30, 60)
+"""Finer than LATENCY_BUCKETS around the freshness goals (p50 30 ms, p99 150 / 300 ms)."""
+CHANGE_FRESHNESS_SECONDS = Histogram(
+    "coachpipe_change_freshness_seconds",
+    "Commit of a change to the storage of every aggregate routed from it, per change and coach "
+    "(pipeline.freshness).",
+    buckets=FRESHNESS_BUCKETS,
+)
 AUDIT_CHECKED = Counter(
     "coachpipe_audit_checked_total", "Stored coach aggregates the audit compared.", ["aggregate"]
 )

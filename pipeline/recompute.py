@@ -23,6 +23,7 @@ from pipeline import metrics
 from pipeline.aggregates import Aggregate, JSONValue
 from pipeline.aggregates.base import compute_all
 from pipeline.db import psycopg_connection
+from pipeline.freshness import observe_stored
 from pipeline.store import AggregateStore
 
 log = structlog.get_logger("pipeline.recompute")
@@ -86,6 +87,7 @@ def recompute(
         commit_ms=commit_ms,
     )
     seconds = time.perf_counter() - started
+    observe_stored(store.client, values, version, computed_at)
     stored_ms = computed_at.timestamp() * 1000
     for aggregate in chosen:
         metrics.RECOMPUTE_SECONDS.labels(aggregate.name).observe(seconds)

@@ -68,6 +68,7 @@ AggregateValues = tuple[str, int, Mapping[UUID, JSONValue]]
 class AggregateStore:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
+        self.client = client  # pipeline.freshness marks tickets after a store
         self._store_if_newer = Lua(client, STORE_IF_NEWER)
 
     def next_version(self) -> int:

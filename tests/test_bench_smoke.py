@@ -40,11 +40,19 @@ def test_bench_smoke_writes_json_markdown_and_plots(tmp_path: Path) -> None:
         "full-refresh",
     }
     assert results["steady"]["postgres"]["commit_to_stored_ms"]["count"] > 0
-    assert results["burst"]["pipeline"]["correct"]["wrong"] == 0
+    per_change = results["steady"]["postgres"]["commit_to_all_stored_ms"]
+    assert per_change["count"] == results["steady"]["postgres"]["changes"]
+    assert per_change["missing"] == 0
+    for scenario in ("burst", "hot"):  # the naive sub-runs before them leave nothing to judge
+        run = results[scenario]["pipeline"]
+        assert run["correct"]["wrong"] == 0, run["correct"]["examples"]
+        assert run["commit_to_all_stored_ms"]["missing"] == 0
+        assert run["visible_after_last_commit_s"] is not None
     assert data["meta"]["machine"]["cpus"] >= 1 and data["meta"]["commit"]
     assert (
         (tmp_path / report.name.replace(".json", ".md"))
         .read_text()
         .startswith("# coachpipe benchmark")
     )
+    assert "commit → every routed aggregate stored" in report.with_suffix(".md").read_text()
     assert list(tmp_path.glob("bench-*-steady-latency.png"))

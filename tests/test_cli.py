@@ -111,6 +111,7 @@ def test_migrate_seed_refresh_show_status_slot(
     report = json.loads(status.stdout)
     assert report["realtime"]["status"] == "red" and report["slot"] is None
     assert set(report["pending_recomputes"]) == set(stored)
+    assert report["freshness"]["changes"] == 0 and report["freshness"]["p99_ms"] is None
     assert coachpipe(service_env, "status").returncode == 0
     assert coachpipe(service_env, "slot", "show").returncode == 1
     with psycopg.connect(database_url, autocommit=True) as conn:

@@ -107,12 +107,11 @@ def test_a_session_crossing_30_days_while_no_tick_marker_existed_ends_correct(
     30-day window, then the first tick runs with no marker (a fresh start): it must
     recompute that coach."""
     from tasks.celery import runtime
-    from tasks.enqueue import request_recomputes
     from tasks.jobs import tick_clock
 
     seed.load(database_url, seed.SeedPlan(coaches=2, clients_per_coach=2, sessions_per_client=2))
     coaches = coach_ids(database_url)
-    request_recomputes(runtime.dedup, [(a.name, c) for c in coaches for a in CRITICAL])
+    runtime.scheduler.request([(a.name, c) for c in coaches for a in CRITICAL])
     settle(database_url, redis_client, coaches)
     coach = coaches[0]
     stored_at = min(stored_as_of(redis_client, coach, name) for name in THIRTY_DAY_AGGREGATES)

@@ -1,4 +1,5 @@
-"""`python -m devtools.bench [SCENARIO|all] [--quick|--smoke] [--output DIR]` (`make bench`)."""
+"""`python -m devtools.bench [SCENARIO|all] [--quick|--smoke] [--output DIR]
+[--noisy-neighbour SHARE]` (`make bench`)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,23 @@ def bench(
         bool, typer.Option(help="Tiny runs that only prove the harness works.")
     ] = False,
     output: Annotated[str, typer.Option(help="Results directory.")] = "devtools/bench/results",
+    noisy_neighbour: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Burn this share of one core in another process all run long."
+        ),
+    ] = 0.0,
 ) -> None:
     """Measure the pipeline on private services; write JSON, Markdown and plots."""
     raise typer.Exit(
-        run_bench(scenario, quick=quick, smoke=smoke, output=output, console=Console())
+        run_bench(
+            scenario,
+            quick=quick,
+            smoke=smoke,
+            output=output,
+            console=Console(),
+            noisy_neighbour=noisy_neighbour,
+        )
     )
 
 

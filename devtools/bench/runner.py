@@ -24,6 +24,7 @@ from config import load_settings
 from config.logging import configure_logging
 from devtools.bench import report
 from devtools.bench.measure import machine
+from devtools.bench.noisy import NoisyNeighbour
 from devtools.bench.scenarios import (
     PROFILES,
     Profile,
@@ -40,36 +41,44 @@ from devtools.bench.stack import Stack
 Run = Callable[[Stack, Profile], Any]
 
 
-def _variants(profile: Profile, **runs: Callable[[], Any]) -> dict[str, Any]:
-    """Run each variant; the smoke profile keeps the first and the naive one only."""
+def _variants(stack: Stack, profile: Profile, **runs: Callable[[], Any]) -> dict[str, Any]:
+    """Run each variant from a clean pipeline; the smoke profile keeps the first and the naive
+    one only."""
     keep = [name for name in runs if profile.name != "smoke" or name in {next(iter(runs)), "naive"}]
-    return {name: runs[name]() for name in keep}
+    results = {}
+    for name in keep:
+        stack.reset_pipeline()
+        results[name] = runs[name]()
+    return results
 
 
 SMALL_STACK: dict[str, Run] = {
     "dedup": dedup_micro,
     "steady": lambda s, p: _variants(
+        s,
         p,
         postgres=lambda: steady(s, p, "postgres", naive=False),
         supabase=lambda: steady(s, p, "supabase", naive=False),
         naive=lambda: steady(s, p, "postgres", naive=True),
     ),
     "burst": lambda s, p: _variants(
-        p, pipeline=lambda: burst(s, p, naive=False), naive=lambda: burst(s, p, naive=True)
+        s, p, pipeline=lambda: burst(s, p, naive=False), naive=lambda: burst(s, p, naive=True)
     ),
     "hot": lambda s, p: _variants(
+        s,
         p,
         pipeline=lambda: burst(s, p, naive=False, hot=True),
         naive=lambda: burst(s, p, naive=True, hot=True),
     ),
     "intake": lambda s, p: _variants(
+        s,
         p,
         postgres=lambda: intake(s, p, "postgres", naive=False),
         supabase=lambda: intake(s, p, "supabase", naive=False),
         naive=lambda: intake(s, p, "postgres", naive=True),
     ),
     "soak": lambda s, p: _variants(
-        p, pipeline=lambda: soak(s, p, naive=False), naive=lambda: soak(s, p, naive=True)
+        s, p, pipeline=lambda: soak(s, p, naive=False), naive=lambda: soak(s, p, naive=True)
     ),
 }
 # full-refresh first: the micro benchmarks then measure a warm cache, as a live system has.
@@ -94,6 +103,7 @@ def _run_group(
         if name not in group:
             continue
         console.print(f"[bold]{name}[/] …")
+        stack.reset_pipeline()
         started = time.monotonic()
         results[name] = group[name](stack, profile)
         console.print(f"  {name} done in {time.monotonic() - started:.0f} s")
@@ -101,7 +111,13 @@ def _run_group(
 
 
 def run_bench(
-    scenario: str, *, quick: bool, output: str, console: Console, smoke: bool = False
+    scenario: str,
+    *,
+    quick: bool,
+    output: str,
+    console: Console,
+    smoke: bool = False,
+    noisy_neighbour: float = 0.0,
 ) -> int:
     names = list(SCENARIOS) if scenario == "all" else [scenario]
     unknown = [n for n in names if n not in SCENARIOS]
@@ -115,13 +131,19 @@ def run_bench(
     started = time.monotonic()
     results: dict[str, Any] = {}
     signal.signal(signal.SIGTERM, _exit_cleanly)  # run the finally blocks: no orphan processes
+    noisy = NoisyNeighbour(noisy_neighbour).start() if noisy_neighbour else None
     shared = tempfile.mkdtemp(prefix="coachpipe-bench-redis-")
-    redis_server = PrivateRedis(Path(shared), durable=False).start()
     try:
-        results = _run_stacks(names, profile, redis_server, console)
+        redis_server = PrivateRedis(Path(shared), durable=False).start()
+        try:
+            results = _run_stacks(names, profile, redis_server, console)
+        finally:
+            redis_server.destroy()
     finally:
-        redis_server.destroy()
-    report_and_print(results, profile, started, output, console)
+        if noisy is not None:
+            noisy.stop()
+    extra = {"noisy_neighbour": noisy.as_json() if noisy else None}
+    report_and_print(results, profile, started, output, console, extra=extra)
     return 0
 
 
@@ -153,7 +175,13 @@ def _run_stacks(
 
 
 def report_and_print(
-    results: dict[str, Any], profile: Profile, started: float, output: str, console: Console
+    results: dict[str, Any],
+    profile: Profile,
+    started: float,
+    output: str,
+    console: Console,
+    *,
+    extra: dict[str, Any],
 ) -> None:
     settings = load_settings(_env_file=None)
     now = datetime.now(UTC)
@@ -164,6 +192,7 @@ def report_and_print(
         "machine": machine(),
         "settings": {"debounce_ms": settings.debounce_ms, "batch": settings.recompute_batch_size},
         "seconds": round(time.monotonic() - started, 1),
+        **extra,
     }
     stem = f"bench-{now:%Y%m%d-%H%M%S}-{profile.name}"
     paths = report.write(Path(output), stem, meta, results)

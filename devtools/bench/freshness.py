@@ -1,0 +1,117 @@
+"""Freshness per change, as a user sees it: commit → every aggregate routed from it stored.
+
+A change is seen once, for each aggregate routed from it (`TABLE_AGGREGATES[table]` x its
+coaches), a stored write's snapshot includes it; its latency is the latest of those first
+writes minus its commit time (`Change.commit_ms`, when COMMIT returned to the writer).
+
+Whether a snapshot includes a change is decided from the writer's bracket: the commit became
+visible somewhere between the statement being sent (`sent_ms`) and COMMIT returning
+(`commit_ms`), and a write's `snapshot_at` is the database clock as its snapshot began (same
+host, same clock). The rule:
+
+- snapshot at or after `commit_ms`: includes the change (certain);
+- snapshot before `sent_ms`: does not (certain);
+- snapshot inside the bracket: unknown. It is used only when no write is certain, and then
+  the key's latest snapshot is taken: the recompute the change asked for has a snapshot
+  after the commit became visible, so the latest one includes it.
+
+So a latency is never shorter than the truth; it is longer only when a snapshot fell inside a
+bracket (a COMMIT round trip, about a millisecond) and included the change.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from coachpipe.traffic import Change
+from devtools.bench.measure import Observed, percentiles
+from pipeline.routing import TABLE_AGGREGATES
+
+Key = tuple[str, str]
+"""(aggregate, coach id)"""
+
+
+class KeyWrites:
+    """The stored writes of one key, ordered by snapshot time."""
+
+    def __init__(self, writes: Iterable[tuple[float, float]]) -> None:
+        ordered = sorted(writes)  # (snapshot ms, stored ms)
+        self.snapshots = [snapshot for snapshot, _ in ordered]
+        self.stored = [stored for _, stored in ordered]
+        self.earliest_from = self.stored[:]  # earliest store among writes from index i on
+        for i in range(len(ordered) - 2, -1, -1):
+            self.earliest_from[i] = min(self.earliest_from[i], self.earliest_from[i + 1])
+
+    def first_including(self, change: Change) -> float | None:
+        """When (ms) a write whose snapshot includes `change` was first stored (see the rule)."""
+        certain = bisect_left(self.snapshots, change.commit_ms)
+        if certain < len(self.snapshots):
+            return self.earliest_from[certain]
+        if bisect_left(self.snapshots, change.sent_ms) < len(self.snapshots):
+            return self.stored[-1]
+        return None
+
+
+def _ms(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp() * 1000
+
+
+def key_writes(notices: Iterable[Observed]) -> dict[Key, KeyWrites]:
+    writes: dict[Key, list[tuple[float, float]]] = defaultdict(list)
+    for observed in notices:
+        notice = observed.notice
+        writes[(notice.aggregate, notice.coach_id)].append((_ms(notice.snapshot_at),
+                                                            observed.stored_ms))  # fmt: skip
+    return {key: KeyWrites(found) for key, found in writes.items()}
+
+
+def routed_keys(change: Change) -> list[Key]:
+    return [
+        (name, str(coach)) for coach in change.coaches for name in TABLE_AGGREGATES[change.table]
+    ]
+
+
+def all_stored_at(change: Change, writes: dict[Key, KeyWrites]) -> float | None:
+    """When (ms) every aggregate routed from `change` had been stored including it."""
+    latest = None
+    for key in routed_keys(change):
+        found = writes.get(key)
+        stored = found.first_including(change) if found else None
+        if stored is None:
+            return None
+        latest = stored if latest is None else max(latest, stored)
+    return latest
+
+
+def per_change(changes: Sequence[Change], notices: Sequence[Observed]) -> dict[str, Any]:
+    """p50/p95/p99/max and count of commit → every routed aggregate stored (ms), and how many
+    changes had an aggregate never stored including them (`missing`)."""
+    writes = key_writes(notices)
+    latencies = []
+    missing = 0
+    for change in changes:
+        stored = all_stored_at(change, writes)
+        if stored is None:
+            missing += 1
+        else:
+            latencies.append(stored - change.commit_ms)
+    return {**percentiles(latencies), "missing": missing}
+
+
+def every_change_stored_after_last_commit(
+    changes: Sequence[Change], notices: Sequence[Observed]
+) -> float | None:
+    """Seconds from the last commit until every aggregate routed from every change was stored
+    including it (the same rule); None if one never was."""
+    if not changes:
+        return None
+    writes = key_writes(notices)
+    done = [all_stored_at(change, writes) for change in changes]
+    if any(stored is None for stored in done):
+        return None
+    last_commit = max(change.commit_ms for change in changes)
+    return round((max(s for s in done if s is not None) - last_commit) / 1000, 3)

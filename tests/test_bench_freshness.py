@@ -1,0 +1,81 @@
+"""The bench's per-change freshness rule (devtools.bench.freshness), on hand-made notices."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from coachpipe.traffic import Change
+from devtools.bench.freshness import (
+    every_change_stored_after_last_commit,
+    per_change,
+)
+from devtools.bench.measure import Observed
+from pipeline.routing import TABLE_AGGREGATES
+from pipeline.store import Notice
+
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+MS0 = T0.timestamp() * 1000
+COACH = uuid.uuid4()
+
+
+def at(ms: float) -> str:
+    return (T0 + timedelta(milliseconds=ms)).isoformat()
+
+
+def write(
+    aggregate: str, snapshot_ms: float, stored_ms: float, coach: uuid.UUID = COACH
+) -> Observed:
+    notice = Notice(
+        str(coach), aggregate, 1, computed_at=at(stored_ms), snapshot_at=at(snapshot_ms)
+    )
+    return Observed(notice, received=0.0)
+
+
+def ratings(sent_ms: float, commit_ms: float) -> Change:
+    return Change("rate", "session_ratings", (COACH,), MS0 + commit_ms, MS0 + sent_ms)
+
+
+RATED = TABLE_AGGREGATES["session_ratings"]
+
+
+@pytest.mark.parametrize(
+    ("first", "expected"),
+    [
+        ([(12, 40)], 30),  # snapshot after COMMIT returned: certain
+        ([(15, 40), (12, 25)], 15),  # the earliest stored of the certain writes
+        ([(1, 5)], None),  # snapshot before the statement was sent: never holds it
+        ([(9, 12)], 5),  # inside the bracket, nothing certain: the latest snapshot counts
+        ([(8.5, 11), (9.5, 16)], 6),  # ... the latest snapshot, not the first stored
+        ([(9, 12), (11, 30)], 20),  # a certain write exists: it counts, not the bracket one
+    ],
+)
+def test_a_change_counts_once_every_routed_aggregate_holds_it(
+    first: list[tuple[float, float]], expected: float | None
+) -> None:
+    """The change's statement was sent at +8 ms and its COMMIT returned at +10 ms; the other
+    routed aggregates were stored at +12 and +15 ms from certain snapshots."""
+    change = ratings(sent_ms=8, commit_ms=10)
+    notices = [write(RATED[0], s, t) for s, t in first]
+    notices += [write(RATED[1], 11, 12), write(RATED[2], 12, 15)]
+    found = per_change([change], notices)
+    if expected is None:
+        assert (found["count"], found["missing"]) == (0, 1)
+    else:
+        assert (found["count"], found["missing"]) == (1, 0)
+        assert found["max"] == pytest.approx(expected)
+
+
+def test_a_change_with_an_aggregate_never_stored_is_missing() -> None:
+    change = ratings(sent_ms=8, commit_ms=10)
+    found = per_change([change], [write(name, 20, 25) for name in RATED[:-1]])
+    assert found == {**found, "count": 0, "missing": 1}
+
+
+def test_the_burst_figure_is_the_last_change_stored_after_the_last_commit() -> None:
+    changes = [ratings(8, 10), ratings(48, 50)]
+    notices = [write(name, 12, 30) for name in RATED] + [write(name, 55, 90) for name in RATED]
+    assert every_change_stored_after_last_commit(changes, notices) == 0.04
+    assert every_change_stored_after_last_commit(changes, notices[:-1]) is None
