@@ -42,7 +42,7 @@ def serve(
         workers=workers if several else None,
         host=host or settings.api_host,
         port=port or settings.api_port,
-        log_config=None,
-        access_log=False,
+        log_config=None,  # our handlers: structured, secrets (e.g. ?access_token=) masked
+        access_log=True,
         proxy_headers=True,
     )

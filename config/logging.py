@@ -59,6 +59,15 @@ def redact_secrets(
     return event_dict
 
 
+def drop_terminal_styling(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """uvicorn passes a `color_message` extra with ANSI codes beside the plain message; log
+    files and JSON lines want the plain one only."""
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
 def configure_logging(settings: Settings, *, process: str = "") -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -66,6 +75,7 @@ def configure_logging(settings: Settings, *, process: str = "") -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
+        drop_terminal_styling,
         redact_secrets,
     ]
     if process:
