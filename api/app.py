@@ -14,13 +14,15 @@ from collections.abc import AsyncIterator
 import redis
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from api import aggregates, events, status
-from api.auth import AuthError
+from api.auth import AuthError, RejectionLog
 from api.services import Services
 from api.status_watch import STATUS_POLL_S
 from config import Settings
+from pipeline import metrics
 
 __all__ = ["STATUS_POLL_S", "create_app"]
 log = structlog.get_logger("api")
@@ -36,10 +38,20 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.services = shared
     app.state.broadcaster = shared.broadcaster  # its `subscribers` tell how many streams are open
+    app.state.rejections = RejectionLog()
     app.exception_handler(AuthError)(auth_failed)
     app.exception_handler(redis.RedisError)(redis_failed)
     for module in (aggregates, events, status):
         app.include_router(module.router)
+    origins = settings.cors_origins()
+    if origins:  # the team's own app calling from the browser; nobody else
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET"],
+            allow_headers=["Authorization", "If-None-Match"],
+            expose_headers=["ETag"],
+        )
     return app
 
 
@@ -57,7 +69,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await shared.close()
 
 
-async def auth_failed(_: Request, error: AuthError) -> JSONResponse:
+async def auth_failed(request: Request, error: AuthError) -> JSONResponse:
+    metrics.API_AUTH_REJECTED.labels(error.reason).inc()
+    count = request.app.state.rejections.should_log(error.reason)
+    if count:
+        log.warning(
+            "token_rejected",
+            reason=error.reason,
+            status=error.status,
+            path=request.url.path,
+            rejections=count,
+        )
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
     return JSONResponse({"detail": str(error)}, status_code=error.status, headers=headers)
 

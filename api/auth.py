@@ -42,15 +42,22 @@ CACHE_TTL_S = 60.0
 
 
 class AuthError(Exception):
-    """401: no usable credentials."""
+    """401: no usable credentials. `reason` is a short stable label (metrics, logs)."""
 
     status = 401
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ForbiddenError(AuthError):
     """403: valid credentials, but not for this coach."""
 
     status = 403
+
+    def __init__(self, message: str, reason: str = "forbidden") -> None:
+        super().__init__(message, reason)
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,9 @@ class Verifier:
         self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
         self._lock = threading.Lock()  # verify() also runs in threads (asymmetric tokens)
         self._secret = settings.supabase_jwt_secret
+        self._audience = settings.jwt_audience
+        self._issuer = settings.expected_issuer()
+        self._max_lifetime_s = settings.jwt_max_lifetime_s
         self._jwks = (
             PyJWKClient(
                 settings.supabase_jwks_url.get_secret_value(),
@@ -92,11 +102,13 @@ class Verifier:
             try:
                 signing_key = self._jwks.get_signing_key_from_jwt(token)
             except jwt.PyJWKClientError as error:
-                raise AuthError(f"signing key not found: {error}") from None
+                raise AuthError(f"signing key not found: {error}", "unknown_key") from None
             if signing_key.algorithm_name != algorithm:
-                raise AuthError(f"key {signing_key.key_id!r} does not sign with {algorithm!r}")
+                raise AuthError(
+                    f"key {signing_key.key_id!r} does not sign with {algorithm!r}", "algorithm"
+                )
             return signing_key.key, [algorithm]
-        raise AuthError(f"tokens signed with {algorithm!r} are not accepted")
+        raise AuthError(f"tokens signed with {algorithm!r} are not accepted", "algorithm")
 
     async def verify_async(self, token: str | None) -> Principal:
         """`verify` without blocking the event loop: remembered and HS256 tokens are checked in
@@ -110,9 +122,12 @@ class Verifier:
 
     def verify(self, token: str | None) -> Principal:
         if not self.configured:
-            raise AuthError("token verification is not configured (SUPABASE_JWT_SECRET or JWKS)")
+            raise AuthError(
+                "token verification is not configured (SUPABASE_JWT_SECRET or JWKS)",
+                "not_configured",
+            )
         if not token:
-            raise AuthError("missing bearer token")
+            raise AuthError("missing bearer token", "missing")
         remembered = self._remembered(token)
         if remembered is not None:
             return remembered
@@ -149,25 +164,66 @@ class Verifier:
                 options={"require": ["exp"], "verify_exp": False, "verify_aud": False},
                 leeway=LEEWAY_S,
             )
+        except jwt.InvalidSignatureError as error:
+            raise AuthError(f"invalid token: {error}", "signature") from None
         except jwt.InvalidTokenError as error:
-            raise AuthError(f"invalid token: {error}") from None
+            raise AuthError(f"invalid token: {error}", "malformed") from None
         expires = claims["exp"]
         if isinstance(expires, bool) or not isinstance(expires, int | float):
-            raise AuthError("invalid token: exp must be a number")
+            raise AuthError("invalid token: exp must be a number", "malformed")
         if now > expires + LEEWAY_S:
-            raise AuthError("token expired")
+            raise AuthError("token expired", "expired")
         role = claims["role"] if isinstance(claims.get("role"), str) else ""
         if role == "anon":
-            raise ForbiddenError("anonymous tokens cannot read dashboards")
+            raise ForbiddenError("anonymous tokens cannot read dashboards", "anon")
         metadata = claims.get("app_metadata")  # set by the server; user_metadata is the user's
         app_role = metadata.get("role") if isinstance(metadata, dict) else None
         admin = role in ADMIN_ROLES or app_role == "admin"
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             if not admin:
-                raise AuthError("token has no subject")
+                raise AuthError("token has no subject", "no_subject")
             subject = ""
+        else:
+            self._check_user_token(claims, now)
         return Principal(subject=subject, role=role, admin=admin), expires + LEEWAY_S
+
+    def _check_user_token(self, claims: dict[str, Any], now: float) -> None:
+        """A user's token (it has a subject) carries the audience and issuer Supabase Auth
+        gives it and lives hours, not years; project keys (`service_role`, no subject) carry
+        neither and live for years by design."""
+        issued = claims.get("iat")
+        start = issued if isinstance(issued, int | float) and not isinstance(issued, bool) else now
+        if claims["exp"] - start > self._max_lifetime_s:
+            raise AuthError("token lifetime exceeds JWT_MAX_LIFETIME_S", "lifetime")
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if self._audience and self._audience not in audiences:
+            raise AuthError(f"token audience is not {self._audience!r}", "audience")
+        if self._issuer is not None and claims.get("iss") != self._issuer:
+            raise AuthError("token issuer is not this project's", "issuer")
+
+
+class RejectionLog:
+    """One log line per rejection reason per `every_s`, saying how many it stands for, so a
+    client retrying a bad token cannot flood the log (every rejection is still counted in
+    `coachpipe_api_auth_rejected_total`)."""
+
+    def __init__(self, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._every_s = every_s
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._since: dict[str, int] = {}
+
+    def should_log(self, reason: str) -> int:
+        """How many rejections of `reason` the line to write now stands for; 0: write none."""
+        self._since[reason] = self._since.get(reason, 0) + 1
+        now = self._clock()
+        last = self._last.get(reason)
+        if last is not None and now - last < self._every_s:
+            return 0
+        self._last[reason] = now
+        return self._since.pop(reason)
 
 
 def _algorithm(token: str) -> object:

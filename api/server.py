@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from api.limits import BoundedHttpToolsProtocol, configure_limits
 from config import Settings, load_settings
 from config.logging import configure_logging
 
@@ -26,6 +27,7 @@ def app_from_environment() -> FastAPI:
 
     settings = load_settings()
     configure_logging(settings, process="api")
+    configure_limits(settings)
     return create_app(settings)
 
 
@@ -35,6 +37,7 @@ def serve(
     from api.app import create_app
 
     configure_logging(settings, process="api")
+    configure_limits(settings)
     several = workers > 1
     uvicorn.run(
         FACTORY if several else create_app(settings),
@@ -44,5 +47,6 @@ def serve(
         port=port or settings.api_port,
         log_config=None,  # our handlers: structured, secrets (e.g. ?access_token=) masked
         access_log=True,
+        http=BoundedHttpToolsProtocol,
         proxy_headers=True,
     )

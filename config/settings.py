@@ -203,8 +203,38 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(
         default=9109, ge=0, le=65_535, description="Worker's Prometheus port (0: off)."
     )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address the listener's and worker's metrics ports bind (0.0.0.0: every "
+        "interface, for a scraper on another host or container).",
+    )
     api_host: str = Field(default="127.0.0.1", description="Address `coachpipe api` binds.")
     api_port: int = Field(default=8000, ge=1, le=65_535, description="Port of `coachpipe api`.")
+    api_max_url_bytes: int = Field(
+        default=8192, ge=256, le=1_048_576, description="Longer request URLs get 414 at once."
+    )
+    api_max_header_bytes: int = Field(
+        default=16_384, ge=1024, le=1_048_576,
+        description="Request headers larger than this in all get 431 at once.",
+    )  # fmt: skip
+    api_cors_origins: str = Field(
+        default="",
+        description="Comma-separated origins of the team's own app allowed to call the read API "
+        "from a browser (none by default).",
+    )
+    jwt_audience: str = Field(
+        default="authenticated",
+        description="`aud` a user's token must carry (Supabase Auth issues `authenticated`).",
+    )
+    jwt_issuer: str | None = Field(
+        default=None,
+        description="`iss` a user's token must carry; default SUPABASE_URL + `/auth/v1`, as "
+        "Supabase Auth issues it (unchecked when neither is set).",
+    )
+    jwt_max_lifetime_s: int = Field(
+        default=7 * 86_400, ge=60, le=365 * 86_400,
+        description="Tokens valid longer than this (exp - iat, or exp - now) are refused.",
+    )  # fmt: skip
     flower_basic_auth: SecretStr | None = Field(
         default=None, description="`user:password` that protects Flower."
     )
@@ -219,6 +249,17 @@ class Settings(BaseSettings):
         return self
 
     # Accessors that fail with the variable's name when a service is not configured.
+    def cors_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.api_cors_origins.split(",") if origin.strip()]
+
+    def expected_issuer(self) -> str | None:
+        """The `iss` of the project's user tokens: JWT_ISSUER, else SUPABASE_URL/auth/v1."""
+        if self.jwt_issuer:
+            return self.jwt_issuer
+        if self.supabase_url is not None:
+            return self.supabase_url.get_secret_value().rstrip("/") + "/auth/v1"
+        return None
+
     def require_database_url(self) -> str:
         return _require(self.database_url, "DATABASE_URL")
 

@@ -108,3 +108,13 @@ AUDIT_OLDEST_STALE_SECONDS = Gauge(
     "How long the stalest mismatch of the last audit pass had been wrong, at least.",
     multiprocess_mode="mostrecent",
 )
+API_REFUSED = Counter(
+    "coachpipe_api_refused_total",
+    "Requests the read API refused before reading them whole, by status (414 URL, 431 headers).",
+    ["status"],
+)
+API_AUTH_REJECTED = Counter(
+    "coachpipe_api_auth_rejected_total",
+    "Tokens the read API refused, by reason (expired, signature, audience, issuer, lifetime…).",
+    ["reason"],
+)
