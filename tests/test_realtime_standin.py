@@ -273,7 +273,8 @@ def test_filter_matches_record_and_old_record_of_deletes(
         # Changes come in commit order: had the other coach's delete been delivered, it would
         # come before this later insert of ours.
         later = await asyncio.to_thread(add_session, database_url, *mine)
-        assert (await feed.next_change())["data"]["record"]["id"] == later
+        following = (await feed.next_change())["data"]
+        assert (following["type"], (following.get("record") or {}).get("id")) == ("INSERT", later)
         await client.close()
 
     asyncio.run(scenario())
