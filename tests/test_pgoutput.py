@@ -190,7 +190,9 @@ def test_damaged_messages_raise_bad_event_and_leave_the_decoder_usable(
         decoder.decode(message, 3)
     assert raised.value.reason == reason
     # The stream goes on: the relation cache and the open transaction are intact.
-    (event,) = decoder.decode(change(b"I", b"N", GOOD_ROW), 4)
+    decoded = decoder.decode(change(b"I", b"N", GOOD_ROW), 4)
+    assert isinstance(decoded, list)
+    (event,) = decoded
     assert (event.table, event.type, event.new) == (
         "goals",
         ChangeType.INSERT,
