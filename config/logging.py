@@ -22,7 +22,9 @@ SECRET_FIELDS = re.compile(
     r"pass(word)?|secret|token|api_?key|authorization|cookie|credential|private|dsn|jwt",
     re.IGNORECASE,
 )
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
+# The password runs to the last "@" of the authority, as URL parsers read it (redis-py does), so
+# an unescaped "@" inside a password does not leave its tail in the log.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^/?#\s]+@", re.IGNORECASE)
 _QUERY_SECRET = re.compile(
     r"(?P<head>[?&](apikey|api_key|access_token|token|key|password)=)[^&\s'\"]+", re.IGNORECASE
 )

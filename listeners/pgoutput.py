@@ -19,6 +19,7 @@ from pipeline.events import ChangeEvent, ChangeType
 POSTGRES_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 BOOL, INT8, INT2, INT4 = 16, 20, 21, 23
 _INTEGERS = {INT8, INT2, INT4}
+_BOOKKEEPING = {"O", "Y", "M"}  # Origin, Type, logical decoding Message: nothing routing needs
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,12 @@ def _qualified(relation: Relation) -> str:
     )
 
 
+def _expect(marker: str, allowed: str) -> None:
+    """A tuple's marker byte (N new, K key, O old row) is one the message kind allows."""
+    if marker not in allowed:
+        raise ValueError(f"tuple marker {marker!r} where {allowed!r} belongs")
+
+
 def _convert(text: str, type_oid: int) -> Any:
     if type_oid in _INTEGERS:
         return int(text)
@@ -110,6 +117,8 @@ class Decoder:
         """
         try:
             return self._decode(_Reader(message), wal_start)
+        except BadEventError:
+            raise  # already says what is wrong (it is a ValueError too: keep its reason)
         except (struct.error, ValueError, UnicodeDecodeError, IndexError) as exc:
             kind = chr(message[0]) if message else "?"
             raise BadEventError("bad_wal_message", f"undecodable pgoutput {kind!r}: {exc}") from exc
@@ -145,7 +154,10 @@ class Decoder:
                 self._event(self._relation(oid), ChangeType.TRUNCATE, None, None, wal_start)
                 for oid in oids
             ]
-        return []  # Origin, Type, Message: nothing routing needs
+        if kind in _BOOKKEEPING:
+            return []
+        # Damage, or a protocol version we did not ask for: counted, never silently dropped.
+        raise ValueError(f"unknown message kind {kind!r}")
 
     def _relation(self, oid: int) -> Relation:
         try:
@@ -190,13 +202,16 @@ class Decoder:
         old = new = None
         marker = chr(reader.take("!B"))
         if kind == "I":
+            _expect(marker, "N")
             new = self._tuple(reader, relation)
         elif kind == "D":
+            _expect(marker, "KO")
             old = self._tuple(reader, relation)
         else:
             if marker in "KO":
                 old = self._tuple(reader, relation)
                 marker = chr(reader.take("!B"))
+            _expect(marker, "N")
             new = self._tuple(reader, relation)
         change = {"I": ChangeType.INSERT, "U": ChangeType.UPDATE, "D": ChangeType.DELETE}[kind]
         return self._event(relation, change, new, old, wal_start)

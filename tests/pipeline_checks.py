@@ -8,6 +8,7 @@ from uuid import UUID
 import psycopg
 import redis
 
+from devtools.processes import wait_for
 from pipeline import keys
 from pipeline.aggregates import CRITICAL
 from pipeline.read import read_aggregate
@@ -55,16 +56,24 @@ def idle(client: redis.Redis, aggregates: Iterable[str] = CRITICAL_NAMES) -> boo
 def settle(
     database_url: str, client: redis.Redis, coaches: list[UUID] | None = None, timeout: float = 60
 ) -> None:
-    """Wait until nothing is pending and every coach's stored aggregates equal the oracle."""
-    from devtools.processes import wait_for
+    """Wait until nothing is pending and every coach's stored aggregates equal the oracle.
 
+    On a timeout the message says what is wrong then, not what was wrong when the wait began.
+    """
     chosen = coaches if coaches is not None else coach_ids(database_url)
-    wait_for(
-        lambda: idle(client) and not mismatches(database_url, client, chosen),
-        timeout,
-        interval=0.2,
-        message=f"aggregates to match the oracle: {mismatches(database_url, client, chosen)[:5]}",
-    )
+    try:
+        wait_for(
+            lambda: idle(client) and not mismatches(database_url, client, chosen),
+            timeout,
+            interval=0.2,
+        )
+    except AssertionError:
+        wrong = mismatches(database_url, client, chosen)
+        pending = "" if idle(client) else "; recomputes still pending or claimed"
+        raise AssertionError(
+            f"timed out after {timeout} s waiting for the aggregates to match the oracle: "
+            f"{len(wrong)} wrong {wrong[:5]}{pending}"
+        ) from None
 
 
 def coach_ids(database_url: str) -> list[UUID]:

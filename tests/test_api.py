@@ -177,8 +177,20 @@ AUTH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", AUTH_CASES, ids=lambda case: case.name)
-@pytest.mark.parametrize("route", ["all", "one", "events"])
+# An accepted event stream never ends, so TestClient cannot read it: those cases run on a real
+# server in test_who_may_read_the_event_stream.
+REQUESTS = [
+    (route, case)
+    for route in ("all", "one", "events")
+    for case in AUTH_CASES
+    if not (route == "events" and case.status == 200)
+]
+ACCEPTED = [case for case in AUTH_CASES if case.status == 200]
+
+
+@pytest.mark.parametrize(
+    ("route", "case"), REQUESTS, ids=[f"{route}-{case.name}" for route, case in REQUESTS]
+)
 def test_who_may_read(
     client: TestClient, stored: dict[tuple[UUID, str], int], case: Case, route: str
 ) -> None:
@@ -190,8 +202,6 @@ def test_who_may_read(
             "events": "events",
         }[route]
     )
-    if route == "events" and case.status == 200:
-        return  # an accepted stream never ends; test_sse_* read accepted streams on a real server
     response = client.get(path, headers=case.headers())
     assert response.status_code == case.status, response.text
     if case.status == 401:
@@ -538,16 +548,16 @@ async def _read(response: httpx.Response, queue: asyncio.Queue[Received]) -> Non
 
 @contextlib.asynccontextmanager
 async def subscribe(
-    base_url: str, coach: UUID, token: str
+    base_url: str, coach: UUID, headers: dict[str, str]
 ) -> AsyncIterator[asyncio.Queue[Received]]:
     """An SSE client reading in the background; the events land in the yielded queue."""
     queue: asyncio.Queue[Received] = asyncio.Queue()
     timeout = httpx.Timeout(10, read=None)
     async with (
         httpx.AsyncClient(base_url=base_url, timeout=timeout) as http,
-        http.stream("GET", f"/coaches/{coach}/events", headers=bearer(token)) as response,
+        http.stream("GET", f"/coaches/{coach}/events", headers=headers) as response,
     ):
-        assert response.status_code == 200
+        assert response.status_code == 200, await response.aread()
         assert response.headers["content-type"].startswith("text/event-stream")
         reader = asyncio.create_task(_read(response, queue))
         try:
@@ -567,31 +577,44 @@ async def next_event(queue: asyncio.Queue[Received], kind: str, timeout: float) 
                 return event
 
 
-def test_sse_delivers_the_watched_coachs_writes_within_a_second(
+# How long an event takes to arrive is measured by the benchmark; here a wait only bounds a hang.
+EVENT_TIMEOUT_S = 10
+
+
+@pytest.mark.parametrize("case", ACCEPTED, ids=lambda case: case.name)
+def test_who_may_read_the_event_stream(
+    base_url: str, redis_client: redis.Redis, case: Case
+) -> None:
+    """The accepted tokens of the auth matrix open the stream and receive its coach's writes."""
+
+    async def scenario() -> None:
+        async with subscribe(base_url, case.coach, case.headers()) as events:
+            await next_event(events, "status", EVENT_TIMEOUT_S)
+            version = store(redis_client, case.coach, STATS, {"sessions": {"completed": 1}})
+            update = await next_event(events, "update", EVENT_TIMEOUT_S)
+            assert update.data["coach_id"] == str(case.coach), update
+            assert update.data["version"] == version
+
+    asyncio.run(scenario())
+
+
+def test_sse_delivers_the_watched_coachs_writes_in_order(
     base_url: str, redis_client: redis.Redis
 ) -> None:
-    async def scenario() -> list[float]:
-        latencies = []
-        async with subscribe(base_url, COACH, hs256(claims())) as events:
-            await next_event(events, "status", 5)  # the stream is live
-            for round_ in range(5):
+    async def scenario() -> None:
+        async with subscribe(base_url, COACH, bearer(hs256(claims()))) as events:
+            await next_event(events, "status", EVENT_TIMEOUT_S)  # the stream is live
+            for round_ in range(6):
                 store(redis_client, OTHER, STATS, {"round": round_})  # not ours: never delivered
-                written = time.time()
                 version = store(redis_client, COACH, STATS, {"round": round_})
-                event = await next_event(events, "update", 1.0)
-                latencies.append(event.at - written)
+                event = await next_event(events, "update", EVENT_TIMEOUT_S)
                 # Notices travel in order on one subscription, so had the other coach's write
-                # been delivered it would have arrived first.
+                # (or a repeat of the previous round's) been delivered it would be this event.
                 assert event.data["coach_id"] == str(COACH), event
                 assert event.data["aggregate"] == STATS
                 assert event.data["version"] == version
-            with pytest.raises(TimeoutError):
-                await next_event(events, "update", 0.5)
-        return latencies
 
-    latencies = asyncio.run(scenario())
-    print(f"\nstored write → SSE client: max {max(latencies) * 1000:.1f} ms over {len(latencies)}")
-    assert max(latencies) < 1.0
+    asyncio.run(scenario())
 
 
 def test_sse_admin_watches_any_coach_and_each_stream_gets_only_its_coach(
@@ -599,17 +622,19 @@ def test_sse_admin_watches_any_coach_and_each_stream_gets_only_its_coach(
 ) -> None:
     async def scenario() -> None:
         async with (
-            subscribe(base_url, OTHER, admin_token()) as other_events,
-            subscribe(base_url, COACH, hs256(claims())) as coach_events,
+            subscribe(base_url, OTHER, bearer(admin_token())) as other_events,
+            subscribe(base_url, COACH, bearer(hs256(claims()))) as coach_events,
         ):
-            await next_event(other_events, "status", 5)
-            await next_event(coach_events, "status", 5)
+            await next_event(other_events, "status", EVENT_TIMEOUT_S)
+            await next_event(coach_events, "status", EVENT_TIMEOUT_S)
             store(redis_client, OTHER, ACTIVITY, {"items": []})
-            received = await next_event(other_events, "update", 1.0)
+            received = await next_event(other_events, "update", EVENT_TIMEOUT_S)
             assert received.data["coach_id"] == str(OTHER)
             assert received.data["aggregate"] == ACTIVITY
-            with pytest.raises(TimeoutError):
-                await next_event(coach_events, "update", 0.5)
+            # Had the coach's stream carried the other coach's write, it would come before this.
+            mine = store(redis_client, COACH, ACTIVITY, {"items": []})
+            received = await next_event(coach_events, "update", EVENT_TIMEOUT_S)
+            assert (received.data["coach_id"], received.data["version"]) == (str(COACH), mine)
 
     asyncio.run(scenario())
 
@@ -628,34 +653,34 @@ def test_sse_carries_realtime_status_changes(
             await asyncio.sleep(0.5)
 
     async def scenario() -> float:
-        async with subscribe(base_url, COACH, hs256(claims())) as events:
-            first = await next_event(events, "status", 5)
+        async with subscribe(base_url, COACH, bearer(hs256(claims()))) as events:
+            first = await next_event(events, "status", EVENT_TIMEOUT_S)
             assert first.data["status"] == "red"
             reporter = asyncio.create_task(report_every_half_second())
             try:
                 beating["state"] = ListenerState.CONNECTED
-                green = await next_event(events, "status", STATUS_POLL_S + 2)
+                green = await next_event(events, "status", STATUS_POLL_S + EVENT_TIMEOUT_S)
                 assert green.data["status"] == "green", green
                 assert "connected" in green.data["reason"]
 
                 beating["state"] = ListenerState.RECONNECTING
-                yellow = await next_event(events, "status", STATUS_POLL_S + 2)
+                yellow = await next_event(events, "status", STATUS_POLL_S + EVENT_TIMEOUT_S)
                 assert yellow.data["status"] == "yellow", yellow
             finally:
                 reporter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reporter
             last_beat = max(h.heartbeat_at for h in board.listeners())
-            red = await next_event(events, "status", settings.heartbeat_stale_s + STATUS_POLL_S + 2)
+            red = await next_event(
+                events, "status", settings.heartbeat_stale_s + STATUS_POLL_S + EVENT_TIMEOUT_S
+            )
             assert red.data["status"] == "red", red
             assert "stale" in red.data["reason"]
             return red.at - last_beat
 
     after = asyncio.run(scenario())
-    print(
-        f"\nred {after:.2f} s after the last heartbeat (stale after {settings.heartbeat_stale_s} s)"
-    )
-    assert settings.heartbeat_stale_s <= after <= settings.heartbeat_stale_s + STATUS_POLL_S + 1
+    # Not how soon (the benchmark measures that) but not too soon: red only once it is stale.
+    assert after >= settings.heartbeat_stale_s
 
 
 def test_sse_a_closed_stream_leaves_no_watcher_behind(api_settings: Settings) -> None:
@@ -663,11 +688,11 @@ def test_sse_a_closed_stream_leaves_no_watcher_behind(api_settings: Settings) ->
 
     async def scenario(url: str) -> None:
         async with (
-            subscribe(url, COACH, hs256(claims())) as first,
-            subscribe(url, OTHER, admin_token()) as second,
+            subscribe(url, COACH, bearer(hs256(claims()))) as first,
+            subscribe(url, OTHER, bearer(admin_token())) as second,
         ):
-            await next_event(first, "status", 5)
-            await next_event(second, "status", 5)
+            await next_event(first, "status", EVENT_TIMEOUT_S)
+            await next_event(second, "status", EVENT_TIMEOUT_S)
             assert app.state.broadcaster.subscribers == 2
 
     with serving(app) as url:

@@ -350,8 +350,9 @@ def test_realtime_is_self_hosted_against_db(services: dict[str, dict[str, Any]])
 
 # --- the image ------------------------------------------------------------------------------
 def test_dockerfile_runs_coachpipe_as_non_root(compose: dict[str, Any]) -> None:
-    candidates = {dockerfile_path(compose), ROOT / "Dockerfile"}
-    for path in (p for p in candidates if p.exists()):
+    built = dockerfile_path(compose)
+    assert built.exists(), f"compose builds from {built}, which does not exist"
+    for path in (p for p in {built, ROOT / "Dockerfile"} if p.exists()):
         assert dockerfile_instruction(path, "ENTRYPOINT")[0] == "coachpipe", path
         lines = path.read_text().splitlines()
         users = [line.split()[1] for line in lines if line.startswith("USER ")]

@@ -9,8 +9,6 @@ Screenshots of the states land in tests/artifacts/.
 from __future__ import annotations
 
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -20,10 +18,9 @@ import pytest
 import redis
 
 from devtools.processes import Proc, running, start_worker, wait_for
-from pipeline import keys, seed
+from pipeline import seed
 from pipeline.health import HealthBoard, ListenerState
 from pipeline.read import read_aggregate
-from pipeline.store import Notice
 from tests.test_api import claims, hs256
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -74,32 +71,6 @@ def completed_in_redis(client: redis.Redis, coach: UUID) -> int | None:
     return int(value["sessions"]["completed"])
 
 
-class NoticeClock:
-    """Wall-clock time at which each coach-stats update notice of one coach was published."""
-
-    def __init__(self, client: redis.Redis, coach: UUID) -> None:
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(keys.updates_channel(coach))
-        self.seen: list[tuple[float, Notice]] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._stop = threading.Event()
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            message = self._pubsub.get_message(timeout=0.1)
-            if message is not None:
-                self.seen.append((time.time(), Notice.decode(message["data"])))
-
-    def first_after(self, moment: float, aggregate: str) -> float | None:
-        return next((at for at, n in self.seen if at >= moment and n.aggregate == aggregate), None)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._pubsub.close()
-
-
 def complete_one_session(database_url: str, coach: UUID) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         changed = conn.execute(
@@ -137,7 +108,6 @@ def test_the_dashboard_follows_commits_and_shows_when_realtime_is_lost(
     listener = start_listener(service_env, tmp_path, "listener-1")
     coach = coach_with_a_scheduled_session(database_url)
     ARTIFACTS.mkdir(exist_ok=True)
-    clock = NoticeClock(redis_client, coach)
     with running(worker, listener), sync_playwright() as playwright:
         wait_for(lambda: connected(redis_client, listener), 30, message="listener to connect")
         wait_for(lambda: completed_in_redis(redis_client, coach) is not None, 60, message="stats")
@@ -158,54 +128,30 @@ def test_the_dashboard_follows_commits_and_shows_when_realtime_is_lost(
         expect(page.locator("#problem")).to_be_empty()
         assert "#token=" not in page.url  # the token does not stay in the address bar
 
-        # A commit in Postgres → listener → worker → Redis → SSE → the page.
-        page.evaluate(
-            """(selector) => {
-                window.__changes = [];
-                const target = document.querySelector(selector);
-                new MutationObserver(() => window.__changes.push([Date.now(), target.textContent]))
-                    .observe(target, {childList: true, characterData: true, subtree: true});
-            }""",
-            SESSIONS_COMPLETED,
-        )
-        committed = time.time()
+        # A commit in Postgres → listener → worker → Redis → SSE → the page. How fast is the
+        # benchmark's question; the wait here only bounds a hang.
         complete_one_session(database_url, coach)
-        expect(page.locator(SESSIONS_COMPLETED)).to_have_text(str(before + 1), timeout=5_000)
-        changes = page.evaluate("window.__changes")
-        shown = next(at / 1000 for at, text in changes if text == str(before + 1))
-        stored = wait_for(lambda: clock.first_after(committed, "coach-stats"), 5)
-        assert stored is not None
+        expect(page.locator(SESSIONS_COMPLETED)).to_have_text(str(before + 1), timeout=30_000)
         assert completed_in_redis(redis_client, coach) == before + 1
-        print(
-            f"\ncommit → Redis write {(stored - committed) * 1000:.0f} ms,"
-            f" Redis write → page {(shown - stored) * 1000:.0f} ms,"
-            f" commit → page {(shown - committed) * 1000:.0f} ms"
-        )
-        assert shown - stored < 1.0
         live = ARTIFACTS / "dashboard-live.png"
         page.screenshot(path=str(live), full_page=True)
 
         # The listener stops: realtime is lost, the page says so and falls back to polling.
-        stopped = time.monotonic()
         assert listener.terminate(timeout=20) == 0
-        expect(indicator).to_have_attribute("data-status", "red", timeout=10_000)
+        expect(indicator).to_have_attribute("data-status", "red", timeout=30_000)
         expect(toast).to_be_visible()
         expect(toast).to_contain_text("Realtime connection lost. Using polling.")
-        print(f"indicator red {time.monotonic() - stopped:.1f} s after SIGTERM")
         degraded = ARTIFACTS / "dashboard-degraded.png"
         page.screenshot(path=str(degraded), full_page=True)
 
         # A new listener connects: green again, the toast goes.
         restarted = start_listener(service_env, tmp_path, "listener-2")
         with running(restarted):
-            started = time.monotonic()
             expect(indicator).to_have_attribute("data-status", "green", timeout=30_000)
             expect(toast).to_be_hidden()
-            print(f"indicator green {time.monotonic() - started:.1f} s after the restart")
             recovered = ARTIFACTS / "dashboard-recovered.png"
             page.screenshot(path=str(recovered), full_page=True)
         browser.close()
-    clock.close()
     assert not problems, problems
     for path in (live, degraded, recovered):
         print(f"screenshot: {path}")

@@ -11,7 +11,9 @@ from pathlib import Path
 import psycopg
 import redis
 
+from coachpipe.embedded import free_port
 from devtools.processes import Proc, running, wait_for
+from devtools.scrape import scrape
 from pipeline import seed
 from pipeline.health import HealthBoard, ListenerState
 from tests.pipeline_checks import settle
@@ -19,7 +21,10 @@ from tests.pipeline_checks import settle
 SMALL = seed.SeedPlan(coaches=4, clients_per_coach=3, sessions_per_client=2)
 
 
-def start_listener(env: dict[str, str], log_dir: Path, name: str = "listener") -> Proc:
+def start_listener(
+    env: dict[str, str], log_dir: Path, name: str = "listener", metrics_port: int = 0
+) -> Proc:
+    env = env | {"LISTENER_METRICS_PORT": str(metrics_port)}
     return Proc(
         name, [sys.executable, "-m", "listeners", "postgres"], env, log_dir / f"{name}.log"
     ).start()
@@ -103,16 +108,22 @@ def test_listener_killed_during_a_burst_resumes_and_loses_nothing(
     worker: Proc,
 ) -> None:
     seed.load(database_url, SMALL)
-    listener = start_listener(service_env, tmp_path, "listener-1")
+    port = free_port()
+    listener = start_listener(service_env, tmp_path, "listener-1", metrics_port=port)
     wait_for(lambda: connected(redis_client, listener), 20, message="listener to connect")
     settle(database_url, redis_client)
     writer = threading.Thread(target=burst, args=(database_url, 2000, 11))
     writer.start()
-    time.sleep(1.5)  # mid-burst
+    # Mid-burst, as observed: the listener has taken in part of the burst, the writer goes on.
+    wait_for(lambda: scrape(port, "coachpipe_events_total") >= 200 or not writer.is_alive(), 60,
+             interval=0.02, message="the listener to take in 200 changes of the burst")  # fmt: skip
     listener.kill()
+    assert writer.is_alive(), "the burst ended before the listener was killed"
+    # Restarted once the burst is over, so the changes written meanwhile reach it only through
+    # the slot (a restart that skipped them would not be healed by later changes).
+    writer.join()
     restarted = start_listener(service_env, tmp_path, "listener-2")
     with running(restarted):
-        writer.join()
         settle(database_url, redis_client, timeout=120)
 
 

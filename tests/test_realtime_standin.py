@@ -270,8 +270,11 @@ def test_filter_matches_record_and_old_record_of_deletes(
             conn.execute("DELETE FROM sessions")
         deleted = await feed.next_change()
         assert (deleted["data"]["type"], deleted["data"]["old_record"]["id"]) == ("DELETE", session)
-        await asyncio.sleep(0.3)
-        assert feed.changes.empty()
+        # Changes come in commit order: had the other coach's delete been delivered, it would
+        # come before this later insert of ours.
+        later = await asyncio.to_thread(add_session, database_url, *mine)
+        following = (await feed.next_change())["data"]
+        assert (following["type"], (following.get("record") or {}).get("id")) == ("INSERT", later)
         await client.close()
 
     asyncio.run(scenario())
@@ -339,8 +342,9 @@ def test_injected_changes_reach_the_callback_when_ids_match(standin: RealtimeSta
         assert payload["data"]["table"] == "unknown_table"
         assert payload["data"]["record"] == {"coach_id": 42}
         assert standin.changes_sent == 2
-        await asyncio.sleep(0.1)
-        assert feed.changes.empty()
+        # In order on one socket: had anything else reached the callback, it would come first.
+        assert standin.send_change(injected(record={"coach_id": 43})) == 1
+        assert (await feed.next_change())["data"]["record"] == {"coach_id": 43}
         await client.close()
 
     asyncio.run(scenario())

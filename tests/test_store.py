@@ -54,21 +54,28 @@ def test_each_stored_write_publishes_a_notice(redis_client: redis.Redis) -> None
     coach = uuid.uuid4()
     pubsub = redis_client.pubsub()
     pubsub.subscribe(keys.updates_channel(coach))
-    pubsub.get_message(timeout=1)
+    subscribed = pubsub.get_message(timeout=5)  # the subscription is live from here on
+    assert subscribed is not None and subscribed["type"] == "subscribe"
     store.write(
         "coach-stats", 1, 3, {coach: {}}, snapshot_at=NOW, computed_at=NOW, commit_ms={coach: 99}
     )
     store.write("coach-stats", 1, 2, {coach: {}}, snapshot_at=NOW, computed_at=NOW)  # stale
-    message = pubsub.get_message(timeout=2)
-    assert message is not None
-    notice = Notice.decode(message["data"])
+    store.write("coach-stats", 1, 4, {coach: {}}, snapshot_at=NOW, computed_at=NOW)
+
+    def next_notice() -> Notice:
+        message = pubsub.get_message(timeout=5)
+        assert message is not None
+        return Notice.decode(message["data"])
+
+    notice = next_notice()
     assert (notice.coach_id, notice.aggregate, notice.version, notice.commit_ms) == (
         str(coach),
         "coach-stats",
         3,
         99,
     )
-    assert pubsub.get_message(timeout=0.3) is None  # the stale write published nothing
+    # Notices arrive in order: had the stale write published one, it would be this one.
+    assert next_notice().version == 4
     pubsub.close()
 
 

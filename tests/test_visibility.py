@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import psycopg
 import pytest
+from sqlalchemy import event
 
 from config import Settings
+from devtools.processes import wait_for
 from listeners.postgres_source import PostgresSource
 from listeners.source import Batch, Resync
 from pipeline import seed
@@ -52,25 +53,35 @@ def test_waits_until_an_open_transaction_leaves_the_procarray(
         full = writer.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()
         assert full is not None
         xid = int(full[0]) % XID_SPACE
+        snapshots_taken = [0]  # by the waiting connection, counted where SQLAlchemy runs them
+
+        @event.listens_for(engine, "after_cursor_execute")
+        def count(*args: object) -> None:
+            if "pg_current_snapshot" in str(args[2]):
+                snapshots_taken[0] += 1
+
         with engine.connect() as pooled:
             connection = pooled.execution_options(isolation_level=isolation)
             visible, polls = wait_until_visible(connection, [xid], timeout_s=0.2)
             assert not visible and polls > 1
 
-            committing_at: list[float] = []
+            taken_before_commit: list[int] = []
+            start = snapshots_taken[0]
 
-            def commit_later() -> None:
-                time.sleep(0.3)
-                committing_at.append(time.monotonic())
+            def commit_while_waiting() -> None:
+                # The waiter has taken two snapshots of this call that could not see the
+                # transaction: it is waiting, not done. Then commit.
+                wait_for(lambda: snapshots_taken[0] >= start + 2, 10, interval=0.001)
+                taken_before_commit.append(snapshots_taken[0] - start)
                 writer.commit()
 
-            committer = threading.Thread(target=commit_later)
+            committer = threading.Thread(target=commit_while_waiting)
             committer.start()
             visible, polls = wait_until_visible(connection, [xid], timeout_s=30)
-            returned_at = time.monotonic()
             committer.join()
-            assert visible and polls > 1
-            assert returned_at >= committing_at[0]
+            assert taken_before_commit, "the committer did not see the waiter poll"
+            # It kept polling across the commit and returned on a snapshot taken after it.
+            assert visible and polls > taken_before_commit[0]
             assert wait_until_visible(connection, [xid], timeout_s=0) == (True, 1)
     finally:
         writer.close()

