@@ -162,7 +162,9 @@ def create_app(settings: Settings) -> FastAPI:
     verifier = Verifier(settings)
     client = aioredis.Redis.from_url(settings.require_redis_url(), health_check_interval=30)
     board_client = redis.Redis.from_url(settings.require_redis_url())
-    board = HealthBoard(board_client, stale_after_s=settings.heartbeat_stale_s)
+    board = HealthBoard(
+        board_client, stale_after_s=settings.heartbeat_stale_s, red_after_s=settings.red_after_s
+    )
     broadcaster = Broadcaster(client)
     latest: dict[str, RealtimeStatus] = {}
 

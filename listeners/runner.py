@@ -24,6 +24,7 @@ from listeners.backoff import reconnect_delay
 from listeners.source import Batch, Resync, Source
 from pipeline import keys, metrics
 from pipeline.aggregates import CRITICAL
+from pipeline.changelog import changes_after
 from pipeline.coaches import coaches_changed_since
 from pipeline.dedup import Dedup
 from pipeline.events import ChangeEvent
@@ -64,7 +65,9 @@ class Listener:
         self.dedup = Dedup(
             client, window_ms=settings.debounce_ms, stale_ms=int(settings.pending_stale_s * 1000)
         )
-        self.board = HealthBoard(client, stale_after_s=settings.heartbeat_stale_s)
+        self.board = HealthBoard(
+            client, stale_after_s=settings.heartbeat_stale_s, red_after_s=settings.red_after_s
+        )
         self.last_event_at: float | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enqueue")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -85,6 +88,8 @@ class Listener:
             last_event_at=self.last_event_at,
             reconnect_attempts=status.attempts,
             detail=status.detail,
+            connected_at=status.connected_at,
+            started_at=status.started_at,
         )
 
     def _report(self) -> None:
@@ -187,6 +192,13 @@ class Listener:
     def _catch_up(self, resync: Resync) -> None:
         since = resync.since or self._stored_last_event()
         names = [aggregate.name for aggregate in CRITICAL]
+        if resync.snapshot is not None:
+            coaches, truncated = changes_after(self.engine, resync.snapshot)
+            request_recomputes(self.dedup, [(name, coach) for coach in coaches for name in names])
+            if truncated:
+                request_wide_refresh(self.dedup, names, f"catch-up: truncate {sorted(truncated)}")
+            log.info("catch_up", reason=resync.reason, scope="change log", coaches=len(coaches))
+            return
         if since is None:
             started = request_wide_refresh(self.dedup, names, f"catch-up: {resync.reason}")
             log.info("catch_up", reason=resync.reason, scope="all active coaches", started=started)

@@ -51,7 +51,11 @@ class Runtime:
 
     @cached_property
     def board(self) -> HealthBoard:
-        return HealthBoard(self.redis, stale_after_s=self.settings.heartbeat_stale_s)
+        return HealthBoard(
+            self.redis,
+            stale_after_s=self.settings.heartbeat_stale_s,
+            red_after_s=self.settings.red_after_s,
+        )
 
     def reset_after_fork(self) -> None:
         """Forget inherited connections; the child opens its own on first use."""
