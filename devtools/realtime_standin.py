@@ -62,6 +62,8 @@ RENDER_CHUNK = 500
 MAX_RECORD_BYTES = 1024 * 1024
 MAX_KEPT_VALUE_BYTES = 64
 PAYLOAD_TOO_LARGE = "Error 413: Payload Too Large"
+# A refused join is answered after this delay (the real server's CHANNEL_ERROR_BACKOFF_MS).
+JOIN_ERROR_DELAY_S = 5.0
 
 # The option list of the real server's `realtime.list_changes`, with the tables appended.
 GET_CHANGES = """
@@ -304,6 +306,8 @@ class RealtimeStandIn:
         self._peers: set[_Peer] = set()
         self._down = False
         self._stalled = False
+        self._refused_joins: list[str] = []
+        self._ignored_joins = 0
         self._blackholed: set[_Peer] = set()
         self._change_delay = 0.0
         self._extra_ready_delay = 0.0
@@ -423,6 +427,18 @@ class RealtimeStandIn:
             return len(peers)
 
         return self._call(apply)
+
+    def refuse_joins(
+        self,
+        count: int,
+        reason: str = "Unauthorized: You do not have permissions to read from this Channel topic",
+    ) -> None:
+        """Answer the next `count` joins with an error reply, after the server's 5 s delay."""
+        self._call(lambda: self._refused_joins.extend([reason] * count))
+
+    def ignore_joins(self, count: int) -> None:
+        """Leave the next `count` joins unanswered (the client's join times out)."""
+        self._call(lambda: setattr(self, "_ignored_joins", self._ignored_joins + count))
 
     def stall_changes(self, stalled: bool) -> None:
         """While stalled, sockets stay up and heartbeats are answered, but changes are dropped
@@ -631,6 +647,16 @@ class RealtimeStandIn:
     ) -> None:
         if not topic.startswith(TOPIC_PREFIX):
             peer.reply(topic, ref, join_ref, "error", {"reason": "unmatched topic"})
+            return
+        if self._ignored_joins:
+            self._ignored_joins -= 1
+            return
+        if self._refused_joins:
+            reason = self._refused_joins.pop(0)
+            payload = {"status": "error", "response": {"reason": reason}}
+            peer.send(
+                topic, "phx_reply", payload, ref=ref, join_ref=join_ref, delay=JOIN_ERROR_DELAY_S
+            )
             return
         config = payload.get("config") or {}
         raw_bindings = [b for b in config.get("postgres_changes") or [] if isinstance(b, dict)]
