@@ -73,7 +73,11 @@ def test_one_error_each_then_the_new_socket_is_never_torn_down(
         for reason, inject in faults:
             inject()
             wait_for(lambda r=reason: teardowns(listener, r) >= 1, 30, message=f"{reason} seen")
-            wait_for(lambda: listener.connected(redis_client), 30, message=f"back after {reason}")
+            wait_for(
+                lambda: standin.ready_topics() and listener.connected(redis_client),
+                30,
+                message=f"back after {reason}",
+            )
         settle(database_url, redis_client)
         sockets, torn = standin.total_connections, teardowns(listener)
         # The bug tore the new socket down 10 s after each fault, then every 10 s: 25 s is
