@@ -97,7 +97,9 @@ def test_half_open_link_is_found_by_the_heartbeat_then_caught_up(
     standin: RealtimeStandIn, worker: Proc,
 ) -> None:  # fmt: skip
     seed.load(database_url, SMALL)
-    listener = start(service_env, tmp_path, standin, HEARTBEAT_S="5", CANARY_S="5")
+    listener = start(
+        service_env, tmp_path, standin, HEARTBEAT_S="5", HEARTBEAT_STALE_S="15", CANARY_S="5"
+    )
     detected = []
     with running(listener.proc):
         wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
