@@ -294,3 +294,31 @@ def test_patient_subscribe_then_red_after_a_long_outage(
         wait_for(lambda: board.status().color is Color.RED, 20, message="red after RED_AFTER_S")
         standin.set_down(False)
         wait_for(lambda: board.status().color is Color.GREEN, 30, message="green again")
+
+
+def test_reconnect_after_a_drop(
+    database_url: str, redis_client: redis.Redis, service_env: dict[str, str], tmp_path: Path,
+    standin: RealtimeStandIn,
+) -> None:  # fmt: skip
+    """Default backoff; the stand-in announces "Subscribed" 0.2 s after the join."""
+    listener = start(service_env, tmp_path, standin)
+    took = []
+    with running(listener.proc):
+        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+        for _ in range(5):
+            ready = listener.metric("coachpipe_listener_reconnects_total")
+            joins = standin.joins
+            standin.drop_connections(1011)
+            dropped = time.monotonic()
+            wait_for(
+                lambda j=joins, r=ready: (
+                    standin.joins > j
+                    and listener.metric("coachpipe_listener_reconnects_total") > r
+                    and standin.ready_topics() == ["realtime:coachpipe"]
+                ),
+                30,
+                interval=0.02,
+                message="reconnected and subscribed",
+            )
+            took.append(time.monotonic() - dropped)
+    print(f"reconnect after a drop (to 'Subscribed'): {[round(t, 2) for t in took]} s")
