@@ -306,6 +306,7 @@ class RealtimeStandIn:
         self._peers: set[_Peer] = set()
         self._down = False
         self._stalled = False
+        self._down_status = HTTPStatus.SERVICE_UNAVAILABLE
         self._refused_joins: list[str] = []
         self._ignored_joins = 0
         self._blackholed: set[_Peer] = set()
@@ -395,12 +396,16 @@ class RealtimeStandIn:
         """Close every websocket with `code`; returns how many were closed."""
         return self._call(lambda: self._drop_all(code, reason))
 
-    def set_down(self, down: bool, code: int = 1001) -> None:
-        """While down, refuse upgrades with HTTP 503 and close open sockets; the slot is still
-        consumed, so changes committed meanwhile are lost, as in production."""
+    def set_down(
+        self, down: bool, code: int = 1001, status: HTTPStatus = HTTPStatus.SERVICE_UNAVAILABLE
+    ) -> None:
+        """While down, refuse upgrades with HTTP `status` (503; 401 as for a rejected JWT) and
+        close open sockets; the slot is still consumed, so changes committed meanwhile are
+        lost, as in production."""
 
         def apply() -> None:
             self._down = down
+            self._down_status = status
             if down:
                 self._drop_all(code, "down")
 
@@ -503,6 +508,18 @@ class RealtimeStandIn:
 
         return self._call(send)
 
+    def send_phx_close(self) -> int:
+        """`phx_close` on every joined topic (the server ended the channel), with the join ref."""
+
+        def send() -> int:
+            joined = self._joined()
+            for peer, channel in joined:
+                del peer.channels[channel.topic]
+                peer.close_channel(channel)
+            return len(joined)
+
+        return self._call(send)
+
     def send_phx_error(self) -> int:
         """`phx_error` (a crashed channel) on every joined topic; the server forgets the join."""
 
@@ -590,7 +607,7 @@ class RealtimeStandIn:
         if parts.path not in PATHS:
             return connection.respond(HTTPStatus.NOT_FOUND, '{"error":"not found"}\n')
         if self._down:
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, '{"error":"down"}\n')
+            return connection.respond(self._down_status, '{"error":"down"}\n')
         vsn = parse_qs(parts.query).get("vsn", [VSN_1])[0]
         if vsn not in (VSN_1, VSN_2):
             return connection.respond(HTTPStatus.BAD_REQUEST, '{"error":"unsupported vsn"}\n')
