@@ -154,7 +154,7 @@ class Settings(BaseSettings):
         description="`supabase` source: a Phoenix heartbeat unanswered this long: a dead link.",
     )  # fmt: skip
     subscribe_timeout_s: float = Field(
-        default=90.0, ge=60, le=3600,
+        default=90.0, gt=0, le=3600,
         description="`supabase` source: how long a joined channel may wait for the server's "
         "'Subscribed to PostgreSQL' before the connection is rebuilt.",
     )  # fmt: skip
