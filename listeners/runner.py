@@ -25,6 +25,7 @@ from listeners.source import Batch, Resync, Source
 from pipeline import keys, metrics
 from pipeline.aggregates import CRITICAL
 from pipeline.changelog import changes_after
+from pipeline.changelog import prune as prune_change_log
 from pipeline.coaches import coaches_changed_since
 from pipeline.dedup import Dedup
 from pipeline.events import ChangeEvent
@@ -38,6 +39,8 @@ log = structlog.get_logger("listeners.runner")
 T = TypeVar("T")
 CATCH_UP_MARGIN = timedelta(seconds=5)
 """Rows stamped up to this long before the last event seen are caught up too (clock skew)."""
+PRUNE_EVERY_S = 300.0
+"""How often a listener prunes the change log (see `pipeline.changelog.prune`)."""
 SNAPSHOT_WAIT_S = 1.0
 """How long a batch waits for its transactions to become visible before it is sent anyway
 (normally microseconds; short enough not to hold the heartbeat, which shares the thread)."""
@@ -110,10 +113,23 @@ class Listener:
                 lambda: self._loop.run_in_executor(self._executor, self._report)  # type: ignore[union-attr]
             )
 
+    def _prune_change_log(self) -> None:
+        try:
+            deleted = prune_change_log(self.engine)
+        except sqlalchemy.exc.SQLAlchemyError as error:  # retried at the next round
+            log.warning("change_log_prune_failed", error_type=type(error).__name__)
+            return
+        if deleted:
+            log.info("change_log_pruned", rows=deleted)
+
     async def _heartbeat(self) -> None:
+        pruned_at = time.monotonic()  # not at start: a restart loop must not prune each time
         while True:
             metrics.LISTENER_TASKS.set(len(asyncio.all_tasks()))
             await self._blocking(self._report)
+            if time.monotonic() - pruned_at > PRUNE_EVERY_S:
+                pruned_at = time.monotonic()
+                await self._blocking(self._prune_change_log)
             lag = await self.source.lag_bytes()
             if lag is not None:
                 metrics.SLOT_LAG_BYTES.labels(self.settings.slot_name).set(lag)

@@ -53,7 +53,6 @@ from listeners.source import Batch, Resync, Source, SourceStatus
 from pipeline import metrics
 from pipeline.changelog import (
     CANARY_PREFIX,
-    PRUNE_CHANGE_LOG,
     SIGNAL_TABLE,
     TRUNCATE_PREFIX,
     WRITE_CANARY,
@@ -75,7 +74,6 @@ MAX_BATCH = 5000
 MESSAGE_TOO_BIG = 1009
 WATERMARK_MAX_AGE_S = 1800.0
 """A watermark older than this may predate the pruned change log: catch up the wide way."""
-PRUNE_EVERY_S = 60.0
 
 
 class _ClientLogCounter(logging.Filter):
@@ -184,7 +182,6 @@ class SupabaseSource(Source):
         """(snapshot, when): every change visible in the snapshot is known delivered."""
         self._canary_seq = 0
         self._canaries: deque[_Canary] = deque()
-        self._pruned_at = 0.0
         for name in ("realtime._async.client", "realtime._async.channel"):
             logger = logging.getLogger(name)
             if _CLIENT_LOG_FILTER not in logger.filters:
@@ -618,9 +615,6 @@ class SupabaseSource(Source):
             row = await cursor.fetchone()
             if row is not None:
                 self._canaries.append(_Canary(self._canary_seq, str(row[0]), sent))
-            if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
-                self._pruned_at = time.monotonic()
-                await asyncio.wait_for(db.execute(PRUNE_CHANGE_LOG), 10)
         except (psycopg.Error, OSError, TimeoutError) as error:
             # The database, not the link, is down: nothing to prove either way.
             log.warning(

@@ -31,11 +31,13 @@ ON CONFLICT (topic) DO UPDATE SET seq = excluded.seq, sent_at = excluded.sent_at
 RETURNING pg_current_snapshot()::text
 """
 
-PRUNE_CHANGE_LOG = f"""
-DELETE FROM public.{CHANGE_LOG} WHERE logged_at < now() - interval '{KEEP}';
-DELETE FROM public.{SIGNAL_TABLE}
-    WHERE topic LIKE '{CANARY_PREFIX}%' AND sent_at < now() - interval '{KEEP}'
-"""
+PRUNE_STATEMENTS = (
+    text(f"DELETE FROM public.{CHANGE_LOG} WHERE logged_at < now() - interval '{KEEP}'"),
+    text(
+        f"DELETE FROM public.{SIGNAL_TABLE} "
+        f"WHERE topic LIKE '{CANARY_PREFIX}%' AND sent_at < now() - interval '{KEEP}'"
+    ),
+)
 
 CHANGED_AFTER = text(
     f"""
@@ -44,6 +46,15 @@ CHANGED_AFTER = text(
       AND NOT pg_visible_in_snapshot(xid, CAST(:snapshot AS pg_snapshot))
     """
 )
+
+
+def prune(engine: Engine) -> int:
+    """Drop log rows and abandoned canary rows older than `KEEP`; returns rows deleted.
+
+    Every listener calls it now and then, whatever its source: the triggers log for every
+    deployment, so pruning must not depend on the `supabase` source running."""
+    with engine.begin() as connection:
+        return sum(connection.execute(statement).rowcount for statement in PRUNE_STATEMENTS)
 
 
 def changes_after(engine: Engine, snapshot: str) -> tuple[set[UUID], set[str]]:
