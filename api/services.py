@@ -30,7 +30,7 @@ class Services:
     def from_settings(cls, settings: Settings) -> Services:
         client = aioredis.Redis.from_url(settings.require_redis_url(), health_check_interval=30)
         board_client = redis.Redis.from_url(settings.require_redis_url())
-        board = HealthBoard(board_client, stale_after_s=settings.heartbeat_stale_s)
+        board = HealthBoard.from_settings(board_client, settings)
         broadcaster = Broadcaster(client)
         return cls(
             verifier=Verifier(settings),

@@ -152,7 +152,7 @@ def _view(
     urls: list[str],
     supervisor: Supervisor,
 ) -> Group:
-    status = HealthBoard(client, stale_after_s=settings.heartbeat_stale_s).status()
+    status = HealthBoard.from_settings(client, settings).status()
     colour = {"green": "green", "yellow": "yellow", "red": "red"}[status.color.value]
     table = Table(
         "coach", "completed", "upcoming", "rating", "clients", "latest activity", "version",

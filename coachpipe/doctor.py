@@ -15,6 +15,7 @@ import redis
 
 from config import Settings, SourceName
 from config.logging import redact_text
+from pipeline.changelog import SIGNAL_TABLE
 from pipeline.db import libpq_dsn
 from pipeline.migrate import SUPABASE_PUBLICATION, VERSION_TABLE
 from pipeline.tables import WATCHED_TABLES
@@ -152,9 +153,11 @@ def _publication_check(conn: psycopg.Connection[Any], publication: str, required
             (publication,),
         )
     }
-    missing = [t for t in WATCHED_TABLES if t not in members]
+    # Realtime also carries the signal table (listener canaries, TRUNCATE notices).
+    extra = (SIGNAL_TABLE,) if publication == SUPABASE_PUBLICATION else ()
+    missing = [t for t in (*WATCHED_TABLES, *extra) if t not in members]
     if not missing:
-        return ok(name, "holds all five tables")
+        return ok(name, f"holds all {'six' if extra else 'five'} tables")
     statements = " ".join(
         f'ALTER PUBLICATION "{publication}" ADD TABLE public.{t};' for t in missing
     )

@@ -49,7 +49,7 @@ def _slot(settings: Settings) -> dict[str, Any] | None:
 
 def gather(settings: Settings) -> dict[str, Any]:
     client = redis.Redis.from_url(settings.require_redis_url())
-    board = HealthBoard(client, stale_after_s=settings.heartbeat_stale_s)
+    board = HealthBoard.from_settings(client, settings)
     status = board.status()
     pipe = client.pipeline(transaction=False)
     for name in NAMES:

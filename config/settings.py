@@ -176,6 +176,28 @@ class Settings(BaseSettings):
     reconnect_max_s: float = Field(
         default=8.0, gt=0, le=600, description="Longest reconnect delay."
     )
+    red_after_s: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="Realtime status turns red once no listener has been connected this long.",
+    )  # fmt: skip
+    heartbeat_reply_s: float = Field(
+        default=4.0, gt=0, le=60,
+        description="`supabase` source: a Phoenix heartbeat unanswered this long: a dead link.",
+    )  # fmt: skip
+    subscribe_timeout_s: float = Field(
+        default=90.0, gt=0, le=3600,
+        description="`supabase` source: how long a joined channel may wait for the server's "
+        "'Subscribed to PostgreSQL' before the connection is rebuilt.",
+    )  # fmt: skip
+    canary_s: float = Field(
+        default=5.0, ge=0, le=300,
+        description="`supabase` source: how often the end-to-end canary row is written (0: off).",
+    )  # fmt: skip
+    canary_deadline_s: float = Field(
+        default=15.0, gt=0, le=600,
+        description="`supabase` source: a canary not back through Realtime this long means a "
+        "stalled subscription (reconnect and catch up).",
+    )  # fmt: skip
     slot_name: str = Field(
         default="coachpipe", pattern=r"^[a-z0-9_]{1,63}$",
         description="Logical replication slot of the `postgres` source.",
@@ -246,6 +268,8 @@ class Settings(BaseSettings):
             raise ValueError("RECONNECT_MAX_S must be >= RECONNECT_INITIAL_S")
         if self.heartbeat_stale_s <= self.heartbeat_s:
             raise ValueError("HEARTBEAT_STALE_S must be greater than HEARTBEAT_S")
+        if self.canary_s and self.canary_deadline_s <= self.canary_s:
+            raise ValueError("CANARY_DEADLINE_S must be greater than CANARY_S")
         return self
 
     # Accessors that fail with the variable's name when a service is not configured.

@@ -42,8 +42,6 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from pipeline.tables import WATCHED_TABLES
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -59,6 +57,13 @@ BYTEA_OID = 17
 FLUSH_MESSAGE_PREFIX = "coachpipe.realtime_standin"
 FILTER_OPERATORS = ("eq", "neq")
 RENDER_CHUNK = 500
+# The real server's `max_record_bytes`: a change whose WAL text is larger is sent as an
+# "Error 413" row keeping only values of at most 64 bytes (supabase/walrus `apply_rls`).
+MAX_RECORD_BYTES = 1024 * 1024
+MAX_KEPT_VALUE_BYTES = 64
+PAYLOAD_TOO_LARGE = "Error 413: Payload Too Large"
+# A refused join is answered after this delay (the real server's CHANNEL_ERROR_BACKOFF_MS).
+JOIN_ERROR_DELAY_S = 5.0
 
 # The option list of the real server's `realtime.list_changes`, with the tables appended.
 GET_CHANGES = """
@@ -196,6 +201,8 @@ class _Peer:
     vsn: str
     channels: dict[str, _Channel] = field(default_factory=dict)
     outbox: asyncio.Queue[tuple[float, str]] = field(default_factory=asyncio.Queue)
+    blackholed: bool = False
+    """Neither read nor written any more, yet open: a frozen server or dropped packets."""
 
     def encode(
         self, topic: str, event: str, payload: Any, ref: str | None, join_ref: str | None
@@ -240,6 +247,8 @@ class _Peer:
             due, text = await self.outbox.get()
             if (wait := due - loop.time()) > 0:
                 await asyncio.sleep(wait)
+            if self.blackholed:
+                continue
             try:
                 await self.ws.send(text)
             except ConnectionClosed:
@@ -263,7 +272,7 @@ class RealtimeStandIn:
     def __init__(
         self,
         database_url: str,
-        tables: Sequence[str] = WATCHED_TABLES,
+        tables: Sequence[str] | None = None,
         publication: str = "supabase_realtime",
         *,
         host: str = "127.0.0.1",
@@ -273,7 +282,12 @@ class RealtimeStandIn:
         flush_wal: bool = True,
     ) -> None:
         self.database_url = database_url
-        self.tables = tuple(table if "." in table else f"public.{table}" for table in tables)
+        # None: the publication's tables, read when the slot opens, as the real server does.
+        self.tables = (
+            None
+            if tables is None
+            else tuple(table if "." in table else f"public.{table}" for table in tables)
+        )
         self.publication = publication
         self.host = host
         self.port = port
@@ -291,6 +305,11 @@ class RealtimeStandIn:
 
         self._peers: set[_Peer] = set()
         self._down = False
+        self._stalled = False
+        self._down_status = HTTPStatus.SERVICE_UNAVAILABLE
+        self._refused_joins: list[str] = []
+        self._ignored_joins = 0
+        self._blackholed: set[_Peer] = set()
         self._change_delay = 0.0
         self._extra_ready_delay = 0.0
         self._columns: dict[tuple[str, str], list[_Column]] = {}
@@ -377,12 +396,16 @@ class RealtimeStandIn:
         """Close every websocket with `code`; returns how many were closed."""
         return self._call(lambda: self._drop_all(code, reason))
 
-    def set_down(self, down: bool, code: int = 1001) -> None:
-        """While down, refuse upgrades with HTTP 503 and close open sockets; the slot is still
-        consumed, so changes committed meanwhile are lost, as in production."""
+    def set_down(
+        self, down: bool, code: int = 1001, status: HTTPStatus = HTTPStatus.SERVICE_UNAVAILABLE
+    ) -> None:
+        """While down, refuse upgrades with HTTP `status` (503; 401 as for a rejected JWT) and
+        close open sockets; the slot is still consumed, so changes committed meanwhile are
+        lost, as in production."""
 
         def apply() -> None:
             self._down = down
+            self._down_status = status
             if down:
                 self._drop_all(code, "down")
 
@@ -391,6 +414,41 @@ class RealtimeStandIn:
     def delay_changes(self, seconds: float) -> None:
         """Add latency before each change frame (later frames on a socket wait behind it)."""
         self._call(lambda: setattr(self, "_change_delay", max(0.0, seconds)))
+
+    def blackhole(self) -> int:
+        """Stop reading and writing every open socket without closing it: the client sees
+        silence (no heartbeat replies, no changes) while TCP stays up. New sockets are served
+        normally. Returns how many sockets went silent."""
+
+        def apply() -> int:
+            peers = list(self._peers)
+            self._peers.clear()
+            for peer in peers:
+                peer.blackholed = True
+                for channel in peer.channels.values():
+                    channel.cancel()
+                peer.ws.transport.pause_reading()
+                self._blackholed.add(peer)
+            return len(peers)
+
+        return self._call(apply)
+
+    def refuse_joins(
+        self,
+        count: int,
+        reason: str = "Unauthorized: You do not have permissions to read from this Channel topic",
+    ) -> None:
+        """Answer the next `count` joins with an error reply, after the server's 5 s delay."""
+        self._call(lambda: self._refused_joins.extend([reason] * count))
+
+    def ignore_joins(self, count: int) -> None:
+        """Leave the next `count` joins unanswered (the client's join times out)."""
+        self._call(lambda: setattr(self, "_ignored_joins", self._ignored_joins + count))
+
+    def stall_changes(self, stalled: bool) -> None:
+        """While stalled, sockets stay up and heartbeats are answered, but changes are dropped
+        (a poller that stopped: the silent stall clients report)."""
+        self._call(lambda: setattr(self, "_stalled", stalled))
 
     def pause_ready(self, seconds: float) -> None:
         """Delay the system-ready frame of subsequent joins by `seconds` more (0 to reset)."""
@@ -412,7 +470,10 @@ class RealtimeStandIn:
         return self._call(lambda: self._push_to_ready(dict(data), ids))
 
     def send_oversized(self, size_bytes: int = 2 * 1024 * 1024) -> int:
-        """Push a change whose frame exceeds the client's 1 MiB limit (it closes with 1009)."""
+        """Push a change whose frame exceeds the client's 1 MiB limit (it closes with 1009).
+
+        The real server never sends this for a committed row (it sends the `Error 413` row
+        instead, as the stand-in does for real rows over 1 MiB); it is a client test."""
         data = {
             "schema": "public",
             "table": "sessions",
@@ -444,6 +505,18 @@ class RealtimeStandIn:
                     peer.close_channel(channel)
                 count += 1
             return count
+
+        return self._call(send)
+
+    def send_phx_close(self) -> int:
+        """`phx_close` on every joined topic (the server ended the channel), with the join ref."""
+
+        def send() -> int:
+            joined = self._joined()
+            for peer, channel in joined:
+                del peer.channels[channel.topic]
+                peer.close_channel(channel)
+            return len(joined)
 
         return self._call(send)
 
@@ -519,6 +592,8 @@ class RealtimeStandIn:
             if server is not None:
                 server.close()
                 await server.wait_closed()
+            for peer in self._blackholed:
+                peer.ws.transport.abort()
             if self._closing:
                 await asyncio.wait(self._closing)
             if self._db is not None:
@@ -532,7 +607,7 @@ class RealtimeStandIn:
         if parts.path not in PATHS:
             return connection.respond(HTTPStatus.NOT_FOUND, '{"error":"not found"}\n')
         if self._down:
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, '{"error":"down"}\n')
+            return connection.respond(self._down_status, '{"error":"down"}\n')
         vsn = parse_qs(parts.query).get("vsn", [VSN_1])[0]
         if vsn not in (VSN_1, VSN_2):
             return connection.respond(HTTPStatus.BAD_REQUEST, '{"error":"unsupported vsn"}\n')
@@ -559,6 +634,8 @@ class RealtimeStandIn:
             drain.cancel()
 
     def _on_frame(self, peer: _Peer, raw: str) -> None:
+        if peer.blackholed:
+            return
         frame = _decode(raw, peer.vsn)
         if frame is None:
             log.warning("realtime stand-in ignored a malformed frame: %.200r", raw)
@@ -587,6 +664,16 @@ class RealtimeStandIn:
     ) -> None:
         if not topic.startswith(TOPIC_PREFIX):
             peer.reply(topic, ref, join_ref, "error", {"reason": "unmatched topic"})
+            return
+        if self._ignored_joins:
+            self._ignored_joins -= 1
+            return
+        if self._refused_joins:
+            reason = self._refused_joins.pop(0)
+            payload = {"status": "error", "response": {"reason": reason}}
+            peer.send(
+                topic, "phx_reply", payload, ref=ref, join_ref=join_ref, delay=JOIN_ERROR_DELAY_S
+            )
             return
         config = payload.get("config") or {}
         raw_bindings = [b for b in config.get("postgres_changes") or [] if isinstance(b, dict)]
@@ -679,7 +766,7 @@ class RealtimeStandIn:
         reaches no channel is dropped (counted), never kept for later."""
         frames = 0
         for peer, channel in self._joined():
-            if not channel.ready:
+            if not channel.ready or self._stalled:
                 continue
             ids = list(dict.fromkeys(b.id for b in channel.bindings if b.matches(data)))
             if ids:
@@ -705,6 +792,11 @@ class RealtimeStandIn:
             )
             if await cursor.fetchone() is None:
                 raise RuntimeError(f"publication {self.publication!r} does not exist")
+            if self.tables is None:
+                cursor = await db.execute(PUBLICATION_TABLES, (self.publication,))
+                self.tables = tuple(
+                    f"{schema}.{table}" for schema, table in await cursor.fetchall()
+                )
             await db.execute(
                 "SELECT pg_create_logical_replication_slot(%s, 'wal2json', true)",
                 (self.slot_name,),
@@ -741,13 +833,15 @@ class RealtimeStandIn:
         if self.flush_wal:
             await self._db.execute(FLUSH_WAL)
         cursor = await self._db.execute(
-            GET_CHANGES, {"slot": self.slot_name, "limit": 100, "tables": ",".join(self.tables)}
+            GET_CHANGES,
+            {"slot": self.slot_name, "limit": 100, "tables": ",".join(self.tables or ())},
         )
         # Numbers stay text, so numeric and int8 values reach Postgres' cast unrounded.
-        rows = [
-            json.loads(data, parse_int=str, parse_float=str, parse_constant=str)
-            for (data,) in await cursor.fetchall()
-        ]
+        rows = []
+        for (data,) in await cursor.fetchall():
+            row = json.loads(data, parse_int=str, parse_float=str, parse_constant=str)
+            row["too_large"] = len(data.encode()) > MAX_RECORD_BYTES
+            rows.append(row)
         changes = [row for row in rows if row.get("action") in ACTION_TYPES]
         # A poll returns whole transactions, which can be large; render them in chunks so one
         # query stays under Postgres' 65,535 bind parameters.
@@ -820,6 +914,10 @@ class RealtimeStandIn:
             "errors": None,
             "columns": [{"name": c.name, "type": c.type} for c in columns],
         }
+        if change.get("too_large"):
+            data["errors"] = [PAYLOAD_TOO_LARGE]
+            record = _short_values(record, change.get("columns"))
+            old = _short_values(old, change.get("identity"))
         if action in ("I", "U"):
             # An unchanged TOASTed value is missing from the WAL: fill it from identity.
             data["record"] = record | {k: v for k, v in old.items() if k not in record}
@@ -844,6 +942,16 @@ class RealtimeStandIn:
         if missing:
             cursor = await self._db.execute(CAST_TYPES, (missing,))
             self._cast_types.update(dict(await cursor.fetchall()))
+
+
+def _short_values(values: dict[str, Any], wal_columns: Any) -> dict[str, Any]:
+    """The values an `Error 413` row keeps: those whose WAL text is at most 64 bytes."""
+    short = {
+        column["name"]
+        for column in wal_columns or []
+        if len((_text_value(column.get("value")) or "").encode()) <= MAX_KEPT_VALUE_BYTES
+    }
+    return {name: value for name, value in values.items() if name in short}
 
 
 def _decode(raw: str, vsn: str) -> tuple[str | None, str | None, str, str, Any] | None:

@@ -6,6 +6,7 @@ The client library passes frames for unknown tables, rows without or with wrongl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,18 @@ from pipeline.errors import BadEventError
 from pipeline.events import ChangeEvent, ChangeType, change_type, watched_table
 
 SOURCE = "supabase"
+_ERROR_CODE = re.compile(r"Error (\d{3})")
+
+
+def server_error(errors: object) -> str | None:
+    """A stable label for a change's `errors` (None when it has none): `server_error_413` for
+    "Error 413: Payload Too Large", `server_error_401` for "Error 401: Unauthorized", and
+    `server_error` for anything without a code."""
+    if not errors:
+        return None
+    text = " ".join(map(str, errors)) if isinstance(errors, list) else str(errors)
+    match = _ERROR_CODE.search(text)
+    return f"server_error_{match.group(1)}" if match else "server_error"
 
 
 def _record(data: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
@@ -48,12 +61,10 @@ def parse_change(payload: object) -> tuple[ChangeEvent, str | None]:
     kind = change_type(data.get("type"))
     if kind is ChangeType.TRUNCATE:
         raise BadEventError("unknown_type", "Realtime never sends TRUNCATE", table)
-    warning = None
-    errors = data.get("errors")
-    if errors:
-        # e.g. "Error 413: Payload Too Large": values over 64 bytes were dropped. The coach id
-        # (36 bytes) survives; whatever is missing routes to a wide refresh.
-        warning = "server_errors"
+    # e.g. "Error 413: Payload Too Large": values over 64 bytes were dropped, and the coach id
+    # (36 bytes) survives; "Error 401: Unauthorized" comes with an empty record. Whatever is
+    # missing routes to a wide refresh of the table's aggregates.
+    warning = server_error(data.get("errors"))
     event = ChangeEvent(
         table=table,
         type=kind,

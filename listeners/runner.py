@@ -24,6 +24,8 @@ from listeners.backoff import reconnect_delay
 from listeners.source import Batch, Resync, Source
 from pipeline import keys, metrics
 from pipeline.aggregates import CRITICAL
+from pipeline.changelog import changes_after
+from pipeline.changelog import prune as prune_change_log
 from pipeline.coaches import coaches_changed_since
 from pipeline.events import ChangeEvent
 from pipeline.freshness import Freshness
@@ -37,6 +39,8 @@ log = structlog.get_logger("listeners.runner")
 T = TypeVar("T")
 CATCH_UP_MARGIN = timedelta(seconds=5)
 """Rows stamped up to this long before the last event seen are caught up too (clock skew)."""
+PRUNE_EVERY_S = 300.0
+"""How often a listener prunes the change log (see `pipeline.changelog.prune`)."""
 SNAPSHOT_WAIT_S = 1.0
 """How long a batch waits for its transactions to become visible before it is sent anyway
 (normally microseconds; short enough not to hold the heartbeat, which shares the thread)."""
@@ -76,7 +80,7 @@ class Listener:
             window_ms=settings.debounce_ms,
             stale_ms=int(settings.pending_stale_s * 1000),
         )
-        self.board = HealthBoard(client, stale_after_s=settings.heartbeat_stale_s)
+        self.board = HealthBoard.from_settings(client, settings)
         self.freshness = Freshness(client)
         self.last_event_at: float | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enqueue")
@@ -98,6 +102,8 @@ class Listener:
             last_event_at=self.last_event_at,
             reconnect_attempts=status.attempts,
             detail=status.detail,
+            connected_at=status.connected_at,
+            started_at=status.started_at,
         )
 
     def _report(self) -> None:
@@ -118,10 +124,23 @@ class Listener:
                 lambda: self._loop.run_in_executor(self._executor, self._report)  # type: ignore[union-attr]
             )
 
+    def _prune_change_log(self) -> None:
+        try:
+            deleted = prune_change_log(self.engine)
+        except sqlalchemy.exc.SQLAlchemyError as error:  # retried at the next round
+            log.warning("change_log_prune_failed", error_type=type(error).__name__)
+            return
+        if deleted:
+            log.info("change_log_pruned", rows=deleted)
+
     async def _heartbeat(self) -> None:
+        pruned_at = time.monotonic()  # not at start: a restart loop must not prune each time
         while True:
             metrics.LISTENER_TASKS.set(len(asyncio.all_tasks()))
             await self._blocking(self._report)
+            if time.monotonic() - pruned_at > PRUNE_EVERY_S:
+                pruned_at = time.monotonic()
+                await self._blocking(self._prune_change_log)
             lag = await self.source.lag_bytes()
             if lag is not None:
                 metrics.SLOT_LAG_BYTES.labels(self.settings.slot_name).set(lag)
@@ -201,6 +220,13 @@ class Listener:
     def _catch_up(self, resync: Resync) -> None:
         since = resync.since or self._stored_last_event()
         names = [aggregate.name for aggregate in CRITICAL]
+        if resync.snapshot is not None:
+            coaches, truncated = changes_after(self.engine, resync.snapshot)
+            self.scheduler.request([(name, coach) for coach in coaches for name in names])
+            if truncated:
+                self.scheduler.request_wide(names, f"catch-up: truncate {sorted(truncated)}")
+            log.info("catch_up", reason=resync.reason, scope="change log", coaches=len(coaches))
+            return
         if since is None:
             started = self.scheduler.request_wide(names, f"catch-up: {resync.reason}")
             log.info("catch_up", reason=resync.reason, scope="all active coaches", started=started)

@@ -9,6 +9,7 @@ that cannot replay (Supabase Realtime) yields `Resync` after every (re)connect i
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +34,9 @@ class Resync:
 
     reason: str
     since: datetime | None = None
+    snapshot: str | None = None
+    """A Postgres snapshot (`pg_current_snapshot()`) whose changes are known delivered: the
+    catch-up covers every change committed after it, from the change log."""
 
 
 @dataclass
@@ -41,9 +45,21 @@ class SourceStatus:
     attempts: int = 0
     detail: str = ""
     on_change: Callable[[], None] | None = field(default=None, repr=False)
+    started_at: float = field(default_factory=time.time)
+    left_connected_at: float | None = None
+    """When the source last stopped being connected (None: never connected, or still is)."""
+
+    @property
+    def connected_at(self) -> float | None:
+        """When the source was last known connected: now while it is."""
+        if self.state is ListenerState.CONNECTED:
+            return time.time()
+        return self.left_connected_at
 
     def set(self, state: ListenerState, detail: str = "", *, attempts: int | None = None) -> None:
         changed = (state, detail) != (self.state, self.detail)
+        if self.state is ListenerState.CONNECTED and state is not ListenerState.CONNECTED:
+            self.left_connected_at = time.time()
         self.state, self.detail = state, detail
         if attempts is not None:
             self.attempts = attempts

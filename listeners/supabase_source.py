@@ -1,48 +1,79 @@
 """Changes from Supabase Realtime `postgres_changes`, through the official `realtime` client.
 
 The client gives up reconnecting after a few attempts, reports SUBSCRIBED before the server
-captures anything, dies silently if a callback raises, and can leave a channel CLOSED for good
+captures anything, dies silently if a callback raises, never checks its heartbeat replies, can
+leave a channel CLOSED for good, and keeps reporting through its callbacks after it is torn down
 (see the Realtime reference). So this source supervises it:
 
-- it counts as connected only after the server's "Subscribed to PostgreSQL" system message;
-- any sign of trouble (channel error or timeout, closed channel, socket gone, receive loop
-  ended) tears the client down and builds a new one, with backoff 500 ms → 8 s and jitter,
-  forever;
-- callbacks only validate and queue, and never raise;
-- Realtime delivers at most once and never replays, so every successful (re)connect yields a
-  `Resync` from the last event seen.
+- **One generation at a time.** Each connection is a `_Link` owning one client; every callback
+  and every received frame is tied to its link, and a report from any link but the current one
+  is counted (`stale_generation`) and ignored, so tearing down an old client never touches the
+  new one.
+- **Own liveness.** The link sends its own Phoenix heartbeat every `HEARTBEAT_S` with a unique
+  ref and expects the reply within `HEARTBEAT_REPLY_S`; and every `CANARY_S` it commits a canary
+  row to a table in the publication and expects that change back through the channel within
+  `CANARY_DEADLINE_S`. The heartbeat finds a half-open socket, the canary a subscription that
+  stopped delivering while the socket answers.
+- **States.** Reconnecting until the join is answered; subscribing (patiently, up to
+  `SUBSCRIBE_TIMEOUT_S`) until the server's "Subscribed to PostgreSQL"; connected after it.
+- **Every frame read here.** Change frames are taken from the socket before the client validates
+  them (it drops error rows whose commit timestamp is null), checked against the ids the join
+  assigned, and answered: a coach refresh when a coach id survives, else a wide refresh.
+- **Nothing lost across a gap.** Realtime never replays, so every successful (re)connect yields
+  a `Resync` carrying the last snapshot known delivered (the watermark); the catch-up reads the
+  change log for every change committed after it (deletes and TRUNCATE included).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import socket
+import time
+import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 import structlog
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
+from realtime.message import Message
+from realtime.types import RealtimePostgresChangesListenEvent
+from websockets.asyncio.client import ClientConnection
 
 from config import Settings
 from listeners.backoff import reconnect_delay
-from listeners.realtime_payload import SOURCE, parse_change
+from listeners.realtime_payload import SOURCE, parse_change, server_error
 from listeners.source import Batch, Resync, Source, SourceStatus
 from pipeline import metrics
+from pipeline.changelog import (
+    CANARY_PREFIX,
+    SIGNAL_TABLE,
+    TRUNCATE_PREFIX,
+    WRITE_CANARY,
+)
 from pipeline.errors import BadEventError
-from pipeline.events import ChangeEvent
+from pipeline.events import ChangeEvent, ChangeType
 from pipeline.health import ListenerState
 from pipeline.tables import WATCHED_TABLES
 
 log = structlog.get_logger("listeners.supabase")
 
 CHANNEL = "coachpipe"
-READY_TIMEOUT_S = 20.0
+TOPIC = f"realtime:{CHANNEL}"
 LIVENESS_CHECK_S = 1.0
+CLOSE_TIMEOUT_S = 1.0
+"""A close handshake on a dead socket waits this long, then the TCP connection is dropped."""
 MAX_QUEUED = 100_000
 MAX_BATCH = 5000
 MESSAGE_TOO_BIG = 1009
+WATERMARK_MAX_AGE_S = 1800.0
+"""A watermark older than this may predate the pruned change log: catch up the wide way."""
 
 
 class _ClientLogCounter(logging.Filter):
@@ -61,6 +92,69 @@ class _ClientLogCounter(logging.Filter):
 _CLIENT_LOG_FILTER = _ClientLogCounter()
 
 
+class _TappedConnection:
+    """The client's websocket, with every received frame shown to `tap` first; frames the tap
+    takes (it returns False) never reach the client."""
+
+    def __init__(self, ws: ClientConnection, tap: Callable[[str | bytes], bool]) -> None:
+        self._ws = ws
+        self._tap = tap
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ws, name)
+
+    async def __aiter__(self) -> AsyncIterator[str | bytes]:
+        async for frame in self._ws:
+            if self._tap(frame):
+                yield frame
+
+
+class _Client(AsyncRealtimeClient):
+    """The official client, tapped: one instance per link, never reconnecting on its own."""
+
+    def __init__(self, url: str, token: str, tap: Callable[[str | bytes], bool]) -> None:
+        super().__init__(url, token=token, auto_reconnect=False, max_retries=1)
+        self._tap = tap
+
+    async def _on_connect(self) -> None:
+        ws = self._ws_connection
+        if isinstance(ws, ClientConnection):
+            ws.close_timeout = CLOSE_TIMEOUT_S
+            self._ws_connection = _TappedConnection(ws, self._tap)  # type: ignore[assignment]
+        await super()._on_connect()
+
+
+@dataclass(eq=False)
+class _Link:
+    """One connection generation: a client, its channel, and what it has seen."""
+
+    number: int
+    client: _Client | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    broken: asyncio.Event = field(default_factory=asyncio.Event)
+    reason: str = ""
+    binding_ids: frozenset[int] = frozenset()
+    heartbeat_ref: str | None = None
+    heartbeat_answered: asyncio.Event = field(default_factory=asyncio.Event)
+    canary_back: int = 0
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def fail(self, reason: str, **fields: Any) -> None:
+        """The first reason wins; the supervisor tears the link down."""
+        if self.broken.is_set():
+            return
+        self.reason = reason
+        self.broken.set()
+        log.warning("realtime_link_lost", link=self.number, error_type=reason, **fields)
+
+
+@dataclass
+class _Canary:
+    seq: int
+    snapshot: str
+    sent_at: float
+
+
 class SupabaseSource(Source):
     name = SOURCE
 
@@ -73,15 +167,21 @@ class SupabaseSource(Source):
         self.key = settings.supabase_key.get_secret_value()
         self.settings = settings
         self.status = SourceStatus()
+        self.canary_topic = (
+            f"{CANARY_PREFIX}{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        )
         self._out: deque[ChangeEvent | Resync | None] = deque()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._broken = asyncio.Event()
-        self._ready = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
-        self._client: AsyncRealtimeClient | None = None
-        self._last_payload: object = None
+        self._link: _Link | None = None
+        self._generations = 0
         self._overflowed = False
+        self._db: psycopg.AsyncConnection[Any] | None = None
+        self._watermark: tuple[str, float] | None = None
+        """(snapshot, when): every change visible in the snapshot is known delivered."""
+        self._canary_seq = 0
+        self._canaries: deque[_Canary] = deque()
         for name in ("realtime._async.client", "realtime._async.channel"):
             logger = logging.getLogger(name)
             if _CLIENT_LOG_FILTER not in logger.filters:
@@ -121,29 +221,172 @@ class SupabaseSource(Source):
 
     async def close(self) -> None:
         self._stopping.set()
-        self._broken.set()
+        if self._link is not None:
+            self._link.fail("stopping")
         if self._supervisor is not None:
             await asyncio.gather(self._supervisor, return_exceptions=True)
 
-    # --- callbacks (must never raise) ---------------------------------------------------
-    def _on_change(self, payload: Any) -> None:
+    # --- generations ----------------------------------------------------------------------
+    def _current(self, link: _Link, kind: str) -> bool:
+        """True if `link` is the live generation; otherwise count the report and ignore it."""
+        if link is self._link and not link.broken.is_set():
+            return True
+        metrics.STALE_REPORTS.labels(SOURCE, kind).inc()
+        metrics.BAD_INPUT.labels(SOURCE, "stale_generation").inc()
+        log.debug("stale_generation", link=link.number, current=self._generations, kind=kind)
+        return False
+
+    # --- callbacks and the frame tap (must never raise) -------------------------------------
+    def _on_state(
+        self, link: _Link, state: RealtimeSubscribeStates, error: Exception | None
+    ) -> None:
         try:
-            if payload is self._last_payload:
-                return  # one frame matching several bindings reaches every binding's callback
-            self._last_payload = payload
-            event, warning = parse_change(payload)
-            if warning:
-                metrics.BAD_INPUT.labels(SOURCE, warning).inc()
-                log.warning("degraded_change", table=event.table, error_type=warning)
-            self._queue_event(event)
+            if not self._current(link, f"state_{state.value}"):
+                return
+            if state is RealtimeSubscribeStates.SUBSCRIBED:
+                channel = link.client.channels.get(TOPIC) if link.client else None
+                if channel is not None:
+                    link.binding_ids = frozenset(
+                        callback.id
+                        for callback in channel.postgres_changes_callbacks
+                        if callback.id
+                    )
+                return
+            codes = {getattr(getattr(error, side, None), "code", None) for side in ("sent", "rcvd")}
+            if MESSAGE_TOO_BIG in codes:  # the client closed on a frame over its 1 MiB limit
+                metrics.BAD_INPUT.labels(SOURCE, "oversized_frame").inc()
+                log.error(
+                    "oversized_frame", error_type="message_too_big", close_code=MESSAGE_TOO_BIG
+                )
+            reason = {
+                RealtimeSubscribeStates.TIMED_OUT: "join_timeout",
+                RealtimeSubscribeStates.CLOSED: "channel_closed",
+            }.get(state, "channel_error")
+            link.fail(
+                reason,
+                state=state.value,
+                error=f"{type(error).__name__}: {str(error)[:300]}" if error else None,
+            )
+        except Exception:
+            log.exception("state_callback_failed")
+
+    def _on_system(self, link: _Link, message: Any) -> None:
+        try:
+            if not self._current(link, "system"):
+                return
+            if message.extension == "postgres_changes" and message.status == "ok":
+                link.ready.set()
+        except Exception:
+            log.exception("system_callback_failed")
+
+    def _tap(self, link: _Link, raw: str | bytes) -> bool:
+        """See every frame before the client does; False takes it from the client."""
+        try:
+            if not self._current(link, "frame"):
+                return False
+            try:
+                frame = json.loads(raw)
+            except ValueError:
+                metrics.BAD_INPUT.labels(SOURCE, "malformed_frame").inc()
+                log.warning("bad_frame", error_type="malformed_frame", frame=str(raw)[:200])
+                return False
+            if not isinstance(frame, dict):
+                return True  # the client logs and counts it
+            topic, event, payload = frame.get("topic"), frame.get("event"), frame.get("payload")
+            if topic == "phoenix" and event == "phx_reply":
+                if frame.get("ref") is not None and frame.get("ref") == link.heartbeat_ref:
+                    link.heartbeat_answered.set()
+                return False
+            if topic != TOPIC:
+                return True
+            if event == "postgres_changes":
+                self._on_change(link, payload)
+                return False
+            self._watch_channel_frame(link, event, payload)
+        except Exception as error:  # an exception here would kill the client's receive loop
+            metrics.BAD_INPUT.labels(SOURCE, "callback_error").inc()
+            log.exception("frame_tap_failed", error_type=type(error).__name__)
+        return True
+
+    def _watch_channel_frame(self, link: _Link, event: object, payload: object) -> None:
+        """Name what ends a channel precisely; the client then reports it as well."""
+        body = payload if isinstance(payload, Mapping) else {}
+        if event == "phx_error":
+            link.fail("phx_error")
+        elif event == "phx_close":
+            link.fail("channel_closed")
+        elif event == "system" and body.get("status") == "error":
+            metrics.BAD_INPUT.labels(SOURCE, "system_error").inc()
+            link.fail(
+                "system_error",
+                extension=str(body.get("extension"))[:40],
+                error=str(body.get("message"))[:300],
+            )
+        elif event == "phx_reply" and body.get("status") == "error":
+            response = body.get("response")
+            reason = response.get("reason") if isinstance(response, Mapping) else response
+            link.fail("join_refused", error=str(reason)[:300])
+
+    def _on_change(self, link: _Link, payload: object) -> None:
+        body = payload if isinstance(payload, Mapping) else {}
+        data = body.get("data")
+        data = data if isinstance(data, Mapping) else {}
+        table = f"{data.get('schema')}.{data.get('table')}"
+        ids = body.get("ids")
+        matched = isinstance(ids, list) and bool(
+            link.binding_ids.intersection(i for i in ids if isinstance(i, int))
+        )
+        if not matched:
+            # A change the server meant for this channel under ids we were not given (a stale
+            # join, a server bug): still a committed change, so it is answered below.
+            metrics.BAD_INPUT.labels(SOURCE, "unmatched_ids").inc()
+            log.warning(
+                "unmatched_change",
+                table=table,
+                error_type="unmatched_ids",
+                ids=str(ids)[:100],
+                bindings=len(link.binding_ids),
+            )
+        if data.get("schema") == "public" and data.get("table") == SIGNAL_TABLE:
+            self._on_signal(link, data)
+            return
+        try:
+            event, problem = parse_change(payload)
         except BadEventError as error:
             metrics.BAD_INPUT.labels(SOURCE, error.reason).inc()
             log.warning(
-                "bad_change", table=error.table, error_type=error.reason, error=str(error)[:300]
+                "bad_change", table=error.table or table, error_type=error.reason,
+                error=str(error)[:300],
+            )  # fmt: skip
+            return
+        if problem:
+            metrics.BAD_INPUT.labels(SOURCE, problem).inc()
+            log.warning(
+                "server_error_row",
+                table=event.table,
+                type=event.type.value,
+                error_type=problem,
+                errors=str(data.get("errors"))[:200],
+                commit_ts=data.get("commit_timestamp"),
             )
-        except Exception as error:  # a callback that raises would kill the client's receive loop
-            metrics.BAD_INPUT.labels(SOURCE, "callback_error").inc()
-            log.exception("change_callback_failed", error_type=type(error).__name__)
+        self._queue_event(event)
+
+    def _on_signal(self, link: _Link, data: Mapping[str, Any]) -> None:
+        """A row of the signal table: our canary coming back, or a TRUNCATE announced by the
+        trigger (Realtime itself never sends TRUNCATE)."""
+        record = data.get("record")
+        if not isinstance(record, Mapping) or server_error(data.get("errors")):
+            return
+        topic, seq = str(record.get("topic")), record.get("seq")
+        if topic == self.canary_topic and isinstance(seq, int):
+            link.canary_back = max(link.canary_back, seq)
+            self._canary_returned(seq)
+        elif topic.startswith(TRUNCATE_PREFIX):
+            table = topic.removeprefix(TRUNCATE_PREFIX)
+            if table in WATCHED_TABLES:
+                self._queue_event(
+                    ChangeEvent(table, ChangeType.TRUNCATE, None, None, None, source=SOURCE)
+                )
 
     def _queue_event(self, event: ChangeEvent) -> None:
         if self._overflowed and len(self._out) < MAX_QUEUED // 2:
@@ -157,58 +400,38 @@ class SupabaseSource(Source):
             return
         self._push(event)
 
-    def _on_system(self, message: Any) -> None:
-        try:
-            if message.extension == "postgres_changes" and message.status == "ok":
-                self._ready.set()
-        except Exception:
-            log.exception("system_callback_failed")
-
-    def _on_state(self, state: RealtimeSubscribeStates, error: Exception | None) -> None:
-        try:
-            if state is RealtimeSubscribeStates.SUBSCRIBED:
-                return
-            codes = {getattr(getattr(error, side, None), "code", None) for side in ("sent", "rcvd")}
-            if MESSAGE_TOO_BIG in codes:  # the client closed on a frame over its 1 MiB limit
-                metrics.BAD_INPUT.labels(SOURCE, "oversized_frame").inc()
-                log.error(
-                    "oversized_frame", error_type="message_too_big", close_code=MESSAGE_TOO_BIG
-                )
-            log.warning(
-                "channel_state",
-                state=state.value,
-                error_type=type(error).__name__ if error else None,
-                error=str(error)[:300] if error else None,
-            )
-            self._broken.set()
-        except Exception:
-            log.exception("state_callback_failed")
-
     # --- supervision --------------------------------------------------------------------
     async def _supervise(self) -> None:
         attempt = 0
         try:
+            self.status.set(ListenerState.RECONNECTING, "connecting")
             while not self._stopping.is_set():
-                if attempt:
-                    self.status.set(ListenerState.RECONNECTING, "reconnecting", attempts=attempt)
+                self._generations += 1
+                link = _Link(self._generations)
+                self._link = link
                 try:
-                    await self._connect_once()
-                    if self._stopping.is_set():
-                        break
+                    await self._establish(link)
+                    if link.broken.is_set():
+                        raise ConnectionError(link.reason)
                     self.status.set(ListenerState.CONNECTED, "subscribed to PostgreSQL", attempts=0)
                     self._overflowed = False
-                    self._push(Resync("connected" if not attempt else "reconnected"))
+                    await self._resync("connected" if not attempt else "reconnected")
                     attempt = 0
-                    await self._watch()
+                    link.tasks.append(asyncio.create_task(self._canary(link)))
+                    await self._watch(link)
                 except Exception as error:
-                    log.error(
-                        "realtime_connect_failed",
-                        error_type=type(error).__name__,
-                        error=str(error)[:300],
+                    link.fail(
+                        "connect_failed",
+                        error=f"{type(error).__name__}: {str(error)[:300]}",
                         attempt=attempt + 1,
                     )
                 finally:
-                    await self._teardown()
+                    if not self._stopping.is_set():  # leave green at once, before the teardown
+                        self.status.set(
+                            ListenerState.RECONNECTING, link.reason, attempts=attempt + 1
+                        )
+                    metrics.LISTENER_TEARDOWNS.labels(SOURCE, link.reason or "stopping").inc()
+                    await self._teardown(link)
                 if self._stopping.is_set():
                     break
                 attempt += 1
@@ -217,58 +440,187 @@ class SupabaseSource(Source):
                     attempt, self.settings.reconnect_initial_s, self.settings.reconnect_max_s
                 )
                 self.status.set(
-                    ListenerState.RECONNECTING, f"retry in {delay:.1f} s", attempts=attempt
+                    ListenerState.RECONNECTING,
+                    f"{link.reason}; retry in {delay:.1f} s",
+                    attempts=attempt,
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
         finally:
             self.status.set(ListenerState.DISCONNECTED, "stopped")
+            if self._db is not None:
+                with contextlib.suppress(Exception):
+                    await self._db.close()
             self._push(None)
 
-    async def _connect_once(self) -> None:
-        self._ready.clear()
-        self._broken.clear()
-        client = AsyncRealtimeClient(self.url, token=self.key, auto_reconnect=False, max_retries=1)
-        self._client = client
+    async def _establish(self, link: _Link) -> None:
+        """Connect and join; then wait, patiently, for "Subscribed to PostgreSQL"."""
+        client = _Client(self.url, self.key, lambda raw: self._tap(link, raw))
+        link.client = client
         channel = client.channel(CHANNEL)
-        for table in WATCHED_TABLES:
-            channel.on_postgres_changes("*", callback=self._on_change, table=table, schema="public")
-        channel.on_system(self._on_system)
-        await channel.subscribe(self._on_state)
-        ready = asyncio.create_task(self._ready.wait())
-        broken = asyncio.create_task(self._broken.wait())
+        for table in (*WATCHED_TABLES, SIGNAL_TABLE):
+            # Change frames are read by the tap; the client only needs the bindings for the join.
+            channel.on_postgres_changes(
+                RealtimePostgresChangesListenEvent.All,
+                callback=_ignore,
+                table=table,
+                schema="public",
+            )
+        channel.on_system(lambda message: self._on_system(link, message))
+        await channel.subscribe(lambda state, error: self._on_state(link, state, error))
+        if link.broken.is_set() or self._stopping.is_set():
+            return
+        link.tasks.append(asyncio.create_task(self._heartbeat(link)))
+        self.status.set(ListenerState.SUBSCRIBING, "joined; waiting for 'Subscribed to PostgreSQL'")
+        started = time.monotonic()
+        ready = asyncio.create_task(link.ready.wait())
+        broken = asyncio.create_task(link.broken.wait())
         done, pending = await asyncio.wait(
-            {ready, broken}, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+            {ready, broken},
+            timeout=self.settings.subscribe_timeout_s,
+            return_when=asyncio.FIRST_COMPLETED,
         )
         for task in pending:
             task.cancel()
-        if ready not in done:
-            raise ConnectionError("no 'Subscribed to PostgreSQL' from the server")
+        if not done:
+            link.fail("subscribe_timeout", waited_s=round(time.monotonic() - started, 1))
+        elif ready in done and time.monotonic() - started > 5:
+            log.info("slow_subscription", waited_s=round(time.monotonic() - started, 1))
 
-    def _healthy(self) -> bool:
-        client = self._client
+    def _healthy(self, link: _Link) -> str | None:
+        """Why the client is not healthy, or None."""
+        client = link.client
         if client is None or not client.is_connected:
-            return False
+            return "socket_closed"
         listen = client._listen_task  # the receive loop: if it ended, the client is deaf
         if listen is None or listen.done():
-            return False
-        return all(channel.is_joined for channel in client.get_channels())
+            return "receive_loop_ended"
+        if not all(channel.is_joined for channel in client.get_channels()):
+            return "channel_not_joined"
+        return None
 
-    async def _watch(self) -> None:
-        """Return when the connection is lost or the source is closing."""
-        while not self._broken.is_set():
+    async def _watch(self, link: _Link) -> None:
+        """Return when the link is broken or the source is closing."""
+        while not link.broken.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._broken.wait(), LIVENESS_CHECK_S)
-            if not self._broken.is_set() and not self._healthy():
-                log.warning("realtime_connection_lost", error_type="liveness_check")
-                self._broken.set()
+                await asyncio.wait_for(link.broken.wait(), LIVENESS_CHECK_S)
+            if not link.broken.is_set() and (problem := self._healthy(link)):
+                link.fail(problem)
 
-    async def _teardown(self) -> None:
-        client, self._client = self._client, None
+    async def _heartbeat(self, link: _Link) -> None:
+        """Our own Phoenix heartbeat with a unique ref; an unanswered one is a dead link."""
+        client = link.client
+        assert client is not None
+        number = 0
+        while not link.broken.is_set():
+            number += 1
+            link.heartbeat_ref = f"coachpipe-hb-{link.number}-{number}"
+            link.heartbeat_answered.clear()
+            sent = time.monotonic()
+            message = Message(
+                topic="phoenix", event="heartbeat", payload={}, ref=link.heartbeat_ref
+            )
+            try:
+                await asyncio.wait_for(client.send(message), self.settings.heartbeat_reply_s)
+                await asyncio.wait_for(
+                    link.heartbeat_answered.wait(), self.settings.heartbeat_reply_s
+                )
+            except TimeoutError:
+                link.fail("heartbeat_timeout", waited_s=round(time.monotonic() - sent, 2))
+                return
+            except Exception as error:
+                link.fail("heartbeat_failed", error=f"{type(error).__name__}: {str(error)[:200]}")
+                return
+            metrics.LINK_CHECK_SECONDS.labels(SOURCE, "heartbeat").observe(time.monotonic() - sent)
+            await asyncio.sleep(max(0.0, self.settings.heartbeat_s - (time.monotonic() - sent)))
+
+    async def _teardown(self, link: _Link) -> None:
+        if self._link is link:
+            self._link = None  # from here on, whatever the old client reports is stale
+        for task in link.tasks:
+            task.cancel()
+        await asyncio.gather(*link.tasks, return_exceptions=True)
+        client = link.client
         if client is None:
             return
-        if client.is_connected:  # leave politely; on a dead socket a leave only waits to time out
+        if self._stopping.is_set() and client.is_connected:  # leave politely when stopping
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.remove_all_channels(), 5)
+                await asyncio.wait_for(client.remove_all_channels(), 2)
         with contextlib.suppress(Exception):
-            await client.close()
+            await asyncio.wait_for(client.close(), CLOSE_TIMEOUT_S + 1)
+
+    # --- watermark, canary and catch-up ----------------------------------------------------
+    async def _database(self) -> psycopg.AsyncConnection[Any]:
+        if self._db is None or self._db.closed or self._db.broken:
+            self._db = await psycopg.AsyncConnection.connect(
+                self.settings.require_database_url(),
+                autocommit=True,
+                application_name="coachpipe-canary",
+                connect_timeout=5,
+            )
+        return self._db
+
+    async def _resync(self, reason: str) -> None:
+        """Ask for a catch-up of everything committed after the watermark, then move the
+        watermark to now: every change committed from here on is delivered (we are ready)."""
+        watermark = self._watermark
+        snapshot = None
+        if watermark is not None and time.time() - watermark[1] < WATERMARK_MAX_AGE_S:
+            snapshot = watermark[0]
+        self._canaries.clear()
+        try:
+            db = await self._database()
+            cursor = await asyncio.wait_for(db.execute("SELECT pg_current_snapshot()::text"), 5)
+            row = await cursor.fetchone()
+            if row is not None:
+                self._watermark = (str(row[0]), time.time())
+        except (psycopg.Error, OSError, TimeoutError) as error:
+            # The older watermark stays: a wider catch-up next time, never a narrower one.
+            log.warning("watermark_failed", error_type=type(error).__name__, error=str(error)[:200])
+        self._push(Resync(reason, snapshot=snapshot))
+
+    def _canary_returned(self, seq: int) -> None:
+        while self._canaries and self._canaries[0].seq <= seq:
+            canary = self._canaries.popleft()
+            if canary.seq == seq:
+                metrics.LINK_CHECK_SECONDS.labels(SOURCE, "canary").observe(
+                    time.monotonic() - canary.sent_at
+                )
+                # Realtime delivers in commit order: all the canary's snapshot saw came first.
+                self._watermark = (canary.snapshot, time.time())
+
+    async def _canary(self, link: _Link) -> None:
+        """Commit a canary row every CANARY_S and expect it back within CANARY_DEADLINE_S."""
+        interval, deadline = self.settings.canary_s, self.settings.canary_deadline_s
+        if not interval:
+            return
+        while not link.broken.is_set():
+            if self._canaries and time.monotonic() - self._canaries[0].sent_at > deadline:
+                link.fail(
+                    "canary_timeout",
+                    waited_s=round(time.monotonic() - self._canaries[0].sent_at, 1),
+                )
+                return
+            await self._write_canary()
+            await asyncio.sleep(interval)
+
+    async def _write_canary(self) -> None:
+        self._canary_seq += 1
+        try:
+            db = await self._database()
+            sent = time.monotonic()
+            cursor = await asyncio.wait_for(
+                db.execute(WRITE_CANARY, {"topic": self.canary_topic, "seq": self._canary_seq}), 5
+            )
+            row = await cursor.fetchone()
+            if row is not None:
+                self._canaries.append(_Canary(self._canary_seq, str(row[0]), sent))
+        except (psycopg.Error, OSError, TimeoutError) as error:
+            # The database, not the link, is down: nothing to prove either way.
+            log.warning(
+                "canary_write_failed", error_type=type(error).__name__, error=str(error)[:200]
+            )
+
+
+def _ignore(payload: Any) -> None:
+    """Bindings need a callback; their frames are read by the tap instead."""

@@ -2,8 +2,9 @@
 
 Each listener writes its own state every heartbeat. `realtime_status` is a pure function of
 those states and the clock: green when at least one listener is connected with a fresh
-heartbeat, yellow when none is but one is reconnecting, red otherwise. Beat's fallback polling
-and the dashboards' connection indicator both follow it.
+heartbeat; yellow while none is but one is reconnecting or subscribing, for at most
+`red_after_s` since a listener was last connected; red otherwise. Beat's fallback polling and
+the dashboards' connection indicator both follow it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from enum import StrEnum
 import orjson
 import redis
 
+from config import Settings
 from pipeline import keys
 from pipeline.redis_values import as_text
 
@@ -23,6 +25,9 @@ from pipeline.redis_values import as_text
 class ListenerState(StrEnum):
     CONNECTED = "connected"
     RECONNECTING = "reconnecting"
+    SUBSCRIBING = "subscribing"
+    """The socket is up and the channel joined, but the server has not yet said "Subscribed to
+    PostgreSQL": changes are not captured yet."""
     DISCONNECTED = "disconnected"
 
 
@@ -43,6 +48,10 @@ class ListenerHealth:
     """Unix seconds of the commit of the last event seen (None before the first)."""
     reconnect_attempts: int = 0
     detail: str = ""
+    connected_at: float | None = None
+    """Unix seconds when this listener was last known connected (now, while it is)."""
+    started_at: float | None = None
+    """Unix seconds when the listener started (how long a never-connected one has tried)."""
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -68,15 +77,32 @@ class RealtimeStatus:
         }
 
 
+RED_AFTER_S = 30.0
+TRYING = (ListenerState.RECONNECTING, ListenerState.SUBSCRIBING)
+
+
 def realtime_status(
-    listeners: Sequence[ListenerHealth], now: float, stale_after_s: float
+    listeners: Sequence[ListenerHealth],
+    now: float,
+    stale_after_s: float,
+    red_after_s: float = RED_AFTER_S,
 ) -> RealtimeStatus:
     fresh = [h for h in listeners if now - h.heartbeat_at <= stale_after_s]
     ordered = tuple(sorted(listeners, key=lambda h: h.listener_id))
     if any(h.state is ListenerState.CONNECTED for h in fresh):
         count = sum(h.state is ListenerState.CONNECTED for h in fresh)
         return RealtimeStatus(Color.GREEN, ordered, f"{count} listener(s) connected")
-    if any(h.state is ListenerState.RECONNECTING for h in fresh):
+    trying = [h for h in fresh if h.state in TRYING]
+    if trying:
+        # A listener that never connected counts from its start, so a fleet that cannot connect
+        # at all also turns red; one without either stamp (an older version) stays yellow.
+        stamps = [s for h in listeners for s in (h.connected_at or h.started_at,) if s is not None]
+        if stamps and now - max(stamps) > red_after_s:
+            return RealtimeStatus(
+                Color.RED, ordered, f"no listener connected for over {red_after_s:g} s"
+            )
+        if any(h.state is ListenerState.SUBSCRIBING for h in trying):
+            return RealtimeStatus(Color.YELLOW, ordered, "listeners wait for the subscription")
         return RealtimeStatus(Color.YELLOW, ordered, "listeners are reconnecting")
     if not listeners:
         return RealtimeStatus(Color.RED, ordered, "no listener has reported")
@@ -88,9 +114,19 @@ def realtime_status(
 class HealthBoard:
     """Reads and writes listener health in Redis."""
 
-    def __init__(self, client: redis.Redis, *, stale_after_s: float) -> None:
+    def __init__(
+        self, client: redis.Redis, *, stale_after_s: float, red_after_s: float = RED_AFTER_S
+    ) -> None:
         self._redis = client
         self.stale_after_s = stale_after_s
+        self.red_after_s = red_after_s
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> HealthBoard:
+        """The board every process builds: HEARTBEAT_STALE_S and RED_AFTER_S."""
+        return cls(
+            client, stale_after_s=settings.heartbeat_stale_s, red_after_s=settings.red_after_s
+        )
 
     def report(self, health: ListenerHealth) -> None:
         ttl = max(int(self.stale_after_s * 20), 60)  # long enough for `status` to show the dead
@@ -109,7 +145,10 @@ class HealthBoard:
 
     def status(self, now: float | None = None) -> RealtimeStatus:
         return realtime_status(
-            self.listeners(), time.time() if now is None else now, self.stale_after_s
+            self.listeners(),
+            time.time() if now is None else now,
+            self.stale_after_s,
+            self.red_after_s,
         )
 
     def record_transition(self, status: RealtimeStatus) -> Color | None:

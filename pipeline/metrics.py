@@ -32,6 +32,23 @@ VISIBILITY_WAITS = Counter(
 RECONNECTS = Counter(
     "coachpipe_listener_reconnects_total", "Listener reconnect attempts.", ["source"]
 )
+LISTENER_TEARDOWNS = Counter(
+    "coachpipe_listener_teardowns_total",
+    "Connections a listener tore down, by reason (what it saw wrong, or `stopping`).",
+    ["source", "reason"],
+)
+STALE_REPORTS = Counter(
+    "coachpipe_listener_stale_reports_total",
+    "Callbacks and frames from an older connection generation, counted and ignored, by kind.",
+    ["source", "kind"],
+)
+LINK_CHECK_SECONDS = Histogram(
+    "coachpipe_listener_link_check_seconds",
+    "Round trip of the listener's own liveness checks: `heartbeat` (Phoenix reply) and "
+    "`canary` (a committed row back through the subscription).",
+    ["source", "check"],
+    buckets=LATENCY_BUCKETS,
+)
 LISTENER_STATE = Gauge(
     "coachpipe_listener_state",
     "1 for the listener's current state, 0 for the others.",

@@ -12,6 +12,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, text
 
+from pipeline.changelog import SIGNAL_TABLE
 from pipeline.tables import WATCHED_TABLES
 
 VERSION_TABLE = "coachpipe_schema_version"
@@ -34,7 +35,8 @@ def upgrade(engine: Engine, publication: str) -> list[str]:
         connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('coachpipe.migrate'))"))
         command.upgrade(_alembic_config(connection), "head")
         added = ensure_publication(connection, publication)
-        added += ensure_publication(connection, SUPABASE_PUBLICATION)
+        # Realtime also carries the signal table: listener canaries and TRUNCATE notices.
+        added += ensure_publication(connection, SUPABASE_PUBLICATION, (SIGNAL_TABLE,))
     return added
 
 
@@ -48,8 +50,10 @@ def current_revision(engine: Engine) -> str | None:
         return connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
 
-def ensure_publication(connection: Connection, publication: str) -> list[str]:
-    """Create `publication` if missing and add whichever watched table it lacks.
+def ensure_publication(
+    connection: Connection, publication: str, extra: tuple[str, ...] = ()
+) -> list[str]:
+    """Create `publication` if missing and add whichever watched (or `extra`) table it lacks.
 
     A publication `FOR ALL TABLES` already holds them and cannot be altered, so it is left alone.
     """
@@ -70,7 +74,7 @@ def ensure_publication(connection: Connection, publication: str) -> list[str]:
         ).scalars()
     )
     added = []
-    for table in WATCHED_TABLES:
+    for table in (*WATCHED_TABLES, *extra):
         if table not in present:
             connection.execute(
                 text(f'ALTER PUBLICATION "{publication}" ADD TABLE public."{table}"')

@@ -53,7 +53,7 @@ class Runtime:
 
     @cached_property
     def board(self) -> HealthBoard:
-        return HealthBoard(self.redis, stale_after_s=self.settings.heartbeat_stale_s)
+        return HealthBoard.from_settings(self.redis, self.settings)
 
     def reset_after_fork(self) -> None:
         """Forget inherited connections; the child opens its own on first use."""

@@ -13,8 +13,21 @@ NOW = 1_000_000.0
 STALE = 15.0
 
 
-def h(name: str, state: str, age: float) -> ListenerHealth:
-    return ListenerHealth(name, "postgres", ListenerState(state), heartbeat_at=NOW - age)
+def h(
+    name: str,
+    state: str,
+    age: float,
+    connected_ago: float | None = None,
+    started_ago: float | None = None,
+) -> ListenerHealth:
+    return ListenerHealth(
+        name,
+        "postgres",
+        ListenerState(state),
+        heartbeat_at=NOW - age,
+        connected_at=None if connected_ago is None else NOW - connected_ago,
+        started_at=None if started_ago is None else NOW - started_ago,
+    )
 
 
 CASES = [
@@ -27,6 +40,17 @@ CASES = [
     ("one of two connected", [h("a", "disconnected", 1), h("b", "connected", 2)], Color.GREEN),
     ("stale connected, fresh reconnecting", [h("a", "connected", 60), h("b", "reconnecting", 1)], Color.YELLOW),
     ("all stale", [h("a", "reconnecting", 30), h("b", "connected", 30)], Color.RED),
+    ("subscribing", [h("a", "subscribing", 1, connected_ago=5)], Color.YELLOW),
+    ("reconnecting for 29 s", [h("a", "reconnecting", 1, connected_ago=29)], Color.YELLOW),
+    ("reconnecting for 31 s", [h("a", "reconnecting", 1, connected_ago=31)], Color.RED),
+    ("subscribing for 31 s", [h("a", "subscribing", 1, connected_ago=31)], Color.RED),
+    ("never connected, started 10 s ago", [h("a", "reconnecting", 1, started_ago=10)], Color.YELLOW),
+    ("never connected, started 40 s ago", [h("a", "reconnecting", 1, started_ago=40)], Color.RED),
+    ("the other listener was connected 5 s ago",
+     [h("a", "reconnecting", 1, connected_ago=90), h("b", "reconnecting", 2, connected_ago=5)], Color.YELLOW),
+    ("a stale listener's last connection counts",
+     [h("a", "connected", 20, connected_ago=20), h("b", "reconnecting", 1, started_ago=60)], Color.YELLOW),
+    ("no stamps at all (older listener): yellow", [h("a", "reconnecting", 1)], Color.YELLOW),
 ]  # fmt: skip
 
 

@@ -101,14 +101,12 @@ def coach_change(database_url: str) -> None:
 
 BAD_FRAMES = [
     ("malformed_frame", lambda s: s.send_raw("{not json")),
-    ("malformed_frame", lambda s: s.send_raw('{"event":"postgres_changes","topic":"realtime:coachpipe","payload":{"ids":[1]}}')),
+    ("malformed_payload", lambda s: s.send_raw('{"event":"postgres_changes","topic":"realtime:coachpipe","payload":{"ids":[1]},"ref":null}')),
     ("unknown_table", lambda s: s.send_change(_data("invoices", "INSERT", {"coach_id": str(uuid.uuid4())}))),
     ("unknown_table", lambda s: s.send_change(_data("Sessions", "INSERT", {"coach_id": str(uuid.uuid4())}))),
-    # The client validates `type` and `record` itself and drops what fails, logging it: counted.
-    ("malformed_frame", lambda s: s.send_change(_data("sessions", "UPSERT", {"coach_id": str(uuid.uuid4())}))),
-    ("malformed_frame", lambda s: s.send_change(_data("sessions", "insert", {"coach_id": str(uuid.uuid4())}))),
-    ("malformed_frame", lambda s: s.send_change(_data("sessions", "INSERT", "not an object"))),
-    ("server_errors", lambda s: s.send_change(_data("goals", "INSERT", {"coach_id": str(uuid.uuid4())}, errors=["Error 413: Payload Too Large"]))),
+    ("unknown_type", lambda s: s.send_change(_data("sessions", "UPSERT", {"coach_id": str(uuid.uuid4())}))),
+    ("malformed_payload", lambda s: s.send_change(_data("sessions", "INSERT", "not an object"))),
+    ("server_error_413", lambda s: s.send_change(_data("goals", "INSERT", {"coach_id": str(uuid.uuid4())}, errors=["Error 413: Payload Too Large"]))),
     ("oversized_frame", lambda s: s.send_oversized(2 * 1024 * 1024)),
 ]  # fmt: skip
 

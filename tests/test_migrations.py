@@ -7,6 +7,7 @@ import uuid
 import psycopg
 from sqlalchemy import inspect
 
+from pipeline.changelog import SIGNAL_TABLE
 from pipeline.db import make_engine
 from pipeline.migrate import current_revision, upgrade
 from pipeline.tables import WATCHED_TABLES, metadata
@@ -15,9 +16,9 @@ from pipeline.tables import WATCHED_TABLES, metadata
 def test_migrate_twice_is_a_no_op(fresh_database: str) -> None:
     engine = make_engine(fresh_database)
     first = upgrade(engine, "coachpipe")
-    assert len(first) == 2 * len(WATCHED_TABLES)
+    assert len(first) == 2 * len(WATCHED_TABLES) + 1  # Realtime also carries the signal table
     assert upgrade(engine, "coachpipe") == []
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
     engine.dispose()
 
 
@@ -52,7 +53,8 @@ def test_tables_are_ready_for_replication(fresh_database: str) -> None:
                     "SELECT tablename FROM pg_publication_tables WHERE pubname = %s", (publication,)
                 )
             }
-            assert members == set(WATCHED_TABLES), publication
+            extra = {SIGNAL_TABLE} if publication == "supabase_realtime" else set()
+            assert members == set(WATCHED_TABLES) | extra, publication
 
 
 def test_migrate_adopts_existing_tables_and_a_partial_publication(fresh_database: str) -> None:
