@@ -185,7 +185,7 @@ class Listener:
         )
 
     def _catch_up(self, resync: Resync) -> None:
-        since = resync.since or self._stored_last_event()
+        since = None if resync.everything else (resync.since or self._stored_last_event())
         names = [aggregate.name for aggregate in CRITICAL]
         if since is None:
             started = request_wide_refresh(self.dedup, names, f"catch-up: {resync.reason}")
@@ -230,6 +230,7 @@ class Listener:
             async for item in self.source.items():
                 if isinstance(item, Resync):
                     await self._retrying(self._catch_up, item)
+                    await self.source.confirm(item.position)
                     continue
                 assert isinstance(item, Batch)
                 if item.events:

@@ -33,6 +33,11 @@ class Resync:
 
     reason: str
     since: datetime | None = None
+    everything: bool = False
+    """Nothing the source delivered before can be trusted (a replaced replication slot):
+    refresh every active coach, not only those whose rows changed lately."""
+    position: str | None = None
+    """What `confirm` takes once the refresh is enqueued, as for a `Batch`."""
 
 
 @dataclass

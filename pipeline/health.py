@@ -2,7 +2,9 @@
 
 Each listener writes its own state every heartbeat. `realtime_status` is a pure function of
 those states and the clock: green when at least one listener is connected with a fresh
-heartbeat, yellow when none is but one is reconnecting, red otherwise. Beat's fallback polling
+heartbeat, yellow when none is but one is reconnecting, red otherwise, and red while a listener
+recovers from a fault that may have lost changes (whatever the others say: the stored values
+cannot be trusted until the refresh that answers it is enqueued). Beat's fallback polling
 and the dashboards' connection indicator both follow it.
 """
 
@@ -24,6 +26,9 @@ class ListenerState(StrEnum):
     CONNECTED = "connected"
     RECONNECTING = "reconnecting"
     DISCONNECTED = "disconnected"
+    RECOVERING = "recovering"
+    """Streaming again after a fault that may have lost changes (a replaced replication slot),
+    until the refresh of every coach that answers it is enqueued."""
 
 
 class Color(StrEnum):
@@ -73,6 +78,11 @@ def realtime_status(
 ) -> RealtimeStatus:
     fresh = [h for h in listeners if now - h.heartbeat_at <= stale_after_s]
     ordered = tuple(sorted(listeners, key=lambda h: h.listener_id))
+    recovering = [h for h in fresh if h.state is ListenerState.RECOVERING]
+    if recovering:
+        return RealtimeStatus(
+            Color.RED, ordered, f"changes may have been missed: {recovering[0].detail}"
+        )
     if any(h.state is ListenerState.CONNECTED for h in fresh):
         count = sum(h.state is ListenerState.CONNECTED for h in fresh)
         return RealtimeStatus(Color.GREEN, ordered, f"{count} listener(s) connected")

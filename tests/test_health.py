@@ -27,6 +27,9 @@ CASES = [
     ("one of two connected", [h("a", "disconnected", 1), h("b", "connected", 2)], Color.GREEN),
     ("stale connected, fresh reconnecting", [h("a", "connected", 60), h("b", "reconnecting", 1)], Color.YELLOW),
     ("all stale", [h("a", "reconnecting", 30), h("b", "connected", 30)], Color.RED),
+    ("recovering: changes may be missed", [h("a", "recovering", 1)], Color.RED),
+    ("recovering beats a connected one", [h("a", "recovering", 1), h("b", "connected", 1)], Color.RED),
+    ("stale recovering is forgotten", [h("a", "recovering", 60), h("b", "connected", 1)], Color.GREEN),
 ]  # fmt: skip
 
 
