@@ -16,7 +16,7 @@ import redis
 from config import Settings, SourceName
 from config.logging import redact_text
 from pipeline.db import libpq_dsn
-from pipeline.migrate import SUPABASE_PUBLICATION, VERSION_TABLE
+from pipeline.migrate import PUBLICATION_MEMBERS, SUPABASE_PUBLICATION, VERSION_TABLE
 from pipeline.tables import WATCHED_TABLES
 
 MIN_REDIS = (6, 2)
@@ -102,9 +102,29 @@ def _postgres_checks(settings: Settings, conn: psycopg.Connection[Any]) -> list[
         ))  # fmt: skip
     else:
         checks.append(ok("tables", "all five tables exist"))
-    partial = [t for t, identity in identities.items() if identity != "f"]
+    partitions = dict(
+        conn.execute(
+            "SELECT format('%%I.%%I', n.nspname, c.relname), c.relreplident"
+            " FROM unnest(%s::text[]) AS t(name)"
+            " CROSS JOIN LATERAL pg_partition_tree(to_regclass('public.' || quote_ident(t.name)))"
+            " AS tree JOIN pg_class c ON c.oid = tree.relid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE tree.isleaf AND tree.level > 0",
+            (list(WATCHED_TABLES),),
+        ).fetchall()
+    )
+    partitioned = {
+        name
+        for (name,) in conn.execute(
+            "SELECT relname FROM pg_class WHERE relkind = 'p'"
+            " AND relnamespace = 'public'::regnamespace AND relname = ANY(%s)",
+            (list(WATCHED_TABLES),),
+        ).fetchall()
+    }
+    # A partitioned table stores nothing itself: its partitions' identity is the one that counts.
+    partial = [f"public.{t}" for t, i in identities.items() if i != "f" and t not in partitioned]
+    partial += [p for p, identity in partitions.items() if identity != "f"]
     if partial:
-        statements = " ".join(f"ALTER TABLE public.{t} REPLICA IDENTITY FULL;" for t in partial)
+        statements = " ".join(f"ALTER TABLE {t} REPLICA IDENTITY FULL;" for t in partial)
         checks.append(Check(
             "replica identity", Severity.FAIL,
             f"not REPLICA IDENTITY FULL: {', '.join(sorted(partial))}. UPDATE and DELETE events "
@@ -120,6 +140,8 @@ def _postgres_checks(settings: Settings, conn: psycopg.Connection[Any]) -> list[
     publications.append((SUPABASE_PUBLICATION, needs_realtime))
     for publication, required in publications:
         checks.append(_publication_check(conn, publication, required))
+    if partitioned and settings.listener_source is SourceName.POSTGRES:
+        checks.append(_partition_root_check(conn, settings.publication_name, partitioned))
     privileged = one("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user")
     user = one("SELECT current_user")
     if settings.listener_source is SourceName.POSTGRES and not privileged:
@@ -144,14 +166,7 @@ def _publication_check(conn: psycopg.Connection[Any], publication: str, required
         return Check(name, severity, "does not exist", "coachpipe migrate")
     if row[0]:
         return ok(name, "FOR ALL TABLES")
-    members = {
-        r[0]
-        for r in conn.execute(
-            "SELECT tablename FROM pg_publication_tables"
-            " WHERE pubname = %s AND schemaname = 'public'",
-            (publication,),
-        )
-    }
+    members = {r[0] for r in conn.execute(PUBLICATION_MEMBERS, {"name": publication})}
     missing = [t for t in WATCHED_TABLES if t not in members]
     if not missing:
         return ok(name, "holds all five tables")
@@ -163,6 +178,26 @@ def _publication_check(conn: psycopg.Connection[Any], publication: str, required
         severity,
         f"lacks {', '.join(missing)}: their changes are never sent",
         f"{statements} (or coachpipe migrate)",
+    )
+
+
+def _partition_root_check(
+    conn: psycopg.Connection[Any], publication: str, partitioned: set[str]
+) -> Check:
+    name = f"partitioned tables in {publication}"
+    row = conn.execute(
+        "SELECT pubviaroot FROM pg_publication WHERE pubname = %s", (publication,)
+    ).fetchone()
+    tables = ", ".join(sorted(partitioned))
+    if row is None or row[0]:
+        return ok(name, f"{tables}: changes sent under the partitioned table's name")
+    return Check(
+        name,
+        Severity.FAIL,
+        f"{tables} partitioned, and the publication sends their changes under each partition's "
+        "name, which no aggregate reads: they are ignored",
+        f'ALTER PUBLICATION "{publication}" SET (publish_via_partition_root = true); '
+        "(or coachpipe migrate)",
     )
 
 

@@ -53,15 +53,6 @@ def change_every_coach(database_url: str) -> None:
         )
 
 
-def drop_slot(database_url: str) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-            " WHERE slot_name = %s AND database = current_database()",
-            (SLOT,),
-        )
-
-
 def ends_correct_and_green(
     database_url: str, client: redis.Redis, listener: Proc, reason: str | None
 ) -> None:
@@ -71,25 +62,6 @@ def ends_correct_and_green(
         assert recreations(client)["last_reason"] == reason
         assert "pending" not in recreations(client)
         assert listener.output().count("slot_recreated") == 1
-
-
-@pytest.fixture
-def own_database(
-    fresh_database: str,
-    pipeline_env: dict[str, str],
-    redis_url: str,
-    broker_url: str,
-    tmp_path: Path,
-) -> Iterator[tuple[str, dict[str, str], Proc]]:
-    """A new, unmigrated database with its own worker; its slot is dropped afterwards."""
-    env = {**pipeline_env, "DATABASE_URL": fresh_database}
-    redis.Redis.from_url(broker_url).flushdb()
-    worker = start_worker(env, tmp_path, broker_url=broker_url)
-    try:
-        yield fresh_database, env, worker
-    finally:
-        worker.terminate()
-        drop_slot(fresh_database)
 
 
 def test_a_listener_started_before_migrate_waits_for_the_publication(
