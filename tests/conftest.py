@@ -148,6 +148,22 @@ def fresh_database(postgres_server: PrivatePostgres) -> Iterator[str]:
 
 
 @pytest.fixture
+def small_wal_server(services_dir: Path) -> Iterator[PrivatePostgres]:
+    """A migrated server of its own that invalidates a slot holding more than 1 MB of WAL."""
+    server = PrivatePostgres(
+        services_dir / f"small-wal-{uuid.uuid4().hex[:8]}",
+        durable=False,
+        settings=("max_slot_wal_keep_size=1MB", "wal_keep_size=0"),
+    )
+    server.start()
+    engine = make_engine(server.url)
+    upgrade(engine, "coachpipe")
+    engine.dispose()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
 def own_database(
     fresh_database: str,
     pipeline_env: dict[str, str],

@@ -4,11 +4,9 @@ aggregate equal to the oracle and the realtime status green."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 import redis
 
 from coachpipe.embedded import PrivatePostgres
@@ -51,6 +49,19 @@ def change_every_coach(database_url: str) -> None:
             "DELETE FROM sessions WHERE id IN"
             " (SELECT DISTINCT ON (coach_id) id FROM sessions ORDER BY coach_id, id)"
         )
+
+
+def outrun_the_slot(database_url: str) -> None:
+    """Write WAL segments past `max_slot_wal_keep_size` and checkpoint: the server invalidates
+    a slot that did not follow."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS ballast (filler text)")
+        for _ in range(4):
+            conn.execute(
+                "INSERT INTO ballast SELECT repeat('x', 500) FROM generate_series(1, 2000)"
+            )
+            conn.execute("SELECT pg_switch_wal()")
+        conn.execute("CHECKPOINT")
 
 
 def ends_correct_and_green(
@@ -169,20 +180,6 @@ def test_a_slot_dropped_by_hand(
         assert listener.terminate() == 0
 
 
-@pytest.fixture
-def small_wal_server(services_dir: Path) -> Iterator[PrivatePostgres]:
-    """A server that invalidates a slot holding more than 1 MB of WAL."""
-    server = PrivatePostgres(
-        services_dir / "small-wal-pg",
-        durable=False,
-        settings=("max_slot_wal_keep_size=1MB", "wal_keep_size=0"),
-    )
-    server.start()
-    migrate(server.url)
-    yield server
-    server.destroy()
-
-
 def test_an_invalidated_slot_is_replaced(
     small_wal_server: PrivatePostgres,
     pipeline_env: dict[str, str],
@@ -201,14 +198,8 @@ def test_an_invalidated_slot_is_replaced(
         settle(database_url, redis_client)
         assert first.terminate() == 0
         change_every_coach(database_url)
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE ballast (filler text)")
-            for _ in range(4):
-                conn.execute(
-                    "INSERT INTO ballast SELECT repeat('x', 500) FROM generate_series(1, 2000)"
-                )
-                conn.execute("SELECT pg_switch_wal()")
-            conn.execute("CHECKPOINT")
+        outrun_the_slot(database_url)
+        with psycopg.connect(database_url) as conn:
             row = conn.execute(
                 "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (SLOT,)
             ).fetchone()
