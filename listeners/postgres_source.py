@@ -377,6 +377,20 @@ class PostgresSource(Source):
                     ready_position = decoded.end_lsn
                 else:
                     pending.extend(decoded)
+                    if len(pending) >= MAX_BATCH:
+                        # A transaction larger than a batch goes in bounded parts, so memory
+                        # does not grow with it. pgoutput (v1) sends a transaction only once it
+                        # committed, so its id can be waited for; the parts carry no position:
+                        # the slot moves at the commit, a restart replays the whole transaction.
+                        if ready_position is not None:
+                            batch = Batch(ready, lsn_text(ready_position), tuple(ready_xids))
+                            if not self._hand_over(batch):
+                                return
+                            handed = ready_position
+                            ready, ready_position, ready_xids = [], None, []
+                        if not self._hand_over(Batch(pending, None, (xid,))):
+                            return
+                        pending = []
                 if len(ready) < MAX_BATCH:
                     continue  # drain what is already buffered before handing over
             if ready_position is not None:
