@@ -82,6 +82,7 @@ class PostgresSource(Source):
         self._resync: Resync | None = None  # to hand over once streaming
         self._recovery: int | None = None  # the position whose confirm ends `recovering`
         self._recovery_reason = ""
+        self._state_lock = threading.Lock()  # `recovering` is ended by the event loop's thread
 
     # --- Source interface ---------------------------------------------------------------
     async def items(self) -> AsyncIterator[Batch | Resync]:
@@ -101,7 +102,6 @@ class PostgresSource(Source):
         lsn = parse_lsn(position)
         self._confirmed = max(self._confirmed, lsn)
         if self._recovery is not None and lsn >= self._recovery:
-            self._recovery = None
             await asyncio.to_thread(self._recovered)
 
     async def close(self) -> None:
@@ -140,9 +140,10 @@ class PostgresSource(Source):
 
     def _set_state(self, state: ListenerState, detail: str, attempts: int | None = None) -> None:
         """Report `state`, except that a pending recovery keeps the listener `recovering`."""
-        if self._recovery is not None and state is not ListenerState.DISCONNECTED:
-            state, detail = ListenerState.RECOVERING, f"{self._recovery_reason} ({detail})"
-        self.status.set(state, detail, attempts=attempts)
+        with self._state_lock:
+            if self._recovery is not None and state is not ListenerState.DISCONNECTED:
+                state, detail = ListenerState.RECOVERING, f"{self._recovery_reason} ({detail})"
+            self.status.set(state, detail, attempts=attempts)
 
     def _run(self) -> None:
         attempt = 0
@@ -266,7 +267,8 @@ class PostgresSource(Source):
         self._begin_recovery(reason, row[0])
 
     def _begin_recovery(self, reason: str, position: str) -> None:
-        self._recovery, self._recovery_reason = parse_lsn(position), reason
+        with self._state_lock:
+            self._recovery, self._recovery_reason = parse_lsn(position), reason
         self._resync = Resync(reason, everything=True, position=position)
         self._set_state(ListenerState.RECOVERING, "refresh of every coach not enqueued yet")
 
@@ -308,8 +310,10 @@ class PostgresSource(Source):
                 "slot_recovery_unrecorded", error_type=type(error).__name__, error=str(error)
             )
         log.info("slot_recovered", slot=self.slot)
-        if self.status.state is ListenerState.RECOVERING:
-            self.status.set(ListenerState.CONNECTED, f"slot {self.slot}")
+        with self._state_lock:
+            self._recovery = None
+            if self.status.state is ListenerState.RECOVERING:
+                self.status.set(ListenerState.CONNECTED, f"slot {self.slot}")
 
     def _stream(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as catalog:

@@ -4,6 +4,7 @@ aggregate equal to the oracle and the realtime status green."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import psycopg
@@ -65,10 +66,18 @@ def outrun_the_slot(database_url: str) -> None:
 
 
 def ends_correct_and_green(
-    database_url: str, client: redis.Redis, listener: Proc, reason: str | None
+    database_url: str,
+    client: redis.Redis,
+    listener: Proc,
+    reason: str | None,
+    fault_at: float | None = None,
 ) -> None:
+    """Every aggregate equals the oracle and the status is green (printed: how long after the
+    fault ended, for the report; not asserted)."""
     settle(database_url, client, timeout=90)
     wait_for(lambda: green(client), 30, message="status to turn green")
+    if fault_at is not None:
+        print(f"\n{reason or 'first start'}: correct and green {time.monotonic() - fault_at:.1f} s")
     if reason is not None:
         assert recreations(client)["last_reason"] == reason
         assert "pending" not in recreations(client)
@@ -90,10 +99,11 @@ def test_a_listener_started_before_migrate_waits_for_the_publication(
         with psycopg.connect(database_url) as conn:
             assert not conn.execute("SELECT 1 FROM pg_replication_slots").fetchone()
         migrate(database_url)
+        migrated_at = time.monotonic()
         seed.load(database_url, SMALL)
         wait_for(lambda: connected(redis_client, listener), 20, message="listener to connect")
         change_every_coach(database_url)
-        ends_correct_and_green(database_url, redis_client, listener, None)
+        ends_correct_and_green(database_url, redis_client, listener, None, migrated_at)
         assert listener.output().count("publication_missing") == 1
         assert listener.terminate() == 0
 
@@ -108,10 +118,11 @@ def test_a_slot_created_before_its_publication_is_replaced(
     migrate(database_url)
     seed.load(database_url, SMALL)
     listener = start_listener(env, tmp_path)
+    started_at = time.monotonic()
     with running(listener, worker):
         change_every_coach(database_url)
         ends_correct_and_green(
-            database_url, redis_client, listener, "publication_missing_at_position"
+            database_url, redis_client, listener, "publication_missing_at_position", started_at
         )
         assert listener.terminate() == 0
 
@@ -137,9 +148,10 @@ def test_a_publication_dropped_and_recreated(
             message="listener to wait for the publication",
         )
         migrate(database_url)
+        migrated_at = time.monotonic()
         change_every_coach(database_url)
         ends_correct_and_green(
-            database_url, redis_client, listener, "publication_missing_at_position"
+            database_url, redis_client, listener, "publication_missing_at_position", migrated_at
         )
         assert listener.terminate() == 0
 
@@ -172,8 +184,9 @@ def test_a_slot_dropped_by_hand(
             return True
 
         wait_for(dropped, 20, interval=0.01, message="the slot to be dropped")
+        dropped_at = time.monotonic()
         change_every_coach(database_url)
-        ends_correct_and_green(database_url, redis_client, listener, "slot_dropped")
+        ends_correct_and_green(database_url, redis_client, listener, "slot_dropped", dropped_at)
         shown = coachpipe({**service_env, "COLUMNS": "200"}, "status")
         assert "slot recreated 1 time(s)" in shown.stdout and "slot_dropped" in shown.stdout
         assert "wal_status reserved" in shown.stdout
@@ -205,8 +218,9 @@ def test_an_invalidated_slot_is_replaced(
             ).fetchone()
         assert row == ("lost",)
         second = start_listener(env, tmp_path, "second")
+        started_at = time.monotonic()
         with running(second):
-            ends_correct_and_green(database_url, redis_client, second, "slot_lost")
+            ends_correct_and_green(database_url, redis_client, second, "slot_lost", started_at)
             assert second.terminate() == 0
     states_left = {state for state, _ in states(redis_client).values()}
     assert ListenerState.RECOVERING not in states_left
