@@ -7,6 +7,7 @@ import binascii
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -15,9 +16,11 @@ import redis
 
 from config import Settings, SourceName
 from config.logging import redact_text
+from pipeline import keys
 from pipeline.changelog import SIGNAL_TABLE
 from pipeline.db import libpq_dsn
-from pipeline.migrate import SUPABASE_PUBLICATION, VERSION_TABLE
+from pipeline.migrate import PUBLICATION_MEMBERS, SUPABASE_PUBLICATION, VERSION_TABLE
+from pipeline.redis_values import as_text
 from pipeline.tables import WATCHED_TABLES
 
 MIN_REDIS = (6, 2)
@@ -103,9 +106,29 @@ def _postgres_checks(settings: Settings, conn: psycopg.Connection[Any]) -> list[
         ))  # fmt: skip
     else:
         checks.append(ok("tables", "all five tables exist"))
-    partial = [t for t, identity in identities.items() if identity != "f"]
+    partitions = dict(
+        conn.execute(
+            "SELECT format('%%I.%%I', n.nspname, c.relname), c.relreplident"
+            " FROM unnest(%s::text[]) AS t(name)"
+            " CROSS JOIN LATERAL pg_partition_tree(to_regclass('public.' || quote_ident(t.name)))"
+            " AS tree JOIN pg_class c ON c.oid = tree.relid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE tree.isleaf AND tree.level > 0",
+            (list(WATCHED_TABLES),),
+        ).fetchall()
+    )
+    partitioned = {
+        name
+        for (name,) in conn.execute(
+            "SELECT relname FROM pg_class WHERE relkind = 'p'"
+            " AND relnamespace = 'public'::regnamespace AND relname = ANY(%s)",
+            (list(WATCHED_TABLES),),
+        ).fetchall()
+    }
+    # A partitioned table stores nothing itself: its partitions' identity is the one that counts.
+    partial = [f"public.{t}" for t, i in identities.items() if i != "f" and t not in partitioned]
+    partial += [p for p, identity in partitions.items() if identity != "f"]
     if partial:
-        statements = " ".join(f"ALTER TABLE public.{t} REPLICA IDENTITY FULL;" for t in partial)
+        statements = " ".join(f"ALTER TABLE {t} REPLICA IDENTITY FULL;" for t in partial)
         checks.append(Check(
             "replica identity", Severity.FAIL,
             f"not REPLICA IDENTITY FULL: {', '.join(sorted(partial))}. UPDATE and DELETE events "
@@ -121,6 +144,8 @@ def _postgres_checks(settings: Settings, conn: psycopg.Connection[Any]) -> list[
     publications.append((SUPABASE_PUBLICATION, needs_realtime))
     for publication, required in publications:
         checks.append(_publication_check(conn, publication, required))
+    if partitioned and settings.listener_source is SourceName.POSTGRES:
+        checks.append(_partition_root_check(conn, settings.publication_name, partitioned))
     privileged = one("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user")
     user = one("SELECT current_user")
     if settings.listener_source is SourceName.POSTGRES and not privileged:
@@ -145,14 +170,7 @@ def _publication_check(conn: psycopg.Connection[Any], publication: str, required
         return Check(name, severity, "does not exist", "coachpipe migrate")
     if row[0]:
         return ok(name, "FOR ALL TABLES")
-    members = {
-        r[0]
-        for r in conn.execute(
-            "SELECT tablename FROM pg_publication_tables"
-            " WHERE pubname = %s AND schemaname = 'public'",
-            (publication,),
-        )
-    }
+    members = {r[0] for r in conn.execute(PUBLICATION_MEMBERS, {"name": publication})}
     # Realtime also carries the signal table (listener canaries, TRUNCATE notices).
     extra = (SIGNAL_TABLE,) if publication == SUPABASE_PUBLICATION else ()
     missing = [t for t in (*WATCHED_TABLES, *extra) if t not in members]
@@ -169,16 +187,43 @@ def _publication_check(conn: psycopg.Connection[Any], publication: str, required
     )
 
 
+def _partition_root_check(
+    conn: psycopg.Connection[Any], publication: str, partitioned: set[str]
+) -> Check:
+    name = f"partitioned tables in {publication}"
+    row = conn.execute(
+        "SELECT pubviaroot FROM pg_publication WHERE pubname = %s", (publication,)
+    ).fetchone()
+    tables = ", ".join(sorted(partitioned))
+    if row is None or row[0]:
+        return ok(name, f"{tables}: changes sent under the partitioned table's name")
+    return Check(
+        name,
+        Severity.FAIL,
+        f"{tables} partitioned, and the publication sends their changes under each partition's "
+        "name, which no aggregate reads: they are ignored",
+        f'ALTER PUBLICATION "{publication}" SET (publish_via_partition_root = true); '
+        "(or coachpipe migrate)",
+    )
+
+
+def _size(size: int | None) -> str:
+    return "unknown" if size is None else f"{size:,} bytes"
+
+
 def _slot_check(settings: Settings, conn: psycopg.Connection[Any]) -> Check:
     name = f"slot {settings.slot_name}"
     row = conn.execute(
         "SELECT plugin, active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,"
-        " database, current_database() FROM pg_replication_slots WHERE slot_name = %s",
+        " database, current_database(), wal_status, safe_wal_size,"
+        " (SELECT CASE WHEN setting::bigint < 0 THEN NULL ELSE setting::bigint * 1024 * 1024 END"
+        "  FROM pg_settings WHERE name = 'max_slot_wal_keep_size')"
+        " FROM pg_replication_slots WHERE slot_name = %s",
         (settings.slot_name,),
     ).fetchone()
     if row is None:
         return ok(name, "not created yet: the first `coachpipe listen --source postgres` does")
-    plugin, active, lag, database, current = row
+    plugin, active, lag, database, current, wal_status, safe_wal_size, keep = row
     if database != current:
         return Check(name, Severity.FAIL,
                      f"a slot of that name belongs to database {database!r}, not {current!r}",
@@ -186,14 +231,66 @@ def _slot_check(settings: Settings, conn: psycopg.Connection[Any]) -> Check:
     if plugin != "pgoutput":
         return Check(name, Severity.FAIL, f"uses output plugin {plugin}, not pgoutput",
                      "stop the listeners, `coachpipe slot drop`, start a listener")  # fmt: skip
+    limit = "unlimited" if keep is None else _size(keep)
+    state = (
+        f"active={active}, wal_status {wal_status}, lag {_size(lag)} "
+        f"(max_slot_wal_keep_size {limit}, safe_wal_size {_size(safe_wal_size)})"
+    )
+    if wal_status == "lost":
+        return Check(
+            name, Severity.FAIL,
+            f"invalidated by the server ({state}): the changes since its position are gone",
+            "start a postgres listener: it replaces the slot and refreshes every coach "
+            "(or `coachpipe slot drop` first); raise max_slot_wal_keep_size so it does not recur",
+        )  # fmt: skip
+    if wal_status == "unreserved":
+        return Check(
+            name, Severity.FAIL,
+            f"holds more WAL than max_slot_wal_keep_size ({state}): the next checkpoint "
+            "invalidates it",
+            "start a postgres listener now so it catches up; raise max_slot_wal_keep_size",
+        )  # fmt: skip
     if lag is not None and lag > settings.slot_lag_warn_bytes:
         return Check(
             name,
             Severity.WARN,
-            f"holds {lag:,} bytes of WAL (active={active}); the disk fills if nobody consumes it",
+            f"holds {lag:,} bytes of WAL ({state}); the disk fills if nobody consumes it",
             "start a postgres listener, or `coachpipe slot drop` if the pipeline was removed",
         )
-    return ok(name, f"active={active}, lag {lag or 0:,} bytes")
+    if keep is not None and safe_wal_size is not None and safe_wal_size < keep // 4:
+        return Check(
+            name, Severity.WARN,
+            f"close to max_slot_wal_keep_size ({state}): invalidated if it falls further behind",
+            "make sure a postgres listener runs; raise max_slot_wal_keep_size",
+        )  # fmt: skip
+    return ok(name, state)
+
+
+def _slot_history_check(settings: Settings) -> Check:
+    """Slot replacements the listener made (see `listeners.slot_faults`), kept in Redis."""
+    name = f"slot {settings.slot_name} history"
+    try:
+        client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5)
+        raw = client.hgetall(keys.slot_recreations(settings.slot_name))
+    except redis.RedisError as error:
+        return Check(name, Severity.WARN, f"unknown: {_first_line(error)}", "see the redis check")
+    history = {as_text(k): as_text(v) for k, v in raw.items()}
+    if "pending" in history:
+        return Check(
+            name, Severity.FAIL,
+            f"changes may have been missed ({history['pending']}); the refresh of every coach "
+            "is not enqueued yet",
+            "keep a postgres listener running: it enqueues the refresh once it streams "
+            "(or `coachpipe refresh --all`)",
+        )  # fmt: skip
+    if "count" not in history:
+        return ok(name, "never replaced")
+    at = datetime.fromtimestamp(float(history["last_at"]), UTC).isoformat(timespec="seconds")
+    return ok(
+        name,
+        f"replaced {history['count']} time(s), last at {at} ({history['last_reason']}); "
+        "every coach was refreshed after it",
+    )
 
 
 def _redis_check(settings: Settings) -> Check:
@@ -277,7 +374,7 @@ def run_checks(settings: Settings) -> list[Check]:
         checks.append(Check("postgres", Severity.FAIL, f"unreachable: {_first_line(error)}",
                             "check DATABASE_URL, the network and the credentials"))  # fmt: skip
     steps: list[Callable[[Settings], Check | list[Check]]] = [
-        _redis_check, _broker_check, _supabase_checks, _api_check,
+        _redis_check, _slot_history_check, _broker_check, _supabase_checks, _api_check,
     ]  # fmt: skip
     for step in steps:
         result = step(settings)

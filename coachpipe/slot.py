@@ -24,7 +24,8 @@ def describe(settings: Settings) -> dict[str, Any] | None:
             SELECT slot_name, plugin, active, active_pid, restart_lsn::text AS restart_lsn,
                    confirmed_flush_lsn::text AS confirmed_flush_lsn,
                    pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag_bytes,
-                   pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)) AS wal_held
+                   pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)) AS wal_held,
+                   wal_status, safe_wal_size
             FROM pg_replication_slots WHERE slot_name = %s
             """,
             (settings.slot_name,),

@@ -64,6 +64,10 @@ def gather(settings: Settings) -> dict[str, Any]:
         "claimed_recomputes": {name: counts[2 * i + 1] for i, name in enumerate(NAMES)},
         "slot": _slot(settings),
         "freshness": freshness_summary(client),
+        "slot_recreations": {
+            as_text(k): as_text(v)
+            for k, v in client.hgetall(keys.slot_recreations(settings.slot_name)).items()
+        },
         "last_refresh": {
             name: datetime.fromtimestamp(stamp, UTC).isoformat() for name, stamp in last.items()
         },
@@ -118,5 +122,20 @@ def render(report: dict[str, Any], console: Console) -> None:
         flag = " [red]above SLOT_LAG_WARN_BYTES[/]" if slot["warn"] else ""
         console.print(
             f"slot {slot['slot_name']}: active={slot['active']} lag={slot['lag_bytes']} bytes "
-            f"(WAL held {slot['wal_held']}){flag}"
+            f"(WAL held {slot['wal_held']}, wal_status {slot['wal_status']}){flag}"
+        )
+    render_recreations(report.get("slot_recreations") or {}, console)
+
+
+def render_recreations(recreations: dict[str, str], console: Console) -> None:
+    if "count" in recreations:
+        at = datetime.fromtimestamp(float(recreations["last_at"]), UTC).isoformat()
+        console.print(
+            f"slot recreated {recreations['count']} time(s), last at {at} "
+            f"({recreations['last_reason']}, new position {recreations['position']})"
+        )
+    if "pending" in recreations:
+        console.print(
+            f"[bold red]changes may have been missed[/]: {recreations['pending']}; "
+            "the refresh of every coach is not enqueued yet"
         )

@@ -218,9 +218,9 @@ class Listener:
         )
 
     def _catch_up(self, resync: Resync) -> None:
-        since = resync.since or self._stored_last_event()
+        since = None if resync.everything else (resync.since or self._stored_last_event())
         names = [aggregate.name for aggregate in CRITICAL]
-        if resync.snapshot is not None:
+        if resync.snapshot is not None and not resync.everything:
             coaches, truncated = changes_after(self.engine, resync.snapshot)
             self.scheduler.request([(name, coach) for coach in coaches for name in names])
             if truncated:
@@ -270,6 +270,7 @@ class Listener:
             async for item in self.source.items():
                 if isinstance(item, Resync):
                     await self._retrying(self._catch_up, item)
+                    await self.source.confirm(item.position)
                     continue
                 assert isinstance(item, Batch)
                 if item.events:

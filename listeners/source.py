@@ -37,6 +37,11 @@ class Resync:
     snapshot: str | None = None
     """A Postgres snapshot (`pg_current_snapshot()`) whose changes are known delivered: the
     catch-up covers every change committed after it, from the change log."""
+    everything: bool = False
+    """Nothing the source delivered before can be trusted (a replaced replication slot):
+    refresh every active coach, not only those whose rows changed lately."""
+    position: str | None = None
+    """What `confirm` takes once the refresh is enqueued, as for a `Batch`."""
 
 
 @dataclass

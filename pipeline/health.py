@@ -3,7 +3,9 @@
 Each listener writes its own state every heartbeat. `realtime_status` is a pure function of
 those states and the clock: green when at least one listener is connected with a fresh
 heartbeat; yellow while none is but one is reconnecting or subscribing, for at most
-`red_after_s` since a listener was last connected; red otherwise. Beat's fallback polling and
+`red_after_s` since a listener was last connected; red otherwise, and red while a listener
+recovers from a fault that may have lost changes (whatever the others say: the stored values
+cannot be trusted until the refresh that answers it is enqueued). Beat's fallback polling and
 the dashboards' connection indicator both follow it.
 """
 
@@ -29,6 +31,9 @@ class ListenerState(StrEnum):
     """The socket is up and the channel joined, but the server has not yet said "Subscribed to
     PostgreSQL": changes are not captured yet."""
     DISCONNECTED = "disconnected"
+    RECOVERING = "recovering"
+    """Streaming again after a fault that may have lost changes (a replaced replication slot),
+    until the refresh of every coach that answers it is enqueued."""
 
 
 class Color(StrEnum):
@@ -89,6 +94,11 @@ def realtime_status(
 ) -> RealtimeStatus:
     fresh = [h for h in listeners if now - h.heartbeat_at <= stale_after_s]
     ordered = tuple(sorted(listeners, key=lambda h: h.listener_id))
+    recovering = [h for h in fresh if h.state is ListenerState.RECOVERING]
+    if recovering:
+        return RealtimeStatus(
+            Color.RED, ordered, f"changes may have been missed: {recovering[0].detail}"
+        )
     if any(h.state is ListenerState.CONNECTED for h in fresh):
         count = sum(h.state is ListenerState.CONNECTED for h in fresh)
         return RealtimeStatus(Color.GREEN, ordered, f"{count} listener(s) connected")

@@ -77,6 +77,12 @@ def source_last_event(source: str) -> str:
     return f"{PREFIX}:source:{source}:last-event"
 
 
+def slot_recreations(slot: str) -> str:
+    """Hash: how often the listener replaced replication slot `slot`, the last time and reason,
+    and `pending` (the reason) until the refresh of every coach that answers it is enqueued."""
+    return f"{PREFIX}:slot:{slot}:recreations"
+
+
 REALTIME_STATUS = f"{PREFIX}:realtime:status"
 
 # Beat bookkeeping (tasks.jobs).

@@ -66,6 +66,13 @@ SLOT_LAG_BYTES = Gauge(
     ["slot"],
     multiprocess_mode="livemax",
 )
+SLOT_RECREATED = Counter(
+    "coachpipe_slot_recreated_total",
+    "Replication slots the listener replaced because they could not stream any more, by reason "
+    "(publication_missing_at_position, slot_lost, slot_dropped); each is followed by a refresh "
+    "of every active coach.",
+    ["reason"],
+)
 EVENT_LAG_SECONDS = Histogram(
     "coachpipe_commit_to_listener_seconds", "Commit to the listener's receipt of the event.",
     ["source"], buckets=LATENCY_BUCKETS,

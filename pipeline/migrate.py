@@ -1,7 +1,7 @@
 """Schema migrations (Alembic) and the replication setup the listeners need.
 
 `upgrade` is safe to run any number of times: Alembic skips applied revisions, every DDL
-statement is idempotent, and `ensure_publications` only adds what is missing.
+statement is idempotent, and `ensure_publication` only adds what is missing.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def upgrade(engine: Engine, publication: str) -> list[str]:
     with engine.begin() as connection:
         connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('coachpipe.migrate'))"))
         command.upgrade(_alembic_config(connection), "head")
-        added = ensure_publication(connection, publication)
+        ensure_partitions_replica_identity(connection)
+        added = ensure_publication(connection, publication, via_partition_root=True)
         # Realtime also carries the signal table: listener canaries and TRUNCATE notices.
         added += ensure_publication(connection, SUPABASE_PUBLICATION, (SIGNAL_TABLE,))
     return added
@@ -50,27 +51,76 @@ def current_revision(engine: Engine) -> str | None:
         return connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
 
+PUBLICATION_MEMBERS = """
+SELECT c.relname FROM pg_publication p
+JOIN pg_publication_rel r ON r.prpubid = p.oid
+JOIN pg_class c ON c.oid = r.prrelid
+WHERE p.pubname = %(name)s AND c.relnamespace = 'public'::regnamespace
+UNION
+SELECT tablename FROM pg_publication_tables WHERE pubname = %(name)s AND schemaname = 'public'
+"""
+"""Tables of `public` a publication holds: the ones added to it (a partitioned table by its own
+name, whichever way the publication sends its changes) and the ones it holds otherwise
+(`FOR TABLES IN SCHEMA`). `pg_publication_tables` alone names a partitioned table's partitions
+instead of itself unless `publish_via_partition_root` is on. (psycopg parameter style; SQLAlchemy
+callers bind it with `:name`.)"""
+
+PARTITIONS_WITHOUT_FULL_IDENTITY = text(
+    """
+    SELECT format('%I.%I', n.nspname, c.relname) FROM unnest(CAST(:tables AS text[])) AS t(name)
+    CROSS JOIN LATERAL pg_partition_tree(to_regclass('public.' || quote_ident(t.name))) AS tree
+    JOIN pg_class c ON c.oid = tree.relid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE tree.isleaf AND tree.level > 0 AND c.relreplident <> 'f'
+    """
+)
+
+
+def ensure_partitions_replica_identity(connection: Connection) -> list[str]:
+    """`REPLICA IDENTITY FULL` on every partition of a partitioned watched table.
+
+    Partitions do not inherit it from their parent, and the old row of an UPDATE or DELETE is
+    logged as the partition's own setting says. Run again after adding partitions.
+    """
+    partitions = list(
+        connection.execute(
+            PARTITIONS_WITHOUT_FULL_IDENTITY, {"tables": list(WATCHED_TABLES)}
+        ).scalars()
+    )
+    for partition in partitions:
+        connection.execute(text(f"ALTER TABLE {partition} REPLICA IDENTITY FULL"))
+    return partitions
+
+
 def ensure_publication(
-    connection: Connection, publication: str, extra: tuple[str, ...] = ()
+    connection: Connection,
+    publication: str,
+    extra: tuple[str, ...] = (),
+    *,
+    via_partition_root: bool = False,
 ) -> list[str]:
     """Create `publication` if missing and add whichever watched (or `extra`) table it lacks.
 
-    A publication `FOR ALL TABLES` already holds them and cannot be altered, so it is left alone.
+    With `via_partition_root`, a partitioned table's changes are sent under its own name (the
+    one routing knows), not its partitions'. A publication `FOR ALL TABLES` already holds the
+    tables and cannot take more; it is only switched to `publish_via_partition_root`.
     """
     row = connection.execute(
-        text("SELECT puballtables FROM pg_publication WHERE pubname = :name"), {"name": publication}
+        text("SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = :name"),
+        {"name": publication},
     ).first()
     if row is None:
-        connection.execute(text(f'CREATE PUBLICATION "{publication}"'))
-    elif row.puballtables:
+        options = " WITH (publish_via_partition_root = true)" if via_partition_root else ""
+        connection.execute(text(f'CREATE PUBLICATION "{publication}"{options}'))
+    elif via_partition_root and not row.pubviaroot:
+        connection.execute(
+            text(f'ALTER PUBLICATION "{publication}" SET (publish_via_partition_root = true)')
+        )
+    if row is not None and row.puballtables:
         return []
     present = set(
         connection.execute(
-            text(
-                "SELECT tablename FROM pg_publication_tables "
-                "WHERE pubname = :name AND schemaname = 'public'"
-            ),
-            {"name": publication},
+            text(PUBLICATION_MEMBERS.replace("%(name)s", ":name")), {"name": publication}
         ).scalars()
     )
     added = []

@@ -150,6 +150,48 @@ def fresh_database(postgres_server: PrivatePostgres) -> Iterator[str]:
 
 
 @pytest.fixture
+def small_wal_server(services_dir: Path) -> Iterator[PrivatePostgres]:
+    """A migrated server of its own that invalidates a slot holding more than 1 MB of WAL."""
+    server = PrivatePostgres(
+        services_dir / f"small-wal-{uuid.uuid4().hex[:8]}",
+        durable=False,
+        settings=("max_slot_wal_keep_size=1MB", "wal_keep_size=0"),
+    )
+    server.start()
+    engine = make_engine(server.url)
+    upgrade(engine, "coachpipe")
+    engine.dispose()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def own_database(
+    fresh_database: str,
+    pipeline_env: dict[str, str],
+    redis_url: str,
+    broker_url: str,
+    tmp_path: Path,
+) -> Iterator[tuple[str, dict[str, str], Proc]]:
+    """A new, unmigrated database, the environment pointing at it, and its own worker.
+
+    A listener's slot there is dropped afterwards (a database with a slot cannot be dropped).
+    """
+    env = {**pipeline_env, "DATABASE_URL": fresh_database}
+    redis.Redis.from_url(broker_url).flushdb()
+    worker = start_worker(env, tmp_path, broker_url=broker_url)
+    try:
+        yield fresh_database, env, worker
+    finally:
+        worker.terminate()
+        with psycopg.connect(fresh_database, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE database = current_database() AND NOT active"
+            )
+
+
+@pytest.fixture
 def settings(pipeline_env: dict[str, str], database_url: str, redis_url: str) -> Settings:
     return load_settings(_env_file=None)
 

@@ -9,14 +9,17 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 from typer.testing import CliRunner
 
 from coachpipe.cli import app
 from coachpipe.doctor import Check, Severity, run_checks
 from coachpipe.embedded import PrivatePostgres
 from config import load_settings
+from pipeline import keys
 from pipeline.db import make_engine
 from pipeline.migrate import upgrade
+from tests.test_slot_recovery import outrun_the_slot
 
 
 def checks_for(database_url: str, redis_url: str, **overrides: object) -> dict[str, Check]:
@@ -172,3 +175,26 @@ def test_a_slot_of_the_same_name_in_another_database(
     finally:
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute("SELECT pg_drop_replication_slot('doctor_other')")
+
+
+def test_an_invalidated_slot_and_its_history(
+    small_wal_server: PrivatePostgres, redis_client: redis.Redis, redis_url: str
+) -> None:
+    database_url = small_wal_server.url
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot('coachpipe', 'pgoutput')")
+    check = checks_for(database_url, redis_url)["slot coachpipe"]
+    assert check.severity is Severity.OK
+    assert "wal_status reserved" in check.message
+    assert "max_slot_wal_keep_size 1,048,576 bytes" in check.message
+    assert "safe_wal_size" in check.message
+    outrun_the_slot(database_url)
+    check = checks_for(database_url, redis_url)["slot coachpipe"]
+    assert check.severity is Severity.FAIL
+    assert "invalidated" in check.message and "wal_status lost" in check.message
+    assert "replaces the slot" in check.fix
+    history = f"slot {load_settings(_env_file=None).slot_name} history"
+    assert checks_for(database_url, redis_url)[history].message == "never replaced"
+    redis_client.hset(keys.slot_recreations("coachpipe"), "pending", "slot recreated (slot_lost)")
+    check = checks_for(database_url, redis_url)[history]
+    assert check.severity is Severity.FAIL and "may have been missed" in check.message

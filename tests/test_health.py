@@ -51,6 +51,9 @@ CASES = [
     ("a stale listener's last connection counts",
      [h("a", "connected", 20, connected_ago=20), h("b", "reconnecting", 1, started_ago=60)], Color.YELLOW),
     ("no stamps at all (older listener): yellow", [h("a", "reconnecting", 1)], Color.YELLOW),
+    ("recovering: changes may be missed", [h("a", "recovering", 1)], Color.RED),
+    ("recovering beats a connected one", [h("a", "recovering", 1), h("b", "connected", 1)], Color.RED),
+    ("stale recovering is forgotten", [h("a", "recovering", 60), h("b", "connected", 1)], Color.GREEN),
 ]  # fmt: skip
 
 

@@ -183,3 +183,33 @@ def test_slot_lag_is_measured_while_the_listener_is_paused(
         finally:
             listener.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
         wait_for(lambda: (source._lag() or 0) < held / 10, 20, message="lag to drain")
+
+
+def test_a_transaction_larger_than_a_batch_is_handed_over_in_parts(
+    database_url: str,
+    redis_client: redis.Redis,
+    service_env: dict[str, str],
+    tmp_path: Path,
+    worker: Proc,
+) -> None:
+    """Memory stays bounded whatever the transaction's size: parts of MAX_BATCH events."""
+    import re
+
+    from listeners.postgres_source import MAX_BATCH
+
+    seed.load(database_url, SMALL)
+    listener = start_listener(service_env, tmp_path)
+    with running(listener):
+        wait_for(lambda: connected(redis_client, listener), 20, message="listener to connect")
+        settle(database_url, redis_client)
+        with psycopg.connect(database_url) as conn:  # one transaction
+            conn.execute(
+                "INSERT INTO goals (coach_id, client_id, title, progress)"
+                " SELECT u.coach_id, u.id, 'g', n %% 101 FROM users u"
+                " CROSS JOIN generate_series(1, %s) AS n WHERE u.role = 'client'",
+                (3 * MAX_BATCH // 12 + 1,),
+            )
+        settle(database_url, redis_client)
+        assert listener.terminate() == 0
+    (batches,) = re.findall(r"listener_stopped .*batches=(\d+)", listener.output())
+    assert int(batches) >= 3
