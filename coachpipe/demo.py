@@ -48,6 +48,7 @@ from pipeline.migrate import upgrade
 from pipeline.read import read_all
 from pipeline.seed import SeedPlan, is_empty, load
 from pipeline.store import Notice
+from tasks.names import QUEUES
 
 PG_PORT, REDIS_PORT, FLOWER_PORT = 54329, 56379, 5555
 SHOWN = 6
@@ -233,7 +234,7 @@ def _run(
     celery = f"{python} -m celery -A tasks"
     for name, command in {
         "listener": f"{cli} listen --source postgres",
-        "worker": f"{celery} worker -Q realtime,refresh -c 2 -n demo@%h --loglevel=INFO",
+        "worker": f"{celery} worker -Q {','.join(QUEUES)} -c 2 -n demo@%h --loglevel=INFO",
         "beat": f"{celery} beat --loglevel=INFO",
         "flower": f"{celery} flower --port={flower_port} --address=127.0.0.1",
         "api": f"{cli} api",

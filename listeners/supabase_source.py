@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
+from realtime.types import RealtimePostgresChangesListenEvent
 
 from config import Settings
 from listeners.backoff import reconnect_delay
@@ -232,7 +233,12 @@ class SupabaseSource(Source):
         self._client = client
         channel = client.channel(CHANNEL)
         for table in WATCHED_TABLES:
-            channel.on_postgres_changes("*", callback=self._on_change, table=table, schema="public")
+            channel.on_postgres_changes(
+                RealtimePostgresChangesListenEvent.All,
+                callback=self._on_change,
+                table=table,
+                schema="public",
+            )
         channel.on_system(self._on_system)
         await channel.subscribe(self._on_state)
         ready = asyncio.create_task(self._ready.wait())

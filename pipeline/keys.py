@@ -80,5 +80,17 @@ def source_last_event(source: str) -> str:
 REALTIME_STATUS = f"{PREFIX}:realtime:status"
 
 # Beat bookkeeping (tasks.jobs).
-CLOCK_LAST_TICK = f"{PREFIX}:clock:last-tick"
+
+
+def clock_last_tick(name: str) -> str:
+    """Database time (ISO) up to which the clock tick of an aggregate has looked."""
+    return f"{PREFIX}:clock:last-tick:{name}"
+
+
 LAST_REFRESH = f"{PREFIX}:refresh:last"
+"""Hash: aggregate name (or `LAST_REFRESH_FALLBACK`) → unix time of its last bulk refresh."""
+LAST_REFRESH_FALLBACK = "fallback"
+"""The field of `LAST_REFRESH` stamped by every fallback poll."""
+
+REDBEAT_PREFIX = f"{PREFIX}:redbeat"
+"""Prefix of celery-redbeat's schedule and lock keys (its `redbeat_key_prefix`)."""

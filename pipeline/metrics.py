@@ -32,6 +32,11 @@ VISIBILITY_WAITS = Counter(
 RECONNECTS = Counter(
     "coachpipe_listener_reconnects_total", "Listener reconnect attempts.", ["source"]
 )
+ENQUEUE_RETRIES = Counter(
+    "coachpipe_listener_enqueue_retries_total",
+    "Batches or catch-ups whose requests failed on a transient error and were retried.",
+    ["source"],
+)
 LISTENER_STATE = Gauge(
     "coachpipe_listener_state",
     "1 for the listener's current state, 0 for the others.",

@@ -21,6 +21,7 @@ from coachpipe.embedded import free_port
 from devtools.processes import Proc, celery_args, running, start_worker, wait_for
 from pipeline import keys, seed
 from pipeline.health import HealthBoard, ListenerHealth, ListenerState
+from tasks import names
 from tests.pipeline_checks import coach_ids, mismatches
 
 SMALL = seed.SeedPlan(coaches=3, clients_per_coach=3, sessions_per_client=3)
@@ -35,10 +36,10 @@ def beat(env: dict[str, str], log_dir: Path, name: str, **overrides: str) -> Pro
 def sent_refreshes(broker: redis.Redis) -> list[float]:
     """Send times of the scheduled secondary refreshes waiting in the `refresh` queue."""
     times = []
-    for raw in broker.lrange("refresh", 0, -1):
+    for raw in broker.lrange(names.REFRESH_QUEUE, 0, -1):
         message = orjson.loads(raw)
         headers = message["headers"]
-        if headers["task"] == "tasks.jobs.refresh_all" and headers.get("expires"):
+        if headers["task"] == names.REFRESH_ALL and headers.get("expires"):
             args = orjson.loads(base64.b64decode(message["body"]))[0]
             if args[1] == "schedule":
                 times.append(datetime.fromisoformat(headers["expires"]).timestamp())
@@ -95,7 +96,7 @@ class Heartbeat(threading.Thread):
 
 
 def fallback_runs(client: redis.Redis) -> float:
-    raw = client.hget(keys.LAST_REFRESH, "fallback")
+    raw = client.hget(keys.LAST_REFRESH, keys.LAST_REFRESH_FALLBACK)
     return float(raw) if raw else 0.0
 
 

@@ -39,6 +39,7 @@ from pipeline.aggregates import CRITICAL, get
 from pipeline.read import read_aggregate
 from pipeline.recompute import compute_snapshot
 from pipeline.routing import TABLE_AGGREGATES
+from tasks.names import QUEUES
 
 
 @dataclass
@@ -498,7 +499,7 @@ def soak(stack: Stack, profile: Profile, naive: bool) -> dict[str, Any]:
                     "worker_rss_mb": tree_rss_mb(worker.pid),
                     "worker_pss_mb": tree_pss_mb(worker.pid),
                     "listener_rss_mb": tree_rss_mb(listener.pid),
-                    "queued": stack.broker.llen("realtime") + stack.broker.llen("refresh"),
+                    "queued": sum(stack.broker.llen(queue) for queue in QUEUES),
                 }
             )
             done.wait(max(1.0, duration / 60))
@@ -541,8 +542,10 @@ def soak(stack: Stack, profile: Profile, naive: bool) -> dict[str, Any]:
 def dedup_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
     """Issue-4 figures: enqueue → stored on loopback (idle keys: no debounce wait), recomputes
     per second of one worker process, batched and not."""
-    from tasks.celery import runtime
+    from tasks.celery import create_app
     from tasks.enqueue import request_recomputes
+
+    app = create_app(stack.settings)
 
     collector = NoticeCollector(stack.env["REDIS_URL"]).start()
     coaches = _coaches(stack, stack.coaches)
@@ -551,7 +554,7 @@ def dedup_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
     for coach in coaches[: profile.micro_samples]:
         observed = len(collector.notices)
         started = time.time()
-        request_recomputes(runtime.dedup, [("coach-stats", coach)])
+        request_recomputes(app.runtime.dedup, app.sender, [("coach-stats", coach)])
         wait_for(lambda n=observed: len(collector.notices) > n, 10, interval=0.0005)
         latencies.append((collector.notices[-1].received - started) * 1000)
     stack.quiesce(60)
@@ -562,7 +565,7 @@ def dedup_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
         collector.clear()
         keys_ = [("coach-stats", coach) for coach in coaches]
         started = time.time()
-        request_recomputes(runtime.dedup, keys_)
+        request_recomputes(app.runtime.dedup, app.sender, keys_)
         wait_for(
             lambda: len(collector.notices) >= len(keys_),
             600,
@@ -643,10 +646,11 @@ def full_refresh(stack: Stack, profile: Profile) -> dict[str, Any]:
     stack.worker(concurrency=2)
     collector = NoticeCollector(stack.env["REDIS_URL"]).start()
     stack.reset_counters()
-    from tasks.jobs import reconcile
+    from tasks.celery import create_app
 
     started = time.time()
-    reconcile.delay()  # beat's hourly path: every aggregate, one snapshot per batch of coaches
+    # beat's hourly path: every aggregate, one snapshot per batch of coaches
+    create_app(stack.settings).sender.send_reconcile()
     expected = stack.coaches * len(NAMES)
     wait_for(
         lambda: len(collector.since(started)) >= expected,
