@@ -55,6 +55,9 @@ def test_two_beats_send_each_scheduled_refresh_once(
     env = {**service_env, "SECONDARY_REFRESH_S": str(interval)}
     first, second = beat(env, tmp_path, "beat-1"), beat(env, tmp_path, "beat-2")
     with running(first, second):
+        # Count from the moment one holds the lock: starting up takes seconds on a busy host.
+        wait_for(lambda: "beat: Acquired lock" in first.output() + second.output(), 60,
+                 interval=0.2, message="a beat to take the lock")  # fmt: skip
         time.sleep(11)
         sends = sent_refreshes(broker)
         assert 3 <= len(sends) <= 11 / interval + 1, sends
