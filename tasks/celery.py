@@ -106,7 +106,7 @@ def create_app(settings: Settings) -> PipelineApp:
     def fresh_connections(**_: Any) -> None:
         app.runtime.reset_after_fork()
 
-    # Strong reference: the handler lives as long as the app, not until the next collection.
+    # weak=False: nothing else holds this closure; a worker keeps its app for its lifetime.
     worker_process_init.connect(fresh_connections, weak=False)
     return app
 

@@ -94,14 +94,14 @@ def refresh_batch(
 
     `commit_ms`, when a change triggered the refresh, feeds the commit → stored latency.
     """
-    names_ = [aggregates] if isinstance(aggregates, str) else aggregates
+    aggregate_names = [aggregates] if isinstance(aggregates, str) else aggregates
     coaches = [UUID(c) for c in coach_ids]
     commits = dict.fromkeys(coaches, commit_ms) if commit_ms is not None else None
     runtime = task.runtime
     result = recompute(
-        runtime.engine, runtime.store, [get(n) for n in names_], coaches, commit_ms=commits
+        runtime.engine, runtime.store, [get(n) for n in aggregate_names], coaches, commit_ms=commits
     )
-    return {"aggregates": names_, "coaches": result.coaches, "stale": result.stale}
+    return {"aggregates": aggregate_names, "coaches": result.coaches, "stale": result.stale}
 
 
 def _fan_out(task: PipelineTask, aggregates: list[str], expires: float | None) -> int:
