@@ -24,6 +24,7 @@ from rich.table import Table
 from coachpipe.errors import CommandError
 from config import Settings, SettingsError, SourceName, load_settings
 from pipeline.aggregates import NAMES
+from tasks.names import QUEUES
 
 app = typer.Typer(
     name="coachpipe",
@@ -176,7 +177,7 @@ def _celery(*args: str) -> None:
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def worker(
     ctx: typer.Context,
-    queues: Annotated[str, typer.Option("-Q", "--queues")] = "realtime,refresh",
+    queues: Annotated[str, typer.Option("-Q", "--queues")] = ",".join(QUEUES),
     concurrency: Annotated[int, typer.Option("-c", "--concurrency", min=1)] = 2,
 ) -> None:
     """`celery -A tasks worker` with the pipeline's queues; extra options pass through."""

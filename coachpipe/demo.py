@@ -60,6 +60,7 @@ from pipeline.migrate import upgrade
 from pipeline.read import read_all
 from pipeline.seed import SeedPlan, is_empty, load
 from pipeline.store import Notice
+from tasks.names import QUEUES
 
 PG_PORT, REDIS_PORT, FLOWER_PORT = 54329, 56379, 5555
 SHOWN = 6
@@ -411,7 +412,7 @@ def _run(
     celery = [python, "-m", "celery", "-A", "tasks"]
     components = {
         "listener": [*cli, "listen", "--source", "postgres"],
-        "worker": [*celery, "worker", "-Q", "realtime,refresh", "-c", "2", "-n", "demo@%h",
+        "worker": [*celery, "worker", "-Q", ",".join(QUEUES), "-c", "2", "-n", "demo@%h",
                    "--loglevel=INFO"],
         "beat": [*celery, "beat", "--loglevel=INFO"],
         "flower": [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"],

@@ -28,13 +28,15 @@ def refresh_coaches(
     if coach_ids is not None:
         _require_coaches(settings, coach_ids)
     if enqueue:
-        from tasks.jobs import refresh_all, refresh_batch
+        from tasks.celery import create_app
 
+        app = create_app(settings)
         for name in names:
             if coach_ids is None:
-                refresh_all.delay(name, "cli")
+                app.sender.send_wide_refresh(name, "cli")
             else:
-                refresh_batch.delay(name, [str(c) for c in coach_ids])
+                app.sender.send_refresh_batch([name], coach_ids)
+        app.close()
         console.print(f"enqueued refresh of {', '.join(names)}")
         return
     engine = make_engine(settings.require_database_url(), pool_size=4, snapshots=True)

@@ -15,14 +15,14 @@ from pipeline.aggregates import NAMES
 from pipeline.freshness import summary as freshness_summary
 from pipeline.health import HealthBoard
 from pipeline.redis_values import as_text
+from tasks.names import QUEUES
 
-QUEUES = ("realtime", "refresh")
 
-
-def _queue_depths() -> dict[str, int | None]:
-    from tasks.celery import app
+def _queue_depths(settings: Settings) -> dict[str, int | None]:
+    from tasks.celery import create_app
 
     depths: dict[str, int | None] = {}
+    app = create_app(settings)
     with app.connection_for_read() as connection:
         channel = connection.default_channel
         for queue in QUEUES:
@@ -32,6 +32,7 @@ def _queue_depths() -> dict[str, int | None]:
                 # NOT_FOUND: on Redis an empty queue has no list at all; elsewhere the queue was
                 # never declared. Either way nothing waits in it.
                 depths[queue] = 0 if "NOT_FOUND" in str(error) else None
+    app.close()
     return depths
 
 
@@ -59,7 +60,7 @@ def gather(settings: Settings) -> dict[str, Any]:
     last = {as_text(k): float(v) for k, v in client.hgetall(keys.LAST_REFRESH).items()}
     return {
         "realtime": status.as_json(),
-        "queues": _queue_depths(),
+        "queues": _queue_depths(settings),
         "pending_recomputes": {name: counts[2 * i] for i, name in enumerate(NAMES)},
         "claimed_recomputes": {name: counts[2 * i + 1] for i, name in enumerate(NAMES)},
         "slot": _slot(settings),

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 from celery import Celery
 
+from tasks.names import QUEUES
+
 T = TypeVar("T")
 
 
@@ -99,7 +101,7 @@ def start_worker(
     log_dir: Path,
     *,
     name: str = "worker",
-    queues: str = "realtime,refresh",
+    queues: str = ",".join(QUEUES),
     pool: str = "prefork",
     concurrency: int = 2,
     broker_url: str,

@@ -10,33 +10,35 @@ import asyncio
 import os
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 import sqlalchemy.exc
 import structlog
 from sqlalchemy import Engine
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from config import Settings
 from listeners.backoff import reconnect_delay
+from listeners.invalidation import Invalidation, ScheduledInvalidation
 from listeners.source import Batch, Resync, Source
 from pipeline import keys, metrics
 from pipeline.aggregates import CRITICAL
 from pipeline.changelog import changes_after
 from pipeline.changelog import prune as prune_change_log
 from pipeline.coaches import coaches_changed_since
+from pipeline.errors import is_transient
 from pipeline.events import ChangeEvent
 from pipeline.freshness import Freshness
 from pipeline.health import HealthBoard, ListenerHealth, ListenerState
 from pipeline.redis_values import as_text
-from pipeline.routing import Key, route
 from pipeline.scheduler import RecomputeScheduler, TaskSender
 from pipeline.visibility import wait_until_visible
 
 log = structlog.get_logger("listeners.runner")
-T = TypeVar("T")
 CATCH_UP_MARGIN = timedelta(seconds=5)
 """Rows stamped up to this long before the last event seen are caught up too (clock skew)."""
 PRUNE_EVERY_S = 300.0
@@ -44,14 +46,6 @@ PRUNE_EVERY_S = 300.0
 SNAPSHOT_WAIT_S = 1.0
 """How long a batch waits for its transactions to become visible before it is sent anyway
 (normally microseconds; short enough not to hold the heartbeat, which shares the thread)."""
-
-
-def _celery_sender() -> TaskSender:
-    """The default: the environment's Celery app (until the app is passed in)."""
-    from tasks import app
-    from tasks.producer import CeleryTaskSender
-
-    return CeleryTaskSender(app)
 
 
 def new_listener_id(source: str) -> str:
@@ -66,8 +60,9 @@ class Listener:
         *,
         client: redis.Redis,
         engine: Engine,
+        sender: TaskSender,
+        invalidation: Invalidation | None = None,
         listener_id: str | None = None,
-        sender: TaskSender | None = None,
     ) -> None:
         self.source = source
         self.settings = settings
@@ -76,12 +71,14 @@ class Listener:
         self.listener_id = listener_id or new_listener_id(source.name)
         self.scheduler = RecomputeScheduler(
             client,
-            sender or _celery_sender(),
+            sender,
             window_ms=settings.debounce_ms,
             stale_ms=int(settings.pending_stale_s * 1000),
         )
-        self.board = HealthBoard.from_settings(client, settings)
         self.freshness = Freshness(client)
+        self.invalidation = invalidation or ScheduledInvalidation(self.scheduler, self.freshness)
+        """How batches become recompute work (the benchmark's naive baseline injects its own)."""
+        self.board = HealthBoard.from_settings(client, settings)
         self.last_event_at: float | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enqueue")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -155,8 +152,6 @@ class Listener:
 
     # --- dispatch -----------------------------------------------------------------------
     def _dispatch(self, events: list[ChangeEvent]) -> None:
-        keys_due: dict[Key, int | None] = {}
-        wide: dict[str, str] = {}
         newest: float | None = None
         now = time.time()
         for event in events:
@@ -165,28 +160,7 @@ class Listener:
                 stamp = event.commit_ts.timestamp()
                 newest = stamp if newest is None else max(newest, stamp)
                 metrics.EVENT_LAG_SECONDS.labels(self.source.name).observe(max(now - stamp, 0))
-            result = route(event)
-            if result.problem:
-                metrics.WIDE_REFRESHES.labels(event.table, result.problem).inc()
-                log.warning(
-                    "change_without_coach",
-                    table=event.table,
-                    error_type=result.problem,
-                    detail=result.detail,
-                    commit_ts=event.commit_ts and event.commit_ts.isoformat(),
-                    position=event.position,
-                )
-                for aggregate in result.wide:
-                    wide[aggregate] = result.problem
-            commit = event.commit_ms()
-            for key in result.keys:
-                known = keys_due.get(key)
-                keys_due[key] = commit if known is None else min(known, commit or known)
-        if keys_due:
-            self.freshness.register(events)  # before the requests: see pipeline.freshness
-            self.scheduler.request(keys_due, keys_due)
-        for aggregate, reason in wide.items():
-            self.scheduler.request_wide([aggregate], reason)
+        self.invalidation.invalidate(events)
         if newest is not None:
             self.last_event_at = max(newest, self.last_event_at or newest)
             self.redis.set(
@@ -239,25 +213,36 @@ class Listener:
         raw = self.redis.get(keys.source_last_event(self.source.name))
         return datetime.fromisoformat(as_text(raw)) if raw else None
 
-    async def _retrying(self, function: Any, *args: Any) -> None:
-        """Run `function` until it succeeds: an unconfirmed batch must not be skipped."""
-        attempt = 0
-        while True:
-            try:
+    async def _retrying(self, function: Callable[..., None], *args: Any) -> None:
+        """Run `function` until it succeeds: an unconfirmed batch must not be skipped.
+
+        Only transient errors (Redis, Postgres or the broker unavailable) are retried; any
+        other error is a bug and ends the listener, whose durable source keeps the batch."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            wait=self._retry_delay,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
                 await self._blocking(function, *args)
-                return
-            except Exception as error:  # Redis or broker down: wait, keep the batch
-                attempt += 1
-                delay = reconnect_delay(
-                    attempt, self.settings.reconnect_initial_s, self.settings.reconnect_max_s
-                )
-                log.error(
-                    "enqueue_failed",
-                    error_type=type(error).__name__,
-                    error=str(error),
-                    retry_in_s=round(delay, 2),
-                )
-                await asyncio.sleep(delay)
+
+    def _retry_delay(self, state: RetryCallState) -> float:
+        return reconnect_delay(
+            state.attempt_number, self.settings.reconnect_initial_s, self.settings.reconnect_max_s
+        )
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        metrics.ENQUEUE_RETRIES.labels(self.source.name).inc()
+        log.error(
+            "enqueue_failed",
+            error_type=type(error).__name__,
+            error=str(error),
+            attempt=state.attempt_number,
+            retry_in_s=round(state.upcoming_sleep, 2),
+        )
 
     # --- main loop ----------------------------------------------------------------------
     async def run(self) -> None:

@@ -1,11 +1,30 @@
-"""What can go wrong in the pipeline domain, as one hierarchy."""
+"""What can go wrong in coachpipe, as one hierarchy (dramatiq's one tree).
+
+    PipelineError                 raised on purpose, anywhere in coachpipe
+    ├── UnknownAggregateError     a name not in the aggregates registry
+    ├── BadEventError             a change event from outside that cannot be used as it is
+    ├── SettingsError             (config.errors) a setting is missing or invalid
+    ├── CommandError              (coachpipe.errors) a problem the operator can fix
+    └── TransientError            an outside service is unavailable: retry, the work is kept
+        └── BrokerUnavailableError  the Celery broker refused a message
+
+Whether an error is worth retrying is decided here and only here (`is_transient`): the tasks'
+autoretry and the listener's retry loop both use `TRANSIENT_ERRORS`. Anything else is a bug or
+bad input and fails loudly.
+"""
+
+from __future__ import annotations
 
 from collections.abc import Mapping
 from uuid import UUID
 
+import psycopg
+import redis
+import sqlalchemy.exc
+
 
 class PipelineError(Exception):
-    """Base of every error the pipeline raises on purpose."""
+    """Base of every error coachpipe raises on purpose."""
 
 
 class UnknownAggregateError(PipelineError, KeyError):
@@ -35,3 +54,31 @@ class NotACoachError(PipelineError, ValueError):
             "not a coach: " + "; ".join(f"{user} ({why})" for user, why in reasons.items())
         )
         self.reasons = reasons
+
+
+class TransientError(PipelineError):
+    """An outside service (Redis, Postgres, the broker) is unavailable for now."""
+
+
+class BrokerUnavailableError(TransientError):
+    """The Celery broker could not take a message (raised by the task sender, which knows
+    the broker's client library; nothing below `tasks` does)."""
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TransientError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.BusyLoadingError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    psycopg.OperationalError,
+    ConnectionError,
+    TimeoutError,
+)
+"""Errors that say "not now" rather than "wrong": connection refused, reset, timed out."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """True when `error` is worth retrying: the same work may succeed once the service is back."""
+    return isinstance(error, TRANSIENT_ERRORS)

@@ -86,7 +86,13 @@ def slot_recreations(slot: str) -> str:
 REALTIME_STATUS = f"{PREFIX}:realtime:status"
 
 # Beat bookkeeping (tasks.jobs).
-CLOCK_LAST_TICK = f"{PREFIX}:clock:last-tick"
+
+
+def clock_last_tick(name: str) -> str:
+    """Database time (ISO) up to which the clock tick of an aggregate has looked."""
+    return f"{PREFIX}:clock:last-tick:{name}"
+
+
 LAST_REFRESH = f"{PREFIX}:refresh:last"
 
 # Consistency audit (pipeline.audit).
@@ -113,3 +119,11 @@ def freshness_pending(coach_id: UUID | str, name: str) -> str:
 def freshness_minute(minute: int) -> str:
     """Hash: log-scale latency bucket → changes completed in this minute (epoch minutes)."""
     return f"{PREFIX}:freshness:{minute}"
+
+
+"""Hash: aggregate name (or `LAST_REFRESH_FALLBACK`) → unix time of its last bulk refresh."""
+LAST_REFRESH_FALLBACK = "fallback"
+"""The field of `LAST_REFRESH` stamped by every fallback poll."""
+
+REDBEAT_PREFIX = f"{PREFIX}:redbeat"
+"""Prefix of celery-redbeat's schedule and lock keys (its `redbeat_key_prefix`)."""

@@ -49,6 +49,11 @@ LINK_CHECK_SECONDS = Histogram(
     ["source", "check"],
     buckets=LATENCY_BUCKETS,
 )
+ENQUEUE_RETRIES = Counter(
+    "coachpipe_listener_enqueue_retries_total",
+    "Batches or catch-ups whose requests failed on a transient error and were retried.",
+    ["source"],
+)
 LISTENER_STATE = Gauge(
     "coachpipe_listener_state",
     "1 for the listener's current state, 0 for the others.",

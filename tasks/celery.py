@@ -1,6 +1,7 @@
-"""The Celery app: `celery -A tasks worker|beat|flower` finds it here.
+"""The Celery app, built from a `Settings` passed in: `create_app(settings)`.
 
-Configured from `Settings` (the edge of the worker and beat processes). Redis is the default
+Nothing here reads the environment. `celery -A tasks worker|beat|flower` finds the app through
+`tasks.app`, which builds it at that edge with `app_from_environment`. Redis is the default
 broker; a BROKER_URL pointing at RabbitMQ works unchanged.
 """
 
@@ -26,26 +27,48 @@ from celery.signals import (
 from config import Settings, SettingsError, load_settings
 from config.logging import configure_logging
 from pipeline import keys
+from tasks import jobs, names
 from tasks.producer import CeleryTaskSender
 from tasks.runtime import Runtime
 from tasks.schedule import beat_schedule
 
-REALTIME_QUEUE = "realtime"
-REFRESH_QUEUE = "refresh"
+SOFT_LIMIT_MARGIN_S = 5
+"""A task is told to stop (soft limit) this long before it is killed (hard limit)."""
+
+
+class PipelineApp(Celery):  # type: ignore[misc]  # celery ships no type information
+    """A Celery app that carries what its tasks need: the settings it was built from, this
+    process's `Runtime` (connections, created lazily) and a `CeleryTaskSender` over itself."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__("coachpipe")
+        self.settings = settings
+        self.sender = CeleryTaskSender(self)
+        self.runtime = Runtime(settings, self.sender)
+
+
+def _limits(time_limit_s: int) -> dict[str, int]:
+    return {
+        "time_limit": time_limit_s,
+        "soft_time_limit": max(time_limit_s - SOFT_LIMIT_MARGIN_S, 1),
+    }
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     broker = settings.require_broker_url()
+    realtime = _limits(settings.realtime_time_limit_s)
+    refresh = _limits(settings.refresh_time_limit_s)
     config: dict[str, Any] = {
         "broker_url": broker,
         "broker_connection_retry_on_startup": True,
         "task_ignore_result": True,
         "task_serializer": "json",
         "accept_content": ["json"],
-        "task_default_queue": REFRESH_QUEUE,
-        "task_routes": {
-            "tasks.jobs.drain": {"queue": REALTIME_QUEUE},
-            "tasks.jobs.*": {"queue": REFRESH_QUEUE},
+        "task_default_queue": names.REFRESH_QUEUE,
+        "task_routes": {name: {"queue": names.queue_of(name)} for name in jobs.TASKS},
+        "task_annotations": {
+            name: realtime if names.queue_of(name) == names.REALTIME_QUEUE else refresh
+            for name in jobs.TASKS
         },
         # Tasks are idempotent: ack after they finish, requeue if the worker dies under them.
         "task_acks_late": True,
@@ -59,7 +82,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_scheduler": "tasks.beat_scheduler.ResilientScheduler",
         "redbeat_redis_url": settings.require_redis_url(),
         "redbeat_redis_options": {"socket_timeout": 5, "socket_connect_timeout": 5},
-        "redbeat_key_prefix": f"{keys.PREFIX}:redbeat",
+        "redbeat_key_prefix": keys.REDBEAT_PREFIX,
         "redbeat_lock_timeout": 6,  # a standby takes over within ~7 s
         "beat_max_loop_interval": 1,
         "beat_schedule": beat_schedule(settings),
@@ -72,51 +95,60 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def _load() -> Settings:
+def create_app(settings: Settings) -> PipelineApp:
+    """The pipeline's Celery app with every task registered; raises `SettingsError` when a
+    URL it needs is missing. Connects nothing process-wide except the after-fork reset of
+    this app's connections (see `connect_process_signals` for the rest)."""
+    app = PipelineApp(settings)
+    app.conf.update(celery_config(settings))
+    jobs.register(app)
+
+    def fresh_connections(**_: Any) -> None:
+        app.runtime.reset_after_fork()
+
+    # weak=False: nothing else holds this closure; a worker keeps its app for its lifetime.
+    worker_process_init.connect(fresh_connections, weak=False)
+    return app
+
+
+def connect_process_signals(app: PipelineApp) -> None:
+    """What a `celery worker|beat|flower` process does besides running tasks: logging,
+    and a worker's metrics endpoint. Connected once, by the edge that owns the process."""
+    settings = app.settings
+
+    def configure(**_: Any) -> None:
+        role = next((arg for arg in sys.argv if arg in {"worker", "beat", "flower"}), "celery")
+        configure_logging(settings, process=role)
+
+    def serve_metrics(**_: Any) -> None:
+        if settings.worker_metrics_port and worker_metrics.IS_WORKER:
+            try:
+                worker_metrics.serve(settings.worker_metrics_port)
+            except OSError as error:  # another worker on this host has the port
+                structlog.get_logger("tasks").warning(
+                    "metrics_port_taken", port=settings.worker_metrics_port, error=str(error)
+                )
+
+    def forget_child(pid: int | None = None, **_: Any) -> None:
+        if worker_metrics.IS_WORKER:
+            worker_metrics.child_exited(pid or os.getpid())
+
+    def drop_metric_files(**_: Any) -> None:
+        worker_metrics.remove_files()
+
+    # Strong references: the handlers are closures that nothing else keeps alive.
+    setup_logging.connect(configure, weak=False)
+    worker_ready.connect(serve_metrics, weak=False)
+    worker_process_shutdown.connect(forget_child, weak=False)
+    worker_shutdown.connect(drop_metric_files, weak=False)
+
+
+def app_from_environment() -> PipelineApp:
+    """The edge of `celery -A tasks …`: settings from the environment, the app, the process's
+    signals. A missing or invalid setting ends the process with one line, not a traceback."""
     try:
-        return load_settings()
+        app = create_app(load_settings())
     except SettingsError as error:
         sys.exit(f"coachpipe: {error}")
-
-
-settings = _load()
-app = Celery("coachpipe")
-runtime = Runtime(settings, CeleryTaskSender(app))
-try:
-    app.conf.update(celery_config(settings))
-except SettingsError as error:
-    sys.exit(f"coachpipe: {error}")
-app.conf.imports = ("tasks.jobs",)
-
-
-@setup_logging.connect
-def _logging(**_: Any) -> None:
-    role = next((arg for arg in sys.argv if arg in {"worker", "beat", "flower"}), "celery")
-    configure_logging(settings, process=role)
-
-
-@worker_process_init.connect
-def _fresh_connections(**_: Any) -> None:
-    runtime.reset_after_fork()
-
-
-@worker_ready.connect
-def _serve_metrics(**_: Any) -> None:
-    if settings.worker_metrics_port and worker_metrics.IS_WORKER:
-        try:
-            worker_metrics.serve(settings.worker_metrics_port)
-        except OSError as error:  # another worker on this host has the port
-            structlog.get_logger("tasks").warning(
-                "metrics_port_taken", port=settings.worker_metrics_port, error=str(error)
-            )
-
-
-@worker_process_shutdown.connect
-def _forget_child(pid: int | None = None, **_: Any) -> None:
-    if worker_metrics.IS_WORKER:
-        worker_metrics.child_exited(pid or os.getpid())
-
-
-@worker_shutdown.connect
-def _drop_metric_files(**_: Any) -> None:
-    worker_metrics.remove_files()
+    connect_process_signals(app)
+    return app

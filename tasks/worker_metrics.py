@@ -25,7 +25,7 @@ if IS_WORKER:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = CREATED_DIR
     from prometheus_client import values
 
-    values.ValueClass = values.get_value_class()
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
 
 
 def serve(port: int) -> None:
@@ -33,14 +33,14 @@ def serve(port: int) -> None:
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     start_http_server(port, registry=registry)
 
 
 def child_exited(pid: int) -> None:
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(pid)
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def remove_files() -> None:

@@ -26,6 +26,7 @@ from devtools.processes import Proc, running, start_worker, wait_for
 from pipeline.db import make_engine
 from pipeline.migrate import upgrade
 from pipeline.tables import WATCHED_TABLES
+from tasks.celery import PipelineApp, create_app
 
 DATA_DB = 0
 BROKER_DB = 1
@@ -115,8 +116,8 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def pipeline_env(postgres_server: PrivatePostgres, redis_server: PrivateRedis) -> dict[str, str]:
     """The environment of every pipeline process in the tests, this one included.
 
-    The test process imports `tasks` (to enqueue like a listener does) with the same settings
-    as the worker and beat subprocesses it starts.
+    The test process builds a Celery app (to enqueue like a listener does, see `pipeline_app`)
+    from the same settings as the worker and beat subprocesses it starts.
     """
     values = {
         "DATABASE_URL": postgres_server.url,
@@ -194,6 +195,14 @@ def own_database(
 @pytest.fixture
 def settings(pipeline_env: dict[str, str], database_url: str, redis_url: str) -> Settings:
     return load_settings(_env_file=None)
+
+
+@pytest.fixture
+def pipeline_app(settings: Settings) -> Iterator[PipelineApp]:
+    """The Celery app a producer in this process uses (the listener's, the CLI's)."""
+    app = create_app(settings)
+    yield app
+    app.close()
 
 
 @pytest.fixture

@@ -254,7 +254,7 @@ class Heartbeat(threading.Thread):
 
 
 def fallback_runs(client: redis.Redis) -> float:
-    raw = client.hget(keys.LAST_REFRESH, "fallback")
+    raw = client.hget(keys.LAST_REFRESH, keys.LAST_REFRESH_FALLBACK)
     return float(raw) if raw else 0.0
 
 

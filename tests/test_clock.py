@@ -20,6 +20,8 @@ from pipeline.clock import LONGEST_BOUNDARY, Marker, TickWindow, tick_window
 from pipeline.coaches import coaches_crossing
 from pipeline.db import make_engine
 from pipeline.read import read_aggregate
+from tasks import names
+from tasks.celery import PipelineApp
 from tests.datasets import datasets
 from tests.pipeline_checks import coach_ids, mismatches, settle
 from tests.test_aggregates_oracle import load
@@ -101,13 +103,13 @@ def stored_as_of(client: redis.Redis, coach: UUID, name: str) -> datetime:
 
 
 def test_a_session_crossing_30_days_while_no_tick_marker_existed_ends_correct(
-    database_url: str, redis_client: redis.Redis, worker: Proc
+    database_url: str, redis_client: redis.Redis, worker: Proc, pipeline_app: PipelineApp
 ) -> None:
     """Values are stored, a session completed just under 30 days before them leaves the
     30-day window, then the first tick runs with no marker (a fresh start): it must
     recompute that coach."""
-    from tasks.celery import runtime
-    from tasks.jobs import tick_clock
+    runtime = pipeline_app.runtime
+    tick_clock = pipeline_app.tasks[names.TICK_CLOCK]
 
     seed.load(database_url, seed.SeedPlan(coaches=2, clients_per_coach=2, sessions_per_client=2))
     coaches = coach_ids(database_url)

@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 
 from coachpipe.cli import app
 from config import Settings, SourceName
+from tasks.names import QUEUES
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -209,7 +210,7 @@ def test_the_worker_serves_both_queues(
     compose: dict[str, Any], services: dict[str, dict[str, Any]]
 ) -> None:
     _, context = parse_coachpipe(service_argv("worker", services["worker"], compose)[1:])
-    assert set(context.params["queues"].split(",")) == {"realtime", "refresh"}
+    assert set(context.params["queues"].split(",")) == set(QUEUES)
 
 
 # --- environment ----------------------------------------------------------------------------

@@ -18,28 +18,29 @@ from devtools.processes import Proc, start_worker, wait_for
 from pipeline import seed
 from pipeline.events import ChangeEvent, ChangeType
 from pipeline.routing import route
+from tasks.celery import PipelineApp
 from tests.conftest import reset_database
 from tests.pipeline_checks import CRITICAL_NAMES, coach_ids, settle
 
 SMALL = seed.SeedPlan(coaches=3, clients_per_coach=4, sessions_per_client=3)
 
 
-def request(keys: Any) -> None:
-    from tasks.celery import runtime
-
-    runtime.scheduler.request(keys)
+def request(app: PipelineApp, keys: Any) -> None:
+    app.runtime.scheduler.request(keys)
 
 
-def request_all(coaches: list[uuid.UUID]) -> None:
-    request([(name, coach) for coach in coaches for name in CRITICAL_NAMES])
+def request_all(app: PipelineApp, coaches: list[uuid.UUID]) -> None:
+    request(app, [(name, coach) for coach in coaches for name in CRITICAL_NAMES])
 
 
 def test_a_requested_recompute_stores_what_the_oracle_computes(
-    database_url: str, redis_client: redis.Redis, worker: Proc
+    database_url: str, redis_client: redis.Redis, worker: Proc, pipeline_app: PipelineApp
 ) -> None:
     seed.load(database_url, SMALL)
     coaches = coach_ids(database_url)
-    request_all([*coaches, uuid.uuid4()])  # an unknown coach gets a well-formed empty value
+    request_all(
+        pipeline_app, [*coaches, uuid.uuid4()]
+    )  # an unknown coach gets a well-formed empty value
     settle(database_url, redis_client, coaches)
 
 
@@ -109,7 +110,12 @@ CHANGES = st.lists(
 )
 @given(changes=CHANGES, seed_value=st.integers(0, 2**16))
 def test_a_change_committed_during_its_recompute_is_not_lost(
-    database_url: str, redis_client: redis.Redis, worker: Proc, changes: Any, seed_value: int
+    database_url: str,
+    redis_client: redis.Redis,
+    worker: Proc,
+    pipeline_app: PipelineApp,
+    changes: Any,
+    seed_value: int,
 ) -> None:
     """The worker is held inside its snapshot while the change commits (a table lock makes
     the interleaving certain); the request that follows the commit must not be suppressed."""
@@ -120,17 +126,19 @@ def test_a_change_committed_during_its_recompute_is_not_lost(
     coaches = coach_ids(database_url)
     with psycopg.connect(database_url) as conn:
         clients = [r[0] for r in conn.execute("SELECT id FROM users WHERE role = 'client'")]
-    request_all(coaches)
+    request_all(pipeline_app, coaches)
     settle(database_url, redis_client, coaches)
     for kind, during_recompute in changes:
         with psycopg.connect(database_url) as conn:
             if during_recompute:
                 conn.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
-                request_all(coaches)  # a recompute starts and blocks inside its snapshot
+                request_all(
+                    pipeline_app, coaches
+                )  # a recompute starts and blocks inside its snapshot
                 wait_for(lambda: worker_blocked(database_url), 20, message="worker to block")
             event = apply_change(conn, kind, coaches, clients)
             conn.commit()
-        request(route(event).keys)  # what the listener does once it sees the commit
+        request(pipeline_app, route(event).keys)  # what the listener does once it sees it
     settle(database_url, redis_client, coaches)
 
 
@@ -140,18 +148,21 @@ def test_a_worker_killed_mid_recompute_is_redelivered_and_ends_correct(
     service_env: dict[str, str],
     tmp_path: Path,
     broker_url: str,
+    pipeline_app: PipelineApp,
 ) -> None:
     seed.load(database_url, SMALL)
     coaches = coach_ids(database_url)
     first = start_worker(service_env, tmp_path, name="doomed", broker_url=broker_url)
-    request_all(coaches)
+    request_all(pipeline_app, coaches)
     settle(database_url, redis_client, coaches)
     with psycopg.connect(database_url) as conn:
         conn.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
         with psycopg.connect(database_url) as other:
             clients = [r[0] for r in other.execute("SELECT id FROM users WHERE role = 'client'")]
         event = apply_change(conn, "insert", coaches, clients)
-        request(route(event).keys)  # the listener saw nothing yet; the drain claims and blocks
+        request(
+            pipeline_app, route(event).keys
+        )  # the listener saw nothing yet; the drain claims and blocks
         wait_for(lambda: worker_blocked(database_url), 20, message="worker to block")
         first.kill()
         killed_at = time.monotonic()
@@ -167,13 +178,12 @@ def test_a_worker_killed_mid_recompute_is_redelivered_and_ends_correct(
 
 def test_worker_metrics_are_served_with_the_named_series(
     database_url: str, redis_client: redis.Redis, service_env: dict[str, str], tmp_path: Path,
-    broker_url: str,
+    broker_url: str, pipeline_app: PipelineApp,
 ) -> None:  # fmt: skip
     import time as clock
 
     from coachpipe.embedded import free_port
     from devtools.scrape import scrape
-    from tasks.celery import runtime
 
     port = free_port()
     proc = start_worker(
@@ -184,7 +194,7 @@ def test_worker_metrics_are_served_with_the_named_series(
         coaches = coach_ids(database_url)
         now_ms = int(clock.time() * 1000)
         keys = [(name, coach) for coach in coaches for name in CRITICAL_NAMES]
-        runtime.scheduler.request(keys, dict.fromkeys(keys, now_ms))
+        pipeline_app.runtime.scheduler.request(keys, dict.fromkeys(keys, now_ms))
         settle(database_url, redis_client, coaches)
         assert scrape(port, "coachpipe_recomputed_coaches_total", aggregate="coach-stats") == len(
             coaches

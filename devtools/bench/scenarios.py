@@ -43,6 +43,7 @@ from pipeline.aggregates import CRITICAL, get
 from pipeline.read import read_aggregate
 from pipeline.recompute import compute_snapshot
 from pipeline.routing import TABLE_AGGREGATES
+from tasks.names import QUEUES
 
 
 @dataclass
@@ -499,7 +500,7 @@ def soak(stack: Stack, profile: Profile, naive: bool) -> dict[str, Any]:
                     "worker_rss_mb": tree_rss_mb(worker.pid),
                     "worker_pss_mb": tree_pss_mb(worker.pid),
                     "listener_rss_mb": tree_rss_mb(listener.pid),
-                    "queued": stack.broker.llen("realtime") + stack.broker.llen("refresh"),
+                    "queued": sum(stack.broker.llen(queue) for queue in QUEUES),
                 }
             )
             done.wait(max(1.0, duration / 60))
@@ -542,7 +543,9 @@ def soak(stack: Stack, profile: Profile, naive: bool) -> dict[str, Any]:
 def dedup_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
     """Issue-4 figures: enqueue → stored on loopback (idle keys: no debounce wait), recomputes
     per second of one worker process, batched and not."""
-    from tasks.celery import runtime
+    from tasks.celery import create_app
+
+    app = create_app(stack.settings)
 
     collector = NoticeCollector(stack.env["REDIS_URL"]).start()
     coaches = _coaches(stack, stack.coaches)
@@ -551,7 +554,7 @@ def dedup_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
     for coach in coaches[: profile.micro_samples]:
         observed = len(collector.notices)
         started = time.time()
-        runtime.scheduler.request([("coach-stats", coach)])
+        app.runtime.scheduler.request([("coach-stats", coach)])
 
         def arrived(seen: int = observed) -> bool:
             return len(collector.notices) > seen
@@ -566,7 +569,7 @@ def dedup_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
         collector.clear()
         keys_ = [("coach-stats", coach) for coach in coaches]
         started = time.time()
-        runtime.scheduler.request(keys_)
+        app.runtime.scheduler.request(keys_)
         wait_for(
             lambda: len(collector.notices) >= len(keys_),
             600,
@@ -647,10 +650,11 @@ def full_refresh(stack: Stack, profile: Profile) -> dict[str, Any]:
     stack.worker(concurrency=2)
     collector = NoticeCollector(stack.env["REDIS_URL"]).start()
     stack.reset_counters()
-    from tasks.jobs import reconcile
+    from tasks.celery import create_app
 
     started = time.time()
-    reconcile.delay()  # beat's hourly path: every aggregate, one snapshot per batch of coaches
+    # beat's hourly path: every aggregate, one snapshot per batch of coaches
+    create_app(stack.settings).sender.send_reconcile()
     expected = stack.coaches * len(NAMES)
     wait_for(
         lambda: len(collector.since(started)) >= expected,

@@ -31,9 +31,9 @@ from pipeline.db import make_engine
 from pipeline.migrate import upgrade
 from pipeline.refresh import refresh_everything
 from pipeline.store import AggregateStore
+from tasks.names import QUEUES
 
 BROKER_DB = 1
-QUEUES = ("realtime", "refresh")
 ENV_DEFAULTS = {
     "LOG_FORMAT": "console",
     "LOG_LEVEL": "WARNING",

@@ -1,0 +1,31 @@
+"""Names shared by the Celery app, its producers and the tooling: queues and task names.
+
+Producers (listeners, beat tasks, the CLI) send tasks by these names instead of importing the
+task functions, so nothing outside `tasks.jobs` needs the worker's code or its settings.
+"""
+
+from __future__ import annotations
+
+REALTIME_QUEUE = "realtime"
+"""Event-driven drains: latency first."""
+REFRESH_QUEUE = "refresh"
+"""Beat's and the CLI's bulk work."""
+QUEUES = (REALTIME_QUEUE, REFRESH_QUEUE)
+"""Every queue a worker serves by default (`celery -A tasks worker -Q realtime,refresh`)."""
+
+DRAIN = "tasks.jobs.drain"
+REFRESH_BATCH = "tasks.jobs.refresh_batch"
+REFRESH_ALL = "tasks.jobs.refresh_all"
+TICK_CLOCK = "tasks.jobs.tick_clock"
+CHECK_REALTIME = "tasks.jobs.check_realtime"
+FALLBACK_POLL = "tasks.jobs.fallback_poll"
+SWEEP = "tasks.jobs.sweep"
+RECONCILE = "tasks.jobs.reconcile"
+
+REALTIME_TASKS = (DRAIN,)
+"""Tasks routed to `REALTIME_QUEUE`; every other task goes to `REFRESH_QUEUE`."""
+
+
+def queue_of(task_name: str) -> str:
+    """The queue a task is routed to."""
+    return REALTIME_QUEUE if task_name in REALTIME_TASKS else REFRESH_QUEUE

@@ -1,0 +1,128 @@
+"""The pipeline's tasks on pytest-celery's in-process worker: the app from `create_app`, real
+Postgres and Redis, tasks sent by name, results observed through Celery's own signals."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+# pytest-celery 1.x ships two `celery_worker` fixtures: its container-based one (which needs
+# Docker) shadows the in-process one it keeps for compatibility. The in-process one is wanted.
+from celery.contrib.pytest import celery_worker  # noqa: F401
+from celery.signals import task_success
+
+from config import Settings
+from pipeline import seed
+from pipeline.health import Color, HealthBoard, ListenerHealth, ListenerState
+from tasks import names
+from tasks.celery import PipelineApp, create_app
+from tests.pipeline_checks import CRITICAL_NAMES, coach_ids, settle
+
+SMALL = seed.SeedPlan(coaches=3, clients_per_coach=3, sessions_per_client=2)
+
+
+@pytest.fixture
+def celery_app(settings: Settings, broker_url: str) -> Iterator[PipelineApp]:
+    """pytest-celery's app fixture, overridden: the app every pipeline process builds."""
+    redis.Redis.from_url(broker_url).flushdb()
+    app = create_app(settings)
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="session")
+def celery_worker_pool() -> str:
+    return "threads"
+
+
+@pytest.fixture(scope="session")
+def celery_worker_parameters() -> dict[str, Any]:
+    # No result backend (results are ignored): the ping check would wait for a result.
+    return {"queues": list(names.QUEUES), "concurrency": 2, "perform_ping_check": False}
+
+
+class Results:
+    """Return values of the tasks the in-process worker ran, by task name."""
+
+    def __init__(self) -> None:
+        self.by_task: dict[str, list[Any]] = {}
+        self.lock = threading.Lock()
+
+    def record(self, sender: Any = None, result: Any = None, **_: Any) -> None:
+        with self.lock:
+            self.by_task.setdefault(sender.name, []).append(result)
+
+    def of(self, name: str) -> list[Any]:
+        with self.lock:
+            return list(self.by_task.get(name, []))
+
+
+@pytest.fixture
+def results() -> Iterator[Results]:
+    collected = Results()
+    task_success.connect(collected.record)
+    yield collected
+    task_success.disconnect(collected.record)
+
+
+@pytest.mark.usefixtures("celery_worker")
+def test_requests_drain_on_the_worker_into_correct_aggregates(
+    database_url: str, redis_client: redis.Redis, celery_app: PipelineApp, results: Results,
+) -> None:  # fmt: skip
+    seed.load(database_url, SMALL)
+    coaches = coach_ids(database_url)
+    celery_app.runtime.scheduler.request(
+        [(name, coach) for coach in coaches for name in CRITICAL_NAMES]
+    )
+    settle(database_url, redis_client, coaches)
+    drained = sum(result["coaches"] for result in results.of(names.DRAIN))
+    assert drained == len(coaches) * len(CRITICAL_NAMES)
+
+
+@pytest.mark.usefixtures("celery_worker")
+def test_fallback_polls_while_red_and_stops_once_green(
+    database_url: str, redis_client: redis.Redis, celery_app: PipelineApp, results: Results,
+) -> None:  # fmt: skip
+    seed.load(database_url, SMALL)
+    coaches = coach_ids(database_url)
+    celery_app.send_task(names.FALLBACK_POLL)  # no listener has reported: red
+    (poll,) = wait_for_result(results, names.FALLBACK_POLL, 1)
+    assert poll == {"status": "red", "polled": True, "coaches": len(coaches)}
+    settle(database_url, redis_client, coaches)
+    celery_app.send_task(names.CHECK_REALTIME)  # first look: red, taken as a loss of green
+    (lost,) = wait_for_result(results, names.CHECK_REALTIME, 1)
+    assert lost == {"status": "red", "changed_from": "green"}
+    celery_app.send_task(names.FALLBACK_POLL)  # again, well within FALLBACK_POLL_S
+    assert wait_for_result(results, names.FALLBACK_POLL, 2)[1] == {
+        "status": "red",
+        "polled": False,
+    }
+
+    # A listener connects: the status check sees red → green, refreshes once, polling stops.
+    HealthBoard(redis_client, stale_after_s=3).report(
+        ListenerHealth("test", "postgres", ListenerState.CONNECTED, time.time())
+    )
+    celery_app.send_task(names.CHECK_REALTIME)
+    restored = wait_for_result(results, names.CHECK_REALTIME, 2)[1]
+    assert restored == {"status": Color.GREEN.value, "changed_from": Color.RED.value}
+    celery_app.send_task(names.FALLBACK_POLL)
+    assert wait_for_result(results, names.FALLBACK_POLL, 3)[2] == {
+        "status": "green",
+        "polled": False,
+    }
+    settle(database_url, redis_client, coaches)
+
+
+def wait_for_result(results: Results, name: str, count: int) -> list[Any]:
+    from devtools.processes import wait_for
+
+    def enough() -> list[Any]:
+        found = results.of(name)
+        return found if len(found) >= count else []
+
+    return wait_for(enough, 30, message=f"{count} results of {name}")
