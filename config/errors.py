@@ -1,7 +1,13 @@
-"""What can go wrong while reading settings (a branch of the one tree in `pipeline.errors`)."""
+"""The root of coachpipe's one error tree, and what can go wrong while reading settings.
 
-from pipeline.errors import PipelineError
+The root lives here, in the lowest layer, so that every package can raise from the same tree
+(`pipeline.errors` holds the domain's branch and the transient classification).
+"""
 
 
-class SettingsError(PipelineError):
+class CoachpipeError(Exception):
+    """Base of every error coachpipe raises on purpose."""
+
+
+class SettingsError(CoachpipeError):
     """A setting is missing or invalid. The message names the variable, never its value."""

@@ -1,12 +1,14 @@
 """What can go wrong in coachpipe, as one hierarchy (dramatiq's one tree).
 
-    PipelineError                 raised on purpose, anywhere in coachpipe
-    ├── UnknownAggregateError     a name not in the aggregates registry
-    ├── BadEventError             a change event from outside that cannot be used as it is
+    CoachpipeError                (config.errors) raised on purpose, anywhere in coachpipe
     ├── SettingsError             (config.errors) a setting is missing or invalid
-    ├── CommandError              (coachpipe.errors) a problem the operator can fix
-    └── TransientError            an outside service is unavailable: retry, the work is kept
-        └── BrokerUnavailableError  the Celery broker refused a message
+    └── PipelineError             the domain's branch
+        ├── UnknownAggregateError     a name not in the aggregates registry
+        ├── BadEventError             a change event from outside that cannot be used as it is
+        ├── NotACoachError            ids given as coaches that are not
+        ├── CommandError              (coachpipe.errors) a problem the operator can fix
+        └── TransientError            an outside service is unavailable: retry, work kept
+            └── BrokerUnavailableError  the Celery broker refused a message
 
 Whether an error is worth retrying is decided here and only here (`is_transient`): the tasks'
 autoretry and the listener's retry loop both use `TRANSIENT_ERRORS`. Anything else is a bug or
@@ -22,9 +24,11 @@ import psycopg
 import redis
 import sqlalchemy.exc
 
+from config.errors import CoachpipeError
 
-class PipelineError(Exception):
-    """Base of every error coachpipe raises on purpose."""
+
+class PipelineError(CoachpipeError):
+    """Base of the domain's errors."""
 
 
 class UnknownAggregateError(PipelineError, KeyError):

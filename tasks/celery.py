@@ -15,7 +15,6 @@ import sys
 from typing import Any
 
 import structlog
-from celery import Celery
 from celery.signals import (
     setup_logging,
     worker_process_init,
@@ -28,23 +27,11 @@ from config import Settings, SettingsError, load_settings
 from config.logging import configure_logging
 from pipeline import keys
 from tasks import jobs, names
-from tasks.producer import CeleryTaskSender
-from tasks.runtime import Runtime
+from tasks.app import PipelineApp
 from tasks.schedule import beat_schedule
 
 SOFT_LIMIT_MARGIN_S = 5
 """A task is told to stop (soft limit) this long before it is killed (hard limit)."""
-
-
-class PipelineApp(Celery):  # type: ignore[misc]  # celery ships no type information
-    """A Celery app that carries what its tasks need: the settings it was built from, this
-    process's `Runtime` (connections, created lazily) and a `CeleryTaskSender` over itself."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__("coachpipe")
-        self.settings = settings
-        self.sender = CeleryTaskSender(self)
-        self.runtime = Runtime(settings, self.sender)
 
 
 def _limits(time_limit_s: int) -> dict[str, int]:

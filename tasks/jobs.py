@@ -34,7 +34,7 @@ from tasks import names
 from tasks.runtime import Runtime
 
 if TYPE_CHECKING:
-    from tasks.celery import PipelineApp
+    from tasks.app import PipelineApp
     from tasks.producer import CeleryTaskSender
 
 log = structlog.get_logger("tasks.jobs")

@@ -26,7 +26,8 @@ from devtools.processes import Proc, running, start_worker, wait_for
 from pipeline.db import make_engine
 from pipeline.migrate import upgrade
 from pipeline.tables import WATCHED_TABLES
-from tasks.celery import PipelineApp, create_app
+from tasks.app import PipelineApp
+from tasks.celery import create_app
 
 DATA_DB = 0
 BROKER_DB = 1

@@ -20,7 +20,7 @@ from pipeline.events import ChangeEvent, ChangeType
 from pipeline.freshness import Freshness
 from pipeline.routing import TABLE_AGGREGATES
 from tasks import names
-from tasks.celery import PipelineApp
+from tasks.app import PipelineApp
 
 
 def session_events(coach: uuid.UUID, count: int) -> list[ChangeEvent]:
