@@ -88,8 +88,10 @@ def run(
 ) -> int:
     configure_logging(settings, process="listener")
     if settings.listener_metrics_port:
-        # Scraped from outside the host (Prometheus), hence every interface.
-        start_http_server(settings.listener_metrics_port, addr="0.0.0.0")  # noqa: S104
+        try:
+            start_http_server(settings.listener_metrics_port, addr=settings.metrics_host)
+        except OSError as error:  # another listener on this host has the port: run without
+            log.warning("metrics_port_taken", port=settings.listener_metrics_port, error=str(error))
     try:
         asyncio.run(serve(settings, source_name or settings.listener_source, invalidation))
     except Exception as error:

@@ -110,7 +110,7 @@ def connect_process_signals(app: PipelineApp) -> None:
     def serve_metrics(**_: Any) -> None:
         if settings.worker_metrics_port and worker_metrics.IS_WORKER:
             try:
-                worker_metrics.serve(settings.worker_metrics_port)
+                worker_metrics.serve(settings.worker_metrics_port, settings.metrics_host)
             except OSError as error:  # another worker on this host has the port
                 structlog.get_logger("tasks").warning(
                     "metrics_port_taken", port=settings.worker_metrics_port, error=str(error)

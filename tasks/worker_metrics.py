@@ -28,13 +28,13 @@ if IS_WORKER:
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
 
 
-def serve(port: int) -> None:
+def serve(port: int, host: str) -> None:
     """Serve the aggregated metrics of this worker and its pool on `port` (main process)."""
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    start_http_server(port, registry=registry)
+    start_http_server(port, addr=host, registry=registry)
 
 
 def child_exited(pid: int) -> None:

@@ -18,11 +18,16 @@ WINDOW_MS = 200
 
 
 def scheduler_for(
-    url: str, window_ms: int = WINDOW_MS, stale_ms: int = 30_000
+    url: str, window_ms: int = WINDOW_MS, stale_ms: int = 30_000, late_ms: int = 60_000
 ) -> tuple[RecomputeScheduler, RecordingSender]:
+    """A scheduler whose drains nobody runs (the sender records them): `late_ms` is long by
+    default, so a slow test machine does not presume them lost."""
     sender = RecordingSender()
     client = redis.Redis.from_url(url)
-    return RecomputeScheduler(client, sender, window_ms=window_ms, stale_ms=stale_ms), sender
+    scheduler = RecomputeScheduler(
+        client, sender, window_ms=window_ms, stale_ms=stale_ms, late_ms=late_ms
+    )
+    return scheduler, sender
 
 
 def hammer(url: str, coach: str, times: int, start: float, out: multiprocessing.Queue[int]) -> None:
@@ -184,3 +189,27 @@ def test_requests_and_claims_survive_redis_forgetting_its_scripts(redis_url: str
     assert scheduler.request([("coach-stats", coach)]).enqueued == 1
     redis.Redis.from_url(redis_url).script_flush()
     assert scheduler.claim("coach-stats", "t1", 10).coaches == [coach]
+
+
+def test_a_drain_lost_between_marking_and_sending_is_sent_again_by_the_next_request(
+    redis_url: str,
+) -> None:
+    """A listener killed after its request marked the coach due but before the drain reached
+    the broker: the restarted listener's replayed request finds the coach still due long after
+    its drain should have run, and sends another (it used to be suppressed until stale)."""
+    coach = uuid.uuid4()
+    killed, lost = scheduler_for(redis_url, window_ms=0, late_ms=100)
+    killed.request([("coach-stats", coach)])
+    assert len(lost.drains) == 1  # sent, but never arrives: the process died
+    replayed, sender = scheduler_for(redis_url, window_ms=0, late_ms=100)
+    assert replayed.request([("coach-stats", coach)]).suppressed == 1
+    assert sender.drains == []  # not late yet: the first drain may still be on its way
+
+    def late() -> bool:
+        replayed.request([("coach-stats", coach)])
+        return bool(sender.drains)
+
+    wait_for(late, 5, interval=0.05, message="a drain sent again")
+    assert [d[0] for d in sender.drains] == ["coach-stats"]
+    claim = replayed.claim("coach-stats", "task-2", 10)
+    assert claim.coaches == [coach]

@@ -50,7 +50,9 @@ class SchedulerModel(RuleBasedStateMachine):
         client.flushdb()
         self.redis = client
         self.sender = RecordingSender()
-        self.scheduler = RecomputeScheduler(client, self.sender, window_ms=0, stale_ms=STALE_MS)
+        self.scheduler = RecomputeScheduler(
+            client, self.sender, window_ms=0, stale_ms=STALE_MS, late_ms=10 * STALE_MS
+        )
         # The model. `due`: coach → its marker is older than stale_ms.
         self.due: dict[UUID, bool] = {}
         self.commits: dict[UUID, int] = {}

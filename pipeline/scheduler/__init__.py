@@ -39,7 +39,9 @@ State table, per aggregate (key names in `pipeline.keys`; one hash tag per aggre
     expires  every `claim` prunes entries older than the window
 `keys.drain_scheduled` — string: when the earliest drain sent will run (ms).
     written  `request`, `claim`, `sweep` set it with each drain they send; `claim` deletes it
-             once that time has passed; `request` deletes it on finding a lost marker
+             once that time has passed; `request` deletes it on finding a lost marker, and
+             sends a drain anew when its coaches are still due `late_ms` after that time
+             (the drain was lost: its sender died between marking and sending)
     read     `request`, `claim`, `sweep`: send a drain only if none is scheduled early enough
     expires  PX countdown + `stale_ms` (a lost drain does not block the next one for long)
 `keys.claim` — hash, one per drain task: coach → commit ms, the coaches the task holds.
@@ -79,6 +81,11 @@ from pipeline.scheduler.sender import TaskSender
 
 __all__ = ["Claim", "RecomputeScheduler", "RequestOutcome", "TaskSender"]
 
+DRAIN_LATE_MS = 2000
+"""A request that finds its coaches still due this long after their drain should have run
+presumes that drain lost (its sender was killed between marking and sending) and sends
+another: an extra drain claims only what is due, so a false alarm costs one empty task."""
+
 log = structlog.get_logger("pipeline.scheduler")
 
 
@@ -110,9 +117,16 @@ class Claim:
 
 class RecomputeScheduler:
     def __init__(
-        self, client: redis.Redis, sender: TaskSender, *, window_ms: int, stale_ms: int
+        self,
+        client: redis.Redis,
+        sender: TaskSender,
+        *,
+        window_ms: int,
+        stale_ms: int,
+        late_ms: int = DRAIN_LATE_MS,
     ) -> None:
         self._redis = client
+        self.late_ms = late_ms
         self._sender = sender
         self.window_ms = window_ms
         self.stale_ms = stale_ms
@@ -154,7 +168,7 @@ class RecomputeScheduler:
                         keys.drain_scheduled(aggregate),
                         keys.commits(aggregate),
                     ],
-                    args=[self.window_ms, self.stale_ms, *pairs],
+                    args=[self.window_ms, self.stale_ms, self.late_ms, *pairs],
                 )
 
         outcomes = run_pipeline(self._redis, [self._request], build)

@@ -1,13 +1,14 @@
 -- Mark coaches of one aggregate due (RecomputeScheduler.request).
 -- KEYS: due, last_run, drain_scheduled, commits
--- ARGV: window_ms, stale_ms, then (coach, commit_ms or "") pairs
+-- ARGV: window_ms, stale_ms, late_ms, then (coach, commit_ms or "") pairs
 -- Returns {enqueued, suppressed, countdown_ms of the drain to send (-1: none)}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[1])
 local stale = tonumber(ARGV[2])
+local late = tonumber(ARGV[3])
 local enqueued, suppressed, earliest = 0, 0, nil
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
     local coach, commit = ARGV[i], ARGV[i + 1]
     local pending = redis.call('ZSCORE', KEYS[1], coach)
     if pending and now - tonumber(pending) < stale then
@@ -32,11 +33,17 @@ for i = 3, #ARGV, 2 do
     end
 end
 local countdown = -1
+local scheduled = redis.call('GET', KEYS[3])
 if earliest ~= nil then
-    local scheduled = redis.call('GET', KEYS[3])
     if not scheduled or tonumber(scheduled) > earliest then
         redis.call('SET', KEYS[3], earliest, 'PX', earliest - now + stale)
         countdown = earliest - now
     end
+elseif suppressed > 0 and scheduled and tonumber(scheduled) + late < now
+        and #redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1) > 0 then
+    -- Coaches still due long after their drain should have run: that drain was lost (its
+    -- sender died between marking and sending, or the broker dropped it). Send another.
+    redis.call('SET', KEYS[3], now, 'PX', stale)
+    countdown = 0
 end
 return {enqueued, suppressed, countdown}
