@@ -175,6 +175,7 @@ def _celery(*args: str) -> None:
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@command
 def worker(
     ctx: typer.Context,
     queues: Annotated[str, typer.Option("-Q", "--queues")] = ",".join(QUEUES),
@@ -185,23 +186,21 @@ def worker(
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@command
 def beat(ctx: typer.Context) -> None:
     """`celery -A tasks beat` (Redis-locked: extra beats stand by)."""
     _celery("beat", "--loglevel=INFO", *ctx.args)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@command
 def flower(
     ctx: typer.Context,
     port: Annotated[int, typer.Option(min=1, max=65_535)] = 5555,
     address: str = "127.0.0.1",
 ) -> None:
-    """`celery -A tasks flower`, behind FLOWER_BASIC_AUTH when it is set."""
-    config = settings()
-    args = ["flower", f"--port={port}", f"--address={address}"]
-    if config.flower_basic_auth is not None:
-        os.environ["FLOWER_BASIC_AUTH"] = config.flower_basic_auth.get_secret_value()
-    _celery(*args, *ctx.args)
+    """`celery -A tasks flower`, behind FLOWER_BASIC_AUTH (or open with FLOWER_INSECURE=1)."""
+    _celery("flower", f"--port={port}", f"--address={address}", *ctx.args)
 
 
 @app.command()

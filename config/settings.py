@@ -258,7 +258,10 @@ class Settings(BaseSettings):
         description="Tokens valid longer than this (exp - iat, or exp - now) are refused.",
     )  # fmt: skip
     flower_basic_auth: SecretStr | None = Field(
-        default=None, description="`user:password` that protects Flower."
+        default=None, description="`user:password` that protects Flower (required to start it)."
+    )
+    flower_insecure: bool = Field(
+        default=False, description="Start Flower without FLOWER_BASIC_AUTH (trusted networks)."
     )
     data_dir: str = Field(default=".data", description="Where `coachpipe demo` keeps its services.")
 

@@ -44,6 +44,8 @@ class Proc:
     args: list[str]
     env: dict[str, str]
     log: Path
+    cwd: Path = Path(__file__).parent.parent
+    """Where it runs (its `.env` is read from there): the checkout unless told."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> Proc:
@@ -55,7 +57,7 @@ class Proc:
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            cwd=Path(__file__).parent.parent,
+            cwd=self.cwd,
         )
         handle.close()
         return self

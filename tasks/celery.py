@@ -12,8 +12,10 @@ from tasks import worker_metrics  # isort: skip
 
 import os
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
+import redis
 import structlog
 from celery.signals import (
     setup_logging,
@@ -22,6 +24,7 @@ from celery.signals import (
     worker_ready,
     worker_shutdown,
 )
+from kombu.utils.url import maybe_sanitize_url
 
 from config import Settings, SettingsError, load_settings
 from config.logging import configure_logging
@@ -30,6 +33,8 @@ from tasks import jobs, names
 from tasks.app import PipelineApp
 from tasks.schedule import beat_schedule
 
+REDBEAT_REDIS_OPTIONS = {"socket_timeout": 5, "socket_connect_timeout": 5}
+"""A vanished Redis cannot hang beat: its calls time out and the scheduler backs off."""
 SOFT_LIMIT_MARGIN_S = 5
 """A task is told to stop (soft limit) this long before it is killed (hard limit)."""
 
@@ -67,8 +72,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         # Beat: schedule and lock in Redis, so a second beat stands by instead of doubling work.
         "beat_scheduler": "tasks.beat_scheduler.ResilientScheduler",
-        "redbeat_redis_url": settings.require_redis_url(),
-        "redbeat_redis_options": {"socket_timeout": 5, "socket_connect_timeout": 5},
+        # Shown by `celery report`, `inspect conf` and Flower, which mask only keys named like
+        # passwords: the URL is shown masked; beat's client is built from the real one
+        # (`create_app`).
+        "redbeat_redis_url": maybe_sanitize_url(settings.require_redis_url()),
+        "redbeat_redis_options": REDBEAT_REDIS_OPTIONS,
         "redbeat_key_prefix": keys.REDBEAT_PREFIX,
         "redbeat_lock_timeout": 6,  # a standby takes over within ~7 s
         "beat_max_loop_interval": 1,
@@ -88,6 +96,11 @@ def create_app(settings: Settings) -> PipelineApp:
     this app's connections (see `connect_process_signals` for the rest)."""
     app = PipelineApp(settings)
     app.conf.update(celery_config(settings))
+    # redbeat uses this client when it is set (`redbeat.schedulers.get_redis`); built lazily,
+    # it connects only in a beat process.
+    app.redbeat_redis = redis.Redis.from_url(
+        settings.require_redis_url(), decode_responses=True, **REDBEAT_REDIS_OPTIONS
+    )
     jobs.register(app)
 
     def fresh_connections(**_: Any) -> None:
@@ -134,8 +147,28 @@ def app_from_environment() -> PipelineApp:
     """The edge of `celery -A tasks …`: settings from the environment, the app, the process's
     signals. A missing or invalid setting ends the process with one line, not a traceback."""
     try:
-        app = create_app(load_settings())
+        settings = load_settings()
+        if "flower" in sys.argv:
+            guard_flower(settings, os.environ)
+        app = create_app(settings)
     except SettingsError as error:
-        sys.exit(f"coachpipe: {error}")
+        sys.stderr.write(f"coachpipe: {error}\n")
+        sys.exit(2)  # as every `coachpipe` command does for a setting
     connect_process_signals(app)
     return app
+
+
+def guard_flower(settings: Settings, environ: MutableMapping[str, str]) -> None:
+    """Flower shows every task's arguments and can revoke tasks and stop workers: it runs
+    behind FLOWER_BASIC_AUTH, or open only when FLOWER_INSECURE says so. Flower reads its
+    options from the environment alone; the setting may come from `.env`, so it is put there.
+    """
+    if settings.flower_basic_auth is not None:
+        environ.setdefault("FLOWER_BASIC_AUTH", settings.flower_basic_auth.get_secret_value())
+        return
+    if not settings.flower_insecure:
+        raise SettingsError(
+            "FLOWER_BASIC_AUTH is not set: Flower would be open to anyone who reaches its port. "
+            "Set it to user:password, or FLOWER_INSECURE=1 to run it without authentication."
+        )
+    structlog.get_logger("tasks").warning("flower_without_authentication")
