@@ -102,7 +102,12 @@ def configure_logging(settings: Settings, *, process: str = "") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
-    for noisy in ("websockets", "httpx", "httpcore", "kombu", "amqp", "urllib3"):
+    # Libraries' routine chatter stays below INFO; so do Celery's two lines per task ("received",
+    # "succeeded": megabytes a minute at a few changes a second), counted in metrics instead.
+    for noisy in (
+        "websockets", "httpx", "httpcore", "kombu", "amqp", "urllib3",
+        "celery.app.trace", "celery.worker.strategy",
+    ):  # fmt: skip
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

@@ -184,7 +184,8 @@ class Listener:
         if visible and polls == 1:
             return
         metrics.VISIBILITY_WAITS.labels(self.source.name, "visible" if visible else "timeout").inc()
-        (log.info if visible else log.warning)(
+        # Routine (counted in the metric): a line only at DEBUG, unless the wait ran out.
+        (log.debug if visible else log.warning)(
             "commits_not_yet_visible",
             transactions=len(xids),
             visible=visible,

@@ -176,3 +176,14 @@ def test_every_logger_of_the_process_is_masked(
     )
     assert first["process"] == "test"
     assert second["event"] == "broker at redis://:***@cache/0"
+
+
+@pytest.mark.parametrize(
+    ("level", "per_task_lines"),
+    [("INFO", logging.WARNING), ("WARNING", logging.WARNING), ("DEBUG", logging.WARNING)],
+)
+def test_celery_per_task_lines_stay_out_of_production_logs(level: str, per_task_lines: int) -> None:
+    configure_logging(load_settings(_env_file=None, log_level=level))
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        assert logging.getLogger(name).level >= per_task_lines
+    assert logging.getLogger().level == logging.getLevelName(level)
