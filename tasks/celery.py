@@ -12,7 +12,7 @@ from tasks import worker_metrics  # isort: skip
 
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 import redis
@@ -149,7 +149,7 @@ def app_from_environment() -> PipelineApp:
     try:
         settings = load_settings()
         if "flower" in sys.argv:
-            guard_flower(settings, os.environ)
+            guard_flower(settings, os.environ, sys.argv)
         app = create_app(settings)
     except SettingsError as error:
         sys.stderr.write(f"coachpipe: {error}\n")
@@ -158,11 +158,16 @@ def app_from_environment() -> PipelineApp:
     return app
 
 
-def guard_flower(settings: Settings, environ: MutableMapping[str, str]) -> None:
+def guard_flower(
+    settings: Settings, environ: MutableMapping[str, str], argv: Sequence[str] = ()
+) -> None:
     """Flower shows every task's arguments and can revoke tasks and stop workers: it runs
-    behind FLOWER_BASIC_AUTH, or open only when FLOWER_INSECURE says so. Flower reads its
-    options from the environment alone; the setting may come from `.env`, so it is put there.
+    behind FLOWER_BASIC_AUTH (or its own `--basic-auth` / `--auth` options), or open only when
+    FLOWER_INSECURE says so. Flower reads its options from the environment and its command
+    line; the setting may come from `.env`, so it is put in the environment.
     """
+    if any(arg.startswith(("--basic-auth", "--basic_auth", "--auth")) for arg in argv):
+        return
     if settings.flower_basic_auth is not None:
         environ.setdefault("FLOWER_BASIC_AUTH", settings.flower_basic_auth.get_secret_value())
         return
