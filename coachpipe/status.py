@@ -12,6 +12,7 @@ from rich.table import Table
 from config import Settings
 from pipeline import keys
 from pipeline.aggregates import NAMES
+from pipeline.audit import below_slo, last_audit
 from pipeline.freshness import summary as freshness_summary
 from pipeline.health import HealthBoard
 from pipeline.redis_values import as_text
@@ -48,6 +49,20 @@ def _slot(settings: Settings) -> dict[str, Any] | None:
     return slot
 
 
+def _audit(client: redis.Redis, settings: Settings) -> dict[str, Any] | None:
+    summary = last_audit(client)
+    if summary is None:
+        return None
+    return {
+        "snapshot_at": summary["snapshot_at"],
+        "checked": summary["checked"],
+        "consistency": summary["consistency"],
+        "mismatches": len(summary["mismatches"]),
+        "oldest_stale_s": summary["oldest_stale_s"],
+        "below_slo": below_slo(summary, settings.audit_consistency_slo),
+    }
+
+
 def gather(settings: Settings) -> dict[str, Any]:
     client = redis.Redis.from_url(settings.require_redis_url())
     board = HealthBoard.from_settings(client, settings)
@@ -58,13 +73,19 @@ def gather(settings: Settings) -> dict[str, Any]:
         pipe.zcard(keys.claims(name))
     counts = pipe.execute()
     last = {as_text(k): float(v) for k, v in client.hgetall(keys.LAST_REFRESH).items()}
+    audited = _audit(client, settings)
+    overall = status.color.value
+    if overall == "green" and audited is not None and audited["below_slo"]:
+        overall = "yellow"  # realtime is up, but the audit found values wrong past the SLO
     return {
+        "status": overall,
         "realtime": status.as_json(),
         "queues": _queue_depths(settings),
         "pending_recomputes": {name: counts[2 * i] for i, name in enumerate(NAMES)},
         "claimed_recomputes": {name: counts[2 * i + 1] for i, name in enumerate(NAMES)},
         "slot": _slot(settings),
         "freshness": freshness_summary(client),
+        "audit": audited,
         "slot_recreations": {
             as_text(k): as_text(v)
             for k, v in client.hgetall(keys.slot_recreations(settings.slot_name)).items()
@@ -77,7 +98,9 @@ def gather(settings: Settings) -> dict[str, Any]:
 
 def render(report: dict[str, Any], console: Console) -> None:
     realtime = report["realtime"]
-    colour = {"green": "green", "yellow": "yellow", "red": "red"}[realtime["status"]]
+    colours = {"green": "green", "yellow": "yellow", "red": "red"}
+    console.print(f"pipeline: [bold {colours[report['status']]}]{report['status']}[/]")
+    colour = colours[realtime["status"]]
     console.print(f"realtime: [bold {colour}]{realtime['status']}[/] ({realtime['reason']})")
     listeners = Table(
         "listener", "source", "state", "heartbeat", "last event", "attempts", "detail"
@@ -114,6 +137,21 @@ def render(report: dict[str, Any], console: Console) -> None:
         f"p50 {fresh['p50_ms'] or '-'} ms, p99 {fresh['p99_ms'] or '-'} ms "
         f"({fresh['changes']} changes)"
     )
+    audited = report.get("audit")
+    if audited is None:
+        console.print("audit: none yet (beat audits a slice every AUDIT_INTERVAL_S)")
+    else:
+        worst = min(audited["consistency"].values(), default=1.0)
+        flag = (
+            f" [bold yellow]below the SLO: {', '.join(audited['below_slo'])}[/]"
+            if audited["below_slo"]
+            else ""
+        )
+        console.print(
+            f"audit at {audited['snapshot_at']}: {sum(audited['checked'].values())} checked, "
+            f"{audited['mismatches']} mismatched (repaired), lowest consistency {worst:.4%}, "
+            f"oldest stale {audited['oldest_stale_s']} s{flag}"
+        )
     slot = report["slot"]
     if slot is None:
         console.print("slot: none yet (created by the first `coachpipe listen --source postgres`)")

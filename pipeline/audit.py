@@ -107,6 +107,42 @@ class Inspection:
     """Stored values newer than the audit's snapshot (not judged)."""
 
 
+def inspection_to_json(inspection: Inspection) -> dict[str, Any]:
+    """What phase 2 needs, as JSON (a task argument): the snapshot time and the suspects."""
+    return {
+        "snapshot_at": inspection.snapshot_at.isoformat(),
+        "checked": dict(inspection.checked),
+        "clock": dict(inspection.clock),
+        "newer": inspection.newer,
+        "suspects": [
+            [str(s.coach_id), s.aggregate, s.kind, list(s.fields), s.stored_version,
+             s.stored_as_of and s.stored_as_of.isoformat()]
+            for s in inspection.suspects
+        ],
+    }  # fmt: skip
+
+
+def inspection_from_json(data: Mapping[str, Any]) -> Inspection:
+    """The inverse of `inspection_to_json`; raises KeyError/ValueError on a malformed one."""
+    return Inspection(
+        snapshot_at=datetime.fromisoformat(data["snapshot_at"]),
+        checked={str(k): int(v) for k, v in data["checked"].items()},
+        suspects=tuple(
+            Suspect(
+                UUID(coach),
+                aggregate,
+                kind,
+                tuple(fields),
+                version,
+                datetime.fromisoformat(as_of) if as_of else None,
+            )
+            for coach, aggregate, kind, fields, version, as_of in data["suspects"]
+        ),
+        clock={str(k): int(v) for k, v in data["clock"].items()},
+        newer=int(data["newer"]),
+    )
+
+
 @dataclass(frozen=True)
 class AuditReport:
     snapshot_at: datetime
@@ -333,6 +369,13 @@ def next_sample(engine: Engine, client: redis.Redis, size: int) -> list[UUID]:
     if sample:
         client.set(keys.AUDIT_CURSOR, str(sample[-1]))
     return sample
+
+
+def below_slo(summary: Mapping[str, Any] | None, slo: float) -> list[str]:
+    """Aggregates whose last audited consistency is below `slo` (none before any audit)."""
+    if not summary:
+        return []
+    return sorted(name for name, ratio in summary.get("consistency", {}).items() if ratio < slo)
 
 
 def sample_size(active_coaches: int, interval_s: float, cycle_s: float) -> int:

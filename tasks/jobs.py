@@ -22,7 +22,7 @@ from celery import Task
 from sqlalchemy import func, select
 
 from config import Settings
-from pipeline import keys
+from pipeline import audit, keys
 from pipeline.aggregates import CRITICAL, NAMES, get
 from pipeline.clock import Marker, tick_window
 from pipeline.coaches import active_coach_batches, coaches_crossing
@@ -30,6 +30,7 @@ from pipeline.errors import TRANSIENT_ERRORS
 from pipeline.fallback import Announcement, on_transition, poll_due
 from pipeline.recompute import recompute
 from pipeline.redis_values import as_text
+from pipeline.refresh import count_active_coaches
 from tasks import names
 from tasks.runtime import Runtime
 
@@ -208,6 +209,41 @@ def reconcile(task: PipelineTask) -> dict[str, Any]:
     return {"coaches": coaches}
 
 
+def audit_sample(task: PipelineTask) -> dict[str, Any]:
+    """Audit the next slice of active coaches (every one once per AUDIT_CYCLE_S); suspects
+    are judged by `audit_confirm` once the grace period has passed."""
+    runtime, settings = task.runtime, task.settings
+    size = audit.sample_size(
+        count_active_coaches(runtime.engine), settings.audit_interval_s, settings.audit_cycle_s
+    )
+    coaches = audit.next_sample(runtime.engine, runtime.redis, size)
+    if not coaches:
+        return {"coaches": 0}
+    inspection = audit.inspect(runtime.engine, runtime.redis, list(CRITICAL), coaches)
+    if inspection.suspects:
+        task.sender.send_audit_confirm(audit.inspection_to_json(inspection), settings.audit_grace_s)
+    else:
+        _audit_confirm(task, inspection)
+    return {"coaches": len(coaches), "suspects": len(inspection.suspects)}
+
+
+def audit_confirm(task: PipelineTask, inspection: dict[str, Any]) -> dict[str, Any]:
+    return _audit_confirm(task, audit.inspection_from_json(inspection))
+
+
+def _audit_confirm(task: PipelineTask, inspection: audit.Inspection) -> dict[str, Any]:
+    runtime = task.runtime
+    report = audit.confirm(
+        runtime.engine,
+        runtime.store,
+        runtime.redis,
+        inspection,
+        aggregates={a.name: a for a in CRITICAL},
+    )
+    audit.record(runtime.redis, report)
+    return {"mismatches": len(report.mismatches), "repaired": report.repaired}
+
+
 TASKS: dict[str, Callable[..., dict[str, Any]]] = {
     names.DRAIN: drain,
     names.REFRESH_BATCH: refresh_batch,
@@ -217,6 +253,8 @@ TASKS: dict[str, Callable[..., dict[str, Any]]] = {
     names.FALLBACK_POLL: fallback_poll,
     names.SWEEP: sweep,
     names.RECONCILE: reconcile,
+    names.AUDIT_SAMPLE: audit_sample,
+    names.AUDIT_CONFIRM: audit_confirm,
 }
 
 

@@ -21,6 +21,8 @@ CHECK_REALTIME = "tasks.jobs.check_realtime"
 FALLBACK_POLL = "tasks.jobs.fallback_poll"
 SWEEP = "tasks.jobs.sweep"
 RECONCILE = "tasks.jobs.reconcile"
+AUDIT_SAMPLE = "tasks.jobs.audit_sample"
+AUDIT_CONFIRM = "tasks.jobs.audit_confirm"
 
 REALTIME_TASKS = (DRAIN,)
 """Tasks routed to `REALTIME_QUEUE`; every other task goes to `REFRESH_QUEUE`."""

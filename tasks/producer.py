@@ -45,6 +45,10 @@ class CeleryTaskSender:
         args = (list(aggregates), [str(coach) for coach in coach_ids], commit_ms)
         self._send(names.REFRESH_BATCH, args, queue=queue, expires=expires)
 
+    def send_audit_confirm(self, inspection: dict[str, Any], countdown_s: float) -> None:
+        """Phase 2 of an audit (`pipeline.audit.confirm`), after the grace period."""
+        self._send(names.AUDIT_CONFIRM, (inspection,), countdown=countdown_s or None)
+
     def send_reconcile(self) -> None:
         """Refresh every aggregate of every active coach (beat's hourly safety net)."""
         self._send(names.RECONCILE, ())

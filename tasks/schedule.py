@@ -6,6 +6,7 @@ from typing import Any
 
 from config import Settings
 from pipeline.aggregates import CRITICAL, SECONDARY
+from tasks import names
 
 SWEEP_S = 10.0
 
@@ -18,21 +19,20 @@ def _entry(task: str, every: float, *args: Any) -> dict[str, Any]:
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     schedule = {
         f"refresh-{aggregate.name}": _entry(
-            "tasks.jobs.refresh_all", settings.secondary_refresh_s, aggregate.name, "schedule"
+            names.REFRESH_ALL, settings.secondary_refresh_s, aggregate.name, "schedule"
         )
         for aggregate in SECONDARY
     }
     schedule |= {
-        f"clock-{aggregate.name}": _entry(
-            "tasks.jobs.tick_clock", settings.clock_tick_s, aggregate.name
-        )
+        f"clock-{aggregate.name}": _entry(names.TICK_CLOCK, settings.clock_tick_s, aggregate.name)
         for aggregate in CRITICAL
         if aggregate.time_boundaries
     }
     schedule |= {
-        "realtime-status": _entry("tasks.jobs.check_realtime", settings.status_check_s),
-        "fallback-poll": _entry("tasks.jobs.fallback_poll", settings.fallback_poll_s),
-        "sweep-lost-markers": _entry("tasks.jobs.sweep", SWEEP_S),
-        "reconcile-all": _entry("tasks.jobs.reconcile", settings.reconcile_s),
+        "realtime-status": _entry(names.CHECK_REALTIME, settings.status_check_s),
+        "fallback-poll": _entry(names.FALLBACK_POLL, settings.fallback_poll_s),
+        "sweep-lost-markers": _entry(names.SWEEP, SWEEP_S),
+        "reconcile-all": _entry(names.RECONCILE, settings.reconcile_s),
+        "audit-sample": _entry(names.AUDIT_SAMPLE, settings.audit_interval_s),
     }
     return schedule

@@ -12,6 +12,7 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
+from devtools.processes import Proc, wait_for
 from pipeline import audit, keys, seed
 from pipeline.aggregates import CRITICAL, NAMES, get
 from pipeline.aggregates.base import compute_all
@@ -19,7 +20,9 @@ from pipeline.db import make_engine
 from pipeline.recompute import database_clock
 from pipeline.refresh import refresh_everything
 from pipeline.store import AggregateStore
-from tests.pipeline_checks import coach_ids, mismatches
+from tasks import names
+from tasks.app import PipelineApp
+from tests.pipeline_checks import coach_ids, mismatches, settle
 
 PLAN = seed.SeedPlan(coaches=4, clients_per_coach=3, sessions_per_client=4)
 
@@ -198,3 +201,48 @@ def test_the_audit_command_reports_a_mismatch_repairs_it_and_then_passes(
     assert second.returncode == 0, second.stdout + second.stderr
     assert "coach-clients" in second.stdout
     assert coachpipe(env, "audit").returncode == 2  # none of --all, --coach, --sample
+
+
+def test_an_inspection_survives_the_trip_through_a_task_argument(
+    engine: Engine, stored: AggregateStore, redis_client: redis.Redis, database_url: str
+) -> None:
+    coach = coach_ids(database_url)[0]
+    redis_client.hset(keys.aggregate("coach-stats", coach), "value", b'{"x": 1}')
+    inspection = audit.inspect(engine, redis_client, list(CRITICAL), [coach])
+    assert inspection.suspects
+    trip = json.loads(json.dumps(audit.inspection_to_json(inspection)))
+    assert audit.inspection_from_json(trip) == inspection
+
+
+@pytest.mark.parametrize(
+    ("consistency", "slo", "below"),
+    [({}, 0.999, []), ({"coach-stats": 1.0}, 0.999, []), ({"coach-stats": 0.99}, 0.999,
+     ["coach-stats"]), ({"a": 0.5, "b": 0.9999}, 0.999, ["a"])],
+)  # fmt: skip
+def test_below_slo(consistency: dict[str, float], slo: float, below: list[str]) -> None:
+    assert audit.below_slo({"consistency": consistency}, slo) == below
+    assert audit.below_slo(None, slo) == []
+
+
+def test_beat_audit_finds_a_wrong_value_and_repairs_it_and_status_shows_it(
+    worker: Proc, redis_client: redis.Redis, database_url: str, service_env: dict[str, str],
+    pipeline_app: PipelineApp,
+) -> None:  # fmt: skip
+    from tests.test_cli import coachpipe
+
+    seed.load(database_url, PLAN)
+    coaches = coach_ids(database_url)
+    pipeline_app.runtime.scheduler.request([(a.name, c) for c in coaches for a in CRITICAL])
+    settle(database_url, redis_client, coaches)
+    redis_client.hset(keys.aggregate("coach-insights", coaches[1]), "value", b'{"wrong": true}')
+    sample = pipeline_app.tasks[names.AUDIT_SAMPLE]
+    for _ in coaches:  # one coach a run (4 active coaches, 1 h cycle, 10 s interval)
+        sample.apply_async()
+    wait_for(
+        lambda: not mismatches(database_url, redis_client, coaches), 60, interval=0.2,
+        message="the audit to repair the wrong value",
+    )  # fmt: skip
+    summary = wait_for(lambda: audit.last_audit(redis_client), 30)
+    assert summary is not None
+    status = json.loads(coachpipe(service_env, "status", "--json").stdout)
+    assert status["audit"] is not None and "consistency" in status["audit"]
