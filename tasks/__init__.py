@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tasks.app import PipelineApp
+    from tasks.pipeline_app import PipelineApp
 
     app: PipelineApp
 

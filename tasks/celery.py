@@ -30,7 +30,7 @@ from config import Settings, SettingsError, load_settings
 from config.logging import configure_logging
 from pipeline import keys
 from tasks import jobs, names
-from tasks.app import PipelineApp
+from tasks.pipeline_app import PipelineApp
 from tasks.schedule import beat_schedule
 
 REDBEAT_REDIS_OPTIONS = {"socket_timeout": 5, "socket_connect_timeout": 5}

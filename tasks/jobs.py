@@ -35,7 +35,7 @@ from tasks import names
 from tasks.runtime import Runtime
 
 if TYPE_CHECKING:
-    from tasks.app import PipelineApp
+    from tasks.pipeline_app import PipelineApp
     from tasks.producer import CeleryTaskSender
 
 log = structlog.get_logger("tasks.jobs")

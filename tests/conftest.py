@@ -26,8 +26,8 @@ from devtools.processes import Proc, running, start_worker, wait_for
 from pipeline.db import make_engine
 from pipeline.migrate import upgrade
 from pipeline.tables import WATCHED_TABLES
-from tasks.app import PipelineApp
 from tasks.celery import create_app
+from tasks.pipeline_app import PipelineApp
 
 DATA_DB = 0
 BROKER_DB = 1

@@ -21,7 +21,7 @@ from pipeline.recompute import database_clock
 from pipeline.refresh import refresh_everything
 from pipeline.store import AggregateStore
 from tasks import names
-from tasks.app import PipelineApp
+from tasks.pipeline_app import PipelineApp
 from tests.pipeline_checks import coach_ids, mismatches, settle
 
 PLAN = seed.SeedPlan(coaches=4, clients_per_coach=3, sessions_per_client=4)

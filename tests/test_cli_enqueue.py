@@ -4,6 +4,7 @@ the app built from the command's settings."""
 from __future__ import annotations
 
 import orjson
+import psycopg
 import redis
 
 from tasks import names
@@ -15,7 +16,10 @@ def test_refresh_enqueue_sends_the_tasks_by_name_to_the_refresh_queue(
 ) -> None:
     broker = redis.Redis.from_url(broker_url)
     broker.flushdb()
-    coach = "00000000-0000-0000-0000-000000000001"
+    assert coachpipe(service_env, "seed", "--coaches", "1", "--truncate").returncode == 0
+    with psycopg.connect(service_env["DATABASE_URL"]) as conn:
+        (row,) = conn.execute("SELECT id FROM users WHERE role = 'coach'").fetchall()
+    coach = str(row[0])
     everyone = coachpipe(service_env, "refresh", "--all", "--enqueue")
     assert everyone.returncode == 0, everyone.stderr
     one = coachpipe(

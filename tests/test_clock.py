@@ -21,7 +21,7 @@ from pipeline.coaches import coaches_crossing
 from pipeline.db import make_engine
 from pipeline.read import read_aggregate
 from tasks import names
-from tasks.app import PipelineApp
+from tasks.pipeline_app import PipelineApp
 from tests.datasets import datasets
 from tests.pipeline_checks import coach_ids, mismatches, settle
 from tests.test_aggregates_oracle import load

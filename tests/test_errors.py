@@ -10,6 +10,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from coachpipe.errors import CommandError
 from config import SettingsError
+from config.errors import CoachpipeError
 from pipeline.errors import (
     BadEventError,
     BrokerUnavailableError,
@@ -32,7 +33,8 @@ from pipeline.errors import (
     ],
 )
 def test_every_error_raised_on_purpose_shares_one_root(error: Exception) -> None:
-    assert isinstance(error, PipelineError)
+    assert isinstance(error, CoachpipeError)
+    assert isinstance(error, PipelineError) != isinstance(error, SettingsError)
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from pipeline.events import ChangeEvent, ChangeType
 from pipeline.freshness import Freshness
 from pipeline.routing import TABLE_AGGREGATES
 from tasks import names
-from tasks.app import PipelineApp
+from tasks.pipeline_app import PipelineApp
 
 
 def session_events(coach: uuid.UUID, count: int) -> list[ChangeEvent]:
@@ -81,7 +81,8 @@ def test_a_listener_uses_the_strategy_it_is_given_and_dedup_otherwise(
         source, settings, client=redis_client, engine=engine, sender=pipeline_app.sender
     )
     assert isinstance(default.invalidation, ScheduledInvalidation)
-    assert default.invalidation.sender is pipeline_app.sender
+    assert isinstance(default.invalidation, ScheduledInvalidation)
+    assert default.invalidation.scheduler is default.scheduler
     naive = NaiveInvalidation(pipeline_app.sender)
     chosen = Listener(
         source,

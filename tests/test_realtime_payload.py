@@ -83,7 +83,7 @@ USABLE = [
         "errors: payload too large (values over 64 bytes dropped)",
         payload(errors=["Error 413: Payload Too Large"], record={"coach_id": COACH}),
         event(new={"coach_id": COACH}),
-        "server_errors",
+        "server_error_413",
     ),
     (
         "commit timestamp with offset",

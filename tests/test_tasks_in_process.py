@@ -20,8 +20,8 @@ from config import Settings
 from pipeline import seed
 from pipeline.health import Color, HealthBoard, ListenerHealth, ListenerState
 from tasks import names
-from tasks.app import PipelineApp
 from tasks.celery import create_app
+from tasks.pipeline_app import PipelineApp
 from tests.pipeline_checks import CRITICAL_NAMES, coach_ids, settle
 
 SMALL = seed.SeedPlan(coaches=3, clients_per_coach=3, sessions_per_client=2)

@@ -18,7 +18,7 @@ from devtools.processes import Proc, start_worker, wait_for
 from pipeline import seed
 from pipeline.events import ChangeEvent, ChangeType
 from pipeline.routing import route
-from tasks.app import PipelineApp
+from tasks.pipeline_app import PipelineApp
 from tests.conftest import reset_database
 from tests.pipeline_checks import CRITICAL_NAMES, coach_ids, settle
 
