@@ -182,6 +182,8 @@ def fallback_poll(task: PipelineTask) -> dict[str, Any]:
     raw = runtime.redis.hget(keys.LAST_REFRESH, keys.LAST_REFRESH_FALLBACK)
     last = float(raw) if raw is not None else None
     if not poll_due(status.color, last, time.time(), task.settings.fallback_poll_s):
+        # One line a FALLBACK_POLL_S: shows beat's fallback poll runs while it has nothing to do.
+        log.info("fallback_poll_skipped", status=status.color.value)
         return {"status": status.color.value, "polled": False}
     return {
         "status": status.color.value,

@@ -124,7 +124,7 @@ def test_a_session_crossing_30_days_while_no_tick_marker_existed_ends_correct(
             "(SELECT id FROM sessions WHERE coach_id = %s LIMIT 1)",
             (stored_at - timedelta(days=30) + timedelta(milliseconds=1), coach),
         )
-    assert not redis_client.keys(f"{keys.CLOCK_LAST_TICK}:*"), "no tick has run yet"
+    assert not redis_client.keys(keys.clock_last_tick("*")), "no tick has run yet"
     for name in THIRTY_DAY_AGGREGATES:
         tick_clock(name)
 
