@@ -286,11 +286,14 @@ def run_demo(*, coaches: int, rate: float, duration: float | None, console: Cons
     stopping = threading.Event()
 
     def hang_up(signum: int, _frame: object) -> None:
-        # Closing the terminal (SIGHUP) or SIGTERM ends the demo as Ctrl-C does.
+        # Closing the terminal (SIGHUP) or SIGTERM ends the demo as Ctrl-C does, once: a
+        # second signal must not interrupt the shutdown it started halfway.
+        if stopping.is_set():
+            return
         stopping.set()
         raise KeyboardInterrupt
 
-    for signum in (signal.SIGHUP, signal.SIGTERM):
+    for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, hang_up)
     demo_env: Path | None = None
     services: list[Any] = []
@@ -328,8 +331,7 @@ def run_demo(*, coaches: int, rate: float, duration: float | None, console: Cons
             raise
         return 0  # the terminal went away (SIGHUP) while the view was drawn
     finally:
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stopping.set()  # from here on, signals no longer interrupt (see hang_up)
         for service in reversed(services):
             service.stop()
         if demo_env is not None:
@@ -360,7 +362,14 @@ def _keys(supervisor: Supervisor, stop: threading.Event) -> None:
             elif key == b"q":
                 os.kill(os.getpid(), signal.SIGINT)
                 return
+            elif key == b"":
+                raise OSError("the terminal was closed")
     except OSError:
+        # The window closed. The kernel sends SIGHUP to the terminal's session leader only,
+        # and under `make demo` that is make, which waits for its children instead of passing
+        # the signal on: end the demo as SIGHUP would.
+        if not stop.is_set():
+            os.kill(os.getpid(), signal.SIGHUP)
         return
     finally:
         with contextlib.suppress(termios.error):
@@ -459,6 +468,7 @@ def _run(
                 view.update(_view(client, board, settings, urls, supervisor))
                 stopping.wait(0.25)
     finally:
+        stopping.set()  # a signal from here on must not interrupt the shutdown (see hang_up)
         stop.set()
         supervisor.stop_all()
     console.print(f"\n{board.changes} changes written, {board.updates} aggregate updates stored")

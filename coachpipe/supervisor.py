@@ -56,7 +56,12 @@ class Supervisor:
         logs.mkdir(parents=True, exist_ok=True)
         self.logs = logs
         self.components: dict[str, Component] = {}
-        self.announce = announce
+        self._announce = announce
+
+    def announce(self, line: str) -> None:
+        """Say `line`; a terminal that went away (EIO) must not stop the supervisor halfway."""
+        with contextlib.suppress(OSError):
+            self._announce(line)
 
     def add(self, name: str, args: list[str], env: dict[str, str]) -> None:
         self.components[name] = Component(name, args, env, self.logs / f"{name}.log")

@@ -149,3 +149,38 @@ def _children(data_dir: Path) -> list[int]:
         return list(json.loads((data_dir / "demo.pid").read_text())["children"])
     except (OSError, ValueError, KeyError):
         return []
+
+
+def test_closing_the_terminal_under_a_parent_that_keeps_the_signal_stops_everything(
+    data_dir: Path,
+) -> None:
+    """`make demo` in a terminal window: closing the window sends SIGHUP to the session leader
+    (make, here a shell that waits for its child) and not to the demo, which must notice its
+    terminal is gone and stop everything it started."""
+    import pty
+    import select
+
+    from devtools.processes import wait_for
+
+    env = _demo_env(data_dir) | {"TERM": "xterm"}
+    command = f"{sys.executable} -m coachpipe demo --coaches 10 --rate 10; true"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the terminal's session leader, like make
+        os.execvpe("sh", ["sh", "-c", command], env)
+    seen = b""
+
+    def running() -> bool:
+        nonlocal seen
+        readable, _, _ = select.select([fd], [], [], 0.2)
+        if readable:
+            seen += os.read(fd, 65_536)
+        return len(_children(data_dir)) == 5 and b"dashboard:" in seen
+
+    wait_for(running, 180, interval=0.1, message="the demo to run in the terminal")
+    assert ours(data_dir) != []
+    os.close(fd)  # the window closes
+    wait_for(
+        lambda: ours(data_dir) == [], 90, interval=0.5, message=f"no process left: {ours(data_dir)}"
+    )
+    os.waitpid(pid, 0)
+    assert not (data_dir / "demo.env").exists()
