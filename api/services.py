@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-import redis
-import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
 from api.auth import Verifier
@@ -14,22 +12,23 @@ from api.broadcast import Broadcaster
 from api.status_watch import StatusWatch
 from config import Settings
 from pipeline.health import HealthBoard
+from pipeline.redis_client import AsyncRedisClient, RedisClient, connect, connect_async
 
 
 @dataclass(frozen=True)
 class Services:
     verifier: Verifier
-    client: aioredis.Redis
+    client: AsyncRedisClient
     board: HealthBoard
     """Read in a thread (`asyncio.to_thread`): its client is the blocking one."""
-    board_client: redis.Redis
+    board_client: RedisClient
     broadcaster: Broadcaster
     status: StatusWatch
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
-        client = aioredis.Redis.from_url(settings.require_redis_url(), health_check_interval=30)
-        board_client = redis.Redis.from_url(settings.require_redis_url())
+        client = connect_async(settings.require_redis_url(), health_check_interval=30)
+        board_client = connect(settings.require_redis_url())
         board = HealthBoard.from_settings(board_client, settings)
         broadcaster = Broadcaster(client)
         return cls(

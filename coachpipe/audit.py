@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from uuid import UUID
 
-import redis
 from rich.console import Console
 from rich.table import Table
 
@@ -16,6 +15,7 @@ from pipeline.audit import AuditReport, audit, next_sample, record
 from pipeline.coaches import active_coach_batches, require_coaches
 from pipeline.db import make_engine
 from pipeline.recompute import batches
+from pipeline.redis_client import connect
 from pipeline.store import AggregateStore
 
 
@@ -30,7 +30,7 @@ def run_audit(
     """Audit one coach, a sample (the beat's sampling order), or every active coach
     (`coach_ids` and `sample` None), batch by batch; the last batch's report is recorded."""
     configure_logging(settings, process="audit")  # to stderr: stdout carries the report
-    client = redis.Redis.from_url(settings.require_redis_url())
+    client = connect(settings.require_redis_url())
     engine = make_engine(settings.require_database_url(), snapshots=True)
     store = AggregateStore(client)
     aggregates = [get(name) for name in names] if names else list(CRITICAL)

@@ -24,6 +24,7 @@ from rich.table import Table
 from coachpipe.errors import CommandError
 from config import Settings, SettingsError, SourceName, load_settings
 from pipeline.aggregates import NAMES
+from pipeline.redis_client import connect
 from tasks.names import QUEUES
 
 app = typer.Typer(
@@ -225,12 +226,11 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print a coach's stored aggregates (from Redis, as dashboards read them)."""
-    import redis
 
     from pipeline.read import read_all
 
     coach_id = _coach(coach)
-    client = redis.Redis.from_url(settings().require_redis_url())
+    client = connect(settings().require_redis_url())
     names = [aggregate.value] if aggregate else list(NAMES)
     found = read_all(client, coach_id, names)
     if found is None:

@@ -58,6 +58,7 @@ from pipeline.db import libpq_dsn, make_engine
 from pipeline.health import HealthBoard
 from pipeline.migrate import upgrade
 from pipeline.read import read_all
+from pipeline.redis_client import RedisClient, connect
 from pipeline.seed import SeedPlan, is_empty, load
 from pipeline.store import Notice
 from tasks.names import QUEUES
@@ -125,7 +126,7 @@ def dashboard_url(api: str, coach: UUID, secret: SecretStr | None, name: str = "
     return f"{page}#token={_demo_token(secret.get_secret_value(), coach, name)}"
 
 
-def _watch_notices(client: redis.Redis, board: _Board, stop: threading.Event) -> None:
+def _watch_notices(client: RedisClient, board: _Board, stop: threading.Event) -> None:
     pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     pubsub.subscribe(*(keys.updates_channel(c) for c in board.coaches))
     while not stop.is_set():
@@ -147,7 +148,7 @@ def _watch_notices(client: redis.Redis, board: _Board, stop: threading.Event) ->
 
 
 def _view(
-    client: redis.Redis,
+    client: RedisClient,
     board: _Board,
     settings: Settings,
     urls: list[str],
@@ -399,7 +400,7 @@ def _run(
         names: dict[UUID, str] = dict(
             conn.execute("SELECT id, full_name FROM users WHERE id = ANY(%s)", (chosen,)).fetchall()
         )
-    client = redis.Redis.from_url(settings.require_redis_url())
+    client = connect(settings.require_redis_url())
     board = _Board(coaches=chosen, names=names)
     api = f"http://{settings.api_host}:{settings.api_port}"
     flower_port = FLOWER_PORT if not port_is_open(FLOWER_PORT) else free_port()

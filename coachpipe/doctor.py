@@ -20,6 +20,7 @@ from pipeline import keys
 from pipeline.changelog import SIGNAL_TABLE
 from pipeline.db import libpq_dsn
 from pipeline.migrate import PUBLICATION_MEMBERS, SUPABASE_PUBLICATION, VERSION_TABLE
+from pipeline.redis_client import connect
 from pipeline.redis_values import as_text
 from pipeline.tables import WATCHED_TABLES
 
@@ -270,7 +271,7 @@ def _slot_history_check(settings: Settings) -> Check:
     """Slot replacements the listener made (see `listeners.slot_faults`), kept in Redis."""
     name = f"slot {settings.slot_name} history"
     try:
-        client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5)
+        client = connect(settings.require_redis_url(), socket_timeout=5)
         raw = client.hgetall(keys.slot_recreations(settings.slot_name))
     except redis.RedisError as error:
         return Check(name, Severity.WARN, f"unknown: {_first_line(error)}", "see the redis check")
@@ -295,7 +296,7 @@ def _slot_history_check(settings: Settings) -> Check:
 
 def _redis_check(settings: Settings) -> Check:
     try:
-        client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5)
+        client = connect(settings.require_redis_url(), socket_timeout=5)
         info = client.info("server")
     except redis.RedisError as error:
         return Check("redis", Severity.FAIL, f"unreachable: {_first_line(error)}",

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from uuid import UUID
 
-import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -13,6 +12,7 @@ from config import Settings
 from pipeline.coaches import active_coach_batches, require_coaches
 from pipeline.db import make_engine
 from pipeline.recompute import batches
+from pipeline.redis_client import connect
 from pipeline.refresh import count_active_coaches, refresh_everything
 from pipeline.store import AggregateStore
 
@@ -40,7 +40,7 @@ def refresh_coaches(
         console.print(f"enqueued refresh of {', '.join(names)}")
         return
     engine = make_engine(settings.require_database_url(), pool_size=4, snapshots=True)
-    store = AggregateStore(redis.Redis.from_url(settings.require_redis_url()))
+    store = AggregateStore(connect(settings.require_redis_url()))
     if coach_ids is None:
         total = count_active_coaches(engine)
         coach_batches: list[Sequence[UUID]] = list(

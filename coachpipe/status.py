@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
 from rich.console import Console
 from rich.table import Table
 
@@ -15,6 +14,7 @@ from pipeline.aggregates import NAMES
 from pipeline.audit import below_slo, last_audit
 from pipeline.freshness import summary as freshness_summary
 from pipeline.health import HealthBoard
+from pipeline.redis_client import RedisClient, connect
 from pipeline.redis_values import as_text
 from tasks.names import QUEUES
 
@@ -49,7 +49,7 @@ def _slot(settings: Settings) -> dict[str, Any] | None:
     return slot
 
 
-def _audit(client: redis.Redis, settings: Settings) -> dict[str, Any] | None:
+def _audit(client: RedisClient, settings: Settings) -> dict[str, Any] | None:
     summary = last_audit(client)
     if summary is None:
         return None
@@ -64,7 +64,7 @@ def _audit(client: redis.Redis, settings: Settings) -> dict[str, Any] | None:
 
 
 def gather(settings: Settings) -> dict[str, Any]:
-    client = redis.Redis.from_url(settings.require_redis_url())
+    client = connect(settings.require_redis_url())
     board = HealthBoard.from_settings(client, settings)
     status = board.status()
     pipe = client.pipeline(transaction=False)

@@ -51,7 +51,17 @@ services there when neither the environment nor `.env` names them."""
 
 
 PostgresUrl = Annotated[SecretStr, _check_scheme(("postgresql", "postgres", "postgresql+psycopg"))]
-RedisUrl = Annotated[SecretStr, _check_scheme(("redis", "rediss", "unix"))]
+REDIS_SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+cluster",
+    "rediss+cluster",
+    "redis+sentinel",
+    "rediss+sentinel",
+)
+"""One server, a Redis Cluster or a Sentinel-guarded master (`pipeline.redis_client`)."""
+RedisUrl = Annotated[SecretStr, _check_scheme(REDIS_SCHEMES)]
 BrokerUrl = Annotated[SecretStr, _check_scheme(("redis", "rediss", "amqp", "amqps", "pyamqp"))]
 HttpUrl = Annotated[SecretStr, _check_scheme(("http", "https", "ws", "wss"))]
 
@@ -72,7 +82,10 @@ class Settings(BaseSettings):
         default=None, description="Postgres holding the five tables (service credentials)."
     )
     redis_url: RedisUrl | None = Field(
-        default=None, description="Redis for aggregates, dedup markers and listener health."
+        default=None,
+        description="Redis for aggregates, dedup markers, listener health and beat's lock: "
+        "redis://, a Cluster (redis+cluster://host:port,...) or Sentinel "
+        "(redis+sentinel://host:port,.../master-name).",
     )
     broker_url: BrokerUrl | None = Field(
         default=None, description="Celery broker; defaults to REDIS_URL. RabbitMQ works unchanged."
@@ -294,9 +307,18 @@ class Settings(BaseSettings):
         return _require(self.redis_url, "REDIS_URL")
 
     def require_broker_url(self) -> str:
+        """BROKER_URL, else REDIS_URL when it names one server: Celery's Redis transport
+        speaks neither Cluster nor this project's `redis+sentinel://` form."""
         if self.broker_url is not None:
             return self.broker_url.get_secret_value()
-        return self.require_redis_url()
+        redis_url = self.require_redis_url()
+        if "+" in urlsplit(redis_url).scheme:
+            raise SettingsError(
+                "BROKER_URL is not set, and REDIS_URL names a Redis Cluster or Sentinel, which "
+                "Celery cannot use as its broker. Set BROKER_URL (amqp://… for RabbitMQ, or a "
+                "redis:// server)."
+            )
+        return redis_url
 
 
 def _require(value: SecretStr | None, name: str) -> str:

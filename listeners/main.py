@@ -15,7 +15,6 @@ import asyncio
 import signal
 from collections.abc import Callable
 
-import redis
 import structlog
 from prometheus_client import start_http_server
 
@@ -25,6 +24,7 @@ from listeners.invalidation import Invalidation
 from listeners.runner import Listener
 from listeners.source import Source
 from pipeline.db import make_engine
+from pipeline.redis_client import connect
 from tasks.celery import create_app
 from tasks.producer import CeleryTaskSender
 
@@ -51,7 +51,7 @@ async def serve(
 ) -> None:
     source = make_source(settings, source_name)
     app = create_app(settings)
-    client = redis.Redis.from_url(settings.require_redis_url(), health_check_interval=30)
+    client = connect(settings.require_redis_url(), health_check_interval=30)
     engine = make_engine(
         settings.require_database_url(), application_name="coachpipe-listener", snapshots=True
     )

@@ -45,6 +45,7 @@ from pipeline.db import libpq_dsn
 from pipeline.errors import BadEventError
 from pipeline.events import ChangeEvent
 from pipeline.health import ListenerState
+from pipeline.redis_client import connect
 
 log = structlog.get_logger("listeners.postgres")
 
@@ -75,7 +76,7 @@ class PostgresSource(Source):
         self._queue: asyncio.Queue[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._redis = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5)
+        self._redis = connect(settings.require_redis_url(), socket_timeout=5)
         self._had_slot = False
         self._suspicion: Suspicion | None = None
         self._awaiting_publication = False

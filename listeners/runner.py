@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import redis
 import sqlalchemy.exc
@@ -34,6 +34,7 @@ from pipeline.errors import is_transient
 from pipeline.events import ChangeEvent
 from pipeline.freshness import Freshness
 from pipeline.health import HealthBoard, ListenerHealth, ListenerState
+from pipeline.redis_client import RedisClient
 from pipeline.redis_values import as_text
 from pipeline.scheduler import RecomputeScheduler, TaskSender
 from pipeline.visibility import wait_until_visible
@@ -58,7 +59,7 @@ class Listener:
         source: Source,
         settings: Settings,
         *,
-        client: redis.Redis,
+        client: RedisClient,
         engine: Engine,
         sender: TaskSender,
         invalidation: Invalidation | None = None,
@@ -70,7 +71,9 @@ class Listener:
         self.redis = client
         self.listener_id = listener_id or new_listener_id(source.name)
         self.scheduler = RecomputeScheduler(
-            client,
+            # The scheduler's annotation still names the one-server client; its scripts are
+            # one slot per shard (pipeline.scheduler), so a Cluster client serves it too.
+            cast(redis.Redis, client),
             sender,
             window_ms=settings.debounce_ms,
             stale_ms=int(settings.pending_stale_s * 1000),

@@ -30,7 +30,6 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-import redis
 import structlog
 from sqlalchemy import Engine, select
 
@@ -40,6 +39,7 @@ from pipeline.aggregates.base import compute_all
 from pipeline.coaches import ACTIVE_COACHES
 from pipeline.read import read_aggregate
 from pipeline.recompute import database_clock, recompute
+from pipeline.redis_client import RedisClient
 from pipeline.redis_values import as_text
 from pipeline.store import AggregateStore
 from pipeline.stored import StoredAggregate
@@ -199,7 +199,7 @@ class AuditReport:
 
 def inspect(
     engine: Engine,
-    client: redis.Redis,
+    client: RedisClient,
     aggregates: Sequence[Aggregate],
     coach_ids: Sequence[UUID],
 ) -> Inspection:
@@ -254,7 +254,7 @@ def _explained_by_clock(connection: Any, aggregate: Aggregate, stored: StoredAgg
 def confirm(
     engine: Engine,
     store: AggregateStore,
-    client: redis.Redis,
+    client: RedisClient,
     inspection: Inspection,
     *,
     aggregates: Mapping[str, Aggregate],
@@ -315,7 +315,7 @@ def _count(report: AuditReport) -> None:
 def audit(
     engine: Engine,
     store: AggregateStore,
-    client: redis.Redis,
+    client: RedisClient,
     aggregates: Sequence[Aggregate],
     coach_ids: Sequence[UUID],
     *,
@@ -338,12 +338,12 @@ def audit(
     )
 
 
-def record(client: redis.Redis, report: AuditReport) -> None:
+def record(client: RedisClient, report: AuditReport) -> None:
     """Keep the pass's summary for `coachpipe status` (overwrites the previous pass's)."""
     client.set(keys.AUDIT_LAST, orjson.dumps(report.as_json()))
 
 
-def last_audit(client: redis.Redis) -> dict[str, Any] | None:
+def last_audit(client: RedisClient) -> dict[str, Any] | None:
     """The summary `record` kept, or None before the first audit."""
     raw = client.get(keys.AUDIT_LAST)
     if raw is None:
@@ -352,7 +352,7 @@ def last_audit(client: redis.Redis) -> dict[str, Any] | None:
     return summary
 
 
-def next_sample(engine: Engine, client: redis.Redis, size: int) -> list[UUID]:
+def next_sample(engine: Engine, client: RedisClient, size: int) -> list[UUID]:
     """The next `size` active coaches in id order after the last sampled one, wrapping around,
     so repeated calls visit every active coach once per cycle."""
     raw = client.get(keys.AUDIT_CURSOR)

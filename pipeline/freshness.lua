@@ -1,20 +1,19 @@
 -- Freshness tickets (pipeline.freshness): per coach and commit, the aggregates still to store.
--- One Redis (as deployed): these steps read the version counter and the aggregate hashes
--- beside the coach's ticket keys; a Redis Cluster would need those passed in instead.
+-- Every key of one call is one coach's (the `{coach}` hash tag): one slot on a Redis Cluster.
 --
--- register   KEYS: version counter, the coach's open hash, one pending zset per aggregate
+-- register   KEYS: the coach's version counter, its open hash, one pending zset per aggregate
 --            ARGV: 'register', commit_ms, ttl_ms
---   Pending zset: commit_ms scored by the version counter at registration. Any recompute
---   that takes a higher version took it after this registration, which the listener makes
---   after the commit is visible, so its snapshot sees the change: no clock is compared.
+--   Pending zset: commit_ms scored by the coach's version counter at registration. Any
+--   recompute of the coach that takes a higher version took it after this registration, which
+--   the listener makes after the commit is visible, so its snapshot sees the change: no clock
+--   is compared.
 --   Open hash: commit_ms -> aggregates still pending; 's:' .. commit_ms -> latest store (ms).
 --
--- mark       KEYS: summary key of the current minute, then per coach: aggregate hash, pending
---            zset, open hash
---            ARGV: 'mark', version, stored_ms, summary_ttl_ms, bucket_base
+-- mark       KEYS: per aggregate of one coach: aggregate hash, pending zset, open hash
+--            ARGV: 'mark', version, stored_ms
 --   Only a write that is still the stored one (its version) marks: a rejected or overwritten
 --   write leaves the tickets to the write that won. Returns the latencies (ms) of the tickets
---   it completed, and counts them in the minute's log-scale buckets for `coachpipe status`.
+--   it completed (pipeline.freshness counts them for `coachpipe status`).
 
 local function register()
     local version = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -34,7 +33,7 @@ end
 local function mark()
     local version, stored = tonumber(ARGV[2]), tonumber(ARGV[3])
     local latencies = {}
-    for i = 2, #KEYS, 3 do
+    for i = 1, #KEYS, 3 do
         local current = redis.call('HGET', KEYS[i], 'version')
         if current and tonumber(current) == version then
             local pending, open = KEYS[i + 1], KEYS[i + 2]
@@ -55,17 +54,6 @@ local function mark()
                 end
             end
         end
-    end
-    local base = tonumber(ARGV[5])
-    for _, ms in ipairs(latencies) do
-        local bucket = 0
-        if ms > 1 then
-            bucket = math.ceil(math.log(ms) / math.log(base))
-        end
-        redis.call('HINCRBY', KEYS[1], bucket, 1)
-    end
-    if #latencies > 0 then
-        redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
     end
     return latencies
 end

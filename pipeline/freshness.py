@@ -17,25 +17,26 @@ to see the change: the figure errs on the slow side, by at most the recompute th
 for. Both steps are single atomic scripts, so any number of listeners and workers agree.
 
 Cost: one round trip per listener batch (before the recompute requests: the order is what
-makes the rule hold) and one per recompute batch (after its store, so it delays no change it
-measures). Tickets expire `TICKET_TTL_MS` after their coach's last change.
+makes the rule hold) and one or two per recompute batch (after its store, so it delays no change
+it measures): the marks, then the minute's summary when a ticket completed. Every script call
+touches one coach's keys, so on a Redis Cluster each runs in that coach's slot. Tickets expire
+`TICKET_TTL_MS` after their coach's last change.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from importlib.resources import files
 from typing import Any
 from uuid import UUID
 
-import redis
-
 from pipeline import keys, metrics
 from pipeline.events import ChangeEvent
 from pipeline.lua import Lua, run_pipeline
+from pipeline.redis_client import RedisClient
 from pipeline.redis_values import as_text
 from pipeline.routing import TABLE_AGGREGATES, route
 
@@ -67,7 +68,7 @@ def tickets(events: Iterable[ChangeEvent]) -> dict[Ticket, set[str]]:
 
 
 class Freshness:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._redis = client
         self._script = Lua(client, SCRIPT)
 
@@ -83,7 +84,7 @@ class Freshness:
                 self._script.queue(
                     pipe,
                     [
-                        keys.VERSION_COUNTER,
+                        keys.version(coach),
                         keys.freshness_open(coach),
                         *(keys.freshness_pending(coach, name) for name in sorted(aggregates)),
                     ],
@@ -94,48 +95,74 @@ class Freshness:
         return len(found)
 
     def stored(
-        self, stored: Mapping[str, Iterable[UUID]], version: int, stored_at: datetime
+        self,
+        stored: Mapping[str, Iterable[UUID]],
+        version: int | Mapping[UUID, int],
+        stored_at: datetime,
     ) -> list[float]:
-        """Mark the coaches' aggregates stored at `version` (each one still stored) on the
-        tickets they cover; observe and return the latencies (s) of the tickets completed."""
+        """Mark the coaches' aggregates stored at `version` (one for all, or each coach's; each
+        aggregate still stored) on the tickets they cover; observe and return the latencies (s)
+        of the tickets completed.
+
+        One script call per coach (its keys share a slot), all in one pipeline; then, if a
+        ticket completed, one more round trip counts them in the minute's summary buckets."""
         stored_ms = int(stored_at.timestamp() * 1000)
-        minute = keys.freshness_minute(stored_ms // 60_000)
-        calls = []
+        by_coach: dict[UUID, list[str]] = {}
         for name, coaches in stored.items():
             if name not in TRACKED:
                 continue
-            coach_keys = [
-                key
-                for coach in coaches
-                for key in (
-                    keys.aggregate(name, coach),
-                    keys.freshness_pending(coach, name),
-                    keys.freshness_open(coach),
+            for coach in coaches:
+                by_coach.setdefault(coach, []).extend(
+                    (
+                        keys.aggregate(name, coach),
+                        keys.freshness_pending(coach, name),
+                        keys.freshness_open(coach),
+                    )
                 )
-            ]
-            if coach_keys:
-                calls.append([minute, *coach_keys])
-        if not calls:
+        if not by_coach:
             return []
-        ttl_ms = (SUMMARY_MINUTES + 1) * 60_000
-        args = ["mark", version, stored_ms, ttl_ms, BUCKET_BASE]
 
         def build(pipe: Any) -> None:
-            for call_keys in calls:
-                self._script.queue(pipe, call_keys, args)
+            for coach, coach_keys in by_coach.items():
+                coach_version = version if isinstance(version, int) else version[coach]
+                self._script.queue(pipe, coach_keys, ["mark", coach_version, stored_ms])
 
         completed = run_pipeline(self._redis, [self._script], build)
-        latencies = [ms / 1000 for found in completed for ms in found]
+        latencies_ms = [int(ms) for found in completed for ms in found]
+        if latencies_ms:
+            self._count(stored_ms, latencies_ms)
+        latencies = [ms / 1000 for ms in latencies_ms]
         for seconds in latencies:
             metrics.CHANGE_FRESHNESS_SECONDS.observe(seconds)
         return latencies
 
+    def _count(self, stored_ms: int, latencies_ms: Sequence[int]) -> None:
+        """Count completed tickets in the minute's log-scale buckets (`summary` reads them)."""
+        minute = keys.freshness_minute(stored_ms // 60_000)
+        buckets: dict[int, int] = {}
+        for ms in latencies_ms:
+            bucket = bucket_of(ms)
+            buckets[bucket] = buckets.get(bucket, 0) + 1
+        pipe = self._redis.pipeline(transaction=False)
+        for bucket, count in buckets.items():
+            pipe.hincrby(minute, str(bucket), count)
+        pipe.pexpire(minute, (SUMMARY_MINUTES + 1) * 60_000)
+        pipe.execute()
+
 
 def observe_stored(
-    client: redis.Redis, stored: Mapping[str, Iterable[UUID]], version: int, stored_at: datetime
+    client: RedisClient,
+    stored: Mapping[str, Iterable[UUID]],
+    version: int | Mapping[UUID, int],
+    stored_at: datetime,
 ) -> list[float]:
     """`Freshness(client).stored(...)`: the one call a recompute makes after its store."""
     return Freshness(client).stored(stored, version, stored_at)
+
+
+def bucket_of(ms: int) -> int:
+    """The summary bucket of a latency (ms): the smallest `b` with `BUCKET_BASE**b >= ms`."""
+    return math.ceil(math.log(ms) / math.log(BUCKET_BASE)) if ms > 1 else 0
 
 
 def bucket_upper_ms(bucket: int) -> float:
@@ -144,7 +171,7 @@ def bucket_upper_ms(bucket: int) -> float:
 
 
 def summary(
-    client: redis.Redis, minutes: int = SUMMARY_MINUTES, now: float | None = None
+    client: RedisClient, minutes: int = SUMMARY_MINUTES, now: float | None = None
 ) -> dict[str, Any]:
     """Changes completed in the last `minutes` and their p50/p99 (ms, bucket upper bounds)."""
     current = int((time.time() if now is None else now) // 60)

@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 
 import orjson
-import redis
 
 from config import Settings
 from pipeline import keys
+from pipeline.redis_client import RedisClient
 from pipeline.redis_values import as_text
 
 
@@ -125,14 +125,14 @@ class HealthBoard:
     """Reads and writes listener health in Redis."""
 
     def __init__(
-        self, client: redis.Redis, *, stale_after_s: float, red_after_s: float = RED_AFTER_S
+        self, client: RedisClient, *, stale_after_s: float, red_after_s: float = RED_AFTER_S
     ) -> None:
         self._redis = client
         self.stale_after_s = stale_after_s
         self.red_after_s = red_after_s
 
     @classmethod
-    def from_settings(cls, client: redis.Redis, settings: Settings) -> HealthBoard:
+    def from_settings(cls, client: RedisClient, settings: Settings) -> HealthBoard:
         """The board every process builds: HEARTBEAT_STALE_S and RED_AFTER_S."""
         return cls(
             client, stale_after_s=settings.heartbeat_stale_s, red_after_s=settings.red_after_s

@@ -1,7 +1,16 @@
 """Every Redis key and channel name the pipeline uses, and nothing else.
 
-Keys of one aggregate share the `{aggregate}` hash tag, so the Lua scripts that touch several of
-them stay within one slot should the data move to Redis Cluster.
+Redis Cluster runs a script or a transaction only on keys of one hash slot, and the slot of a
+key with a `{tag}` is the tag's. So each key below carries the tag of what it is read with:
+
+- a coach's stored aggregates, its version counter, its update channel and its freshness tickets
+  share the `{coach id}` tag: the compare-and-set, the sharded notice and the freshness marks
+  are one-slot scripts, and coaches (thousands) spread evenly over every node;
+- the recompute scheduler's keys carry the tags `pipeline.scheduler` chooses;
+- the few pieces of process bookkeeping that are read together (listener health, beat's
+  schedule and lock) share one tag each; they are small and written every few seconds, so one
+  slot holds them;
+- everything else is a single key read alone, untagged.
 """
 
 from __future__ import annotations
@@ -10,21 +19,35 @@ from uuid import UUID
 
 PREFIX = "coachpipe"
 
-# Stored aggregates and their update notices (pipeline.store, pipeline.read).
-VERSION_COUNTER = f"{PREFIX}:version"
+# Stored aggregates and their update notices (pipeline.store, pipeline.read): the `{coach}` tag.
 
 
 def aggregate(name: str, coach_id: UUID | str) -> str:
     """Hash holding one coach's aggregate: version, computed_at, schema, value."""
-    return f"{PREFIX}:agg:{{{name}}}:{coach_id}"
+    return f"{PREFIX}:agg:{{{coach_id}}}:{name}"
+
+
+def version(coach_id: UUID | str) -> str:
+    """Counter: the coach's versions, taken before each snapshot of the coach is read. It lives
+    beside the coach's values, so a failover that loses a write loses the counter's increment
+    with it (one replication stream), and never leaves a value ahead of its counter."""
+    return f"{PREFIX}:version:{{{coach_id}}}"
 
 
 def updates_channel(coach_id: UUID | str) -> str:
-    """Pub/sub channel receiving a small notice for every stored write of a coach's aggregate."""
-    return f"{PREFIX}:updates:{coach_id}"
+    """Channel receiving a small notice for every stored write of a coach's aggregate (a shard
+    channel on a Redis Cluster, in the coach's slot)."""
+    return f"{PREFIX}:updates:{{{coach_id}}}"
+
+
+def coach_of_updates_channel(channel: str) -> str:
+    """The coach id of an `updates_channel` name."""
+    return channel.removeprefix(f"{PREFIX}:updates:").strip("{}")
 
 
 UPDATES_PATTERN = f"{PREFIX}:updates:*"
+"""Every coach's updates channel, for a pattern subscription on one Redis (a Cluster's shard
+channels take no patterns: there a reader subscribes to the coaches it watches)."""
 
 # The recompute scheduler (pipeline.scheduler: see its state table).
 
@@ -64,12 +87,12 @@ def wide_pending(name: str) -> str:
     return f"{PREFIX}:wide:{{{name}}}"
 
 
-# Listener health (pipeline.health).
-LISTENERS = f"{PREFIX}:listeners"
+# Listener health (pipeline.health): one `{listeners}` tag, read together with MGET.
+LISTENERS = f"{PREFIX}:{{listeners}}"
 
 
 def listener(listener_id: str) -> str:
-    return f"{PREFIX}:listener:{listener_id}"
+    return f"{PREFIX}:{{listeners}}:{listener_id}"
 
 
 def source_last_event(source: str) -> str:
@@ -112,7 +135,7 @@ def freshness_open(coach_id: UUID | str) -> str:
 
 def freshness_pending(coach_id: UUID | str, name: str) -> str:
     """Sorted set: commit ms of the coach's changes waiting for this aggregate, scored by the
-    version counter when they were registered."""
+    coach's version counter when they were registered."""
     return f"{PREFIX}:fresh:{{{coach_id}}}:pending:{name}"
 
 
@@ -125,5 +148,6 @@ def freshness_minute(minute: int) -> str:
 LAST_REFRESH_FALLBACK = "fallback"
 """The field of `LAST_REFRESH` stamped by every fallback poll."""
 
-REDBEAT_PREFIX = f"{PREFIX}:redbeat"
-"""Prefix of celery-redbeat's schedule and lock keys (its `redbeat_key_prefix`)."""
+REDBEAT_PREFIX = f"{PREFIX}:{{redbeat}}"
+"""Prefix of celery-redbeat's schedule and lock keys (its `redbeat_key_prefix`): one `{redbeat}`
+tag, since redbeat reads its schedule and entries together."""

@@ -4,6 +4,11 @@ redis-py checks every registered script with `SCRIPT EXISTS` each time a pipelin
 it executes: one extra round trip on the hot path of every recompute. Here a script is loaded
 once per process and run with EVALSHA; if Redis forgot it (a restart, `SCRIPT FLUSH`), it is
 loaded again and the call (or the whole pipeline) is replayed.
+
+On a Redis Cluster, `SCRIPT LOAD` goes to every primary (redis-py routes it so), a pipeline is
+split by node and sent to each, and a replica promoted by a failover, which has no scripts,
+answers NOSCRIPT once: the scripts are loaded on every primary again and the pipeline replayed.
+Every script here is idempotent for a replay (compare-and-set, marks, `ZADD GT`).
 """
 
 from __future__ import annotations
@@ -12,13 +17,13 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis
-from redis.client import Pipeline
 from redis.exceptions import NoScriptError
+
+from pipeline.redis_client import RedisClient
 
 
 class Lua:
-    def __init__(self, client: redis.Redis, source: str) -> None:
+    def __init__(self, client: RedisClient, source: str) -> None:
         self._client = client
         self._source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
@@ -33,12 +38,12 @@ class Lua:
             self.load()
             return self._client.evalsha(self.sha, len(keys), *keys, *args)
 
-    def queue(self, pipe: Pipeline, keys: Sequence[Any], args: Sequence[Any]) -> None:
+    def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
         pipe.evalsha(self.sha, len(keys), *keys, *args)
 
 
 def run_pipeline(
-    client: redis.Redis, scripts: Sequence[Lua], build: Callable[[Pipeline], None]
+    client: RedisClient, scripts: Sequence[Lua], build: Callable[[Any], None]
 ) -> list[Any]:
     """Build and execute a non-transactional pipeline, loading `scripts` and replaying once
     if Redis did not know one of them."""

@@ -6,14 +6,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
-import redis
-
 from pipeline import keys
 from pipeline.aggregates import NAMES, get
+from pipeline.redis_client import RedisClient
 from pipeline.stored import HASH_FIELDS, StoredAggregate
 
 
-def read_aggregate(client: redis.Redis, coach_id: UUID, aggregate: str) -> StoredAggregate | None:
+def read_aggregate(client: RedisClient, coach_id: UUID, aggregate: str) -> StoredAggregate | None:
     """One coach's aggregate, or None when nothing is stored for that coach."""
     get(aggregate)  # raises UnknownAggregateError for a name outside the registry
     fields = client.hmget(keys.aggregate(aggregate, coach_id), HASH_FIELDS)
@@ -21,7 +20,7 @@ def read_aggregate(client: redis.Redis, coach_id: UUID, aggregate: str) -> Store
 
 
 def read_all(
-    client: redis.Redis, coach_id: UUID, aggregates: Iterable[str] = NAMES
+    client: RedisClient, coach_id: UUID, aggregates: Iterable[str] = NAMES
 ) -> dict[str, StoredAggregate] | None:
     """Every stored aggregate of a coach in one round trip; None for an unknown coach."""
     names = list(aggregates)

@@ -2,7 +2,7 @@
 
 Order matters and is the whole point of this module:
 1. the caller has already removed the coaches' pending markers (`RecomputeScheduler.claim`);
-2. a version is taken (`AggregateStore.next_version`);
+2. a version is taken for each coach (`AggregateStore.next_versions`, one round trip);
 3. one REPEATABLE READ, read-only snapshot is opened and every statement runs in it (several
    aggregates of the same coaches share it: a refresh of everything is one snapshot a batch);
 4. the values are stored with the compare-and-set, so an older snapshot never wins.
@@ -35,7 +35,7 @@ class RecomputeResult:
     coaches: int
     stored: int
     stale: int
-    version: int
+    versions: Mapping[UUID, int]
     seconds: float
 
 
@@ -73,21 +73,22 @@ def recompute(
     *,
     commit_ms: Mapping[UUID, int | None] | None = None,
 ) -> RecomputeResult:
-    """Recompute `aggregates` for `coach_ids` from one snapshot and store them at one version."""
+    """Recompute `aggregates` for `coach_ids` from one snapshot and store them, each coach's at
+    the version taken for it before the snapshot."""
     chosen = [aggregates] if isinstance(aggregates, Aggregate) else list(aggregates)
     started = time.perf_counter()
-    version = store.next_version()
+    versions = store.next_versions(coach_ids)
     snapshot_at, values = compute_snapshot(engine, chosen, coach_ids)
     computed_at = datetime.now(UTC)
     written = store.write_many(
         [(a.name, a.schema_version, values[a.name]) for a in chosen],
-        version,
+        versions,
         snapshot_at=snapshot_at,
         computed_at=computed_at,
         commit_ms=commit_ms,
     )
     seconds = time.perf_counter() - started
-    observe_stored(store.client, values, version, computed_at)
+    observe_stored(store.client, values, versions, computed_at)
     stored_ms = computed_at.timestamp() * 1000
     for aggregate in chosen:
         metrics.RECOMPUTE_SECONDS.labels(aggregate.name).observe(seconds)
@@ -104,7 +105,7 @@ def recompute(
         coaches=len(coach_ids),
         stored=written.stored,
         stale=written.stale,
-        version=version,
+        versions=versions,
         seconds=seconds,
     )
 

@@ -1,37 +1,45 @@
 """Versioned writes of aggregates to Redis, and the update notice each write publishes.
 
-A version is taken (`next_version`) before the Postgres snapshot is read. The Lua script stores
-a value only if no newer version is stored, so a slow recompute that read an older snapshot can
-never overwrite a newer result, whatever order writers finish in.
+A version is taken per coach (`next_versions`, the coach's own counter) before the Postgres
+snapshot is read. The Lua script stores a value only if no newer version is stored, so a slow
+recompute that read an older snapshot can never overwrite a newer result, whatever order
+writers finish in. Compare-and-set needs versions ordered in time *per key* only, so each coach
+has its own counter in its own slot: no script reaches across slots on a Redis Cluster, no
+single key takes every recompute's increment, and a failover that loses the last writes of a
+coach loses its counter's increments with them (they share the slot's replication stream).
+
+On one Redis (or Sentinel's master) the notice is `PUBLISH`ed; on a Cluster it is `SPUBLISH`ed
+to the coach's shard channel, which only the coach's slot's nodes carry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import orjson
-import redis
 
 from pipeline import keys
 from pipeline.aggregates import JSONValue
 from pipeline.lua import Lua, run_pipeline
+from pipeline.redis_client import RedisClient, is_cluster
 from pipeline.stored import StoredAggregate
 
 STORE_IF_NEWER = """
-local current = redis.call('HGET', KEYS[1], ARGV[2])
-if current and tonumber(current) >= tonumber(ARGV[3]) then
+local current = redis.call('HGET', KEYS[1], ARGV[3])
+if current and tonumber(current) >= tonumber(ARGV[4]) then
     return 0
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('PUBLISH', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call(ARGV[1], KEYS[2], ARGV[2])
 return 1
 """
-"""KEYS: the aggregate's hash, the coach's updates channel. ARGV: the notice, then the hash's
-field, value pairs (`StoredAggregate.to_hash`), the version first."""
+"""KEYS: the aggregate's hash, the coach's updates channel (a key too: a shard channel must be
+in the script's slot). ARGV: `PUBLISH` or `SPUBLISH`, the notice, then the hash's field, value
+pairs (`StoredAggregate.to_hash`), the version first."""
 
 
 @dataclass(frozen=True)
@@ -63,29 +71,46 @@ class WriteResult:
 
 AggregateValues = tuple[str, int, Mapping[UUID, JSONValue]]
 """(aggregate name, schema version, value per coach)"""
+Versions = Mapping[UUID, int]
+"""The version each coach's values are stored at."""
+
+
+def notice_command(client: RedisClient) -> str:
+    """How update notices are sent: sharded pub/sub on a Cluster, plain pub/sub elsewhere."""
+    return "SPUBLISH" if is_cluster(client) else "PUBLISH"
 
 
 class AggregateStore:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._redis = client
         self.client = client  # pipeline.freshness marks tickets after a store
         self._store_if_newer = Lua(client, STORE_IF_NEWER)
+        self._publish = notice_command(client)
 
-    def next_version(self) -> int:
-        return int(self._redis.incr(keys.VERSION_COUNTER))
+    def next_versions(self, coach_ids: Iterable[UUID]) -> dict[UUID, int]:
+        """A new version for each coach, in one round trip (one per node on a Cluster)."""
+        wanted = list(dict.fromkeys(coach_ids))
+        pipe = self._redis.pipeline(transaction=False)
+        for coach_id in wanted:
+            pipe.incr(keys.version(coach_id))
+        return {coach: int(found) for coach, found in zip(wanted, pipe.execute(), strict=True)}
+
+    def next_version(self, coach_id: UUID) -> int:
+        return self.next_versions([coach_id])[coach_id]
 
     def write(
         self,
         aggregate: str,
         schema_version: int,
-        version: int,
+        version: int | Versions,
         values: Mapping[UUID, JSONValue],
         *,
         snapshot_at: datetime,
         computed_at: datetime,
         commit_ms: Mapping[UUID, int | None] | None = None,
     ) -> WriteResult:
-        """Store every coach's value at `version`; count stale rejections."""
+        """Store every coach's value at `version` (one for all, or each coach's); count stale
+        rejections."""
         return self.write_many(
             [(aggregate, schema_version, values)],
             version,
@@ -97,23 +122,25 @@ class AggregateStore:
     def write_many(
         self,
         results: Sequence[AggregateValues],
-        version: int,
+        version: int | Versions,
         *,
         snapshot_at: datetime,
         computed_at: datetime,
         commit_ms: Mapping[UUID, int | None] | None = None,
     ) -> WriteResult:
-        """Store several aggregates' values at one version, in one round trip."""
+        """Store several aggregates' values, each coach's at its version, in one round trip
+        (one per node on a Cluster)."""
         computed = computed_at.isoformat()
         as_of = snapshot_at.isoformat()
         order = []
         calls = []
         for aggregate, schema_version, values in results:
             for coach_id, value in values.items():
+                coach_version = version if isinstance(version, int) else version[coach_id]
                 notice = Notice(
                     coach_id=str(coach_id),
                     aggregate=aggregate,
-                    version=version,
+                    version=coach_version,
                     computed_at=computed,
                     snapshot_at=as_of,
                     commit_ms=(commit_ms or {}).get(coach_id),
@@ -121,7 +148,7 @@ class AggregateStore:
                 stored = StoredAggregate(
                     coach_id=coach_id,
                     aggregate=aggregate,
-                    version=version,
+                    version=coach_version,
                     computed_at=computed_at,
                     as_of=snapshot_at,
                     schema_version=schema_version,
@@ -131,7 +158,7 @@ class AggregateStore:
                 calls.append(
                     (
                         [keys.aggregate(aggregate, coach_id), keys.updates_channel(coach_id)],
-                        [notice.encode(), *fields],
+                        [self._publish, notice.encode(), *fields],
                     )
                 )
                 order.append(aggregate)

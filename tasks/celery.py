@@ -15,7 +15,6 @@ import sys
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
-import redis
 import structlog
 from celery.signals import (
     setup_logging,
@@ -29,6 +28,7 @@ from kombu.utils.url import maybe_sanitize_url
 from config import Settings, SettingsError, load_settings
 from config.logging import configure_logging
 from pipeline import keys
+from pipeline.redis_client import connect
 from tasks import jobs, names
 from tasks.pipeline_app import PipelineApp
 from tasks.schedule import beat_schedule
@@ -98,7 +98,9 @@ def create_app(settings: Settings) -> PipelineApp:
     app.conf.update(celery_config(settings))
     # redbeat uses this client when it is set (`redbeat.schedulers.get_redis`); built lazily,
     # it connects only in a beat process.
-    app.redbeat_redis = redis.Redis.from_url(
+    # A Cluster or Sentinel REDIS_URL gives a client of that kind (`pipeline.redis_client`):
+    # redbeat's keys share one hash tag (`keys.REDBEAT_PREFIX`), so they sit in one slot.
+    app.redbeat_redis = connect(
         settings.require_redis_url(), decode_responses=True, **REDBEAT_REDIS_OPTIONS
     )
     jobs.register(app)

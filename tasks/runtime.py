@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import cast
 
 import redis
 from sqlalchemy import Engine
@@ -15,6 +16,7 @@ from sqlalchemy import Engine
 from config import Settings
 from pipeline.db import make_engine
 from pipeline.health import HealthBoard
+from pipeline.redis_client import RedisClient, connect
 from pipeline.scheduler import RecomputeScheduler, TaskSender
 from pipeline.store import AggregateStore
 
@@ -33,8 +35,8 @@ class Runtime:
         )
 
     @cached_property
-    def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(
+    def redis(self) -> RedisClient:
+        return connect(
             self.settings.require_redis_url(), health_check_interval=30, socket_keepalive=True
         )
 
@@ -45,7 +47,9 @@ class Runtime:
     @cached_property
     def scheduler(self) -> RecomputeScheduler:
         return RecomputeScheduler(
-            self.redis,
+            # The scheduler's annotation still names the one-server client; its scripts are
+            # one slot per shard (pipeline.scheduler), so a Cluster client serves it too.
+            cast(redis.Redis, self.redis),
             self.sender,
             window_ms=self.settings.debounce_ms,
             stale_ms=int(self.settings.pending_stale_s * 1000),

@@ -102,7 +102,7 @@ def admin_token() -> str:
 def store(client: redis.Redis, coach: UUID, name: str, value: dict[str, Any]) -> int:
     """One stored write, as a worker makes it (versioned CAS + update notice)."""
     writer = AggregateStore(client)
-    version = writer.next_version()
+    version = writer.next_version(coach)
     now = datetime.now(UTC)
     result = writer.write(name, 1, version, {coach: value}, snapshot_at=now, computed_at=now)
     assert result.stored == 1

@@ -40,7 +40,9 @@ def api_app(settings: Settings, redis_client: redis.Redis) -> FastAPI:
     now = datetime.now(UTC)
     for name in NAMES:
         value = {"name": name, "numbers": [1, 2.5, None], "nested": {"ok": True}}
-        store.write(name, 1, store.next_version(), {COACH: value}, snapshot_at=now, computed_at=now)
+        store.write(
+            name, 1, store.next_version(COACH), {COACH: value}, snapshot_at=now, computed_at=now
+        )
     configured = settings.model_copy(update={"supabase_jwt_secret": SecretStr(SECRET)})
     return create_app(configured)
 

@@ -161,7 +161,7 @@ def test_a_difference_made_by_the_clock_alone_is_counted_apart(
         old = compute_all(connection, [stats], [coach], then)
     stored.write_many(
         [(stats.name, stats.schema_version, old[stats.name])],
-        stored.next_version(),
+        stored.next_version(coach),
         snapshot_at=then,
         computed_at=then,
     )

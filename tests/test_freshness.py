@@ -72,12 +72,12 @@ def test_a_ticket_completes_when_its_last_aggregate_is_stored_by_a_later_version
 ) -> None:
     store, freshness = AggregateStore(redis_client), Freshness(redis_client)
     coach = uuid.uuid4()
-    early = store.next_version()  # a recompute already running when the change arrived
+    early = store.next_version(coach)  # a recompute already running when the change arrived
     assert freshness.register([change("goals", coach)]) == 1
     names = sorted(TABLE_AGGREGATES["goals"])
     store_at(store, names[0], coach, early)
     assert freshness.stored({names[0]: [coach]}, early, stored_after(5)) == []
-    versions = {name: store.next_version() for name in names}
+    versions = {name: store.next_version(coach) for name in names}
     for name in names:
         store_at(store, name, coach, versions[name])
     # Workers mark out of order: the last mark stored earlier than another one did.
@@ -93,7 +93,7 @@ def test_a_write_that_lost_to_a_newer_version_marks_nothing(redis_client: redis.
     coach = uuid.uuid4()
     freshness.register([change("session_ratings", coach)])
     names = TABLE_AGGREGATES["session_ratings"]
-    loser, winner = store.next_version(), store.next_version()
+    loser, winner = store.next_version(coach), store.next_version(coach)
     for name in names:
         store_at(store, name, coach, winner)
         store_at(store, name, coach, loser)  # rejected: a newer version is stored
@@ -109,7 +109,7 @@ def test_the_status_summary_reads_percentiles_from_the_minute_buckets(
     freshness.register([change("goals", coach) for coach in coaches])
     latencies = {coach: 10 if index < 90 else 500 for index, coach in enumerate(coaches)}
     for coach, latency in latencies.items():
-        version = store.next_version()
+        version = store.next_version(coach)
         for name in TABLE_AGGREGATES["goals"]:
             store_at(store, name, coach, version)
         names = TABLE_AGGREGATES["goals"]

@@ -95,7 +95,9 @@ def synthetic_stats(rng: random.Random) -> dict[str, Any]:
 def store_stats(client: redis.Redis, coach: UUID, value: dict[str, Any]) -> None:
     writer = AggregateStore(client)
     now = datetime.now(UTC)  # the notice's computed_at: when this write was made
-    writer.write(STATS, 1, writer.next_version(), {coach: value}, snapshot_at=now, computed_at=now)
+    writer.write(
+        STATS, 1, writer.next_version(coach), {coach: value}, snapshot_at=now, computed_at=now
+    )
 
 
 @dataclass(frozen=True)

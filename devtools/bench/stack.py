@@ -29,6 +29,7 @@ from pipeline.aggregates import NAMES
 from pipeline.coaches import active_coach_batches
 from pipeline.db import make_engine
 from pipeline.migrate import upgrade
+from pipeline.redis_client import connect
 from pipeline.refresh import refresh_everything
 from pipeline.store import AggregateStore
 from tasks.names import QUEUES
@@ -100,7 +101,7 @@ class Stack:
             ),
         )
         self.seed_seconds = time.monotonic() - started
-        self.redis = redis.Redis.from_url(self.env["REDIS_URL"])
+        self.redis = connect(self.env["REDIS_URL"])
         self.broker = redis.Redis.from_url(self.env["BROKER_URL"])
         self.redis.flushdb()
         self.broker.flushdb()
