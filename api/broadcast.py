@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
-from redis.asyncio.cluster import ClusterPubSub
+from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 
 from pipeline import keys
 from pipeline.redis_client import AsyncRedisClient, is_cluster
@@ -67,7 +67,14 @@ class Broadcaster:
 
     async def _run(self) -> None:
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                if isinstance(self._redis, RedisCluster):
+                    await self._redis.initialize()  # the slot map ClusterPubSub routes by
+                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            except Exception as error:
+                log.warning("broadcast_unavailable", error_type=type(error).__name__)
+                await asyncio.sleep(1)
+                continue
             try:
                 if isinstance(pubsub, ClusterPubSub):
                     await self._read_shards(pubsub)

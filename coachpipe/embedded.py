@@ -217,6 +217,8 @@ class PrivateRedis:
     data_dir: Path
     port: int = 0
     durable: bool = True
+    options: tuple[str, ...] = ()
+    """More `redis-server` options (`--cluster-enabled`, `yes`, …)."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -260,6 +262,7 @@ class PrivateRedis:
                 str(self.data_dir / "redis.log"),
                 "--daemonize",
                 "no",
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -26,7 +26,9 @@ SECRET_FIELDS = re.compile(
 # an unescaped "@" inside a password does not leave its tail in the log.
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^/?#\s]+@", re.IGNORECASE)
 _QUERY_SECRET = re.compile(
-    r"(?P<head>[?&](apikey|api_key|access_token|token|key|password)=)[^&\s'\"]+", re.IGNORECASE
+    r"(?P<head>[?&](apikey|api_key|access_token|token|key|password|sentinel_password)=)"
+    r"[^&\s'\"]+",
+    re.IGNORECASE,
 )
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+")
 _BEARER = re.compile(r"(?P<head>\b(bearer|basic)\s+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)

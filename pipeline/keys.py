@@ -107,6 +107,8 @@ def slot_recreations(slot: str) -> str:
 
 
 REALTIME_STATUS = f"{PREFIX}:realtime:status"
+REDIS_EPOCH = f"{PREFIX}:redis:epoch"
+"""The data store's failover epoch beat saw last (pipeline.redis_epoch)."""
 
 # Beat bookkeeping (tasks.jobs).
 

@@ -39,7 +39,9 @@ class Lua:
             return self._client.evalsha(self.sha, len(keys), *keys, *args)
 
     def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
+        # By command name: redis-py's cluster pipeline blocks its `evalsha` method, while the
+        # command itself is routed by its keys like any other.
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 def run_pipeline(

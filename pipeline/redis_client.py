@@ -20,6 +20,8 @@ the same code runs on all three.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -30,7 +32,7 @@ from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.cluster import ClusterNode, RedisCluster
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 RedisClient: TypeAlias = redis.Redis | RedisCluster
 """What the pipeline's Redis code takes: a client of one server (Sentinel's included) or of a
@@ -41,6 +43,8 @@ AsyncRedisClient: TypeAlias = aioredis.Redis | AsyncRedisCluster
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 """scheme → TLS"""
+MASTER_CHECK_S = 1.0
+"""A Sentinel client asks the sentinels which server is the master at most this often."""
 DEFAULT_SENTINEL_PORT = 26379
 DEFAULT_REDIS_PORT = 6379
 
@@ -143,9 +147,31 @@ def connect(url: str, **options: Any) -> RedisClient:
     )
     assert found.master is not None
     master = sentinel.master_for(  # type: ignore[no-untyped-call]
-        found.master, db=found.db, **found.auth()
+        found.master, db=found.db, connection_pool_class=FollowingSentinelPool, **found.auth()
     )
     return cast(redis.Redis, master)
+
+
+class FollowingSentinelPool(SentinelConnectionPool):
+    """redis-py's Sentinel pool asks the sentinels for the master only when it opens a
+    connection, so pooled connections keep writing to a demoted master until it turns replica
+    (about 10 s after a `SENTINEL FAILOVER`, when the sentinels next look at it): writes that
+    the new master never sees. This pool asks again at most every `MASTER_CHECK_S` while it
+    is in use; when the answer changed, redis-py drops its idle connections and each busy one
+    when it comes back, so a process follows a failover within about a second."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._checked = time.monotonic()
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if now - self._checked >= MASTER_CHECK_S:
+            self._checked = now
+            # no sentinel answers: go on with the master known so far
+            with contextlib.suppress(MasterNotFoundError):
+                self.get_master_address()  # type: ignore[no-untyped-call]
+        return super().get_connection(*args, **kwargs)
 
 
 def connect_async(url: str, **options: Any) -> AsyncRedisClient:

@@ -22,12 +22,13 @@ from typing import Any
 
 import redis
 import structlog
-from kombu.utils.url import maybe_sanitize_url
 from redbeat import RedBeatScheduler
 from redbeat.schedulers import get_redis
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import LockError, LockNotOwnedError
 from redis.lock import Lock
+
+from config.logging import redact_text
 
 log = structlog.get_logger("tasks.beat")
 
@@ -150,7 +151,7 @@ class ResilientScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat is 
 
     @property
     def info(self) -> str:
-        url = maybe_sanitize_url(self.app.redbeat_conf.redis_url)
+        url = redact_text(self.app.redbeat_conf.redis_url)
         return (
             f"       . redis -> {url}\n"
             f"       . lock -> `{self.schedule_lock_key}` {self.lock_timeout}s, "

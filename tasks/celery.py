@@ -23,10 +23,9 @@ from celery.signals import (
     worker_ready,
     worker_shutdown,
 )
-from kombu.utils.url import maybe_sanitize_url
 
 from config import Settings, SettingsError, load_settings
-from config.logging import configure_logging
+from config.logging import configure_logging, redact_text
 from pipeline import keys
 from pipeline.redis_client import connect
 from tasks import jobs, names
@@ -73,9 +72,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Beat: schedule and lock in Redis, so a second beat stands by instead of doubling work.
         "beat_scheduler": "tasks.beat_scheduler.ResilientScheduler",
         # Shown by `celery report`, `inspect conf` and Flower, which mask only keys named like
-        # passwords: the URL is shown masked; beat's client is built from the real one
-        # (`create_app`).
-        "redbeat_redis_url": maybe_sanitize_url(settings.require_redis_url()),
+        # passwords: the URL is shown masked (by our masker: kombu's cannot parse the
+        # several hosts of a Cluster or Sentinel URL); beat's client is built from the real
+        # one (`create_app`).
+        "redbeat_redis_url": redact_text(settings.require_redis_url()),
         "redbeat_redis_options": REDBEAT_REDIS_OPTIONS,
         "redbeat_key_prefix": keys.REDBEAT_PREFIX,
         "redbeat_lock_timeout": 6,  # a standby takes over within ~7 s

@@ -29,6 +29,8 @@ from pipeline.coaches import active_coach_batches, coaches_crossing
 from pipeline.errors import TRANSIENT_ERRORS
 from pipeline.fallback import Announcement, on_transition, poll_due
 from pipeline.recompute import recompute
+from pipeline.redis_client import MASTER_CHECK_S
+from pipeline.redis_epoch import record_epoch
 from pipeline.redis_values import as_text
 from pipeline.refresh import count_active_coaches
 from tasks import names
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from tasks.producer import CeleryTaskSender
 
 log = structlog.get_logger("tasks.jobs")
+FAILOVER_REFRESH_DELAY_S = 2 * MASTER_CHECK_S
 
 RETRY: dict[str, Any] = {
     "acks_late": True,
@@ -157,7 +160,14 @@ def _fallback_refresh(task: PipelineTask, reason: str) -> int:
 
 
 def check_realtime(task: PipelineTask) -> dict[str, Any]:
-    """Follow the realtime status; on a transition, start or stop polling at once."""
+    """Follow the realtime status; on a transition, start or stop polling at once. Follow the
+    data store's failovers too: after one, refresh everything (`pipeline.redis_epoch`)."""
+    previous_epoch = record_epoch(task.runtime.redis)
+    if previous_epoch is not None:
+        # Once every process follows the new master (`MASTER_CHECK_S`), so that the refresh
+        # is not itself written to a demoted one.
+        log.warning("redis_failover_detected", previous_epoch=previous_epoch)
+        task.sender.send_reconcile(countdown_s=FAILOVER_REFRESH_DELAY_S)
     board = task.runtime.board
     status = board.status()
     previous = board.record_transition(status)

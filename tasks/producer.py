@@ -49,9 +49,10 @@ class CeleryTaskSender:
         """Phase 2 of an audit (`pipeline.audit.confirm`), after the grace period."""
         self._send(names.AUDIT_CONFIRM, (inspection,), countdown=countdown_s or None)
 
-    def send_reconcile(self) -> None:
-        """Refresh every aggregate of every active coach (beat's hourly safety net)."""
-        self._send(names.RECONCILE, ())
+    def send_reconcile(self, countdown_s: float | None = None) -> None:
+        """Refresh every aggregate of every active coach (beat's hourly safety net, and after a
+        failover of the data store)."""
+        self._send(names.RECONCILE, (), countdown=countdown_s)
 
     def _send(self, name: str, args: tuple[Any, ...], **options: Any) -> None:
         options = {key: value for key, value in options.items() if value is not None}

@@ -23,6 +23,7 @@ import redis
 from coachpipe.embedded import PrivatePostgres, PrivateRedis, free_port
 from config import Settings, load_settings
 from devtools.processes import Proc, running, start_worker, wait_for
+from devtools.redis_topologies import PrivateRedisCluster, PrivateSentinel
 from pipeline.db import make_engine
 from pipeline.migrate import upgrade
 from pipeline.tables import WATCHED_TABLES
@@ -74,6 +75,32 @@ def redis_server(services_dir: Path) -> Iterator[PrivateRedis]:
     server = PrivateRedis(services_dir / "redis", durable=False).start()
     yield server
     server.destroy()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(services_dir: Path) -> Iterator[PrivateRedisCluster]:
+    """A private Redis Cluster: 3 masters, 3 replicas (started once, ~7 s)."""
+    cluster = PrivateRedisCluster(services_dir / "redis-cluster").start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: PrivateRedisCluster) -> str:
+    """The cluster's `redis+cluster://` URL, every primary emptied (a data-store URL like
+    `redis_url`, for tests that run on either)."""
+    client = redis.RedisCluster(host="127.0.0.1", port=redis_cluster.nodes[0].port)
+    client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    client.close()
+    return redis_cluster.url
+
+
+@pytest.fixture
+def sentinel_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateSentinel]:
+    """A master, a replica and three sentinels of their own (~3 s), for one test."""
+    guarded = PrivateSentinel(tmp_path_factory.mktemp("sentinel")).start()
+    yield guarded
+    guarded.stop()
 
 
 def reset_database(url: str) -> None:

@@ -25,6 +25,12 @@ TEXTS = [
     ("POSTGRESQL://APP:PW@DB/APP", "POSTGRESQL://APP:***@DB/APP"),
     ("postgresql://app:p@ss@db/app", "postgresql://app:***@db/app"),  # unescaped "@"
     ("redis://:a:b:c@cache", "redis://:***@cache"),
+    # Cluster and Sentinel URLs: several hosts, the sentinels' own password in the query.
+    ("redis+cluster://:pw@a:7000,b:7001", "redis+cluster://:***@a:7000,b:7001"),
+    (
+        "redis+sentinel://app:pw@s1:26379,s2:26379/mymaster/0?sentinel_password=spw",
+        "redis+sentinel://app:***@s1:26379,s2:26379/mymaster/0?sentinel_password=***",
+    ),
     (
         "connecting to postgresql://app:pw@db/app and redis://:pw2@cache/0",
         "connecting to postgresql://app:***@db/app and redis://:***@cache/0",
@@ -61,7 +67,7 @@ TEXTS = [
     ("", ""),
     ("no secrets here", "no secrets here"),
     ("ratio 3:4@home", "ratio 3:4@home"),
-    ("coachpipe:agg:coach-stats:0b5e4a52", "coachpipe:agg:coach-stats:0b5e4a52"),
+    ("coachpipe:agg:{0b5e4a52}:coach-stats", "coachpipe:agg:{0b5e4a52}:coach-stats"),
     ("eyJ alone is not a token", "eyJ alone is not a token"),
 ]
 
