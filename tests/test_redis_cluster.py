@@ -22,6 +22,7 @@ from pipeline.freshness import Freshness, summary
 from pipeline.health import HealthBoard, ListenerHealth, ListenerState
 from pipeline.read import read_aggregate, read_all
 from pipeline.redis_client import connect, connect_async, is_cluster, topology
+from pipeline.redis_epoch import current_epoch, record_epoch
 from pipeline.routing import TABLE_AGGREGATES
 from pipeline.store import AggregateStore, Notice
 
@@ -216,3 +217,8 @@ def test_the_read_api_follows_the_shard_channels_of_watched_coaches(cluster_url:
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_the_cluster_epoch_is_the_configuration_epoch(cluster_client: redis.RedisCluster) -> None:
+    assert current_epoch(cluster_client).startswith("cluster:")
+    assert record_epoch(cluster_client) is None
