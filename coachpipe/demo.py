@@ -37,6 +37,7 @@ import jwt
 import psycopg
 import redis
 from pydantic import SecretStr
+from redis.cluster import ClusterPubSub
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -128,10 +129,18 @@ def dashboard_url(api: str, coach: UUID, secret: SecretStr | None, name: str = "
 
 def _watch_notices(client: RedisClient, board: _Board, stop: threading.Event) -> None:
     pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-    pubsub.subscribe(*(keys.updates_channel(c) for c in board.coaches))
+    channels = [keys.updates_channel(c) for c in board.coaches]
+    sharded = isinstance(pubsub, ClusterPubSub)  # a Cluster's notices are sharded (store)
+    if sharded:
+        pubsub.ssubscribe(*channels)
+    else:
+        pubsub.subscribe(*channels)
     while not stop.is_set():
         try:
-            message = pubsub.get_message(timeout=0.5)
+            if sharded:
+                message = pubsub.get_sharded_message(timeout=0.5)
+            else:
+                message = pubsub.get_message(timeout=0.5)
         except redis.RedisError:
             stop.wait(1)
             continue
