@@ -20,11 +20,13 @@ from pipeline import keys
 from pipeline.changelog import SIGNAL_TABLE
 from pipeline.db import libpq_dsn
 from pipeline.migrate import PUBLICATION_MEMBERS, SUPABASE_PUBLICATION, VERSION_TABLE
-from pipeline.redis_client import connect
+from pipeline.redis_client import connect, is_cluster
 from pipeline.redis_values import as_text
 from pipeline.tables import WATCHED_TABLES
 
 MIN_REDIS = (6, 2)
+MIN_REDIS_CLUSTER = (7, 0)
+"""Sharded pub/sub (`SPUBLISH`), which a Cluster's update notices use, came with Redis 7.0."""
 
 
 class Severity(StrEnum):
@@ -305,6 +307,13 @@ def _redis_check(settings: Settings) -> Check:
     if version < MIN_REDIS:
         return Check("redis", Severity.FAIL, f"version {info['redis_version']} is too old",
                      "use Redis 6.2 or newer")  # fmt: skip
+    if is_cluster(client) and version < MIN_REDIS_CLUSTER:
+        return Check(
+            "redis",
+            Severity.FAIL,
+            f"cluster version {info['redis_version']} has no sharded pub/sub",
+            "use Redis 7.0 or newer for a Redis Cluster (its update notices use SPUBLISH)",
+        )
     return ok("redis", f"version {info['redis_version']}")
 
 

@@ -14,6 +14,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -223,6 +224,15 @@ def own_database(
 @pytest.fixture
 def settings(pipeline_env: dict[str, str], database_url: str, redis_url: str) -> Settings:
     return load_settings(_env_file=None)
+
+
+@pytest.fixture
+def schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Beat's schedule under the test settings (`tasks.schedule`)."""
+    # Importing `tasks` builds the Celery app from the environment, set by then by the fixtures.
+    from tasks.schedule import beat_schedule
+
+    return beat_schedule(settings)
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ import pytest
 import redis
 
 from coachpipe.embedded import PrivateRedis, free_port
-from config import Settings
 from devtools.processes import Proc, celery_args, running, start_worker, wait_for
 from pipeline import keys, seed
 from pipeline.health import HealthBoard, ListenerHealth, ListenerState
@@ -38,14 +37,6 @@ def beat(env: dict[str, str], log_dir: Path, name: str, **overrides: str) -> Pro
 
 Sends = dict[str, list[float]]
 Schedule = dict[str, dict[str, Any]]
-
-
-@pytest.fixture
-def schedule(settings: Settings) -> Schedule:
-    # Importing `tasks` builds the Celery app from the environment, set by then by the fixtures.
-    from tasks.schedule import beat_schedule
-
-    return beat_schedule(settings)
 
 
 def sent(broker: redis.Redis, schedule: Schedule) -> Sends:

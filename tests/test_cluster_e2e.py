@@ -22,6 +22,13 @@ from devtools.scrape import scrape
 from pipeline import keys, seed
 from pipeline.redis_client import connect
 from tests.pipeline_checks import coach_ids, mismatches, settle
+from tests.test_beat import (
+    Schedule,
+    assert_each_sent_once_per_interval,
+    beat,
+    lock_holders,
+    sent,
+)
 from tests.test_listener_postgres import burst, connected, start_listener
 
 T = TypeVar("T")
@@ -119,3 +126,23 @@ def test_a_master_failover_during_a_burst_loses_no_update(
             f"claimed {seconds['settled']:.2f} s"
         )
         assert redis_cluster.role(victim) == "slave"
+
+
+def test_two_beats_on_a_cluster_keep_one_active_and_send_once(
+    cluster_url: str,
+    broker_url: str,
+    service_env: dict[str, str],
+    schedule: Schedule,
+    tmp_path: Path,
+) -> None:
+    """redbeat's schedule and beat's lock in the cluster, all under the `{redbeat}` tag."""
+    broker = redis.Redis.from_url(broker_url)
+    broker.flushdb()
+    env = service_env | {"REDIS_URL": cluster_url}
+    first, second = beat(env, tmp_path, "beat-1"), beat(env, tmp_path, "beat-2")
+    with running(first, second):
+        wait_for(lambda: len(sent(broker, schedule).get("clock-coach-stats", [])) >= 2, 30,
+                 interval=0.2, message="the first scheduled sends")  # fmt: skip
+        assert first.alive() and second.alive()
+        assert len(lock_holders(first, second)) == 1
+        assert_each_sent_once_per_interval(sent(broker, schedule), schedule)
