@@ -24,7 +24,9 @@ from pipeline.read import read_aggregate, read_all
 from pipeline.redis_client import connect, connect_async, is_cluster, topology
 from pipeline.redis_epoch import current_epoch, record_epoch
 from pipeline.routing import TABLE_AGGREGATES
+from pipeline.scheduler import RecomputeScheduler
 from pipeline.store import AggregateStore, Notice
+from tests.recording_sender import RecordingSender
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -222,3 +224,20 @@ def test_the_read_api_follows_the_shard_channels_of_watched_coaches(cluster_url:
 def test_the_cluster_epoch_is_the_configuration_epoch(cluster_client: redis.RedisCluster) -> None:
     assert current_epoch(cluster_client).startswith("cluster:")
     assert record_epoch(cluster_client) is None
+
+
+def test_the_scheduler_scripts_run_on_the_cluster(cluster_client: redis.RedisCluster) -> None:
+    """What `pipeline.scheduler` must keep: each script's keys (and those it builds from its
+    arguments) in one slot. Request, claim, release and sweep of several aggregates at once."""
+    sender = RecordingSender()
+    scheduler = RecomputeScheduler(cluster_client, sender, window_ms=50, stale_ms=30_000)
+    coaches = [uuid.uuid4() for _ in range(10)]
+    scheduler.request(
+        [(name, coach) for name in ("coach-stats", "coach-clients") for coach in coaches]
+    )
+    assert {aggregate for aggregate, _ in sender.drains} == {"coach-stats", "coach-clients"}
+    claim = scheduler.claim("coach-stats", "task-1", 100)
+    assert sorted(claim.coaches) == sorted(coaches)
+    scheduler.release("coach-stats", "task-1")
+    assert scheduler.sweep("coach-stats") == 0
+    assert sorted(scheduler.claim("coach-clients", "task-2", 100).coaches) == sorted(coaches)
