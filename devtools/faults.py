@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import redis
+
 from coachpipe.embedded import PrivateRedis
 from devtools.processes import Proc
 
@@ -92,10 +94,15 @@ class Restartable:
         return self.proc.start
 
 
-def restart_redis(server: PrivateRedis) -> Inject:
-    """Stop `server`; the recovery starts it again on the same port."""
+def restart_redis(server: PrivateRedis, *, keep_data: bool = False) -> Inject:
+    """Stop `server`; the recovery starts it again on the same port. `keep_data`: save a
+    snapshot on the way down (SHUTDOWN SAVE), as a Redis with persistence does, even one
+    started without it."""
 
     def inject() -> Recover:
+        if keep_data:
+            with contextlib.suppress(redis.RedisError):
+                redis.Redis(port=server.port).shutdown(save=True)
         server.stop()
         return server.start
 

@@ -264,6 +264,54 @@ def rows(
                 "-",
             )
         )
+    return out + fault_rows(results)
+
+
+def _wrong(found: dict[str, Any] | None) -> str:
+    if found is None:
+        return "-"
+    return f"{found['fields']} fields, {found['keys']} keys, {found['coaches']} coaches"
+
+
+def fault_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Rows of the fault scenarios (devtools.bench.chaos)."""
+    out: list[tuple[str, str, str, str]] = []
+    chaos = results.get("chaos")
+    if chaos:
+        kills = chaos["kills"]
+        load = (
+            f"chaos {chaos['rate']:.0f}/s over {chaos['coaches']:,} coaches, "
+            f"{chaos['seconds']:.0f} s, {kills.get('listener', 0)} listener + "
+            f"{kills.get('worker', 0)} worker kills"
+        )
+        converged = chaos["converged_s"]
+        out.append((f"{load}: all correct after the last kill (s)", _fmt(converged), "≤ 5",
+                    _met(_le(converged, 5))))  # fmt: skip
+        wrong = chaos.get("wrong_at_plus_5s")
+        out.append(("chaos: wrong 5 s after the last kill", _wrong(wrong), "0",
+                    _met(None if wrong is None else wrong["fields"] == 0)))  # fmt: skip
+        tx = chaos["transactions"]
+        out.append(("chaos: pg xact_rollback / of them decoding / writer conflicts / errors",
+                    f"{tx['xact_rollback']:,} / {tx['decoded_for_slots']:,} / "
+                    f"{chaos['writer_conflicts']:,} / {tx['server_errors']}", "", "-"))  # fmt: skip
+    restart = results.get("redis-restart")
+    if restart:
+        converged = restart["converged_s"]
+        out.append((f"Redis restarted ({restart['redis_down_s']} s down) during load: all "
+                    "correct after it answers (s)", _fmt(converged), "≤ 10",
+                    _met(_le(converged, 10))))  # fmt: skip
+        green = restart["status_green_after_s"]
+        out.append(("redis-restart: `coachpipe status` green again after (s)", _fmt(green),
+                    "≤ 10", _met(_le(green, 10))))  # fmt: skip
+        out.append(("redis-restart: beat exits / first beat task run after (s)",
+                    f"{restart['beat_exits']} / {_fmt(restart['first_beat_task_after_s'])}",
+                    "0 exits", _met(restart["beat_exits"] == 0)))  # fmt: skip
+    kill = results.get("worker-kill")
+    if kill:
+        converged = kill["converged_s"]
+        out.append((f"worker SIGKILLed mid-drain ({kill['claims_held_at_kill']} claims held): "
+                    "all correct after the kill (s)", _fmt(converged), "≤ 5",
+                    _met(_le(converged, 5))))  # fmt: skip
     return out
 
 
