@@ -51,51 +51,59 @@ class Judge:
         self.client = redis.Redis.from_url(stack.env["REDIS_URL"])
         self.coaches = coaches
 
-    def wrong(self) -> dict[str, Any] | None:
-        """{keys, fields, coaches, by_aggregate, at}: what was wrong at `at` (time.time(), when
-        the comparison's snapshot was taken); None while Redis does not answer."""
+    def wrong(self, coaches: list[UUID] | None = None) -> dict[str, Any] | None:
+        """{keys, fields, coaches, by_aggregate, at, judged_in_s}: what was wrong among
+        `coaches` (all by default) at `at` (time.time() when the comparison's snapshot was
+        taken); None while Redis does not answer. `suspects` lists the wrong coaches."""
         at = time.time()
         try:
-            inspection = inspect(self.engine, self.client, CRITICAL, self.coaches)
+            inspection = inspect(self.engine, self.client, CRITICAL, coaches or self.coaches)
         except redis.RedisError:
             return None
-        by_aggregate = Counter(s.aggregate for s in inspection.suspects)
+        suspects = sorted({s.coach_id for s in inspection.suspects})
         return {
             "keys": len(inspection.suspects),
             "fields": sum(len(s.fields) for s in inspection.suspects),
-            "coaches": len({s.coach_id for s in inspection.suspects}),
-            "by_aggregate": dict(by_aggregate),
+            "coaches": len(suspects),
+            "by_aggregate": dict(Counter(s.aggregate for s in inspection.suspects)),
             "at": at,
             "judged_in_s": round(time.time() - at, 2),
+            "suspects": suspects,
         }
 
-    def converge(self, since: float, sample_at: float | None = None) -> dict[str, Any]:
-        """Seconds from `since` (time.time()) until a comparison finds nothing wrong (its
-        snapshot's time: each comparison takes a while); with `sample_at`, also what was wrong
-        `sample_at` s after `since`."""
+    def converge(
+        self, since: float, quiet_from: float, sample_at: float | None = None
+    ) -> dict[str, Any]:
+        """Seconds from `since` (time.time()) until a comparison finds nothing wrong, timed by
+        its snapshot; with `sample_at`, also what was wrong `sample_at` s after `since` (every
+        coach judged). A comparison of every coach takes seconds at 1,000 coaches, so once a
+        snapshot is later than the last write (`quiet_from`) only the coaches it found wrong
+        are judged again: a value right after the last write stays right (versioned writes)."""
         sample: dict[str, Any] | None = None
         converged: float | None = None
+        candidates: list[UUID] | None = None
         deadline = since + CONVERGE_TIMEOUT_S
         while converged is None and time.time() < deadline:
-            found = self.wrong()
+            due = sample_at is not None and sample is None and time.time() >= since + sample_at
+            found = self.wrong(None if due else candidates)
             if found is None:
                 time.sleep(0.1)
                 continue
-            if sample_at is not None and sample is None and found["at"] >= since + sample_at:
+            if due:
                 sample = found
             if found["keys"] == 0:
                 converged = found["at"] - since
-            else:
-                time.sleep(0.05)
+            elif found["at"] > quiet_from:
+                candidates = found["suspects"]
         if sample_at is not None and sample is None:
             time.sleep(max(0.0, since + sample_at - time.time()))
             sample = self.wrong()
         result: dict[str, Any] = {
             "converged_s": None if converged is None else round(max(converged, 0.0), 2),
-            "wrong_at_end": None if converged is not None else self.wrong(),
+            "wrong_at_end": None if converged is not None else _public(self.wrong(candidates)),
         }
         if sample_at is not None:
-            result[f"wrong_at_plus_{sample_at:g}s"] = sample
+            result[f"wrong_at_plus_{sample_at:g}s"] = _public(sample)
         return result
 
     def close(self) -> None:
@@ -221,7 +229,7 @@ def chaos(stack: Stack, profile: Profile) -> dict[str, Any]:
         "kills": {name: proc.kills for name, proc in restartable.items()},
         "last_kill_before_last_write_s": round(written[0].finished - last_kill, 2),
         "faults": schedule.summary(),
-        **judge.converge(last_kill, sample_at=5),
+        **judge.converge(last_kill, written[0].finished, sample_at=5),
     }
     result["alive_at_end"] = _finish(stack, procs, judge)
     result["transactions"] = transactions.report()
@@ -258,7 +266,7 @@ def redis_restart(stack: Stack, profile: Profile) -> dict[str, Any]:
         beat_again = watchers.submit(
             _seconds_until, lambda: client.exists(keys.REALTIME_STATUS) == 1, back
         )
-        converged = judge.converge(back)
+        converged = judge.converge(back, written[0].finished)
     result = {
         "rate": RATE,
         "coaches": len(coaches),
@@ -301,11 +309,19 @@ def worker_kill(stack: Stack, profile: Profile) -> dict[str, Any]:
         "coaches": len(coaches),
         "changes": len(written[0].changes),
         "claims_held_at_kill": held,
-        **judge.converge(killed),
+        **judge.converge(killed, written[0].finished),
     }
     client.close()
     result["alive_at_end"] = _finish(stack, procs, judge)
     return result
+
+
+def _public(found: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`found` for the JSON report: suspect coaches as a count and a few examples."""
+    if found is None:
+        return None
+    examples = [str(coach) for coach in found["suspects"][:5]]
+    return {k: v for k, v in found.items() if k != "suspects"} | {"examples": examples}
 
 
 def _quietly(call: Callable[[], object]) -> None:
