@@ -273,6 +273,11 @@ def _wrong(found: dict[str, Any] | None) -> str:
     return f"{found['fields']} fields, {found['keys']} keys, {found['coaches']} coaches"
 
 
+def _within(measure: str, seconds: float | None, goal_s: float) -> tuple[str, str, str, str]:
+    """A row "measure: seconds", met when at most `goal_s`."""
+    return (measure, _fmt(seconds), f"≤ {goal_s:g}", _met(_le(seconds, goal_s)))
+
+
 def fault_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """Rows of the fault scenarios (devtools.bench.chaos)."""
     out: list[tuple[str, str, str, str]] = []
@@ -284,9 +289,7 @@ def fault_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"{chaos['seconds']:.0f} s, {kills.get('listener', 0)} listener + "
             f"{kills.get('worker', 0)} worker kills"
         )
-        converged = chaos["converged_s"]
-        out.append((f"{load}: all correct after the last kill (s)", _fmt(converged), "≤ 5",
-                    _met(_le(converged, 5))))  # fmt: skip
+        out.append(_within(f"{load}: all correct after the last kill (s)", chaos["converged_s"], 5))
         wrong = chaos.get("wrong_at_plus_5s")
         out.append(("chaos: wrong 5 s after the last kill", _wrong(wrong), "0",
                     _met(None if wrong is None else wrong["fields"] == 0)))  # fmt: skip
@@ -296,22 +299,17 @@ def fault_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"{chaos['writer_conflicts']:,} / {tx['server_errors']}", "", "-"))  # fmt: skip
     restart = results.get("redis-restart")
     if restart:
-        converged = restart["converged_s"]
-        out.append((f"Redis restarted ({restart['redis_down_s']} s down) during load: all "
-                    "correct after it answers (s)", _fmt(converged), "≤ 10",
-                    _met(_le(converged, 10))))  # fmt: skip
-        green = restart["status_green_after_s"]
-        out.append(("redis-restart: `coachpipe status` green again after (s)", _fmt(green),
-                    "≤ 10", _met(_le(green, 10))))  # fmt: skip
+        down = f"Redis restarted ({restart['redis_down_s']} s down) during load"
+        out.append(_within(f"{down}: all correct after it answers (s)", restart["converged_s"], 10))
+        out.append(_within("redis-restart: `coachpipe status` green again after (s)",
+                           restart["status_green_after_s"], 10))  # fmt: skip
         out.append(("redis-restart: beat exits / first beat task run after (s)",
                     f"{restart['beat_exits']} / {_fmt(restart['first_beat_task_after_s'])}",
                     "0 exits", _met(restart["beat_exits"] == 0)))  # fmt: skip
     kill = results.get("worker-kill")
     if kill:
-        converged = kill["converged_s"]
-        out.append((f"worker SIGKILLed mid-drain ({kill['claims_held_at_kill']} claims held): "
-                    "all correct after the kill (s)", _fmt(converged), "≤ 5",
-                    _met(_le(converged, 5))))  # fmt: skip
+        held = f"worker SIGKILLed mid-drain ({kill['claims_held_at_kill']} claims held)"
+        out.append(_within(f"{held}: all correct after the kill (s)", kill["converged_s"], 5))
     return out
 
 
