@@ -87,11 +87,21 @@ class Restartable:
 
     proc: Proc
     kills: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def kill_and_restart(self) -> Recover:
-        self.proc.kill()
-        self.kills += 1
-        return self.proc.start
+        """SIGKILL; the recovery starts the process unless it runs already. Faults on one
+        process may overlap (killed again while down): each recovery then finds it started
+        by the first one, and only one process runs, never an orphan."""
+        with self._lock:
+            self.proc.kill()
+            self.kills += 1
+        return self._start_unless_running
+
+    def _start_unless_running(self) -> None:
+        with self._lock:
+            if not self.proc.alive():
+                self.proc.start()
 
 
 def restart_redis(server: PrivateRedis, *, keep_data: bool = False) -> Inject:
