@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 from celery import Celery
 
+from pipeline.health import HealthBoard, ListenerState
+from pipeline.redis_client import RedisClient
 from tasks.names import QUEUES
 
 T = TypeVar("T")
@@ -140,6 +142,36 @@ def start_worker(
     finally:
         app.close()
     return proc
+
+
+def start_listener(
+    env: dict[str, str],
+    log_dir: Path,
+    name: str = "listener",
+    *,
+    source: str = "postgres",
+    metrics_port: int = 0,
+) -> Proc:
+    """`python -m listeners SOURCE`, serving its metrics on `metrics_port` (0: none). Returns at
+    once; wait with `listener_connected`."""
+    env = env | {"LISTENER_METRICS_PORT": str(metrics_port)}
+    return Proc(
+        name, [sys.executable, "-m", "listeners", source], env, log_dir / f"{name}.log"
+    ).start()
+
+
+def listener_connected(client: RedisClient, proc: Proc, stale_after_s: float = 3) -> bool:
+    """Whether `proc`'s listener reports itself connected on the health board in `client`."""
+    board = HealthBoard(client, stale_after_s=stale_after_s)
+    return any(
+        h.listener_id.split(":")[1] == str(proc.pid) and h.state is ListenerState.CONNECTED
+        for h in board.listeners()
+    )
+
+
+def start_beat(env: dict[str, str], log_dir: Path, name: str = "beat") -> Proc:
+    """`celery -A tasks beat`. Returns at once."""
+    return Proc(name, celery_args("beat", "--loglevel=INFO"), env, log_dir / f"{name}.log").start()
 
 
 def _raise(proc: Proc) -> Any:

@@ -12,7 +12,7 @@ import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import redis
@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from config import Settings
+from listeners import last_event
 from listeners.backoff import reconnect_delay
 from listeners.invalidation import Invalidation, ScheduledInvalidation
 from listeners.source import Batch, Resync, Source
@@ -35,7 +36,6 @@ from pipeline.events import ChangeEvent
 from pipeline.freshness import Freshness
 from pipeline.health import HealthBoard, ListenerHealth, ListenerState
 from pipeline.redis_client import RedisClient
-from pipeline.redis_values import as_text
 from pipeline.scheduler import RecomputeScheduler, TaskSender
 from pipeline.visibility import wait_until_visible
 
@@ -167,8 +167,7 @@ class Listener:
         if newest is not None:
             self.last_event_at = max(newest, self.last_event_at or newest)
             self.redis.set(
-                keys.source_last_event(self.source.name),
-                datetime.fromtimestamp(self.last_event_at).astimezone().isoformat(),
+                keys.source_last_event(self.source.name), last_event.encode(self.last_event_at)
             )
 
     def _await_visible(self, xids: tuple[int, ...]) -> None:
@@ -214,8 +213,21 @@ class Listener:
         log.info("catch_up", reason=resync.reason, since=since.isoformat(), coaches=len(coaches))
 
     def _stored_last_event(self) -> datetime | None:
+        """Where a catch-up without a bound of its own starts; None (every active coach) when
+        the marker is missing or unusable, never a guess that could skip changes."""
         raw = self.redis.get(keys.source_last_event(self.source.name))
-        return datetime.fromisoformat(as_text(raw)) if raw else None
+        moment = last_event.decode(raw, datetime.now(UTC))
+        if isinstance(moment, datetime):
+            return moment
+        metrics.CATCH_UP_FALLBACKS.labels(self.source.name, moment.value).inc()
+        log.warning(
+            "last_event_marker_unusable",
+            source=self.source.name,
+            reason=moment.value,
+            stored=None if raw is None else repr(raw)[:80],
+            fallback="every active coach",
+        )
+        return None
 
     async def _retrying(self, function: Callable[..., None], *args: Any) -> None:
         """Run `function` until it succeeds: an unconfirmed batch must not be skipped.

@@ -358,7 +358,7 @@ def next_sample(engine: Engine, client: RedisClient, size: int) -> list[UUID]:
     raw = client.get(keys.AUDIT_CURSOR)
     after = UUID(as_text(raw)) if raw else None
     query = select(users.c.id).where(ACTIVE_COACHES).order_by(users.c.id).limit(size)
-    with engine.connect() as connection:
+    with engine.begin() as connection:
         sample = list(
             connection.execute(query.where(users.c.id > after) if after else query).scalars()
         )

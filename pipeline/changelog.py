@@ -61,7 +61,7 @@ def changes_after(engine: Engine, snapshot: str) -> tuple[set[UUID], set[str]]:
     """(coaches, truncated tables) of every change committed after `snapshot` was taken."""
     coaches: set[UUID] = set()
     truncated: set[str] = set()
-    with engine.connect() as connection:
+    with engine.begin() as connection:
         for table, coach in connection.execute(CHANGED_AFTER, {"snapshot": snapshot}):
             if coach is None:
                 truncated.add(table)

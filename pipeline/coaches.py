@@ -29,7 +29,7 @@ def require_coaches(engine: Engine, ids: Iterable[UUID]) -> None:
 def not_coaches(engine: Engine, ids: Iterable[UUID]) -> dict[UUID, str]:
     """Which of `ids` are not coaches, each with why ("no such user", "a client", …)."""
     wanted = list(dict.fromkeys(ids))
-    with engine.connect() as connection:
+    with engine.begin() as connection:
         roles = dict(
             connection.execute(select(users.c.id, users.c.role).where(users.c.id.in_(wanted))).all()
         )
@@ -47,7 +47,7 @@ def active_coach_batches(engine: Engine, size: int) -> Iterator[list[UUID]]:
         query = select(users.c.id).where(ACTIVE_COACHES).order_by(users.c.id).limit(size)
         if after is not None:
             query = query.where(users.c.id > after)
-        with engine.connect() as connection:
+        with engine.begin() as connection:
             batch = list(connection.execute(query).scalars())
         if not batch:
             return
@@ -106,5 +106,5 @@ def coaches_changed_since(engine: Engine, since: datetime, margin: timedelta) ->
 
     Deleted rows leave no trace here; the fallback sweep after recovery covers them.
     """
-    with engine.connect() as connection:
+    with engine.begin() as connection:
         return set(connection.execute(CHANGED_SINCE, {"since": since - margin}).scalars())

@@ -49,6 +49,12 @@ LINK_CHECK_SECONDS = Histogram(
     ["source", "check"],
     buckets=LATENCY_BUCKETS,
 )
+CATCH_UP_FALLBACKS = Counter(
+    "coachpipe_catch_up_fallbacks_total",
+    "Catch-ups that found no usable last-event marker and refreshed every active coach "
+    "instead, by source and reason (missing, unreadable, no_timezone, in_future).",
+    ["source", "reason"],
+)
 ENQUEUE_RETRIES = Counter(
     "coachpipe_listener_enqueue_retries_total",
     "Batches or catch-ups whose requests failed on a transient error and were retried.",

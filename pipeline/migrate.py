@@ -42,7 +42,7 @@ def upgrade(engine: Engine, publication: str) -> list[str]:
 
 
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as connection:
+    with engine.begin() as connection:
         exists = connection.execute(
             text("SELECT to_regclass(:name) IS NOT NULL"), {"name": f"public.{VERSION_TABLE}"}
         ).scalar_one()

@@ -19,7 +19,7 @@ from pipeline.store import AggregateStore
 
 
 def count_active_coaches(engine: Engine) -> int:
-    with engine.connect() as connection:
+    with engine.begin() as connection:
         return int(connection.execute(select(func.count()).where(ACTIVE_COACHES)).scalar_one())
 
 

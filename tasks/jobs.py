@@ -135,7 +135,7 @@ def tick_clock(task: PipelineTask, aggregate: str) -> dict[str, Any]:
     definition = get(aggregate)
     runtime = task.runtime
     key = keys.clock_last_tick(aggregate)
-    with runtime.engine.connect() as connection:
+    with runtime.engine.begin() as connection:
         until: datetime = connection.execute(select(func.now())).scalar_one()
         raw = runtime.redis.get(key)
         window = tick_window(as_text(raw) if raw else None, until)

@@ -21,18 +21,12 @@ import pytest
 import redis
 
 from coachpipe.embedded import PrivateRedis, free_port
-from devtools.processes import Proc, celery_args, running, start_worker, wait_for
+from devtools.processes import Proc, celery_args, running, start_beat, start_worker, wait_for
 from pipeline import keys, seed
 from pipeline.health import HealthBoard, ListenerHealth, ListenerState
 from tests.pipeline_checks import coach_ids, mismatches
 
 SMALL = seed.SeedPlan(coaches=3, clients_per_coach=3, sessions_per_client=3)
-
-
-def beat(env: dict[str, str], log_dir: Path, name: str, **overrides: str) -> Proc:
-    return Proc(
-        name, celery_args("beat", "--loglevel=INFO"), {**env, **overrides}, log_dir / f"{name}.log"
-    ).start()
 
 
 Sends = dict[str, list[float]]
@@ -115,7 +109,7 @@ def test_two_beats_send_each_scheduled_task_once_across_a_redis_restart(
     broker = redis.Redis.from_url(broker_url)
     broker.flushdb()
     env = {**service_env, "REDIS_URL": own_redis.url}
-    first, second = beat(env, tmp_path, "beat-1"), beat(env, tmp_path, "beat-2")
+    first, second = start_beat(env, tmp_path, "beat-1"), start_beat(env, tmp_path, "beat-2")
     with running(first, second):
         wait_for(lambda: len(sent(broker, schedule).get("clock-coach-stats", [])) >= 2, 30,
                  interval=0.2, message="the first scheduled sends")  # fmt: skip
@@ -135,7 +129,10 @@ def test_a_standby_beat_takes_over_when_the_active_one_is_killed(
 ) -> None:
     broker = redis.Redis.from_url(broker_url)
     broker.flushdb()
-    first, second = beat(service_env, tmp_path, "beat-1"), beat(service_env, tmp_path, "beat-2")
+    first, second = (
+        start_beat(service_env, tmp_path, "beat-1"),
+        start_beat(service_env, tmp_path, "beat-2"),
+    )
     with running(first, second):
         holders = wait_for(lambda: lock_holders(first, second), 30, interval=0.2,
                            message="a beat to take the lock")  # fmt: skip
@@ -158,7 +155,7 @@ def test_beat_schedules_again_after_its_redis_restarts(
     # Lock, schedule and broker all in the Redis that restarts, as in a one-Redis deployment.
     env = {**service_env, "REDIS_URL": own_redis.url, "BROKER_URL": own_redis.url[:-1] + "1"}
     broker = redis.Redis.from_url(env["BROKER_URL"])
-    scheduler = beat(env, tmp_path, "beat")
+    scheduler = start_beat(env, tmp_path, "beat")
     with running(scheduler):
         wait_for(lambda: sent(broker, schedule), 30, interval=0.2, message="a first send")
         stopped = time.time()
@@ -177,7 +174,7 @@ def test_beat_schedules_again_after_its_redis_pauses_for_20s(
 ) -> None:
     env = {**service_env, "REDIS_URL": own_redis.url, "BROKER_URL": own_redis.url[:-1] + "1"}
     broker = redis.Redis.from_url(env["BROKER_URL"])
-    first, second = beat(env, tmp_path, "beat-1"), beat(env, tmp_path, "beat-2")
+    first, second = start_beat(env, tmp_path, "beat-1"), start_beat(env, tmp_path, "beat-2")
     with running(first, second):
         wait_for(lambda: sent(broker, schedule), 30, interval=0.2, message="a first send")
         broker.execute_command("CLIENT", "PAUSE", "20000", "ALL")
@@ -200,7 +197,7 @@ def test_beat_started_while_its_redis_is_down_waits_for_it(
     broker = redis.Redis.from_url(env["BROKER_URL"])
     broker.flushdb()
     own_redis.stop()
-    scheduler = beat(env, tmp_path, "beat")
+    scheduler = start_beat(env, tmp_path, "beat")
     with running(scheduler):
         wait_for(lambda: "beat_redis_unavailable" in scheduler.output(), 30, interval=0.2,
                  message=f"beat to find Redis down:\n{scheduler.output()[-3000:]}")  # fmt: skip
@@ -223,7 +220,7 @@ def worker_and_beat(
 ) -> Iterator[tuple[Proc, Proc]]:
     redis.Redis.from_url(broker_url).flushdb()
     worker = start_worker(service_env, tmp_path, broker_url=broker_url)
-    scheduler = beat(service_env, tmp_path, "beat")
+    scheduler = start_beat(service_env, tmp_path, "beat")
     with running(scheduler, worker):
         yield worker, scheduler
 

@@ -8,7 +8,6 @@ Screenshots of the states land in tests/artifacts/.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -17,9 +16,14 @@ import psycopg
 import pytest
 import redis
 
-from devtools.processes import Proc, running, start_worker, wait_for
+from devtools.processes import (
+    listener_connected,
+    running,
+    start_listener,
+    start_worker,
+    wait_for,
+)
 from pipeline import seed
-from pipeline.health import HealthBoard, ListenerState
 from pipeline.read import read_aggregate
 from tests.test_api import claims, hs256
 
@@ -47,20 +51,6 @@ pytestmark = [
         "(apt-get install --no-install-recommends chromium; CI's .ci/run installs it)",
     ),
 ]
-
-
-def start_listener(env: dict[str, str], log_dir: Path, name: str) -> Proc:
-    return Proc(
-        name, [sys.executable, "-m", "listeners", "postgres"], env, log_dir / f"{name}.log"
-    ).start()
-
-
-def connected(client: redis.Redis, proc: Proc) -> bool:
-    board = HealthBoard(client, stale_after_s=3)
-    return any(
-        h.listener_id.split(":")[1] == str(proc.pid) and h.state is ListenerState.CONNECTED
-        for h in board.listeners()
-    )
 
 
 def completed_in_redis(client: redis.Redis, coach: UUID) -> int | None:
@@ -109,7 +99,9 @@ def test_the_dashboard_follows_commits_and_shows_when_realtime_is_lost(
     coach = coach_with_a_scheduled_session(database_url)
     ARTIFACTS.mkdir(exist_ok=True)
     with running(worker, listener), sync_playwright() as playwright:
-        wait_for(lambda: connected(redis_client, listener), 30, message="listener to connect")
+        wait_for(
+            lambda: listener_connected(redis_client, listener), 30, message="listener to connect"
+        )
         wait_for(lambda: completed_in_redis(redis_client, coach) is not None, 60, message="stats")
         before = completed_in_redis(redis_client, coach)
         assert before is not None

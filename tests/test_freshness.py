@@ -3,7 +3,6 @@ real listener and a real worker."""
 
 from __future__ import annotations
 
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +12,13 @@ import pytest
 import redis
 
 from coachpipe.embedded import free_port
-from devtools.processes import Proc, running, start_worker, wait_for
+from devtools.processes import (
+    listener_connected,
+    running,
+    start_listener,
+    start_worker,
+    wait_for,
+)
 from devtools.scrape import scrape
 from pipeline import seed
 from pipeline.events import ChangeEvent, ChangeType
@@ -121,12 +126,6 @@ def test_the_status_summary_reads_percentiles_from_the_minute_buckets(
     assert summary(redis_client, now=stored_after(3600 * 1000).timestamp())["changes"] == 0
 
 
-def start_listener(env: dict[str, str], log_dir: Path) -> Proc:
-    return Proc(
-        "listener", [sys.executable, "-m", "listeners", "postgres"], env, log_dir / "listener.log"
-    ).start()
-
-
 @pytest.mark.slow
 def test_every_change_is_observed_once_when_all_its_aggregates_are_stored(
     database_url: str,
@@ -137,7 +136,6 @@ def test_every_change_is_observed_once_when_all_its_aggregates_are_stored(
 ) -> None:
     """Listener and worker processes: the histogram counts one observation per coach and
     transaction, after the worker stored every aggregate routed from it."""
-    from tests.test_listener_postgres import connected
 
     seed.load(database_url, seed.SeedPlan(coaches=10, clients_per_coach=2, sessions_per_client=2))
     port = free_port()
@@ -146,7 +144,9 @@ def test_every_change_is_observed_once_when_all_its_aggregates_are_stored(
     )
     listener = start_listener(service_env, tmp_path)
     with running(listener, worker):
-        wait_for(lambda: connected(redis_client, listener), 20, message="listener to connect")
+        wait_for(
+            lambda: listener_connected(redis_client, listener), 20, message="listener to connect"
+        )
         settle(database_url, redis_client)  # a new slot: the first catch-up refreshes everything
         with psycopg.connect(database_url, autocommit=True) as conn:
             pairs = conn.execute(

@@ -9,11 +9,11 @@ from pathlib import Path
 import redis
 
 from coachpipe.embedded import PrivateRedis
-from devtools.processes import Proc, running, wait_for
+from devtools.processes import Proc, listener_connected, running, start_listener, wait_for
 from pipeline import keys, seed
 from pipeline.health import HealthBoard, ListenerState
 from tests.pipeline_checks import CRITICAL_NAMES, settle
-from tests.test_listener_postgres import burst, connected, start_listener
+from tests.test_listener_postgres import burst
 
 SMALL = seed.SeedPlan(coaches=3, clients_per_coach=2, sessions_per_client=2)
 
@@ -47,7 +47,9 @@ def test_a_bug_in_dispatch_ends_the_listener_and_the_slot_keeps_the_batch(
         "broken", [sys.executable, "-c", BROKEN_LISTENER], service_env, tmp_path / "broken.log"
     ).start()
     with running(broken):
-        wait_for(lambda: connected(redis_client, broken), 20, message="listener to connect")
+        wait_for(
+            lambda: listener_connected(redis_client, broken), 20, message="listener to connect"
+        )
         settle(database_url, redis_client)  # the new slot's catch-up refreshes everything
         burst(database_url, 5)
         wait_for(lambda: not broken.alive(), 30, message="the broken listener to exit")
@@ -72,7 +74,9 @@ def test_a_redis_outage_is_retried_and_the_listener_carries_on(
         seed.load(database_url, SMALL)
         listener = start_listener(env, tmp_path)
         with running(listener):
-            wait_for(lambda: connected(client, listener), 20, message="listener to connect")
+            wait_for(
+                lambda: listener_connected(client, listener), 20, message="listener to connect"
+            )
             own.stop()
             burst(database_url, 5)
             wait_for(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ import psycopg
 import redis
 
 from coachpipe.embedded import free_port
-from devtools.processes import Proc, running, wait_for
+from devtools.processes import Proc, listener_connected, running, start_listener, wait_for
 from devtools.scrape import scrape
 from pipeline import seed
 from pipeline.health import HealthBoard, ListenerState
@@ -21,25 +20,9 @@ from tests.pipeline_checks import settle
 SMALL = seed.SeedPlan(coaches=4, clients_per_coach=3, sessions_per_client=2)
 
 
-def start_listener(
-    env: dict[str, str], log_dir: Path, name: str = "listener", metrics_port: int = 0
-) -> Proc:
-    env = env | {"LISTENER_METRICS_PORT": str(metrics_port)}
-    return Proc(
-        name, [sys.executable, "-m", "listeners", "postgres"], env, log_dir / f"{name}.log"
-    ).start()
-
-
 def states(client: redis.Redis) -> dict[str, tuple[ListenerState, str]]:
     board = HealthBoard(client, stale_after_s=3)
     return {h.listener_id: (h.state, h.detail) for h in board.listeners()}
-
-
-def connected(client: redis.Redis, proc: Proc) -> bool:
-    return any(
-        listener_id.split(":")[1] == str(proc.pid) and state is ListenerState.CONNECTED
-        for listener_id, (state, _) in states(client).items()
-    )
 
 
 def burst(database_url: str, changes: int, seed_value: int = 7) -> None:
@@ -93,7 +76,9 @@ def test_committed_rows_end_as_correct_aggregates(
     seed.load(database_url, SMALL)
     listener = start_listener(service_env, tmp_path)
     with running(listener):
-        wait_for(lambda: connected(redis_client, listener), 20, message="listener to connect")
+        wait_for(
+            lambda: listener_connected(redis_client, listener), 20, message="listener to connect"
+        )
         settle(database_url, redis_client)  # the new slot's position was unknown: full refresh
         burst(database_url, 200)
         settle(database_url, redis_client)
@@ -110,7 +95,7 @@ def test_listener_killed_during_a_burst_resumes_and_loses_nothing(
     seed.load(database_url, SMALL)
     port = free_port()
     listener = start_listener(service_env, tmp_path, "listener-1", metrics_port=port)
-    wait_for(lambda: connected(redis_client, listener), 20, message="listener to connect")
+    wait_for(lambda: listener_connected(redis_client, listener), 20, message="listener to connect")
     settle(database_url, redis_client)
     writer = threading.Thread(target=burst, args=(database_url, 2000, 11))
     writer.start()
@@ -136,7 +121,9 @@ def test_a_standby_listener_takes_over_the_slot_when_the_active_one_dies(
 ) -> None:
     seed.load(database_url, SMALL)
     first = start_listener(service_env, tmp_path, "first")
-    wait_for(lambda: connected(redis_client, first), 20, message="first listener to connect")
+    wait_for(
+        lambda: listener_connected(redis_client, first), 20, message="first listener to connect"
+    )
     second = start_listener(service_env, tmp_path, "second")
     with running(first, second):
         wait_for(
@@ -146,7 +133,9 @@ def test_a_standby_listener_takes_over_the_slot_when_the_active_one_dies(
         )
         first.kill()
         taken_over = time.monotonic()
-        wait_for(lambda: connected(redis_client, second), 30, message="standby to take over")
+        wait_for(
+            lambda: listener_connected(redis_client, second), 30, message="standby to take over"
+        )
         print(f"\nstandby took over {time.monotonic() - taken_over:.1f} s after kill -9")
         burst(database_url, 50)
         settle(database_url, redis_client)
@@ -156,7 +145,7 @@ def test_sigterm_finishes_the_batch_reports_disconnected_and_exits_zero(
     database_url: str, redis_client: redis.Redis, service_env: dict[str, str], tmp_path: Path
 ) -> None:
     listener = start_listener(service_env, tmp_path)
-    wait_for(lambda: connected(redis_client, listener), 20, message="listener to connect")
+    wait_for(lambda: listener_connected(redis_client, listener), 20, message="listener to connect")
     assert listener.terminate(timeout=20) == 0
     ((state, _),) = states(redis_client).values()
     assert state is ListenerState.DISCONNECTED
@@ -173,7 +162,9 @@ def test_slot_lag_is_measured_while_the_listener_is_paused(
 
     listener = start_listener(service_env, tmp_path)
     with running(listener):
-        wait_for(lambda: connected(redis_client, listener), 20, message="listener to connect")
+        wait_for(
+            lambda: listener_connected(redis_client, listener), 20, message="listener to connect"
+        )
         source = PostgresSource(load_settings(_env_file=None))
         listener.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
         try:
@@ -200,7 +191,9 @@ def test_a_transaction_larger_than_a_batch_is_handed_over_in_parts(
     seed.load(database_url, SMALL)
     listener = start_listener(service_env, tmp_path)
     with running(listener):
-        wait_for(lambda: connected(redis_client, listener), 20, message="listener to connect")
+        wait_for(
+            lambda: listener_connected(redis_client, listener), 20, message="listener to connect"
+        )
         settle(database_url, redis_client)
         with psycopg.connect(database_url) as conn:  # one transaction
             conn.execute(

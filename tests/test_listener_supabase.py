@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from coachpipe.embedded import free_port
-from devtools.processes import Proc, celery_args, running, wait_for
+from devtools.processes import Proc, running, start_beat, wait_for
 from devtools.realtime_standin import RealtimeStandIn
 from devtools.scrape import scrape
 from pipeline import keys, seed
@@ -197,9 +197,7 @@ def test_a_ten_second_outage_turns_status_red_polls_and_catches_up(
 ) -> None:  # fmt: skip
     seed.load(database_url, SMALL)
     listener = Listener(service_env, tmp_path, standin)
-    beat = Proc(
-        "beat", celery_args("beat", "--loglevel=INFO"), service_env, tmp_path / "beat.log"
-    ).start()
+    beat = start_beat(service_env, tmp_path)
     with running(listener.proc, beat):
         wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
         settle(database_url, redis_client)

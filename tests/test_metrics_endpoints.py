@@ -7,8 +7,7 @@ from pathlib import Path
 import httpx
 
 from coachpipe.embedded import free_port
-from devtools.processes import running, wait_for
-from tests.test_listener_postgres import start_listener
+from devtools.processes import running, start_listener, wait_for
 
 
 def test_a_second_listener_on_a_taken_metrics_port_runs_without_metrics(

@@ -10,12 +10,12 @@ import psycopg
 import redis
 
 from coachpipe.doctor import Severity
-from devtools.processes import Proc, running, wait_for
+from devtools.processes import Proc, listener_connected, running, start_listener, wait_for
 from pipeline import seed
 from tests.pipeline_checks import settle
 from tests.test_cli import coachpipe
 from tests.test_doctor import checks_for
-from tests.test_listener_postgres import SMALL, connected, start_listener
+from tests.test_listener_postgres import SMALL
 from tests.test_slot_recovery import ends_correct_and_green, migrate
 
 
@@ -100,7 +100,9 @@ def test_changes_to_a_partitioned_table_reach_the_aggregates(
     seed.load(database_url, SMALL)
     listener = start_listener(env, tmp_path)
     with running(listener, worker):
-        wait_for(lambda: connected(redis_client, listener), 20, message="listener to connect")
+        wait_for(
+            lambda: listener_connected(redis_client, listener), 20, message="listener to connect"
+        )
         settle(database_url, redis_client)
         with psycopg.connect(database_url, autocommit=True) as conn:
             coaches = [r[0] for r in conn.execute("SELECT id FROM users WHERE role = 'coach'")]

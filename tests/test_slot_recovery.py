@@ -11,14 +11,21 @@ import psycopg
 import redis
 
 from coachpipe.embedded import PrivatePostgres
-from devtools.processes import Proc, running, start_worker, wait_for
+from devtools.processes import (
+    Proc,
+    listener_connected,
+    running,
+    start_listener,
+    start_worker,
+    wait_for,
+)
 from pipeline import keys, seed
 from pipeline.db import make_engine
 from pipeline.health import Color, HealthBoard, ListenerState
 from pipeline.migrate import upgrade
 from tests.pipeline_checks import settle
 from tests.test_cli import coachpipe
-from tests.test_listener_postgres import SMALL, connected, start_listener, states
+from tests.test_listener_postgres import SMALL, states
 
 SLOT = "coachpipe"
 
@@ -101,7 +108,9 @@ def test_a_listener_started_before_migrate_waits_for_the_publication(
         migrate(database_url)
         migrated_at = time.monotonic()
         seed.load(database_url, SMALL)
-        wait_for(lambda: connected(redis_client, listener), 20, message="listener to connect")
+        wait_for(
+            lambda: listener_connected(redis_client, listener), 20, message="listener to connect"
+        )
         change_every_coach(database_url)
         ends_correct_and_green(database_url, redis_client, listener, None, migrated_at)
         assert listener.output().count("publication_missing") == 1
@@ -137,7 +146,9 @@ def test_a_publication_dropped_and_recreated(
     seed.load(database_url, SMALL)
     listener = start_listener(service_env, tmp_path)
     with running(listener):
-        wait_for(lambda: connected(redis_client, listener), 20, message="listener to connect")
+        wait_for(
+            lambda: listener_connected(redis_client, listener), 20, message="listener to connect"
+        )
         settle(database_url, redis_client)
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute("DROP PUBLICATION coachpipe")
@@ -166,7 +177,9 @@ def test_a_slot_dropped_by_hand(
     seed.load(database_url, SMALL)
     listener = start_listener(service_env, tmp_path)
     with running(listener):
-        wait_for(lambda: connected(redis_client, listener), 20, message="listener to connect")
+        wait_for(
+            lambda: listener_connected(redis_client, listener), 20, message="listener to connect"
+        )
         settle(database_url, redis_client)
 
         def dropped() -> bool:
@@ -207,7 +220,7 @@ def test_an_invalidated_slot_is_replaced(
     worker = start_worker(env, tmp_path, broker_url=broker_url)
     first = start_listener(env, tmp_path, "first")
     with running(first, worker):
-        wait_for(lambda: connected(redis_client, first), 20, message="listener to connect")
+        wait_for(lambda: listener_connected(redis_client, first), 20, message="listener to connect")
         settle(database_url, redis_client)
         assert first.terminate() == 0
         change_every_coach(database_url)

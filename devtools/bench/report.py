@@ -264,6 +264,52 @@ def rows(
                 "-",
             )
         )
+    return out + fault_rows(results)
+
+
+def _wrong(found: dict[str, Any] | None) -> str:
+    if found is None:
+        return "-"
+    return f"{found['fields']} fields, {found['keys']} keys, {found['coaches']} coaches"
+
+
+def _within(measure: str, seconds: float | None, goal_s: float) -> tuple[str, str, str, str]:
+    """A row "measure: seconds", met when at most `goal_s`."""
+    return (measure, _fmt(seconds), f"≤ {goal_s:g}", _met(_le(seconds, goal_s)))
+
+
+def fault_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Rows of the fault scenarios (devtools.bench.chaos)."""
+    out: list[tuple[str, str, str, str]] = []
+    chaos = results.get("chaos")
+    if chaos:
+        kills = chaos["kills"]
+        load = (
+            f"chaos {chaos['rate']:.0f}/s over {chaos['coaches']:,} coaches, "
+            f"{chaos['seconds']:.0f} s, {kills.get('listener', 0)} listener + "
+            f"{kills.get('worker', 0)} worker kills"
+        )
+        out.append(_within(f"{load}: all correct after the last kill (s)", chaos["converged_s"], 5))
+        wrong = chaos.get("wrong_at_plus_5s")
+        out.append(("chaos: wrong 5 s after the last kill", _wrong(wrong), "0",
+                    _met(None if wrong is None else wrong["fields"] == 0)))  # fmt: skip
+        tx = chaos["transactions"]
+        out.append(("chaos: pg xact_rollback / of them decoding / writer conflicts / errors",
+                    f"{tx['xact_rollback']:,} / {tx['decoded_for_slots']:,} / "
+                    f"{chaos['writer_conflicts']:,} / {tx['server_errors']}", "", "-"))  # fmt: skip
+    restart = results.get("redis-restart")
+    if restart:
+        down = f"Redis restarted ({restart['redis_down_s']} s down) during load"
+        out.append(_within(f"{down}: all correct after it answers (s)", restart["converged_s"], 10))
+        out.append(_within("redis-restart: `coachpipe status` green again after (s)",
+                           restart["status_green_after_s"], 10))  # fmt: skip
+        out.append(("redis-restart: beat exits / first beat task run after (s)",
+                    f"{restart['beat_exits']} / {_fmt(restart['first_beat_task_after_s'])}",
+                    "0 exits", _met(restart["beat_exits"] == 0)))  # fmt: skip
+    kill = results.get("worker-kill")
+    if kill:
+        held = f"worker SIGKILLed mid-drain ({kill['claims_held_at_kill']} claims held)"
+        out.append(_within(f"{held}: all correct after the kill (s)", kill["converged_s"], 5))
     return out
 
 

@@ -65,12 +65,16 @@ class Profile:
     """How long a naive run's backlog is waited for after its writers stop."""
     naive_refresh_coaches: int
     """Coaches of the full-refresh comparison (in one process, pipeline against naive)."""
+    chaos_s: float = 120
+    """Load time of the `chaos` scenario, with kills all along."""
+    fault_load_s: float = 20
+    """Load before the fault of `redis-restart` and `worker-kill`."""
 
 
 PROFILES = {
     "full": Profile("full", 1000, 10_000, 120, 15, 2000, 1000, 8, 600, 20, 200, 20, 2000),
-    "quick": Profile("quick", 300, 1000, 6, 3, 500, 300, 2, 10, 3, 50, 3, 300),
-    "smoke": Profile("smoke", 30, 60, 2, 2, 100, 50, 2, 3, 2, 20, 5, 60),
+    "quick": Profile("quick", 300, 1000, 6, 3, 500, 300, 2, 10, 3, 50, 3, 300, 20, 6),
+    "smoke": Profile("smoke", 30, 60, 2, 2, 100, 50, 2, 3, 2, 20, 5, 60, 6, 2),
 }
 
 
@@ -81,6 +85,9 @@ class Written:
     started: float = 0.0
     finished: float = 0.0
     behind_s: float = 0.0
+    conflicts: int = 0
+    """Changes that failed on a constraint (another writer moved or deleted the row) and were
+    replaced by another change: each is a rolled-back transaction on the server."""
 
     @property
     def last_commit_ms(self) -> float:
@@ -96,8 +103,10 @@ def write_paced(
     hot: UUID | None = None,
     threads: int = 1,
     seed: int = 7,
+    stop: threading.Event | None = None,
 ) -> Written:
-    """`rate` changes/s for `duration` s from `threads` connections (one ChangeWriter each)."""
+    """`rate` changes/s for `duration` s (or until `stop` is set) from `threads` connections
+    (one ChangeWriter each)."""
     written = Written(started=time.time())
     lock = threading.Lock()
 
@@ -109,9 +118,12 @@ def write_paced(
                 with lock:
                     written.changes.append(change)
 
-            stats = pace(writer.write, rate=rate / threads, duration=duration, on_change=record)
+            stats = pace(
+                writer.write, rate=rate / threads, duration=duration, on_change=record, stop=stop
+            )
             with lock:
                 written.behind_s = max(written.behind_s, stats.behind_s)
+                written.conflicts += writer.conflicts
 
     workers = [threading.Thread(target=one, args=(i,)) for i in range(threads)]
     for worker in workers:
@@ -276,7 +288,7 @@ def listener_metric(listener: Proc, name: str) -> float:
     return scrape(listener.metrics_port, name)  # type: ignore[attr-defined]
 
 
-def _coaches(stack: Stack, count: int, seed: int = 7) -> list[UUID]:
+def bench_coaches(stack: Stack, count: int, seed: int = 7) -> list[UUID]:
     with psycopg.connect(stack.pg.url, autocommit=True) as conn:
         return pick_coaches(conn, count, seed)
 
@@ -288,7 +300,7 @@ def steady(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
     listener = stack.listener(source, naive=naive)
     floor = FloorProbe(stack, source).start() if not naive else None
     collector = NoticeCollector(stack.env["REDIS_URL"]).start()
-    coaches = _coaches(stack, min(1000, stack.coaches))
+    coaches = bench_coaches(stack, min(1000, stack.coaches))
     stack.reset_counters()
     start = time.time()
     written = write_paced(stack, rate=200, duration=duration, coaches=coaches, threads=2)
@@ -328,7 +340,7 @@ def burst(stack: Stack, profile: Profile, naive: bool, hot: bool = False) -> dic
     worker = stack.worker(fresh=not naive and not hot)  # the burst measures worker memory
     listener = stack.listener("postgres", naive=naive)
     collector = NoticeCollector(stack.env["REDIS_URL"]).start()
-    coaches = _coaches(stack, 100)
+    coaches = bench_coaches(stack, 100)
     stack.reset_counters()
     rss: list[float] = []
     pss: list[float] = []
@@ -397,7 +409,7 @@ def intake(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
     event rate and the slot lag over time."""
     stack.worker()
     listener = stack.listener(source, naive=naive)
-    coaches = _coaches(stack, min(1000, stack.coaches))
+    coaches = bench_coaches(stack, min(1000, stack.coaches))
     with psycopg.connect(stack.pg.url, autocommit=True) as conn:
         pairs = conn.execute(
             "SELECT coach_id, id FROM users WHERE role = 'client' AND coach_id = ANY(%s)",
@@ -487,7 +499,7 @@ def soak(stack: Stack, profile: Profile, naive: bool) -> dict[str, Any]:
     worker = stack.worker(fresh=not naive)  # memory over time, from a worker's start
     listener = stack.listener("postgres", naive=naive)
     collector = NoticeCollector(stack.env["REDIS_URL"]).start()
-    coaches = _coaches(stack, min(1000, stack.coaches))
+    coaches = bench_coaches(stack, min(1000, stack.coaches))
     samples: list[dict[str, float]] = []
     done = threading.Event()
     start = time.time()
@@ -548,7 +560,7 @@ def dedup_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
     app = create_app(stack.settings)
 
     collector = NoticeCollector(stack.env["REDIS_URL"]).start()
-    coaches = _coaches(stack, stack.coaches)
+    coaches = bench_coaches(stack, stack.coaches)
     stack.worker(concurrency=1)
     latencies = []
     for coach in coaches[: profile.micro_samples]:
@@ -603,7 +615,7 @@ def aggregates_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
 
     engine = make_engine(stack.pg.url, snapshots=True)
     store = AggregateStore(stack.redis)
-    coaches = _coaches(stack, stack.coaches)
+    coaches = bench_coaches(stack, stack.coaches)
     samples = coaches[: profile.micro_samples]
 
     def timed(run: Callable[[UUID], object], coaches_: list[UUID]) -> list[float]:

@@ -23,7 +23,7 @@ import redis
 
 from coachpipe.embedded import PrivatePostgres, PrivateRedis, free_port
 from config import Settings, load_settings
-from devtools.processes import Proc, start_worker, wait_for
+from devtools.processes import Proc, listener_connected, start_worker, wait_for
 from pipeline import keys, seed
 from pipeline.aggregates import NAMES
 from pipeline.coaches import active_coach_batches
@@ -181,14 +181,9 @@ class Stack:
         return self.standin
 
     def _connected(self, proc: Proc) -> bool:
-        from pipeline.health import HealthBoard, ListenerState
-
         if not proc.alive():
             raise RuntimeError(f"{proc.name} exited:\n{proc.output()[-2000:]}")
-        return any(
-            h.listener_id.split(":")[1] == str(proc.pid) and h.state is ListenerState.CONNECTED
-            for h in HealthBoard(self.redis, stale_after_s=5).listeners()
-        )
+        return listener_connected(self.redis, proc, stale_after_s=5)
 
     def stop_processes(self) -> None:
         """Stop the listeners (all at once; the worker stays), then skip what a slower
