@@ -75,7 +75,9 @@ class Settings(BaseSettings):
         default=None, description="Redis for aggregates, dedup markers and listener health."
     )
     broker_url: BrokerUrl | None = Field(
-        default=None, description="Celery broker; defaults to REDIS_URL. amqp:// for RabbitMQ: quorum queues, publisher confirms."
+        default=None,
+        description="Celery broker; defaults to REDIS_URL. amqp:// for RabbitMQ: quorum queues, "
+        "publisher confirms.",
     )
     supabase_url: HttpUrl | None = Field(
         default=None, description="Supabase project URL, for the `supabase` listener source."
