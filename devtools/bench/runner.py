@@ -1,7 +1,7 @@
 """`make bench` / `python -m devtools.bench SCENARIO`: scenarios on private stacks, results.
 
 Scenarios on the 1,000-coach dataset share one stack (`dedup`, `steady`, `burst`, `hot`,
-`intake`, `soak`); the 10,000-coach / 1M-session ones share another (`aggregates`,
+`intake`, `workers`, `soak`); the 10,000-coach / 1M-session ones share another (`aggregates`,
 `full-refresh`). `--quick` shrinks sizes and durations (a few minutes); `smoke` (used by the
 test suite) only proves the harness runs.
 """
@@ -35,6 +35,7 @@ from devtools.bench.scenarios import (
     intake,
     soak,
     steady,
+    workers,
 )
 from devtools.bench.stack import Stack
 
@@ -77,6 +78,7 @@ SMALL_STACK: dict[str, Run] = {
         supabase=lambda: intake(s, p, "supabase", naive=False),
         naive=lambda: intake(s, p, "postgres", naive=True),
     ),
+    "workers": workers,
     "soak": lambda s, p: _variants(
         s, p, pipeline=lambda: soak(s, p, naive=False), naive=lambda: soak(s, p, naive=True)
     ),
