@@ -86,6 +86,18 @@ class PrivateRabbitMQ:
             check=False,
         )
 
+    def new_vhost(self) -> str:
+        """A new, empty vhost that `guest` may use; returns its AMQP URL."""
+        vhost = f"v{secrets.token_hex(6)}"
+        for args in (
+            ("add_vhost", vhost),
+            ("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"),
+        ):
+            result = self.ctl(*args)
+            if result.returncode != 0:
+                raise RuntimeError(f"rabbitmqctl {args[0]} failed: {result.stderr.strip()}")
+        return self.url.removesuffix("/") + vhost
+
     def start(self) -> PrivateRabbitMQ:
         for sub in ("home", "data", "log"):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)

@@ -99,15 +99,6 @@ def rabbitmq_server(services_dir: Path) -> Iterator[PrivateRabbitMQ]:
     server.destroy()
 
 
-def rabbitmq_vhost(server: PrivateRabbitMQ) -> str:
-    """A new, empty vhost that `guest` may use: the URL of a broker no test used before."""
-    vhost = f"t{uuid.uuid4().hex[:12]}"
-    for args in (("add_vhost", vhost), ("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")):
-        result = server.ctl(*args)
-        assert result.returncode == 0, result.stderr
-    return server.url.removesuffix("/") + vhost
-
-
 def reset_database(url: str) -> None:
     """Empty the watched tables and drop replication slots left by an earlier test."""
     with psycopg.connect(url, autocommit=True) as conn:
@@ -137,7 +128,8 @@ def redis_url(redis_server: PrivateRedis) -> str:
 def broker_url(stack: Stack, redis_server: PrivateRedis, request: pytest.FixtureRequest) -> str:
     """The test's broker, empty: a Redis database, or a fresh vhost on the RabbitMQ node."""
     if stack.broker == "rabbitmq":
-        return rabbitmq_vhost(request.getfixturevalue("rabbitmq_server"))
+        server: PrivateRabbitMQ = request.getfixturevalue("rabbitmq_server")
+        return server.new_vhost()
     url = f"redis://127.0.0.1:{redis_server.port}/{BROKER_DB}"
     redis.Redis.from_url(url).flushdb()
     return url

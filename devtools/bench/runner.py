@@ -38,6 +38,7 @@ from devtools.bench.scenarios import (
     workers,
 )
 from devtools.bench.stack import Stack
+from devtools.rabbitmq import PrivateRabbitMQ
 
 Run = Callable[[Stack, Profile], Any]
 
@@ -120,6 +121,7 @@ def run_bench(
     console: Console,
     smoke: bool = False,
     noisy_neighbour: float = 0.0,
+    broker: str = "redis",
 ) -> int:
     names = list(SCENARIOS) if scenario == "all" else [scenario]
     unknown = [n for n in names if n not in SCENARIOS]
@@ -134,17 +136,22 @@ def run_bench(
     results: dict[str, Any] = {}
     signal.signal(signal.SIGTERM, _exit_cleanly)  # run the finally blocks: no orphan processes
     noisy = NoisyNeighbour(noisy_neighbour).start() if noisy_neighbour else None
-    shared = tempfile.mkdtemp(prefix="coachpipe-bench-redis-")
+    shared = Path(tempfile.mkdtemp(prefix="coachpipe-bench-redis-"))
+    rabbitmq = PrivateRabbitMQ(shared / "rabbitmq") if broker == "rabbitmq" else None
     try:
-        redis_server = PrivateRedis(Path(shared), durable=False).start()
+        redis_server = PrivateRedis(shared, durable=False).start()
         try:
-            results = _run_stacks(names, profile, redis_server, console)
+            if rabbitmq is not None:
+                rabbitmq.start()
+            results = _run_stacks(names, profile, redis_server, console, rabbitmq)
         finally:
+            if rabbitmq is not None:
+                rabbitmq.destroy()
             redis_server.destroy()
     finally:
         if noisy is not None:
             noisy.stop()
-    extra = {"noisy_neighbour": noisy.as_json() if noisy else None}
+    extra = {"noisy_neighbour": noisy.as_json() if noisy else None, "broker": broker}
     report_and_print(results, profile, started, output, console, extra=extra)
     return 0
 
@@ -154,11 +161,22 @@ def _exit_cleanly(signum: int, _frame: object) -> None:
 
 
 def _run_stacks(
-    names: list[str], profile: Profile, redis_server: PrivateRedis, console: Console
+    names: list[str],
+    profile: Profile,
+    redis_server: PrivateRedis,
+    console: Console,
+    rabbitmq: PrivateRabbitMQ | None = None,
 ) -> dict[str, Any]:
+    """Each stack on the shared Redis; with `rabbitmq`, each on a vhost of its own there."""
     results: dict[str, Any] = {}
+
+    def broker_url() -> str | None:
+        return rabbitmq.new_vhost() if rabbitmq is not None else None
+
     if any(n in SMALL_STACK for n in names):
-        stack = Stack(coaches=profile.coaches, redis_server=redis_server).start()
+        stack = Stack(
+            coaches=profile.coaches, redis_server=redis_server, broker_url=broker_url()
+        ).start()
         console.print(f"{profile.coaches:,} coaches seeded in {stack.seed_seconds:.0f} s")
         try:
             stack.refresh_now()
@@ -166,7 +184,9 @@ def _run_stacks(
         finally:
             stack.close()
     if any(n in BIG_STACK for n in names):
-        stack = Stack(coaches=profile.big_coaches, redis_server=redis_server).start()
+        stack = Stack(
+            coaches=profile.big_coaches, redis_server=redis_server, broker_url=broker_url()
+        ).start()
         console.print(f"{profile.big_coaches:,} coaches seeded in {stack.seed_seconds:.0f} s")
         results["seed"] = {"coaches": profile.big_coaches, "seconds": round(stack.seed_seconds, 1)}
         try:

@@ -45,7 +45,6 @@ from pipeline.aggregates import CRITICAL, get
 from pipeline.read import read_aggregate
 from pipeline.recompute import compute_snapshot
 from pipeline.routing import TABLE_AGGREGATES
-from tasks.names import QUEUES
 
 
 @dataclass
@@ -532,7 +531,7 @@ def soak(stack: Stack, profile: Profile, naive: bool) -> dict[str, Any]:
                     "worker_rss_mb": tree_rss_mb(worker.pid),
                     "worker_pss_mb": tree_pss_mb(worker.pid),
                     "listener_rss_mb": tree_rss_mb(listener.pid),
-                    "queued": sum(stack.broker.llen(queue) for queue in QUEUES),
+                    "queued": stack.broker.queued(),
                 }
             )
             done.wait(max(1.0, duration / 60))
