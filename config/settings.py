@@ -88,7 +88,9 @@ class Settings(BaseSettings):
         "(redis+sentinel://host:port,.../master-name).",
     )
     broker_url: BrokerUrl | None = Field(
-        default=None, description="Celery broker; defaults to REDIS_URL. RabbitMQ works unchanged."
+        default=None,
+        description="Celery broker; defaults to REDIS_URL. amqp:// for RabbitMQ: quorum queues, "
+        "publisher confirms.",
     )
     supabase_url: HttpUrl | None = Field(
         default=None, description="Supabase project URL, for the `supabase` listener source."

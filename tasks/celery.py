@@ -2,7 +2,8 @@
 
 Nothing here reads the environment. `celery -A tasks worker|beat|flower` finds the app through
 `tasks.app`, which builds it at that edge with `app_from_environment`. Redis is the default
-broker; a BROKER_URL pointing at RabbitMQ works unchanged.
+broker; a BROKER_URL pointing at RabbitMQ (`amqp://`) gets quorum queues, publisher confirms
+and countdowns held by the broker (`amqp_config`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from celery.signals import (
     worker_ready,
     worker_shutdown,
 )
+from kombu.entity import Exchange, Queue
 
 from config import Settings, SettingsError, load_settings
 from config.logging import configure_logging, redact_text
@@ -82,12 +84,49 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_max_loop_interval": 1,
         "beat_schedule": beat_schedule(settings),
     }
-    if broker.startswith(("redis", "rediss", "unix")):
+    if names.is_amqp(broker):
+        config.update(amqp_config())
+    elif broker.startswith(("redis", "rediss", "unix")):
         config["broker_transport_options"] = {
             "visibility_timeout": settings.visibility_timeout_s,
             "unacked_restore_throttle": 1,  # restore lost messages every 10 s, not every ~100 s
         }
     return config
+
+
+def amqp_config() -> dict[str, Any]:
+    """RabbitMQ: each queue a durable quorum queue (replicated, survives a node's loss) bound to
+    a topic exchange of its name; publisher confirms, so a send returns only once RabbitMQ took
+    the message.
+
+    Quorum queues have no global QoS: Celery sees the `x-queue-type` argument
+    (`worker_detect_quorum_queues`) and uses a fixed per-consumer prefetch, so a countdown task
+    a worker held would take a prefetch slot until it runs. Celery therefore sends countdowns
+    of a second or more through its native delayed delivery (a chain of TTL queues,
+    `celery_delayed_0..27`, declared by the worker, which needs topic exchanges): the broker
+    keeps the message, no visibility timeout or `consumer_timeout` is involved, and an unacked
+    delivery comes back as soon as its worker's channel closes. Shorter countdowns are held
+    by the worker (`tasks.producer`). Source: Celery 5.5 "Using Quorum Queues",
+    `celery.app.base.Celery.send_task` and `celery.worker.consumer.delayed_delivery` (5.7.0).
+    """
+    queues = [
+        Queue(  # type: ignore[no-untyped-call]
+            name,
+            Exchange(name, type="topic"),  # type: ignore[no-untyped-call]
+            routing_key=name,
+            queue_arguments={"x-queue-type": "quorum"},
+        )
+        for name in names.QUEUES
+    ]
+    return {
+        "task_queues": queues,
+        "task_default_exchange": names.REFRESH_QUEUE,
+        "task_default_exchange_type": "topic",
+        "task_default_routing_key": names.REFRESH_QUEUE,
+        "worker_detect_quorum_queues": True,
+        "broker_native_delayed_delivery_queue_type": "quorum",
+        "broker_transport_options": {"confirm_publish": True},
+    }
 
 
 def create_app(settings: Settings) -> PipelineApp:

@@ -28,6 +28,15 @@ REALTIME_TASKS = (DRAIN,)
 """Tasks routed to `REALTIME_QUEUE`; every other task goes to `REFRESH_QUEUE`."""
 
 
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+"""Broker URLs of RabbitMQ; anything else is Redis."""
+
+
+def is_amqp(broker_url: str) -> bool:
+    """Whether a BROKER_URL names RabbitMQ (quorum queues, native delayed delivery)."""
+    return broker_url.startswith(AMQP_SCHEMES)
+
+
 def queue_of(task_name: str) -> str:
     """The queue a task is routed to."""
     return REALTIME_QUEUE if task_name in REALTIME_TASKS else REFRESH_QUEUE

@@ -8,6 +8,7 @@ from the Celery app that was built from the producer's own settings.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -27,7 +28,7 @@ class CeleryTaskSender:
         self.app = app
 
     def send_drain(self, aggregate: str, countdown_s: float) -> None:
-        self._send(names.DRAIN, (aggregate,), countdown=countdown_s if countdown_s > 0 else None)
+        self._send(names.DRAIN, (aggregate,), **self.delay(countdown_s))
 
     def send_wide_refresh(self, aggregate: str, reason: str) -> None:
         self._send(names.REFRESH_ALL, (aggregate, reason))
@@ -47,12 +48,30 @@ class CeleryTaskSender:
 
     def send_audit_confirm(self, inspection: dict[str, Any], countdown_s: float) -> None:
         """Phase 2 of an audit (`pipeline.audit.confirm`), after the grace period."""
-        self._send(names.AUDIT_CONFIRM, (inspection,), countdown=countdown_s or None)
+        self._send(names.AUDIT_CONFIRM, (inspection,), **self.delay(countdown_s))
 
     def send_reconcile(self, countdown_s: float | None = None) -> None:
         """Refresh every aggregate of every active coach (beat's hourly safety net, and after a
         failover of the data store)."""
         self._send(names.RECONCILE, (), countdown=countdown_s)
+
+    def delay(self, countdown_s: float) -> dict[str, Any]:
+        """`send_task` options that run a task `countdown_s` seconds from now (none for <= 0).
+
+        On RabbitMQ with quorum queues Celery sends a countdown through its native delayed
+        delivery, which counts whole seconds: it truncates the countdown and raises
+        `ValueError` below one second (`celery.app.base.Celery.send_task`, 5.7.0). A debounced
+        drain waits at most `DEBOUNCE_MS`, so a countdown under a second goes out at once with
+        protocol 2's `eta` header instead, and the worker holds it (one prefetch slot for that
+        fraction of a second). Countdowns of a second or more keep the native path; the `eta`
+        header Celery writes beside it holds back a message the truncation let out early.
+        """
+        if countdown_s <= 0:
+            return {}
+        if countdown_s >= 1 or not names.is_amqp(str(self.app.conf.broker_url or "")):
+            return {"countdown": countdown_s}
+        eta = self.app.now() + timedelta(seconds=countdown_s)
+        return {"headers": {"eta": eta.isoformat()}}
 
     def _send(self, name: str, args: tuple[Any, ...], **options: Any) -> None:
         options = {key: value for key, value in options.items() if value is not None}

@@ -1,8 +1,10 @@
-"""Shared fixtures: a private Postgres and a private Redis for the whole run.
+"""Shared fixtures: a private Postgres and a private Redis for the whole run, and a private
+RabbitMQ node once a test asks for it.
 
-Both are started from local binaries in a temporary directory, on free ports, independent of
+All are started from local binaries in a temporary directory, on free ports, independent of
 whatever services the machine runs, and removed at the end. Each test starts from empty tables,
-no replication slots and empty Redis databases, so tests never see each other's data.
+no replication slots and empty Redis databases (a RabbitMQ vhost of its own), so tests never
+see each other's data. Tests marked `stacks` run once per combination of `tests.stacks`.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ import redis
 from coachpipe.embedded import PrivatePostgres, PrivateRedis, free_port
 from config import Settings, load_settings
 from devtools.processes import Proc, running, start_worker, wait_for
+from devtools.rabbitmq import PrivateRabbitMQ
 from devtools.redis_topologies import PrivateRedisCluster, PrivateSentinel
 from pipeline.db import make_engine
 from pipeline.migrate import upgrade
+from pipeline.redis_client import RedisClient, connect
 from pipeline.tables import WATCHED_TABLES
 from tasks.celery import create_app
 from tasks.pipeline_app import PipelineApp
+from tests.stacks import DEFAULT_STACK, STACKS, Stack
 
 DATA_DB = 0
 BROKER_DB = 1
@@ -50,6 +55,17 @@ E2E_SETTINGS = {
     "LISTENER_METRICS_PORT": "0",
     "WORKER_METRICS_PORT": "0",
 }
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("stacks"):
+        metafunc.parametrize("stack", STACKS, ids=[each.id for each in STACKS], indirect=True)
+
+
+@pytest.fixture
+def stack(request: pytest.FixtureRequest) -> Stack:
+    """The services of this test: one of `STACKS` for a `stacks` test, else the default."""
+    return getattr(request, "param", DEFAULT_STACK)
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +120,14 @@ def sentinel_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private
     guarded.stop()
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_server(services_dir: Path) -> Iterator[PrivateRabbitMQ]:
+    """Started by the first test that runs on RabbitMQ (about 7 s), stopped at the end."""
+    server = PrivateRabbitMQ(services_dir / "rabbitmq").start()
+    yield server
+    server.destroy()
+
+
 def reset_database(url: str) -> None:
     """Empty the watched tables and drop replication slots left by an earlier test."""
     with psycopg.connect(url, autocommit=True) as conn:
@@ -122,7 +146,10 @@ def database_url(postgres_server: PrivatePostgres) -> str:
 
 
 @pytest.fixture
-def redis_url(redis_server: PrivateRedis) -> str:
+def redis_url(stack: Stack, redis_server: PrivateRedis, request: pytest.FixtureRequest) -> str:
+    """The test's data store, empty: a database of the private Redis, or the private Cluster."""
+    if stack.store == "redis-cluster":
+        return str(request.getfixturevalue("cluster_url"))
     client = redis.Redis(port=redis_server.port)
     client.flushall()
     client.close()
@@ -130,13 +157,19 @@ def redis_url(redis_server: PrivateRedis) -> str:
 
 
 @pytest.fixture
-def broker_url(redis_server: PrivateRedis) -> str:
-    return f"redis://127.0.0.1:{redis_server.port}/{BROKER_DB}"
+def broker_url(stack: Stack, redis_server: PrivateRedis, request: pytest.FixtureRequest) -> str:
+    """The test's broker, empty: a Redis database, or a fresh vhost on the RabbitMQ node."""
+    if stack.broker == "rabbitmq":
+        server: PrivateRabbitMQ = request.getfixturevalue("rabbitmq_server")
+        return server.new_vhost()
+    url = f"redis://127.0.0.1:{redis_server.port}/{BROKER_DB}"
+    redis.Redis.from_url(url).flushdb()
+    return url
 
 
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+def redis_client(redis_url: str) -> Iterator[RedisClient]:
+    client = connect(redis_url)
     yield client
     client.close()
 
@@ -161,7 +194,6 @@ def pipeline_env(postgres_server: PrivatePostgres, redis_server: PrivateRedis) -
 @pytest.fixture
 def worker(service_env: dict[str, str], tmp_path: Path, broker_url: str) -> Iterator[Proc]:
     """A real Celery worker subprocess (prefork, 2 children) on an empty broker."""
-    redis.Redis.from_url(broker_url).flushdb()
     proc = start_worker(service_env, tmp_path, broker_url=broker_url)
     yield proc
     proc.terminate()
@@ -207,8 +239,7 @@ def own_database(
 
     A listener's slot there is dropped afterwards (a database with a slot cannot be dropped).
     """
-    env = {**pipeline_env, "DATABASE_URL": fresh_database}
-    redis.Redis.from_url(broker_url).flushdb()
+    env = {**pipeline_env, "DATABASE_URL": fresh_database, "BROKER_URL": broker_url}
     worker = start_worker(env, tmp_path, broker_url=broker_url)
     try:
         yield fresh_database, env, worker
@@ -222,8 +253,10 @@ def own_database(
 
 
 @pytest.fixture
-def settings(pipeline_env: dict[str, str], database_url: str, redis_url: str) -> Settings:
-    return load_settings(_env_file=None)
+def settings(
+    pipeline_env: dict[str, str], database_url: str, redis_url: str, broker_url: str
+) -> Settings:
+    return load_settings(_env_file=None, broker_url=broker_url, redis_url=redis_url)
 
 
 @pytest.fixture
@@ -244,9 +277,11 @@ def pipeline_app(settings: Settings) -> Iterator[PipelineApp]:
 
 
 @pytest.fixture
-def service_env(pipeline_env: dict[str, str], database_url: str, redis_url: str) -> dict[str, str]:
+def service_env(
+    pipeline_env: dict[str, str], database_url: str, redis_url: str, broker_url: str
+) -> dict[str, str]:
     """Environment for subprocesses (workers, beat, listeners), after the per-test reset."""
-    return dict(pipeline_env)
+    return {**pipeline_env, "BROKER_URL": broker_url, "REDIS_URL": redis_url}
 
 
 @pytest.fixture

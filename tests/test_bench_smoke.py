@@ -35,6 +35,7 @@ def test_bench_smoke_writes_json_markdown_and_plots(tmp_path: Path) -> None:
         "burst",
         "hot",
         "intake",
+        "workers",
         "soak",
         "aggregates",
         "full-refresh",

@@ -297,8 +297,10 @@ def test_ports_are_published_on_loopback_only(services: dict[str, dict[str, Any]
 
 
 def test_workers_scale(services: dict[str, dict[str, Any]]) -> None:
+    """`docker compose up --scale worker=N`: nothing may be unique to one container."""
     worker = services["worker"]
     assert "container_name" not in worker
+    assert "hostname" not in worker  # Celery names each worker celery@<container id>
     assert not worker.get("ports")
 
 

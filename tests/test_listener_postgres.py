@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 import redis
 
 from coachpipe.embedded import free_port
@@ -66,6 +67,7 @@ def burst(database_url: str, changes: int, seed_value: int = 7) -> None:
                 )
 
 
+@pytest.mark.stacks
 def test_committed_rows_end_as_correct_aggregates(
     database_url: str,
     redis_client: redis.Redis,

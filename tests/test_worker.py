@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -33,6 +34,7 @@ def request_all(app: PipelineApp, coaches: list[uuid.UUID]) -> None:
     request(app, [(name, coach) for coach in coaches for name in CRITICAL_NAMES])
 
 
+@pytest.mark.stacks
 def test_a_requested_recompute_stores_what_the_oracle_computes(
     database_url: str, redis_client: redis.Redis, worker: Proc, pipeline_app: PipelineApp
 ) -> None:
@@ -167,6 +169,7 @@ def test_a_change_committed_during_its_recompute_is_not_lost(
     settle(database_url, redis_client, coaches)
 
 
+@pytest.mark.stacks
 def test_a_worker_killed_mid_recompute_is_redelivered_and_ends_correct(
     database_url: str,
     redis_client: redis.Redis,

@@ -1,8 +1,9 @@
 """`python -m devtools.bench [SCENARIO|all] [--quick|--smoke] [--output DIR]
-[--noisy-neighbour SHARE]` (`make bench`)."""
+[--noisy-neighbour SHARE] [--broker redis|rabbitmq]` (`make bench`)."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -10,12 +11,19 @@ from rich.console import Console
 
 from devtools.bench.runner import run_bench
 
+
+class Broker(StrEnum):
+    REDIS = "redis"
+    RABBITMQ = "rabbitmq"
+
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 @app.command()
 def bench(
     scenario: Annotated[str, typer.Argument(help="A scenario name, or `all`.")] = "all",
+    *,
     quick: Annotated[bool, typer.Option(help="Short runs (a few minutes in all).")] = False,
     smoke: Annotated[
         bool, typer.Option(help="Tiny runs that only prove the harness works.")
@@ -27,6 +35,10 @@ def bench(
             min=0.0, max=1.0, help="Burn this share of one core in another process all run long."
         ),
     ] = 0.0,
+    broker: Annotated[
+        Broker,
+        typer.Option(help="Celery broker: the shared Redis, or a private RabbitMQ node (amqp)."),
+    ] = Broker.REDIS,
 ) -> None:
     """Measure the pipeline on private services; write JSON, Markdown and plots."""
     raise typer.Exit(
@@ -37,6 +49,7 @@ def bench(
             output=output,
             console=Console(),
             noisy_neighbour=noisy_neighbour,
+            broker=broker.value,
         )
     )
 

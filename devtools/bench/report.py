@@ -244,6 +244,20 @@ def rows(
                 _met(queued["last_third_avg"] <= queued["first_third_avg"] + 5),
             )
         )
+    pools = results.get("workers")
+    if pools:
+        for label in ("batched", "batch_of_20"):
+            runs = pools.get(label, [])
+            out.append(
+                (
+                    f"workers, {label.replace('_', ' ')}: recomputes/s with "
+                    + " / ".join(str(run["processes"]) for run in runs)
+                    + " pool processes",
+                    " / ".join(_fmt(run["per_second"]) for run in runs),
+                    "",
+                    "-",
+                )
+            )
     dedup = results.get("dedup")
     if dedup:
         latency = dedup["enqueue_to_stored_ms"]

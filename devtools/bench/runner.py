@@ -1,10 +1,10 @@
 """`make bench` / `python -m devtools.bench SCENARIO`: scenarios on private stacks, results.
 
 Scenarios on the 1,000-coach dataset share one stack (`dedup`, `steady`, `burst`, `hot`,
-`intake`, `soak`, and the fault scenarios `chaos`, `redis-restart`, `worker-kill`); the
-10,000-coach / 1M-session ones share another (`aggregates`, `full-refresh`). `--quick`
-shrinks sizes and durations (a few minutes); `smoke` (used by the
-test suite) only proves the harness runs, and leaves the fault scenarios out of `all`.
+`intake`, `workers`, `soak`, and the fault scenarios `chaos`, `redis-restart`, `worker-kill`);
+the 10,000-coach / 1M-session ones share another (`aggregates`, `full-refresh`). `--quick`
+shrinks sizes and durations (a few minutes); `smoke` (used by the test suite) only proves the
+harness runs, and leaves the fault scenarios out of `all`.
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ from devtools.bench.scenarios import (
     intake,
     soak,
     steady,
+    workers,
 )
 from devtools.bench.stack import Stack
+from devtools.rabbitmq import PrivateRabbitMQ
 
 Run = Callable[[Stack, Profile], Any]
 
@@ -79,6 +81,7 @@ SMALL_STACK: dict[str, Run] = {
         supabase=lambda: intake(s, p, "supabase", naive=False),
         naive=lambda: intake(s, p, "postgres", naive=True),
     ),
+    "workers": workers,
     "soak": lambda s, p: _variants(
         s, p, pipeline=lambda: soak(s, p, naive=False), naive=lambda: soak(s, p, naive=True)
     ),
@@ -124,6 +127,7 @@ def run_bench(
     console: Console,
     smoke: bool = False,
     noisy_neighbour: float = 0.0,
+    broker: str = "redis",
 ) -> int:
     names = [scenario]
     if scenario == "all":  # the smoke run proves the harness: faults wait out recoveries
@@ -140,17 +144,22 @@ def run_bench(
     results: dict[str, Any] = {}
     signal.signal(signal.SIGTERM, _exit_cleanly)  # run the finally blocks: no orphan processes
     noisy = NoisyNeighbour(noisy_neighbour).start() if noisy_neighbour else None
-    shared = tempfile.mkdtemp(prefix="coachpipe-bench-redis-")
+    shared = Path(tempfile.mkdtemp(prefix="coachpipe-bench-redis-"))
+    rabbitmq = PrivateRabbitMQ(shared / "rabbitmq") if broker == "rabbitmq" else None
     try:
-        redis_server = PrivateRedis(Path(shared), durable=False).start()
+        redis_server = PrivateRedis(shared, durable=False).start()
         try:
-            results = _run_stacks(names, profile, redis_server, console)
+            if rabbitmq is not None:
+                rabbitmq.start()
+            results = _run_stacks(names, profile, redis_server, console, rabbitmq)
         finally:
+            if rabbitmq is not None:
+                rabbitmq.destroy()
             redis_server.destroy()
     finally:
         if noisy is not None:
             noisy.stop()
-    extra = {"noisy_neighbour": noisy.as_json() if noisy else None}
+    extra = {"noisy_neighbour": noisy.as_json() if noisy else None, "broker": broker}
     report_and_print(results, profile, started, output, console, extra=extra)
     return 0
 
@@ -160,11 +169,22 @@ def _exit_cleanly(signum: int, _frame: object) -> None:
 
 
 def _run_stacks(
-    names: list[str], profile: Profile, redis_server: PrivateRedis, console: Console
+    names: list[str],
+    profile: Profile,
+    redis_server: PrivateRedis,
+    console: Console,
+    rabbitmq: PrivateRabbitMQ | None = None,
 ) -> dict[str, Any]:
+    """Each stack on the shared Redis; with `rabbitmq`, each on a vhost of its own there."""
     results: dict[str, Any] = {}
+
+    def broker_url() -> str | None:
+        return rabbitmq.new_vhost() if rabbitmq is not None else None
+
     if any(n in SMALL_STACK for n in names):
-        stack = Stack(coaches=profile.coaches, redis_server=redis_server).start()
+        stack = Stack(
+            coaches=profile.coaches, redis_server=redis_server, broker_url=broker_url()
+        ).start()
         console.print(f"{profile.coaches:,} coaches seeded in {stack.seed_seconds:.0f} s")
         try:
             stack.refresh_now()
@@ -172,7 +192,9 @@ def _run_stacks(
         finally:
             stack.close()
     if any(n in BIG_STACK for n in names):
-        stack = Stack(coaches=profile.big_coaches, redis_server=redis_server).start()
+        stack = Stack(
+            coaches=profile.big_coaches, redis_server=redis_server, broker_url=broker_url()
+        ).start()
         console.print(f"{profile.big_coaches:,} coaches seeded in {stack.seed_seconds:.0f} s")
         results["seed"] = {"coaches": profile.big_coaches, "seconds": round(stack.seed_seconds, 1)}
         try:

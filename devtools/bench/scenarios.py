@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+import psutil
 import psycopg
 
 from coachpipe.traffic import Change, ChangeWriter, pace, pick_coaches
@@ -31,6 +32,7 @@ from devtools.bench.freshness import (
 from devtools.bench.measure import (
     NoticeCollector,
     Observed,
+    machine,
     percentiles,
     tree_pss_mb,
     tree_rss_mb,
@@ -43,7 +45,6 @@ from pipeline.aggregates import CRITICAL, get
 from pipeline.read import read_aggregate
 from pipeline.recompute import compute_snapshot
 from pipeline.routing import TABLE_AGGREGATES
-from tasks.names import QUEUES
 
 
 @dataclass
@@ -445,10 +446,13 @@ def intake(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
 
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
     seen_before = listener_metric(listener, "coachpipe_events_total")
+    listener_cpu = psutil.Process(listener.pid)
+    listener_cpu.cpu_percent()
+    walsender_cpu = _walsender(stack)
     start = time.monotonic()
     for thread in threads:
         thread.start()
-    samples = []
+    samples: list[dict[str, Any]] = []
     while time.monotonic() - start < profile.intake_s:
         time.sleep(1)
         samples.append(
@@ -457,6 +461,10 @@ def intake(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
                 "written": written[0],
                 "seen": listener_metric(listener, "coachpipe_events_total") - seen_before,
                 "slot_lag_bytes": lag(),
+                # 100 = one core busy: the listener decodes and enqueues in one Python thread.
+                "listener_cpu_percent": listener_cpu.cpu_percent(),
+                # The server side of the slot: the walsender decodes the WAL for it.
+                "walsender_cpu_percent": walsender_cpu.cpu_percent() if walsender_cpu else None,
             }
         )
     stop.set()
@@ -464,7 +472,7 @@ def intake(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
         thread.join()
     elapsed = time.monotonic() - start
     seen = listener_metric(listener, "coachpipe_events_total") - seen_before
-    half = samples[len(samples) // 2] if samples else {"t": 0, "seen": 0}
+    half: dict[str, Any] = samples[len(samples) // 2] if samples else {"t": 0, "seen": 0}
     late_rate = (seen - half["seen"]) / max(elapsed - half["t"], 1e-9)
     caught_up_at = time.monotonic()
     caught_up = True
@@ -488,10 +496,33 @@ def intake(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
         "catch_up_after_writers_stopped_s": round(time.monotonic() - caught_up_at, 1),
         "caught_up": caught_up,
         "events_seen_total": listener_metric(listener, "coachpipe_events_total") - seen_before,
+        "listener_cpu_percent_avg": _average(samples, "listener_cpu_percent"),
+        "walsender_cpu_percent_avg": _average(samples, "walsender_cpu_percent"),
         "samples": samples,
     }
     stack.stop_processes()
     return result
+
+
+def _walsender(stack: Stack) -> psutil.Process | None:
+    """The server process streaming the `coachpipe` slot (CPU primed), if one is active."""
+    with psycopg.connect(stack.pg.url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'coachpipe'"
+        ).fetchone()
+    if not row or row[0] is None:
+        return None
+    try:
+        process = psutil.Process(row[0])
+        process.cpu_percent()
+    except psutil.Error:
+        return None
+    return process
+
+
+def _average(samples: list[dict[str, Any]], key: str) -> float | None:
+    values = [sample[key] for sample in samples if sample.get(key) is not None]
+    return round(sum(values) / len(values)) if values else None
 
 
 def soak(stack: Stack, profile: Profile, naive: bool) -> dict[str, Any]:
@@ -512,7 +543,7 @@ def soak(stack: Stack, profile: Profile, naive: bool) -> dict[str, Any]:
                     "worker_rss_mb": tree_rss_mb(worker.pid),
                     "worker_pss_mb": tree_pss_mb(worker.pid),
                     "listener_rss_mb": tree_rss_mb(listener.pid),
-                    "queued": sum(stack.broker.llen(queue) for queue in QUEUES),
+                    "queued": stack.broker.queued(),
                 }
             )
             done.wait(max(1.0, duration / 60))
@@ -575,28 +606,11 @@ def dedup_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
         latencies.append((collector.notices[-1].received - started) * 1000)
     stack.quiesce(60)
 
-    def throughput(batch_env: dict[str, str]) -> dict[str, Any]:
-        stack.stop_processes()
-        stack.worker(name="solo", concurrency=1, env=batch_env)
-        collector.clear()
-        keys_ = [("coach-stats", coach) for coach in coaches]
-        started = time.time()
-        app.runtime.scheduler.request(keys_)
-        wait_for(
-            lambda: len(collector.notices) >= len(keys_),
-            600,
-            interval=0.05,
-            message="all recomputes stored",
-        )
-        seconds = time.time() - started
-        return {
-            "coaches": len(keys_),
-            "seconds": round(seconds, 2),
-            "per_second": round(len(keys_) / seconds),
-        }
-
-    batched = throughput({})
-    single = throughput({"RECOMPUTE_BATCH_SIZE": "1"})
+    keys_ = [("coach-stats", coach) for coach in coaches]
+    batched = recompute_throughput(stack, app, collector, keys_, processes=1, batch_env={})
+    single = recompute_throughput(
+        stack, app, collector, keys_, processes=1, batch_env={"RECOMPUTE_BATCH_SIZE": "1"}
+    )
     collector.stop()
     stack.stop_processes()
     return {
@@ -604,6 +618,67 @@ def dedup_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
         "one_worker_recomputes_per_s_batched": batched,
         "one_worker_recomputes_per_s_batch_of_1": single,
     }
+
+
+def recompute_throughput(
+    stack: Stack,
+    app: Any,
+    collector: NoticeCollector,
+    keys_: list[tuple[str, UUID]],
+    *,
+    processes: int,
+    batch_env: dict[str, str],
+) -> dict[str, Any]:
+    """Recomputes per second of one worker with `processes` pool processes: every key requested
+    at once (idle keys, due now), until every one is stored."""
+    stack.stop_processes()
+    stack.worker(name=f"pool{processes}", concurrency=processes, env=batch_env)
+    collector.clear()
+    started = time.time()
+    app.runtime.scheduler.request(keys_)
+    wait_for(
+        lambda: len(collector.notices) >= len(keys_),
+        600,
+        interval=0.05,
+        message="all recomputes stored",
+    )
+    seconds = time.time() - started
+    return {
+        "processes": processes,
+        "recomputes": len(keys_),
+        "seconds": round(seconds, 2),
+        "per_second": round(len(keys_) / seconds),
+    }
+
+
+WORKER_PROCESSES = (1, 2, 4)
+WORKER_BATCHES = {"batched": {}, "batch_of_20": {"RECOMPUTE_BATCH_SIZE": "20"}}
+
+
+def workers(stack: Stack, profile: Profile) -> dict[str, Any]:
+    """Issue-19 figures: what the workers absorb. Every critical aggregate of every coach is
+    requested at once, drained by one worker with 1, 2 and 4 pool processes, with the default
+    batch size and with batches of 20 coaches (more, smaller drains to spread)."""
+    from tasks.celery import create_app
+
+    app = create_app(stack.settings)
+    collector = NoticeCollector(stack.env["REDIS_URL"]).start()
+    coaches = bench_coaches(stack, stack.coaches)
+    keys_ = [(aggregate.name, coach) for coach in coaches for aggregate in CRITICAL]
+    results: dict[str, Any] = {"cpus": machine().get("cpus")}
+    for label, batch_env in WORKER_BATCHES.items():
+        results[label] = []
+        # The smoke profile only proves the harness: one pool size.
+        for processes in WORKER_PROCESSES[:1] if profile.name == "smoke" else WORKER_PROCESSES:
+            stack.quiesce(60)
+            results[label].append(
+                recompute_throughput(
+                    stack, app, collector, keys_, processes=processes, batch_env=batch_env
+                )
+            )
+    collector.stop()
+    stack.stop_processes()
+    return results
 
 
 def aggregates_micro(stack: Stack, profile: Profile) -> dict[str, Any]:

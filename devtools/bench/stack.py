@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import redis
 
 from coachpipe.embedded import PrivatePostgres, PrivateRedis, free_port
 from config import Settings, load_settings
+from devtools.bench.broker import BrokerQueues
 from devtools.processes import Proc, listener_connected, start_worker, wait_for
 from pipeline import keys, seed
 from pipeline.aggregates import NAMES
@@ -32,7 +32,6 @@ from pipeline.migrate import upgrade
 from pipeline.redis_client import connect
 from pipeline.refresh import refresh_everything
 from pipeline.store import AggregateStore
-from tasks.names import QUEUES
 
 BROKER_DB = 1
 ENV_DEFAULTS = {
@@ -64,6 +63,8 @@ class Stack:
     """The Redis this stack started itself (none given), stopped with it."""
     running_worker: Proc | None = None
     worker_config: tuple[object, ...] = ()
+    broker_url: str | None = None
+    """The Celery broker (a RabbitMQ vhost, say); the shared Redis's database 1 unless given."""
 
     def start(self) -> Stack:
         self.root.chmod(0o755)
@@ -83,7 +84,7 @@ class Stack:
             **ENV_DEFAULTS,
             "DATABASE_URL": self.pg.url,
             "REDIS_URL": f"{base}/0",
-            "BROKER_URL": f"{base}/{BROKER_DB}",
+            "BROKER_URL": self.broker_url or f"{base}/{BROKER_DB}",
         }
         os.environ.update({k: self.env[k] for k in ("DATABASE_URL", "REDIS_URL", "BROKER_URL")})
         engine = make_engine(self.pg.url)
@@ -102,9 +103,9 @@ class Stack:
         )
         self.seed_seconds = time.monotonic() - started
         self.redis = connect(self.env["REDIS_URL"])
-        self.broker = redis.Redis.from_url(self.env["BROKER_URL"])
+        self.broker = BrokerQueues(self.env["BROKER_URL"])
         self.redis.flushdb()
-        self.broker.flushdb()
+        self.broker.flush()
         return self
 
     @property
@@ -216,14 +217,8 @@ class Stack:
         """Delete the queues' messages (kombu's bindings stay: the running worker and every
         producer rely on them), then let the worker finish the few it had taken; what a killed
         worker left unacknowledged is dropped too rather than redelivered into the next run."""
-        queued = [key for queue in QUEUES for key in self.broker.scan_iter(f"{queue}*")]
-        if queued:
-            self.broker.delete(*queued)
-        try:  # acks_late: a task the worker holds or runs stays in `unacked` until it is done
-            wait_for(lambda: self.broker.hlen("unacked") == 0, 30, interval=0.05)
-        except AssertionError:
+        if not self.broker.purge():
             self.stop_worker()  # still busy: its tasks must not store into the next run
-        self.broker.delete("unacked", "unacked_index")
 
     # --- state --------------------------------------------------------------------------
     def reset_pipeline(self) -> None:
@@ -249,9 +244,7 @@ class Stack:
             pipe.zcard(keys.due(name))
             pipe.zcard(keys.claims(name))
         counts = pipe.execute()
-        queued = sum(self.broker.llen(queue) for queue in QUEUES)
-        unacked = self.broker.hlen("unacked")
-        return not any(counts) and queued == 0 and unacked == 0
+        return not any(counts) and self.broker.queued() == 0 and self.broker.unacked() == 0
 
     def quiesce(self, timeout: float = 120) -> float:
         started = time.monotonic()
