@@ -10,7 +10,10 @@ leave a channel CLOSED for good, and keeps reporting through its callbacks after
   is counted (`stale_generation`) and ignored, so tearing down an old client never touches the
   new one.
 - **Own liveness.** The link sends its own Phoenix heartbeat every `HEARTBEAT_S` with a unique
-  ref and expects the reply within `HEARTBEAT_REPLY_S`; and every `CANARY_S` it commits a canary
+  ref and expects the reply within `HEARTBEAT_REPLY_S`. With it goes a channel probe: an
+  `access_token` push with the join's own token, a no-op for a live channel (supabase/realtime
+  `RealtimeChannel.handle_in("access_token")`), answered `unmatched topic` by Phoenix when the
+  server no longer has the channel. And every `CANARY_S` it commits a canary
   row to a table in the publication and expects that change back through the channel within
   `CANARY_DEADLINE_S`. The heartbeat finds a half-open socket, the canary a subscription that
   stopped delivering while the socket answers.
@@ -72,6 +75,8 @@ CLOSE_TIMEOUT_S = 1.0
 MAX_QUEUED = 100_000
 MAX_BATCH = 5000
 MESSAGE_TOO_BIG = 1009
+UNMATCHED_TOPIC = "unmatched topic"
+"""Phoenix's reply to a push on a topic the socket has no channel for."""
 WATERMARK_MAX_AGE_S = 1800.0
 """A watermark older than this may predate the pruned change log: catch up the wide way."""
 
@@ -302,10 +307,26 @@ class SupabaseSource(Source):
             if event == "postgres_changes":
                 self._on_change(link, payload)
                 return False
+            if event in ("phx_close", "phx_error") and self._stale_join_ref(link, frame.get("ref")):
+                return False
             self._watch_channel_frame(link, event, payload)
         except Exception as error:  # an exception here would kill the client's receive loop
             metrics.BAD_INPUT.labels(SOURCE, "callback_error").inc()
             log.exception("frame_tap_failed", error_type=type(error).__name__)
+        return True
+
+    def _stale_join_ref(self, link: _Link, ref: object) -> bool:
+        """True for a close or error naming an older join of our topic (Phoenix closes the older
+        join after a duplicate join, with that join's ref): it does not concern the current
+        channel, and the client, which does not check the ref, must not see it."""
+        channel = link.client.channels.get(TOPIC) if link.client else None
+        current = channel.join_push.ref if channel is not None else None
+        if ref is None or current is None or ref == current:
+            return False
+        metrics.BAD_INPUT.labels(SOURCE, "stale_join_ref").inc()
+        log.warning(
+            "stale_join_ref", error_type="stale_join_ref", ref=str(ref)[:40], join_ref=current
+        )
         return True
 
     def _watch_channel_frame(self, link: _Link, event: object, payload: object) -> None:
@@ -325,7 +346,10 @@ class SupabaseSource(Source):
         elif event == "phx_reply" and body.get("status") == "error":
             response = body.get("response")
             reason = response.get("reason") if isinstance(response, Mapping) else response
-            link.fail("join_refused", error=str(reason)[:300])
+            if reason == UNMATCHED_TOPIC:  # the server has no channel for our topic any more
+                link.fail("unmatched_topic")
+            else:
+                link.fail("join_refused", error=str(reason)[:300])
 
     def _on_change(self, link: _Link, payload: object) -> None:
         body = payload if isinstance(payload, Mapping) else {}
@@ -520,8 +544,17 @@ class SupabaseSource(Source):
             message = Message(
                 topic="phoenix", event="heartbeat", payload={}, ref=link.heartbeat_ref
             )
+            channel = client.channels.get(TOPIC)
+            probe = Message(
+                topic=TOPIC,
+                event="access_token",
+                payload={"access_token": self.key},
+                ref=f"{link.heartbeat_ref}-probe",
+                join_ref=channel.join_push.ref if channel is not None else None,
+            )
             try:
                 await asyncio.wait_for(client.send(message), self.settings.heartbeat_reply_s)
+                await asyncio.wait_for(client.send(probe), self.settings.heartbeat_reply_s)
                 await asyncio.wait_for(
                     link.heartbeat_answered.wait(), self.settings.heartbeat_reply_s
                 )

@@ -322,3 +322,47 @@ def test_reconnect_after_a_drop(
             )
             took.append(time.monotonic() - dropped)
     print(f"reconnect after a drop (to 'Subscribed'): {[round(t, 2) for t in took]} s")
+
+
+def test_stale_close_is_ignored_and_a_forgotten_channel_is_rebuilt(
+    database_url: str, redis_client: redis.Redis, service_env: dict[str, str], tmp_path: Path,
+    standin: RealtimeStandIn, worker: Proc,
+) -> None:  # fmt: skip
+    """A `phx_close` naming an older join (what Phoenix sends after a duplicate join) leaves
+    the healthy channel alone; a channel the server ended without a word is found by the
+    channel probe (Phoenix answers "unmatched topic") and rebuilt, the gap caught up."""
+    seed.load(database_url, SMALL)
+    # The canary is slow here, so only the probe can find the forgotten channel in time.
+    listener = start(
+        service_env, tmp_path, standin, HEARTBEAT_S="1", CANARY_S="60", CANARY_DEADLINE_S="120"
+    )
+    with running(listener.proc):
+        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+        settle(database_url, redis_client)
+        sockets, torn = standin.total_connections, teardowns(listener)
+        assert standin.send_stale_close() == 1
+        wait_for(
+            lambda: listener.metric("coachpipe_bad_input_total", reason="stale_join_ref") >= 1,
+            10,
+            message="the stale close to be counted",
+        )
+        coach_change(database_url)
+        settle(database_url, redis_client)  # delivered through the same channel
+        # The client alone would have closed its channel: the listener would rebuild it within
+        # its 1 s liveness check.
+        holds(
+            lambda: standin.total_connections == sockets and teardowns(listener) == torn,
+            3,
+            "a stale close tore the healthy channel down",
+        )
+
+        assert standin.forget_channels() == 1
+        coach_change(database_url)  # no channel on the server: lost, then caught up
+        wait_for(
+            lambda: teardowns(listener, "unmatched_topic") >= 1,
+            20,
+            message="the probe to find the forgotten channel",
+        )
+        wait_for(lambda: listener.connected(redis_client), 30, message="listener back")
+        settle(database_url, redis_client)
+        assert teardowns(listener, "canary_timeout") == 0

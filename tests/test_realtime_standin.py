@@ -488,8 +488,8 @@ def test_raw_phoenix_frames(standin: RealtimeStandIn, database_url: str, vsn: st
             )
 
             await raw.send("feed", "phx_join", join_payload(users), "1", "1")
-            assert await raw.recv() == (
-                jref("1"),
+            assert await raw.recv() == (  # Phoenix's "ignore" reply carries no join_ref
+                None,
                 "1",
                 "feed",
                 "phx_reply",
@@ -525,10 +525,40 @@ def test_raw_phoenix_frames(standin: RealtimeStandIn, database_url: str, vsn: st
                 assert (payload["ids"], payload["data"]["record"]["id"]) == (ids, row)
 
             # A second join of the topic replaces the first: reply, then phx_close of join 2.
+            # The binding keeps its id: the id is the hash of its params, not a counter.
             await raw.send("realtime:feed", "phx_join", join_payload(users), "3", "3")
-            assert (await raw.recv())[:4] == (jref("3"), "3", "realtime:feed", "phx_reply")
+            assert await raw.recv() == (
+                jref("3"),
+                "3",
+                "realtime:feed",
+                "phx_reply",
+                {"status": "ok", "response": {"postgres_changes": [echoed[0]]}},
+            )
             assert await raw.recv() == (jref("2"), "2", "realtime:feed", "phx_close", {})
             assert (await raw.recv())[3] == "system"
+
+            # A message carrying the older join's ref, a leave included, is dropped unanswered;
+            # a push on a topic not joined gets "unmatched topic"; leaving one is answered ok.
+            await raw.send("realtime:feed", "phx_leave", {}, "31", "2")
+            await raw.send("realtime:feed", "broadcast", {}, "32", "2")
+            await raw.send("realtime:nobody", "broadcast", {}, "33", "7")
+            assert await raw.recv() == (
+                None,
+                "33",
+                "realtime:nobody",
+                "phx_reply",
+                {"status": "error", "response": {"reason": "unmatched topic"}},
+            )
+            await raw.send("realtime:nobody", "phx_leave", {}, "34", "7")
+            assert await raw.recv() == (
+                jref("7"),
+                "34",
+                "realtime:nobody",
+                "phx_reply",
+                {"status": "ok", "response": {}},
+            )
+            assert standin.stale_messages == 2
+            assert standin.ready_topics() == ["realtime:feed"]
 
             await raw.send("realtime:feed", "phx_leave", {}, "4", "3")
             assert await raw.recv() == (
