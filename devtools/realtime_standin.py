@@ -287,7 +287,9 @@ class RealtimeStandIn:
         flush_wal: bool = True,
     ) -> None:
         self.database_url = database_url
-        # None: the publication's tables, read when the slot opens, as the real server does.
+        # None: the publication's tables, read at every poll as the real `realtime.list_changes`
+        # does (`pg_publication_tables`: a partitioned table's partitions, or only the table
+        # itself under publish_via_partition_root, whose changes wal2json never names).
         self.tables = (
             None
             if tables is None
@@ -832,11 +834,6 @@ class RealtimeStandIn:
             )
             if await cursor.fetchone() is None:
                 raise RuntimeError(f"publication {self.publication!r} does not exist")
-            if self.tables is None:
-                cursor = await db.execute(PUBLICATION_TABLES, (self.publication,))
-                self.tables = tuple(
-                    f"{schema}.{table}" for schema, table in await cursor.fetchall()
-                )
             await db.execute(
                 "SELECT pg_create_logical_replication_slot(%s, 'wal2json', true)",
                 (self.slot_name,),
@@ -872,9 +869,12 @@ class RealtimeStandIn:
         assert self._db is not None
         if self.flush_wal:
             await self._db.execute(FLUSH_WAL)
+        tables = self.tables
+        if tables is None:
+            cursor = await self._db.execute(PUBLICATION_TABLES, (self.publication,))
+            tables = tuple(f"{schema}.{table}" for schema, table in await cursor.fetchall())
         cursor = await self._db.execute(
-            GET_CHANGES,
-            {"slot": self.slot_name, "limit": 100, "tables": ",".join(self.tables or ())},
+            GET_CHANGES, {"slot": self.slot_name, "limit": 100, "tables": ",".join(tables)}
         )
         # Numbers stay text, so numeric and int8 values reach Postgres' cast unrounded.
         rows = []
