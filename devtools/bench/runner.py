@@ -23,6 +23,7 @@ from coachpipe.embedded import PrivateRedis
 from config import load_settings
 from config.logging import configure_logging
 from devtools.bench import report
+from devtools.bench.link_faults import link_faults
 from devtools.bench.measure import machine
 from devtools.bench.noisy import NoisyNeighbour
 from devtools.bench.scenarios import (
@@ -77,6 +78,7 @@ SMALL_STACK: dict[str, Run] = {
         supabase=lambda: intake(s, p, "supabase", naive=False),
         naive=lambda: intake(s, p, "postgres", naive=True),
     ),
+    "link-faults": link_faults,
     "soak": lambda s, p: _variants(
         s, p, pipeline=lambda: soak(s, p, naive=False), naive=lambda: soak(s, p, naive=True)
     ),

@@ -169,7 +169,9 @@ class Stack:
         ).start()
         proc.metrics_port = port  # type: ignore[attr-defined]
         self.procs.append(proc)
-        wait_for(lambda: self._connected(proc), 60, interval=0.1, message=f"{name} to connect")
+        wait_for(
+            lambda: self.listener_connected(proc), 60, interval=0.1, message=f"{name} to connect"
+        )
         return proc
 
     def realtime(self) -> Any:
@@ -179,7 +181,8 @@ class Stack:
             self.standin = RealtimeStandIn(self.pg.url, poll_interval=0.02).start()
         return self.standin
 
-    def _connected(self, proc: Proc) -> bool:
+    def listener_connected(self, proc: Proc) -> bool:
+        """True once `proc` (a listener) reports itself connected; raises if it exited."""
         from pipeline.health import HealthBoard, ListenerState
 
         if not proc.alive():
