@@ -1,7 +1,8 @@
 """`link-faults`: how fast the `supabase` listener finds a dead link and comes back (issue 14).
 
-Against the Realtime stand-in, with the shipped settings (heartbeat every `HEARTBEAT_S`, reply
-deadline `HEARTBEAT_REPLY_S`, canary every `CANARY_S`, deadline `CANARY_DEADLINE_S`):
+Against the Realtime stand-in, with the shipped defaults (heartbeat every `HEARTBEAT_S`, reply
+deadline `HEARTBEAT_REPLY_S`, canary every `CANARY_S`, deadline `CANARY_DEADLINE_S`), faster
+ones in the smoke profile:
 
 - **half-open**: the server stops reading and writing without closing (`blackhole`); time from
   then until the listener tears the link down for `heartbeat_timeout` (goal ≤ 10 s);
@@ -17,6 +18,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from config import Settings
 from devtools.bench.measure import percentiles
 from devtools.bench.scenarios import Profile
 from devtools.bench.stack import Stack
@@ -28,19 +30,30 @@ TRIALS = {"smoke": 1, "quick": 3}
 FULL_TRIALS = 10
 
 
-SMOKE_SETTINGS = {"HEARTBEAT_S": "1", "CANARY_S": "1", "CANARY_DEADLINE_S": "3"}
-"""The smoke profile only proves the harness: it finds faults faster than the shipped settings."""
+LINK_SETTINGS = (
+    "heartbeat_s",
+    "heartbeat_reply_s",
+    "heartbeat_stale_s",
+    "canary_s",
+    "canary_deadline_s",
+)
+SHIPPED = {name: float(Settings.model_fields[name].default) for name in LINK_SETTINGS}
+"""The defaults a deployment runs with (the bench's stack otherwise beats every second)."""
+SMOKE = {
+    "heartbeat_s": 1.0,
+    "heartbeat_reply_s": 1.0,
+    "heartbeat_stale_s": 5.0,
+    "canary_s": 1.0,
+    "canary_deadline_s": 4.0,
+}
+"""The smoke profile only proves the harness: faster, with the heartbeat still first."""
 
 
 def link_faults(stack: Stack, profile: Profile) -> dict[str, Any]:
     trials = TRIALS.get(profile.name, FULL_TRIALS)
-    overrides = SMOKE_SETTINGS if profile.name == "smoke" else {}
-    listener = stack.listener("supabase", naive=False, **overrides)
-    settings = stack.settings
-    used = {
-        name: float(overrides.get(name.upper(), getattr(settings, name)))
-        for name in ("heartbeat_s", "heartbeat_reply_s", "canary_s", "canary_deadline_s")
-    }
+    used = SMOKE if profile.name == "smoke" else SHIPPED
+    env = {name.upper(): str(value) for name, value in used.items()}
+    listener = stack.listener("supabase", naive=False, **env)
     half_open = [_half_open(stack, listener) for _ in range(trials)]
     stalls = [_silent_stall(stack, listener) for _ in range(trials)]
     drops = [_drop(stack, listener) for _ in range(trials)]
@@ -68,7 +81,13 @@ def _teardowns(listener: Proc, reason: str) -> float:
 
 
 def _back(stack: Stack, listener: Proc) -> None:
-    wait_for(lambda: stack.listener_connected(listener), 60, interval=0.05, message="listener back")
+    stale_after_s = float(listener.env["HEARTBEAT_STALE_S"])
+    wait_for(
+        lambda: stack.listener_connected(listener, stale_after_s),
+        60,
+        interval=0.05,
+        message="listener back",
+    )
 
 
 def _detect(stack: Stack, listener: Proc, reason: str, fault: Any, end: Any) -> float:

@@ -181,15 +181,16 @@ class Stack:
             self.standin = RealtimeStandIn(self.pg.url, poll_interval=0.02).start()
         return self.standin
 
-    def listener_connected(self, proc: Proc) -> bool:
-        """True once `proc` (a listener) reports itself connected; raises if it exited."""
+    def listener_connected(self, proc: Proc, stale_after_s: float = 5) -> bool:
+        """True once `proc` (a listener) reports itself connected (in a health record younger
+        than `stale_after_s`); raises if it exited."""
         from pipeline.health import HealthBoard, ListenerState
 
         if not proc.alive():
             raise RuntimeError(f"{proc.name} exited:\n{proc.output()[-2000:]}")
         return any(
             h.listener_id.split(":")[1] == str(proc.pid) and h.state is ListenerState.CONNECTED
-            for h in HealthBoard(self.redis, stale_after_s=5).listeners()
+            for h in HealthBoard(self.redis, stale_after_s=stale_after_s).listeners()
         )
 
     def stop_processes(self) -> None:
