@@ -493,7 +493,12 @@ class SupabaseSource(Source):
 
     async def _establish(self, link: _Link) -> None:
         """Connect and join; then wait, patiently, for "Subscribed to PostgreSQL"."""
-        link.partitions = await self._partitions()
+        try:
+            link.partitions = await self._partitions()
+        except psycopg.Error as error:  # bind the tables by name; the partition check retries
+            log.warning(
+                "partitions_unknown", error_type=type(error).__name__, error=str(error)[:200]
+            )
         partitioned = set(link.partitions.values())
         bound = [("public", t) for t in (*WATCHED_TABLES, SIGNAL_TABLE) if t not in partitioned]
         bound += list(link.partitions)
