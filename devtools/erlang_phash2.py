@@ -48,27 +48,20 @@ def phash2(term: Any) -> int:
     return _hash(term, 0) & (PHASH2_RANGE - 1)
 
 
+MIX_SHIFTS = (-13, 8, -13, -12, 16, -5, -3, 10, -15)
+"""Bob Jenkins' lookup2 mix, step by step: step i updates word i mod 3 from the two others and
+XORs in the last of them shifted right (negative) or left (positive) by this much."""
+
+
 def _mix(a: int, b: int, c: int) -> tuple[int, int, int]:
     """Bob Jenkins' lookup2 mix of three 32-bit words."""
-    a = (a - b - c) & MASK32
-    a ^= c >> 13
-    b = (b - c - a) & MASK32
-    b ^= (a << 8) & MASK32
-    c = (c - a - b) & MASK32
-    c ^= b >> 13
-    a = (a - b - c) & MASK32
-    a ^= c >> 12
-    b = (b - c - a) & MASK32
-    b ^= (a << 16) & MASK32
-    c = (c - a - b) & MASK32
-    c ^= b >> 5
-    a = (a - b - c) & MASK32
-    a ^= c >> 3
-    b = (b - c - a) & MASK32
-    b ^= (a << 10) & MASK32
-    c = (c - a - b) & MASK32
-    c ^= b >> 15
-    return a, b, c
+    words = [a, b, c]
+    for step, shift in enumerate(MIX_SHIFTS):
+        target, first, last = step % 3, (step + 1) % 3, (step + 2) % 3
+        value = (words[target] - words[first] - words[last]) & MASK32
+        mixed = words[last] >> -shift if shift < 0 else (words[last] << shift) & MASK32
+        words[target] = value ^ mixed
+    return words[0], words[1], words[2]
 
 
 def _mix_words(first: int, second: int, constant: int, hash_value: int) -> int:
