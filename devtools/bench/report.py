@@ -98,6 +98,9 @@ def rows(
                 and (goal_p50 is None or _le(change.get("p50"), goal_p50))
                 and change.get("missing") == 0
             )
+        elif not noise:  # issue 14: through Realtime, on a quiet machine
+            goal = "p99 ≤ 600, 0 missing"
+            met = _met(_le(change.get("p99"), 600) and change.get("missing") == 0)
         else:
             goal, met = "", "-"
         out.append(
