@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from uuid import UUID
 
 import psycopg
 import redis
@@ -47,6 +48,30 @@ def partition_ratings(database_url: str) -> None:
             "CREATE TABLE public.session_ratings_recent PARTITION OF public.session_ratings"
             f" FOR VALUES FROM ('{split}') TO (MAXVALUE)"
         )
+
+
+def partitioned_and_seeded(database_url: str) -> None:
+    """Migrated, `session_ratings` re-created partitioned, migrated again, seeded."""
+    migrate(database_url)
+    partition_ratings(database_url)
+    migrate(database_url)
+    seed.load(database_url, SMALL)
+
+
+def rate_and_move(database_url: str) -> list[UUID]:
+    """A rating for every coach (routed to a partition by `created_at`), then the ratings of
+    the second coach moved to the first (the old coach comes from the old row); the coaches."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        coaches = [r[0] for r in conn.execute("SELECT id FROM users WHERE role = 'coach'")]
+        conn.execute(
+            "INSERT INTO session_ratings (session_id, coach_id, client_id, rating)"
+            " SELECT DISTINCT ON (coach_id) id, coach_id, client_id, 5 FROM sessions"
+        )
+        conn.execute(
+            "UPDATE session_ratings SET coach_id = %s WHERE coach_id = %s",
+            (coaches[0], coaches[1]),
+        )
+    return coaches
 
 
 def test_migrate_is_idempotent_over_a_partitioned_table(
@@ -119,25 +144,13 @@ def test_changes_to_a_partitioned_table_reach_the_aggregates(
     own_database: tuple[str, dict[str, str], Proc], redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     database_url, env, worker = own_database
-    migrate(database_url)
-    partition_ratings(database_url)
-    migrate(database_url)
-    seed.load(database_url, SMALL)
+    partitioned_and_seeded(database_url)
     listener = start_listener(env, tmp_path)
     with running(listener, worker):
         wait_for(lambda: connected(redis_client, listener), 20, message="listener to connect")
         settle(database_url, redis_client)
+        coaches = rate_and_move(database_url)
         with psycopg.connect(database_url, autocommit=True) as conn:
-            coaches = [r[0] for r in conn.execute("SELECT id FROM users WHERE role = 'coach'")]
-            conn.execute(
-                "INSERT INTO session_ratings (session_id, coach_id, client_id, rating)"
-                " SELECT DISTINCT ON (coach_id) id, coach_id, client_id, 5 FROM sessions"
-            )
-            # Moves between coaches, in both partitions: the old coach comes from the old row.
-            conn.execute(
-                "UPDATE session_ratings SET coach_id = %s WHERE coach_id = %s",
-                (coaches[0], coaches[1]),
-            )
             conn.execute("DELETE FROM session_ratings WHERE coach_id = %s", (coaches[2],))
         ends_correct_and_green(database_url, redis_client, listener, None)
         assert "session_ratings_" not in listener.output()
@@ -153,25 +166,13 @@ def test_supabase_source_binds_partitions_and_routes_by_the_partitioned_table(
     `session_ratings`, and a gap is caught up by the change log triggers `migrate` put back on
     the re-created table."""
     database_url, env, worker = own_database
-    migrate(database_url)
-    partition_ratings(database_url)
-    migrate(database_url)
-    seed.load(database_url, SMALL)
+    partitioned_and_seeded(database_url)
     with RealtimeStandIn(database_url) as standin:
         listener = Listener(env, tmp_path, standin, CANARY_S="1")
         with running(listener.proc, worker):
             listener.wait_connected(redis_client)
             settle(database_url, redis_client)
-            with psycopg.connect(database_url, autocommit=True) as conn:
-                coaches = [r[0] for r in conn.execute("SELECT id FROM users WHERE role = 'coach'")]
-                conn.execute(
-                    "INSERT INTO session_ratings (session_id, coach_id, client_id, rating)"
-                    " SELECT DISTINCT ON (coach_id) id, coach_id, client_id, 5 FROM sessions"
-                )
-                conn.execute(
-                    "UPDATE session_ratings SET coach_id = %s WHERE coach_id = %s",
-                    (coaches[0], coaches[1]),
-                )
+            coaches = rate_and_move(database_url)
             settle(database_url, redis_client)
             delivered = listener.metric(
                 "coachpipe_events_total", source="supabase", table="session_ratings"
