@@ -149,6 +149,10 @@ def _postgres_checks(settings: Settings, conn: psycopg.Connection[Any]) -> list[
         checks.append(_publication_check(conn, publication, required))
     if partitioned and settings.listener_source is SourceName.POSTGRES:
         checks.append(_partition_root_check(conn, settings.publication_name, partitioned))
+    if partitioned and needs_realtime:
+        checks.append(_realtime_partitions_check(conn, partitioned))
+    if needs_realtime and not missing:
+        checks.append(_change_log_check(conn))
     privileged = one("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user")
     user = one("SELECT current_user")
     if settings.listener_source is SourceName.POSTGRES and not privileged:
@@ -207,6 +211,49 @@ def _partition_root_check(
         "name, which no aggregate reads: they are ignored",
         f'ALTER PUBLICATION "{publication}" SET (publish_via_partition_root = true); '
         "(or coachpipe migrate)",
+    )
+
+
+def _realtime_partitions_check(conn: psycopg.Connection[Any], partitioned: set[str]) -> Check:
+    """Realtime's poller keeps the changes of the tables `pg_publication_tables` lists, and
+    wal2json names each change by its partition (supabase/realtime `realtime.list_changes`)."""
+    name = f"partitioned tables in {SUPABASE_PUBLICATION}"
+    row = conn.execute(
+        "SELECT pubviaroot FROM pg_publication WHERE pubname = %s", (SUPABASE_PUBLICATION,)
+    ).fetchone()
+    tables = ", ".join(sorted(partitioned))
+    if row is None or not row[0]:
+        return ok(name, f"{tables}: each partition published; the listener binds them")
+    return Check(
+        name,
+        Severity.FAIL,
+        f"{tables} partitioned, and the publication lists only the partitioned table, whose "
+        "name no change carries: Realtime sends none of their changes",
+        f'ALTER PUBLICATION "{SUPABASE_PUBLICATION}" SET (publish_via_partition_root = false);',
+    )
+
+
+def _change_log_check(conn: psycopg.Connection[Any]) -> Check:
+    """The `supabase` source's catch-up reads the change log its statement triggers keep; a
+    table re-created (e.g. partitioned) has lost them."""
+    present = {
+        table
+        for (table,) in conn.execute(
+            "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+            " WHERE c.relnamespace = 'public'::regnamespace AND c.relname = ANY(%s)"
+            " AND t.tgname LIKE 'coachpipe_log_%%' GROUP BY c.relname HAVING count(*) = 4",
+            (list(WATCHED_TABLES),),
+        ).fetchall()
+    }
+    missing = [t for t in WATCHED_TABLES if t not in present]
+    if not missing:
+        return ok("change log", "triggers on all five tables")
+    return Check(
+        "change log",
+        Severity.FAIL,
+        f"triggers missing on {', '.join(missing)}: a Realtime gap in their changes is never "
+        "caught up",
+        "coachpipe migrate",
     )
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hashlib
 import json
 import logging
 import threading
@@ -41,6 +40,8 @@ from psycopg import sql
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+
+from devtools.erlang_phash2 import phash2
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +102,14 @@ PUBLICATION_TABLES = "SELECT schemaname, tablename FROM pg_publication_tables WH
 
 
 def binding_id(binding: Mapping[str, Any]) -> int:
-    """A stable id in [1, 2**27) per binding; the server's is `phash2`, clients only need stable
-    and non-zero (0 reads as "unset" in the Python client)."""
-    canonical = json.dumps(binding, sort_keys=True, separators=(",", ":"), default=str)
-    digest = hashlib.blake2b(canonical.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % (2**27 - 1) + 1
+    """The server's id of a binding: `:erlang.phash2(params)` of the binding map as the join
+    carried it (supabase/realtime `RealtimeChannel.add_id_to_postgres_changes`), in [0, 2**27).
+    Same params give the same id on every join and socket; a binding with equal params twice in
+    one join gets one id twice. Raises ValueError for values phash2 is not ported for (floats)."""
+    try:
+        return phash2(dict(binding))
+    except TypeError as error:
+        raise ValueError(f"unsupported binding value: {error}") from error
 
 
 def _text_value(value: Any) -> str | None:
@@ -175,6 +179,7 @@ class _Channel:
 
     topic: str
     join_ref: str | None
+    """The join's `join_ref` as the client sent it (None from a vsn 1 client that sends none)."""
     bindings: list[Binding]
     ready: bool = False
     ready_task: asyncio.Task[None] | None = None
@@ -282,7 +287,9 @@ class RealtimeStandIn:
         flush_wal: bool = True,
     ) -> None:
         self.database_url = database_url
-        # None: the publication's tables, read when the slot opens, as the real server does.
+        # None: the publication's tables, read at every poll as the real `realtime.list_changes`
+        # does (`pg_publication_tables`: a partitioned table's partitions, or only the table
+        # itself under publish_via_partition_root, whose changes wal2json never names).
         self.tables = (
             None
             if tables is None
@@ -300,6 +307,7 @@ class RealtimeStandIn:
         self.joins = 0
         self.changes_sent = 0
         self.changes_dropped = 0
+        self.stale_messages = 0  # client messages dropped for carrying an older join's ref
         self.poll_errors = 0
         self.close_codes: list[int | None] = []  # the code each closed socket received
 
@@ -520,6 +528,31 @@ class RealtimeStandIn:
 
         return self._call(send)
 
+    def send_stale_close(self, join_ref: str = "stale") -> int:
+        """`phx_close` carrying an older join's ref on every joined topic, the channel staying
+        joined: what a client sees of Phoenix closing the older join after a duplicate join."""
+
+        def send() -> int:
+            joined = self._joined()
+            for peer, channel in joined:
+                peer.send(channel.topic, "phx_close", {}, ref=join_ref, join_ref=join_ref)
+            return len(joined)
+
+        return self._call(send)
+
+    def forget_channels(self) -> int:
+        """End every channel on the server side without telling the client (a lost
+        `phx_error`): its changes stop and its pushes get "unmatched topic"."""
+
+        def forget() -> int:
+            joined = self._joined()
+            for peer, channel in joined:
+                channel.cancel()
+                del peer.channels[channel.topic]
+            return len(joined)
+
+        return self._call(forget)
+
     def send_phx_error(self) -> int:
         """`phx_error` (a crashed channel) on every joined topic; the server forgets the join."""
 
@@ -646,13 +679,21 @@ class RealtimeStandIn:
         elif event == "phx_join":
             self._join(peer, topic, ref, join_ref, payload if isinstance(payload, dict) else {})
         elif topic in peer.channels:
+            channel = peer.channels[topic]
+            if channel.join_ref not in (join_ref, None):
+                # Phoenix drops a message carrying an older join's ref, a leave included, with
+                # no reply (phoenix `Socket.handle_in`: "a stale message to a previous join_ref").
+                self.stale_messages += 1
+                return
             if event == "phx_leave":
-                channel = peer.channels.pop(topic)
+                del peer.channels[topic]
                 peer.reply(topic, ref, join_ref, "ok", {})
                 peer.close_channel(channel)
             # Broadcast, presence and access_token pushes have no effect on postgres_changes.
-        else:
-            peer.reply(topic, ref, join_ref, "error", {"reason": "unmatched topic"})
+        elif event == "phx_leave":  # Phoenix answers the leave of a topic not joined with ok
+            peer.reply(topic, ref, join_ref, "ok", {})
+        else:  # a push on a topic this socket has not joined (or whose channel the server ended)
+            peer.reply(topic, ref, None, "error", {"reason": "unmatched topic"})
 
     def _join(
         self,
@@ -663,7 +704,7 @@ class RealtimeStandIn:
         payload: Mapping[str, Any],
     ) -> None:
         if not topic.startswith(TOPIC_PREFIX):
-            peer.reply(topic, ref, join_ref, "error", {"reason": "unmatched topic"})
+            peer.reply(topic, ref, None, "error", {"reason": "unmatched topic"})
             return
         if self._ignored_joins:
             self._ignored_joins -= 1
@@ -678,16 +719,17 @@ class RealtimeStandIn:
         config = payload.get("config") or {}
         raw_bindings = [b for b in config.get("postgres_changes") or [] if isinstance(b, dict)]
         previous = peer.channels.pop(topic, None)
-        channel = _Channel(topic, join_ref or ref, [])
+        channel = _Channel(topic, join_ref, [])
         problems = []
+        echoed = []
         for raw in raw_bindings:
             try:
+                echoed.append({**raw, "id": binding_id(raw)})
                 channel.bindings.append(Binding.parse(raw))
             except ValueError as exc:
                 problems.append(str(exc))
         peer.channels[topic] = channel
         self.joins += 1
-        echoed = [{**raw, "id": binding_id(raw)} for raw in raw_bindings]
         peer.reply(topic, ref, join_ref, "ok", {"postgres_changes": echoed})
         if previous is not None:  # Phoenix closes the older join of a duplicate topic
             peer.close_channel(previous)
@@ -792,11 +834,6 @@ class RealtimeStandIn:
             )
             if await cursor.fetchone() is None:
                 raise RuntimeError(f"publication {self.publication!r} does not exist")
-            if self.tables is None:
-                cursor = await db.execute(PUBLICATION_TABLES, (self.publication,))
-                self.tables = tuple(
-                    f"{schema}.{table}" for schema, table in await cursor.fetchall()
-                )
             await db.execute(
                 "SELECT pg_create_logical_replication_slot(%s, 'wal2json', true)",
                 (self.slot_name,),
@@ -832,9 +869,12 @@ class RealtimeStandIn:
         assert self._db is not None
         if self.flush_wal:
             await self._db.execute(FLUSH_WAL)
+        tables = self.tables
+        if tables is None:
+            cursor = await self._db.execute(PUBLICATION_TABLES, (self.publication,))
+            tables = tuple(f"{schema}.{table}" for schema, table in await cursor.fetchall())
         cursor = await self._db.execute(
-            GET_CHANGES,
-            {"slot": self.slot_name, "limit": 100, "tables": ",".join(self.tables or ())},
+            GET_CHANGES, {"slot": self.slot_name, "limit": 100, "tables": ",".join(tables)}
         )
         # Numbers stay text, so numeric and int8 values reach Postgres' cast unrounded.
         rows = []

@@ -356,6 +356,18 @@ class PostgresSource(Source):
         in_transaction = False
         handed = 0  # position of the last batch handed over
         idle_flush = 0
+
+        def hand_over_ready() -> bool:
+            """Hand over the committed events (if any) with their position; False: stopping."""
+            nonlocal ready, ready_position, ready_xids, handed
+            if ready_position is None:
+                return True
+            if not self._hand_over(Batch(ready, lsn_text(ready_position), tuple(ready_xids))):
+                return False
+            handed = ready_position
+            ready, ready_position, ready_xids = [], None, []
+            return True
+
         sent_feedback = 0
         last_feedback = 0.0
         while not self._stopping.is_set():
@@ -387,23 +399,15 @@ class PostgresSource(Source):
                         # does not grow with it. pgoutput (v1) sends a transaction only once it
                         # committed, so its id can be waited for; the parts carry no position:
                         # the slot moves at the commit, a restart replays the whole transaction.
-                        if ready_position is not None:
-                            batch = Batch(ready, lsn_text(ready_position), tuple(ready_xids))
-                            if not self._hand_over(batch):
-                                return
-                            handed = ready_position
-                            ready, ready_position, ready_xids = [], None, []
+                        if not hand_over_ready():
+                            return
                         if not self._hand_over(Batch(pending, None, (xid,))):
                             return
                         pending = []
                 if len(ready) < MAX_BATCH:
                     continue  # drain what is already buffered before handing over
-            if ready_position is not None:
-                batch = Batch(ready, lsn_text(ready_position), tuple(ready_xids))
-                if not self._hand_over(batch):
-                    return
-                handed = ready_position
-                ready, ready_position, ready_xids = [], None, []
+            if not hand_over_ready():
+                return
             if not in_transaction and self._confirmed >= handed:
                 # Nothing of ours is unconfirmed: let the slot follow the server's WAL, so
                 # activity on other tables or databases does not pile up behind an idle slot.

@@ -10,7 +10,10 @@ leave a channel CLOSED for good, and keeps reporting through its callbacks after
   is counted (`stale_generation`) and ignored, so tearing down an old client never touches the
   new one.
 - **Own liveness.** The link sends its own Phoenix heartbeat every `HEARTBEAT_S` with a unique
-  ref and expects the reply within `HEARTBEAT_REPLY_S`; and every `CANARY_S` it commits a canary
+  ref and expects the reply within `HEARTBEAT_REPLY_S`. With it goes a channel probe: an
+  `access_token` push with the join's own token, a no-op for a live channel (supabase/realtime
+  `RealtimeChannel.handle_in("access_token")`), answered `unmatched topic` by Phoenix when the
+  server no longer has the channel. And every `CANARY_S` it commits a canary
   row to a table in the publication and expects that change back through the channel within
   `CANARY_DEADLINE_S`. The heartbeat finds a half-open socket, the canary a subscription that
   stopped delivering while the socket answers.
@@ -19,6 +22,13 @@ leave a channel CLOSED for good, and keeps reporting through its callbacks after
 - **Every frame read here.** Change frames are taken from the socket before the client validates
   them (it drops error rows whose commit timestamp is null), checked against the ids the join
   assigned, and answered: a coach refresh when a coach id survives, else a wide refresh.
+- **Partitioned tables by their partitions.** Realtime's wal2json poller names a change by the
+  partition it landed in, and keeps only the tables `pg_publication_tables` lists: each
+  partition when the publication does not publish via the root, none of them when it does (the
+  root alone is listed, and no change carries its name). So `supabase_realtime` publishes
+  partitions as themselves, the link binds every partition of a partitioned watched table (read
+  at each connect, re-read every `PARTITION_CHECK_S`: a new partition means a new link), and a
+  change is routed by its partitioned table's name.
 - **Nothing lost across a gap.** Realtime never replays, so every successful (re)connect yields
   a `Resync` carrying the last snapshot known delivered (the watermark); the catch-up reads the
   change log for every change committed after it (deletes and TRUNCATE included).
@@ -60,7 +70,7 @@ from pipeline.changelog import (
 from pipeline.errors import BadEventError
 from pipeline.events import ChangeEvent, ChangeType
 from pipeline.health import ListenerState
-from pipeline.tables import WATCHED_TABLES
+from pipeline.tables import PARTITION_LEAVES, WATCHED_TABLES
 
 log = structlog.get_logger("listeners.supabase")
 
@@ -72,6 +82,10 @@ CLOSE_TIMEOUT_S = 1.0
 MAX_QUEUED = 100_000
 MAX_BATCH = 5000
 MESSAGE_TOO_BIG = 1009
+UNMATCHED_TOPIC = "unmatched topic"
+"""Phoenix's reply to a push on a topic the socket has no channel for."""
+PARTITION_CHECK_S = 30.0
+"""How often a link checks that the partitions it bound are still the watched tables' ones."""
 WATERMARK_MAX_AGE_S = 1800.0
 """A watermark older than this may predate the pruned change log: catch up the wide way."""
 
@@ -134,6 +148,8 @@ class _Link:
     broken: asyncio.Event = field(default_factory=asyncio.Event)
     reason: str = ""
     binding_ids: frozenset[int] = frozenset()
+    partitions: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(schema, partition) bound in place of a partitioned watched table -> that table's name."""
     heartbeat_ref: str | None = None
     heartbeat_answered: asyncio.Event = field(default_factory=asyncio.Event)
     canary_back: int = 0
@@ -302,10 +318,26 @@ class SupabaseSource(Source):
             if event == "postgres_changes":
                 self._on_change(link, payload)
                 return False
+            if event in ("phx_close", "phx_error") and self._stale_join_ref(link, frame.get("ref")):
+                return False
             self._watch_channel_frame(link, event, payload)
         except Exception as error:  # an exception here would kill the client's receive loop
             metrics.BAD_INPUT.labels(SOURCE, "callback_error").inc()
             log.exception("frame_tap_failed", error_type=type(error).__name__)
+        return True
+
+    def _stale_join_ref(self, link: _Link, ref: object) -> bool:
+        """True for a close or error naming an older join of our topic (Phoenix closes the older
+        join after a duplicate join, with that join's ref): it does not concern the current
+        channel, and the client, which does not check the ref, must not see it."""
+        channel = link.client.channels.get(TOPIC) if link.client else None
+        current = channel.join_push.ref if channel is not None else None
+        if ref is None or current is None or ref == current:
+            return False
+        metrics.BAD_INPUT.labels(SOURCE, "stale_join_ref").inc()
+        log.warning(
+            "stale_join_ref", error_type="stale_join_ref", ref=str(ref)[:40], join_ref=current
+        )
         return True
 
     def _watch_channel_frame(self, link: _Link, event: object, payload: object) -> None:
@@ -325,7 +357,10 @@ class SupabaseSource(Source):
         elif event == "phx_reply" and body.get("status") == "error":
             response = body.get("response")
             reason = response.get("reason") if isinstance(response, Mapping) else response
-            link.fail("join_refused", error=str(reason)[:300])
+            if reason == UNMATCHED_TOPIC:  # the server has no channel for our topic any more
+                link.fail("unmatched_topic")
+            else:
+                link.fail("join_refused", error=str(reason)[:300])
 
     def _on_change(self, link: _Link, payload: object) -> None:
         body = payload if isinstance(payload, Mapping) else {}
@@ -350,6 +385,8 @@ class SupabaseSource(Source):
         if data.get("schema") == "public" and data.get("table") == SIGNAL_TABLE:
             self._on_signal(link, data)
             return
+        if root := link.partitions.get((str(data.get("schema")), str(data.get("table")))):
+            payload = {**body, "data": {**data, "schema": "public", "table": root}}
         try:
             event, problem = parse_change(payload)
         except BadEventError as error:
@@ -418,6 +455,7 @@ class SupabaseSource(Source):
                     await self._resync("connected" if not attempt else "reconnected")
                     attempt = 0
                     link.tasks.append(asyncio.create_task(self._canary(link)))
+                    link.tasks.append(asyncio.create_task(self._watch_partitions(link)))
                     await self._watch(link)
                 except Exception as error:
                     link.fail(
@@ -455,16 +493,25 @@ class SupabaseSource(Source):
 
     async def _establish(self, link: _Link) -> None:
         """Connect and join; then wait, patiently, for "Subscribed to PostgreSQL"."""
+        try:
+            link.partitions = await self._partitions()
+        except psycopg.Error as error:  # bind the tables by name; the partition check retries
+            log.warning(
+                "partitions_unknown", error_type=type(error).__name__, error=str(error)[:200]
+            )
+        partitioned = set(link.partitions.values())
+        bound = [("public", t) for t in (*WATCHED_TABLES, SIGNAL_TABLE) if t not in partitioned]
+        bound += list(link.partitions)
         client = _Client(self.url, self.key, lambda raw: self._tap(link, raw))
         link.client = client
         channel = client.channel(CHANNEL)
-        for table in (*WATCHED_TABLES, SIGNAL_TABLE):
+        for schema, table in bound:
             # Change frames are read by the tap; the client only needs the bindings for the join.
             channel.on_postgres_changes(
                 RealtimePostgresChangesListenEvent.All,
                 callback=_ignore,
                 table=table,
-                schema="public",
+                schema=schema,
             )
         channel.on_system(lambda message: self._on_system(link, message))
         await channel.subscribe(lambda state, error: self._on_state(link, state, error))
@@ -486,6 +533,31 @@ class SupabaseSource(Source):
             link.fail("subscribe_timeout", waited_s=round(time.monotonic() - started, 1))
         elif ready in done and time.monotonic() - started > 5:
             log.info("slow_subscription", waited_s=round(time.monotonic() - started, 1))
+
+    async def _partitions(self) -> dict[tuple[str, str], str]:
+        """(schema, partition) -> watched table, for every partition of a partitioned watched
+        table (see PARTITION_LEAVES)."""
+        db = await self._database()
+        cursor = await db.execute(PARTITION_LEAVES, {"tables": list(WATCHED_TABLES)})
+        return {(schema, leaf): table for table, schema, leaf in await cursor.fetchall()}
+
+    async def _watch_partitions(self, link: _Link) -> None:
+        """A partition created, attached, detached or dropped while the link is up is not (or
+        no longer) what the link bound: rebuild the link; the catch-up covers the gap."""
+        while not link.broken.is_set():
+            await asyncio.sleep(PARTITION_CHECK_S)
+            try:
+                current = await self._partitions()
+            except psycopg.Error as error:  # the canary and the catch-up report the database
+                log.debug("partition_check_failed", error_type=type(error).__name__)
+                continue
+            if current != link.partitions:
+                link.fail(
+                    "partitions_changed",
+                    bound=len(link.partitions),
+                    now=len(current),
+                )
+                return
 
     def _healthy(self, link: _Link) -> str | None:
         """Why the client is not healthy, or None."""
@@ -520,8 +592,17 @@ class SupabaseSource(Source):
             message = Message(
                 topic="phoenix", event="heartbeat", payload={}, ref=link.heartbeat_ref
             )
+            channel = client.channels.get(TOPIC)
+            probe = Message(
+                topic=TOPIC,
+                event="access_token",
+                payload={"access_token": self.key},
+                ref=f"{link.heartbeat_ref}-probe",
+                join_ref=channel.join_push.ref if channel is not None else None,
+            )
             try:
                 await asyncio.wait_for(client.send(message), self.settings.heartbeat_reply_s)
+                await asyncio.wait_for(client.send(probe), self.settings.heartbeat_reply_s)
                 await asyncio.wait_for(
                     link.heartbeat_answered.wait(), self.settings.heartbeat_reply_s
                 )

@@ -31,6 +31,23 @@ ON CONFLICT (topic) DO UPDATE SET seq = excluded.seq, sent_at = excluded.sent_at
 RETURNING pg_current_snapshot()::text
 """
 
+LOG_TRIGGERS = """
+CREATE OR REPLACE TRIGGER coachpipe_log_insert AFTER INSERT ON public.{table}
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION public.coachpipe_log_changes();
+CREATE OR REPLACE TRIGGER coachpipe_log_update AFTER UPDATE ON public.{table}
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION public.coachpipe_log_changes();
+CREATE OR REPLACE TRIGGER coachpipe_log_delete AFTER DELETE ON public.{table}
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION public.coachpipe_log_changes();
+CREATE OR REPLACE TRIGGER coachpipe_log_truncate AFTER TRUNCATE ON public.{table}
+    FOR EACH STATEMENT EXECUTE FUNCTION public.coachpipe_log_truncate();
+"""
+"""The change log's statement triggers on one watched table (`{table}`), by migration 0002 and
+again by every `coachpipe migrate` (a table re-created, e.g. partitioned, loses its triggers).
+On a partitioned table they fire for statements on it, with the rows of every partition."""
+
 PRUNE_STATEMENTS = (
     text(f"DELETE FROM public.{CHANGE_LOG} WHERE logged_at < now() - interval '{KEEP}'"),
     text(

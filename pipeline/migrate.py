@@ -12,7 +12,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, text
 
-from pipeline.changelog import SIGNAL_TABLE
+from pipeline.changelog import LOG_TRIGGERS, SIGNAL_TABLE
 from pipeline.tables import WATCHED_TABLES
 
 VERSION_TABLE = "coachpipe_schema_version"
@@ -35,6 +35,8 @@ def upgrade(engine: Engine, publication: str) -> list[str]:
         connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('coachpipe.migrate'))"))
         command.upgrade(_alembic_config(connection), "head")
         ensure_partitions_replica_identity(connection)
+        for table in WATCHED_TABLES:  # idempotent; a re-created table has lost them
+            connection.execute(text(LOG_TRIGGERS.format(table=table)))
         added = ensure_publication(connection, publication, via_partition_root=True)
         # Realtime also carries the signal table: listener canaries and TRUNCATE notices.
         added += ensure_publication(connection, SUPABASE_PUBLICATION, (SIGNAL_TABLE,))

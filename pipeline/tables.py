@@ -108,3 +108,15 @@ WATCHED_TABLES: tuple[str, ...] = tuple(table.name for table in metadata.sorted_
 """Names of the five tables the listeners watch, in dependency order."""
 
 BY_NAME: dict[str, Table] = {table.name: table for table in metadata.sorted_tables}
+
+PARTITION_LEAVES = """
+SELECT t.name, n.nspname, c.relname FROM unnest(%(tables)s::text[]) AS t(name)
+CROSS JOIN LATERAL pg_partition_tree(to_regclass('public.' || quote_ident(t.name))) AS tree
+JOIN pg_class c ON c.oid = tree.relid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE tree.isleaf AND tree.level > 0
+ORDER BY 1, 2, 3
+"""
+"""(watched table, schema, partition) for every leaf partition of a partitioned watched table
+(psycopg parameter style, `tables` a list of watched table names). A table that is not
+partitioned has no row."""

@@ -4,69 +4,21 @@ stand-in fed by a real replication slot."""
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
-import pytest
 import redis
 
-from coachpipe.embedded import free_port
 from devtools.processes import Proc, running, start_beat, wait_for
 from devtools.realtime_standin import RealtimeStandIn
-from devtools.scrape import scrape
 from pipeline import keys, seed
-from pipeline.health import HealthBoard, ListenerState
+from pipeline.health import ListenerState
+from tests.listener_harness import SMALL, Listener, change_data, coach_change, standin
 from tests.pipeline_checks import settle
 from tests.test_listener_postgres import burst
 
-SMALL = seed.SeedPlan(coaches=4, clients_per_coach=3, sessions_per_client=2)
-TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2lnbmF0dXJl"
-
-
-@pytest.fixture
-def standin(database_url: str) -> Iterator[RealtimeStandIn]:
-    with RealtimeStandIn(database_url) as server:
-        yield server
-
-
-class Listener:
-    def __init__(
-        self,
-        env: dict[str, str],
-        log_dir: Path,
-        standin: RealtimeStandIn,
-        name: str = "listener",
-        **extra: str,
-    ) -> None:
-        self.metrics_port = free_port()
-        self.proc = Proc(
-            name,
-            [sys.executable, "-m", "listeners", "supabase"],
-            {
-                **env,
-                "SUPABASE_URL": standin.url,
-                "SUPABASE_KEY": TOKEN,
-                "LISTENER_METRICS_PORT": str(self.metrics_port),
-                **extra,
-            },
-            log_dir / f"{name}.log",
-        ).start()
-
-    def state(self, client: redis.Redis) -> ListenerState | None:
-        for health in HealthBoard(client, stale_after_s=3).listeners():
-            if health.listener_id.split(":")[1] == str(self.proc.pid):
-                return health.state
-        return None
-
-    def connected(self, client: redis.Redis) -> bool:
-        return self.state(client) is ListenerState.CONNECTED
-
-    def metric(self, name: str, **labels: str) -> float:
-        return scrape(self.metrics_port, name, **labels)
+__all__ = ["standin"]  # the fixture
 
 
 def test_committed_rows_end_as_correct_aggregates(
@@ -76,7 +28,7 @@ def test_committed_rows_end_as_correct_aggregates(
     seed.load(database_url, SMALL)
     listener = Listener(service_env, tmp_path, standin)
     with running(listener.proc):
-        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+        listener.wait_connected(redis_client)
         settle(database_url, redis_client)  # first connect: position unknown, full catch-up
         before = listener.metric("coachpipe_events_total", source="supabase")
         burst(database_url, 150)
@@ -90,39 +42,16 @@ def test_committed_rows_end_as_correct_aggregates(
         settle(database_url, redis_client)
 
 
-def coach_change(database_url: str) -> None:
-    """One real change: a session of some coach is cancelled."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            "UPDATE sessions SET status = 'cancelled' WHERE id = "
-            "(SELECT id FROM sessions WHERE status <> 'cancelled' ORDER BY id LIMIT 1)"
-        )
-
-
 BAD_FRAMES = [
     ("malformed_frame", lambda s: s.send_raw("{not json")),
     ("malformed_payload", lambda s: s.send_raw('{"event":"postgres_changes","topic":"realtime:coachpipe","payload":{"ids":[1]},"ref":null}')),
-    ("unknown_table", lambda s: s.send_change(_data("invoices", "INSERT", {"coach_id": str(uuid.uuid4())}))),
-    ("unknown_table", lambda s: s.send_change(_data("Sessions", "INSERT", {"coach_id": str(uuid.uuid4())}))),
-    ("unknown_type", lambda s: s.send_change(_data("sessions", "UPSERT", {"coach_id": str(uuid.uuid4())}))),
-    ("malformed_payload", lambda s: s.send_change(_data("sessions", "INSERT", "not an object"))),
-    ("server_error_413", lambda s: s.send_change(_data("goals", "INSERT", {"coach_id": str(uuid.uuid4())}, errors=["Error 413: Payload Too Large"]))),
+    ("unknown_table", lambda s: s.send_change(change_data("invoices", "INSERT", {"coach_id": str(uuid.uuid4())}))),
+    ("unknown_table", lambda s: s.send_change(change_data("Sessions", "INSERT", {"coach_id": str(uuid.uuid4())}))),
+    ("unknown_type", lambda s: s.send_change(change_data("sessions", "UPSERT", {"coach_id": str(uuid.uuid4())}))),
+    ("malformed_payload", lambda s: s.send_change(change_data("sessions", "INSERT", "not an object"))),
+    ("server_error_413", lambda s: s.send_change(change_data("goals", "INSERT", {"coach_id": str(uuid.uuid4())}, errors=["Error 413: Payload Too Large"]))),
     ("oversized_frame", lambda s: s.send_oversized(2 * 1024 * 1024)),
 ]  # fmt: skip
-
-
-def _data(
-    table: str, kind: str, record: object, errors: list[str] | None = None
-) -> dict[str, object]:
-    return {
-        "schema": "public",
-        "table": table,
-        "type": kind,
-        "commit_timestamp": "2026-01-01T00:00:00.000Z",
-        "columns": [{"name": "coach_id", "type": "uuid"}],
-        "errors": errors,
-        "record": record,
-    }
 
 
 def test_bad_input_is_counted_and_logged_and_the_listener_keeps_working(
@@ -132,7 +61,7 @@ def test_bad_input_is_counted_and_logged_and_the_listener_keeps_working(
     seed.load(database_url, SMALL)
     listener = Listener(service_env, tmp_path, standin)
     with running(listener.proc):
-        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+        listener.wait_connected(redis_client)
         settle(database_url, redis_client)
         for reason, inject in BAD_FRAMES:
             before = listener.metric("coachpipe_bad_input_total", reason=reason)
@@ -155,11 +84,11 @@ def test_bad_input_is_counted_and_logged_and_the_listener_keeps_working(
         unusable = [
             (
                 "missing_coach_id",
-                _data("sessions", "DELETE", None) | {"old_record": {"id": str(uuid.uuid4())}},
+                change_data("sessions", "DELETE", None) | {"old_record": {"id": str(uuid.uuid4())}},
             ),
-            ("missing_coach_id", _data("goals", "INSERT", {"id": str(uuid.uuid4())})),
-            ("bad_coach_id", _data("session_ratings", "INSERT", {"coach_id": 42})),
-            ("bad_coach_id", _data("goals", "INSERT", {"coach_id": "not-a-uuid"})),
+            ("missing_coach_id", change_data("goals", "INSERT", {"id": str(uuid.uuid4())})),
+            ("bad_coach_id", change_data("session_ratings", "INSERT", {"coach_id": 42})),
+            ("bad_coach_id", change_data("goals", "INSERT", {"coach_id": "not-a-uuid"})),
         ]
         for reason, data in unusable:  # no usable coach id: a wide refresh, never a silent drop
             wide_before = listener.metric("coachpipe_wide_refresh_requests_total", reason=reason)
@@ -199,7 +128,7 @@ def test_a_ten_second_outage_turns_status_red_polls_and_catches_up(
     listener = Listener(service_env, tmp_path, standin)
     beat = start_beat(service_env, tmp_path)
     with running(listener.proc, beat):
-        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+        listener.wait_connected(redis_client)
         settle(database_url, redis_client)
         wait_for(lambda: redis_client.get(keys.REALTIME_STATUS) == b"green", 15, message="green")
         down_since = time.time()  # the clock the workers stamp fallback refreshes with
@@ -217,7 +146,7 @@ def test_a_ten_second_outage_turns_status_red_polls_and_catches_up(
         time.sleep(max(0.0, 10 - (time.monotonic() - down_at)))  # the outage lasts 10 s at least
         burst(database_url, 30, seed_value=3)
         standin.set_down(False)
-        wait_for(lambda: listener.connected(redis_client), 30, message="listener to reconnect")
+        listener.wait_connected(redis_client, 30, "listener to reconnect")
         settle(database_url, redis_client)
         wait_for(
             lambda: redis_client.get(keys.REALTIME_STATUS) == b"green", 15, message="green again"
@@ -231,7 +160,7 @@ def test_sigterm_unsubscribes_closes_and_exits_zero(
     standin: RealtimeStandIn,
 ) -> None:  # fmt: skip
     listener = Listener(service_env, tmp_path, standin)
-    wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+    listener.wait_connected(redis_client)
     assert standin.connections == 1
     assert listener.proc.terminate(timeout=20) == 0
     wait_for(lambda: standin.connections == 0, 5, message="socket closed")
@@ -251,7 +180,7 @@ def test_a_hundred_reconnect_cycles_leak_no_sockets_tasks_or_memory(
         HEARTBEAT_S="0.2",
     )
     with running(listener.proc):
-        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+        listener.wait_connected(redis_client)
 
         def cycle(times: int) -> None:
             for _ in range(times):

@@ -19,8 +19,8 @@ from devtools.processes import Proc, running, wait_for
 from devtools.realtime_standin import RealtimeStandIn
 from pipeline import seed
 from pipeline.health import Color, HealthBoard, ListenerState
+from tests.listener_harness import SMALL, Listener, change_data, coach_change, standin
 from tests.pipeline_checks import settle
-from tests.test_listener_supabase import SMALL, Listener, _data, coach_change, standin
 
 __all__ = ["standin"]  # the fixture, shared with the happy-path tests
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -69,7 +69,7 @@ def test_one_error_each_then_the_new_socket_is_never_torn_down(
         ("join_timeout", unanswered),
     ]
     with running(listener.proc):
-        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+        listener.wait_connected(redis_client)
         for reason, inject in faults:
             inject()
             wait_for(lambda r=reason: teardowns(listener, r) >= 1, 30, message=f"{reason} seen")
@@ -102,7 +102,7 @@ def test_half_open_link_is_found_by_the_heartbeat_then_caught_up(
     )
     detected = []
     with running(listener.proc):
-        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+        listener.wait_connected(redis_client)
         settle(database_url, redis_client)
         for _ in range(3):
             before = teardowns(listener, "heartbeat_timeout")
@@ -117,7 +117,7 @@ def test_half_open_link_is_found_by_the_heartbeat_then_caught_up(
             )
             detected.append(time.monotonic() - silent_at)
             assert listener.state(redis_client) is not ListenerState.CONNECTED
-            wait_for(lambda: listener.connected(redis_client), 30, message="listener back")
+            listener.wait_connected(redis_client, 30, "listener back")
             settle(database_url, redis_client)
     print(f"half-open detection: {[round(d, 1) for d in detected]} s")
 
@@ -129,7 +129,7 @@ def test_silent_stall_is_found_by_the_canary_then_caught_up(
     seed.load(database_url, SMALL)
     listener = Listener(service_env, tmp_path, standin)  # canary defaults: 5 s, 15 s deadline
     with running(listener.proc):
-        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+        listener.wait_connected(redis_client)
         settle(database_url, redis_client)
         wait_for(
             lambda: (
@@ -149,7 +149,7 @@ def test_silent_stall_is_found_by_the_canary_then_caught_up(
         )
         detected = time.monotonic() - stalled_at
         standin.stall_changes(False)
-        wait_for(lambda: listener.connected(redis_client), 30, message="listener back")
+        listener.wait_connected(redis_client, 30, "listener back")
         settle(database_url, redis_client)
     print(f"silent stall detection: {detected:.1f} s")
 
@@ -161,7 +161,7 @@ def test_changes_during_a_gap_are_caught_up_deletes_and_truncate_included(
     seed.load(database_url, SMALL)
     listener = start(service_env, tmp_path, standin)
     with running(listener.proc):
-        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+        listener.wait_connected(redis_client)
         settle(database_url, redis_client)
         wait_for(
             lambda: (
@@ -190,7 +190,7 @@ def test_changes_during_a_gap_are_caught_up_deletes_and_truncate_included(
                     conn.execute("TRUNCATE session_ratings")
             standin.set_down(False)
             back = time.monotonic()
-            wait_for(lambda: listener.connected(redis_client), 30, message="listener back")
+            listener.wait_connected(redis_client, 30, "listener back")
             settle(database_url, redis_client)
             print(f"gap {trial}: every aggregate correct {time.monotonic() - back:.1f} s after")
     assert "scope='change log'" in listener.proc.output() or "change log" in listener.proc.output()
@@ -203,7 +203,7 @@ def test_truncate_while_connected_refreshes_the_table(
     seed.load(database_url, SMALL)
     listener = start(service_env, tmp_path, standin)
     with running(listener.proc):
-        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+        listener.wait_connected(redis_client)
         settle(database_url, redis_client)
         with psycopg.connect(database_url, autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM session_ratings").fetchone()[0] > 0
@@ -224,7 +224,7 @@ def test_every_error_row_is_answered(
     seed.load(database_url, SMALL)
     listener = start(service_env, tmp_path, standin)
     with running(listener.proc):
-        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+        listener.wait_connected(redis_client)
         settle(database_url, redis_client)
         # A real row over 1 MiB: the server sends "Error 413" keeping the short fields only.
         with psycopg.connect(database_url, autocommit=True) as conn:
@@ -237,7 +237,7 @@ def test_every_error_row_is_answered(
                  >= 1, 20, message="the 413 row to be counted")  # fmt: skip
         settle(database_url, redis_client)  # its coach was refreshed
         # 401: empty record, null commit timestamp (the client alone drops it): wide refresh.
-        unauthorized = _data("goals", "INSERT", {}, errors=["Error 401: Unauthorized"]) | {
+        unauthorized = change_data("goals", "INSERT", {}, errors=["Error 401: Unauthorized"]) | {
             "commit_timestamp": None,
             "columns": [],
         }
@@ -253,7 +253,9 @@ def test_every_error_row_is_answered(
         )
         # ids matching no binding: counted, logged, still answered.
         events = listener.metric("coachpipe_events_total", source="supabase")
-        standin.send_change(_data("goals", "INSERT", {"coach_id": str(uuid.uuid4())}), ids=[7])
+        standin.send_change(
+            change_data("goals", "INSERT", {"coach_id": str(uuid.uuid4())}), ids=[7]
+        )
         wait_for(
             lambda: (
                 listener.metric("coachpipe_bad_input_total", reason="unmatched_ids") >= 1
@@ -275,7 +277,7 @@ def test_patient_subscribe_then_red_after_a_long_outage(
     listener = start(service_env, tmp_path, standin, RED_AFTER_S="4")
     board = HealthBoard(redis_client, stale_after_s=3, red_after_s=4)
     with running(listener.proc):
-        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+        listener.wait_connected(redis_client)
         # A busy tenant: "Subscribed to PostgreSQL" 25 s after the join. Yellow, no teardown.
         standin.pause_ready(25)
         standin.drop_connections(1011)
@@ -286,7 +288,7 @@ def test_patient_subscribe_then_red_after_a_long_outage(
         )
         assert board.status().color in (Color.YELLOW, Color.RED)
         torn = teardowns(listener)
-        wait_for(lambda: listener.connected(redis_client), 60, message="accepted when it comes")
+        listener.wait_connected(redis_client, 60, "accepted when it comes")
         assert teardowns(listener) == torn
         standin.pause_ready(0)
         standin.set_down(True)
@@ -304,7 +306,7 @@ def test_reconnect_after_a_drop(
     listener = start(service_env, tmp_path, standin)
     took = []
     with running(listener.proc):
-        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+        listener.wait_connected(redis_client)
         for _ in range(5):
             ready = listener.metric("coachpipe_listener_reconnects_total")
             joins = standin.joins
@@ -322,3 +324,47 @@ def test_reconnect_after_a_drop(
             )
             took.append(time.monotonic() - dropped)
     print(f"reconnect after a drop (to 'Subscribed'): {[round(t, 2) for t in took]} s")
+
+
+def test_stale_close_is_ignored_and_a_forgotten_channel_is_rebuilt(
+    database_url: str, redis_client: redis.Redis, service_env: dict[str, str], tmp_path: Path,
+    standin: RealtimeStandIn, worker: Proc,
+) -> None:  # fmt: skip
+    """A `phx_close` naming an older join (what Phoenix sends after a duplicate join) leaves
+    the healthy channel alone; a channel the server ended without a word is found by the
+    channel probe (Phoenix answers "unmatched topic") and rebuilt, the gap caught up."""
+    seed.load(database_url, SMALL)
+    # The canary is slow here, so only the probe can find the forgotten channel in time.
+    listener = start(
+        service_env, tmp_path, standin, HEARTBEAT_S="1", CANARY_S="60", CANARY_DEADLINE_S="120"
+    )
+    with running(listener.proc):
+        listener.wait_connected(redis_client)
+        settle(database_url, redis_client)
+        sockets, torn = standin.total_connections, teardowns(listener)
+        assert standin.send_stale_close() == 1
+        wait_for(
+            lambda: listener.metric("coachpipe_bad_input_total", reason="stale_join_ref") >= 1,
+            10,
+            message="the stale close to be counted",
+        )
+        coach_change(database_url)
+        settle(database_url, redis_client)  # delivered through the same channel
+        # The client alone would have closed its channel: the listener would rebuild it within
+        # its 1 s liveness check.
+        holds(
+            lambda: standin.total_connections == sockets and teardowns(listener) == torn,
+            3,
+            "a stale close tore the healthy channel down",
+        )
+
+        assert standin.forget_channels() == 1
+        coach_change(database_url)  # no channel on the server: lost, then caught up
+        wait_for(
+            lambda: teardowns(listener, "unmatched_topic") >= 1,
+            20,
+            message="the probe to find the forgotten channel",
+        )
+        listener.wait_connected(redis_client, 30, "listener back")
+        settle(database_url, redis_client)
+        assert teardowns(listener, "canary_timeout") == 0

@@ -22,8 +22,8 @@ import redis
 from devtools.processes import Proc, running, wait_for
 from devtools.realtime_standin import RealtimeStandIn
 from pipeline import seed
+from tests.listener_harness import SMALL, Listener, change_data, standin
 from tests.pipeline_checks import settle
-from tests.test_listener_supabase import SMALL, Listener, _data, standin
 
 __all__ = ["standin"]  # the fixture, shared with the happy-path tests
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -99,7 +99,7 @@ def test_soak_hostile_server(
 
     def error_row() -> None:
         record = {"coach_id": str(rng.choice(coaches))}
-        standin.send_change(_data("goals", "UPDATE", record, errors=["Error 413: x"]))
+        standin.send_change(change_data("goals", "UPDATE", record, errors=["Error 413: x"]))
 
     # (name, weight, action, can end a connection)
     actions: list[tuple[str, int, Callable[[], object], bool]] = [
@@ -119,7 +119,7 @@ def test_soak_hostile_server(
             "unmatched",
             8,
             lambda: standin.send_change(
-                _data("goals", "INSERT", {"coach_id": str(rng.choice(coaches))}), ids=[3]
+                change_data("goals", "INSERT", {"coach_id": str(rng.choice(coaches))}), ids=[3]
             ),
             False,
         ),
@@ -128,7 +128,7 @@ def test_soak_hostile_server(
             "unauthorized_row",
             5,
             lambda: standin.send_change(
-                _data("goals", "INSERT", {}, errors=["Error 401: Unauthorized"])
+                change_data("goals", "INSERT", {}, errors=["Error 401: Unauthorized"])
                 | {"commit_timestamp": None}
             ),
             False,
@@ -136,7 +136,7 @@ def test_soak_hostile_server(
     ]
     done: Counter[str] = Counter()
     with running(listener.proc):
-        wait_for(lambda: listener.connected(redis_client), 20, message="listener to connect")
+        listener.wait_connected(redis_client)
         settle(database_url, redis_client)
         coaches = [uuid.UUID(str(c)) for c in seed_coaches(database_url)]
         with psycopg.connect(database_url, autocommit=True) as conn:
@@ -159,7 +159,7 @@ def test_soak_hostile_server(
                     standin.pause_ready(0)
                     # Let the listener find it before the next action stacks on top.
                     wait_for(lambda: listener.connected(redis_client), 60, message=name)
-        wait_for(lambda: listener.connected(redis_client), 60, message="connected at the end")
+        listener.wait_connected(redis_client, 60, "connected at the end")
         settle(database_url, redis_client, timeout=120)
         ending = sum(done[a[0]] for a in actions if a[3])
         # Failed connects (HTTP 401 while down) are attempts, not connections torn down.

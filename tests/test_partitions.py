@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from uuid import UUID
 
 import psycopg
 import redis
 
 from coachpipe.doctor import Severity
 from devtools.processes import Proc, listener_connected, running, start_listener, wait_for
+from devtools.realtime_standin import RealtimeStandIn
 from pipeline import seed
+from tests.listener_harness import Listener
 from tests.pipeline_checks import settle
 from tests.test_cli import coachpipe
 from tests.test_doctor import checks_for
@@ -45,6 +48,30 @@ def partition_ratings(database_url: str) -> None:
             "CREATE TABLE public.session_ratings_recent PARTITION OF public.session_ratings"
             f" FOR VALUES FROM ('{split}') TO (MAXVALUE)"
         )
+
+
+def partitioned_and_seeded(database_url: str) -> None:
+    """Migrated, `session_ratings` re-created partitioned, migrated again, seeded."""
+    migrate(database_url)
+    partition_ratings(database_url)
+    migrate(database_url)
+    seed.load(database_url, SMALL)
+
+
+def rate_and_move(database_url: str) -> list[UUID]:
+    """A rating for every coach (routed to a partition by `created_at`), then the ratings of
+    the second coach moved to the first (the old coach comes from the old row); the coaches."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        coaches = [r[0] for r in conn.execute("SELECT id FROM users WHERE role = 'coach'")]
+        conn.execute(
+            "INSERT INTO session_ratings (session_id, coach_id, client_id, rating)"
+            " SELECT DISTINCT ON (coach_id) id, coach_id, client_id, 5 FROM sessions"
+        )
+        conn.execute(
+            "UPDATE session_ratings SET coach_id = %s WHERE coach_id = %s",
+            (coaches[0], coaches[1]),
+        )
+    return coaches
 
 
 def test_migrate_is_idempotent_over_a_partitioned_table(
@@ -90,32 +117,75 @@ def test_doctor_names_a_publication_that_sends_partition_names(
     )
 
 
+def test_doctor_checks_realtime_partitions_and_the_change_log(
+    own_database: tuple[str, dict[str, str], Proc], redis_url: str
+) -> None:
+    database_url = own_database[0]
+    migrate(database_url)
+    partition_ratings(database_url)  # the re-created table has lost its change log triggers
+    realtime = {"supabase_url": "http://127.0.0.1:9", "supabase_key": "k"}
+    check = checks_for(database_url, redis_url, **realtime)["change log"]
+    assert (check.severity, check.fix) == (Severity.FAIL, "coachpipe migrate")
+    assert "session_ratings" in check.message
+    migrate(database_url)
+    checks = checks_for(database_url, redis_url, **realtime)
+    assert checks["change log"].severity is Severity.OK
+    assert checks["partitioned tables in supabase_realtime"].severity is Severity.OK
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ALTER PUBLICATION supabase_realtime SET (publish_via_partition_root = true)")
+    check = checks_for(database_url, redis_url, **realtime)[
+        "partitioned tables in supabase_realtime"
+    ]
+    assert check.severity is Severity.FAIL
+    assert "publish_via_partition_root = false" in check.fix
+
+
 def test_changes_to_a_partitioned_table_reach_the_aggregates(
     own_database: tuple[str, dict[str, str], Proc], redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     database_url, env, worker = own_database
-    migrate(database_url)
-    partition_ratings(database_url)
-    migrate(database_url)
-    seed.load(database_url, SMALL)
+    partitioned_and_seeded(database_url)
     listener = start_listener(env, tmp_path)
     with running(listener, worker):
         wait_for(
             lambda: listener_connected(redis_client, listener), 20, message="listener to connect"
         )
         settle(database_url, redis_client)
+        coaches = rate_and_move(database_url)
         with psycopg.connect(database_url, autocommit=True) as conn:
-            coaches = [r[0] for r in conn.execute("SELECT id FROM users WHERE role = 'coach'")]
-            conn.execute(
-                "INSERT INTO session_ratings (session_id, coach_id, client_id, rating)"
-                " SELECT DISTINCT ON (coach_id) id, coach_id, client_id, 5 FROM sessions"
-            )
-            # Moves between coaches, in both partitions: the old coach comes from the old row.
-            conn.execute(
-                "UPDATE session_ratings SET coach_id = %s WHERE coach_id = %s",
-                (coaches[0], coaches[1]),
-            )
             conn.execute("DELETE FROM session_ratings WHERE coach_id = %s", (coaches[2],))
         ends_correct_and_green(database_url, redis_client, listener, None)
         assert "session_ratings_" not in listener.output()
         assert listener.terminate() == 0
+
+
+def test_supabase_source_binds_partitions_and_routes_by_the_partitioned_table(
+    own_database: tuple[str, dict[str, str], Proc], redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Realtime (wal2json) names a change by its partition and keeps only what
+    `pg_publication_tables` lists (the partitions: `supabase_realtime` does not publish via the
+    root, under which nothing would be sent): the listener binds the partitions, routes by
+    `session_ratings`, and a gap is caught up by the change log triggers `migrate` put back on
+    the re-created table."""
+    database_url, env, worker = own_database
+    partitioned_and_seeded(database_url)
+    with RealtimeStandIn(database_url) as standin:
+        listener = Listener(env, tmp_path, standin, CANARY_S="1")
+        with running(listener.proc, worker):
+            listener.wait_connected(redis_client)
+            settle(database_url, redis_client)
+            coaches = rate_and_move(database_url)
+            settle(database_url, redis_client)
+            delivered = listener.metric(
+                "coachpipe_events_total", source="supabase", table="session_ratings"
+            )
+            assert delivered >= len(coaches)  # through the channel, not a catch-up
+            assert listener.metric("coachpipe_bad_input_total", reason="unmatched_ids") == 0
+
+            standin.set_down(True)  # a gap: only the change log knows of this delete
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute("DELETE FROM session_ratings WHERE coach_id = %s", (coaches[2],))
+            standin.set_down(False)
+            listener.wait_connected(redis_client, 30, "listener back")
+            settle(database_url, redis_client)
+            assert "session_ratings_" not in listener.proc.output()

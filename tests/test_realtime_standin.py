@@ -24,6 +24,7 @@ from realtime.types import RealtimePostgresChangesListenEvent
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from devtools.processes import wait_for
 from devtools.realtime_standin import RealtimeStandIn, binding_id
 
 SUBSCRIBED = RealtimeSubscribeStates.SUBSCRIBED
@@ -488,8 +489,8 @@ def test_raw_phoenix_frames(standin: RealtimeStandIn, database_url: str, vsn: st
             )
 
             await raw.send("feed", "phx_join", join_payload(users), "1", "1")
-            assert await raw.recv() == (
-                jref("1"),
+            assert await raw.recv() == (  # Phoenix's "ignore" reply carries no join_ref
+                None,
                 "1",
                 "feed",
                 "phx_reply",
@@ -525,10 +526,40 @@ def test_raw_phoenix_frames(standin: RealtimeStandIn, database_url: str, vsn: st
                 assert (payload["ids"], payload["data"]["record"]["id"]) == (ids, row)
 
             # A second join of the topic replaces the first: reply, then phx_close of join 2.
+            # The binding keeps its id: the id is the hash of its params, not a counter.
             await raw.send("realtime:feed", "phx_join", join_payload(users), "3", "3")
-            assert (await raw.recv())[:4] == (jref("3"), "3", "realtime:feed", "phx_reply")
+            assert await raw.recv() == (
+                jref("3"),
+                "3",
+                "realtime:feed",
+                "phx_reply",
+                {"status": "ok", "response": {"postgres_changes": [echoed[0]]}},
+            )
             assert await raw.recv() == (jref("2"), "2", "realtime:feed", "phx_close", {})
             assert (await raw.recv())[3] == "system"
+
+            # A message carrying the older join's ref, a leave included, is dropped unanswered;
+            # a push on a topic not joined gets "unmatched topic"; leaving one is answered ok.
+            await raw.send("realtime:feed", "phx_leave", {}, "31", "2")
+            await raw.send("realtime:feed", "broadcast", {}, "32", "2")
+            await raw.send("realtime:nobody", "broadcast", {}, "33", "7")
+            assert await raw.recv() == (
+                None,
+                "33",
+                "realtime:nobody",
+                "phx_reply",
+                {"status": "error", "response": {"reason": "unmatched topic"}},
+            )
+            await raw.send("realtime:nobody", "phx_leave", {}, "34", "7")
+            assert await raw.recv() == (
+                jref("7"),
+                "34",
+                "realtime:nobody",
+                "phx_reply",
+                {"status": "ok", "response": {}},
+            )
+            assert standin.stale_messages == 2
+            assert standin.ready_topics() == ["realtime:feed"]
 
             await raw.send("realtime:feed", "phx_leave", {}, "4", "3")
             assert await raw.recv() == (
@@ -567,6 +598,12 @@ def test_stop_drops_the_slot_and_the_thread(database_url: str) -> None:
         query = "SELECT temporary FROM pg_replication_slots WHERE slot_name = %s"
         assert conn.execute(query, (standin.slot_name,)).fetchone() == (True,)
         standin.stop()
-        assert conn.execute(query, (standin.slot_name,)).fetchone() is None
+        # The server drops a temporary slot when its walsender exits, just after the socket
+        # closes: wait for it rather than race it.
+        wait_for(
+            lambda: conn.execute(query, (standin.slot_name,)).fetchone() is None,
+            10,
+            message="temporary slot dropped",
+        )
     assert not [t for t in threading.enumerate() if t.name == "realtime-standin"]
     standin.stop()  # idempotent

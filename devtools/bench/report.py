@@ -43,6 +43,41 @@ def _noise(meta: dict[str, Any]) -> str:
     return f", noisy neighbour {noisy['share']:g} core" if noisy else ""
 
 
+def _link_fault_rows(run: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    """The `supabase` listener's dead-link detection and reconnect (issue 14 goals)."""
+    if not run:
+        return []
+    trials = f"{run['trials']} trials"
+    half_open, stall = run["half_open_detection_s"], run["silent_stall_detection_s"]
+    resubscribed, connected = run["drop_resubscribed_ms"], run["drop_connected_ms"]
+    return [
+        (
+            f"link faults, supabase: half-open link found, p50/max (s, {trials})",
+            f"{_fmt(half_open['p50'])} / {_fmt(half_open['max'])}",
+            "max ≤ 10",
+            _met(_le(half_open["max"], 10)),
+        ),
+        (
+            f"link faults, supabase: silent stall found, p50/max (s, {trials})",
+            f"{_fmt(stall['p50'])} / {_fmt(stall['max'])}",
+            "max ≤ 30",
+            _met(_le(stall["max"], 30)),
+        ),
+        (
+            f"link faults, supabase: drop → subscribed again, p50/max (ms, {trials})",
+            f"{_fmt(resubscribed['p50'])} / {_fmt(resubscribed['max'])}",
+            "max ≤ 1,000",
+            _met(_le(resubscribed["max"], 1000)),
+        ),
+        (
+            "link faults, supabase: drop → listener connected (caught up), p50/max (ms)",
+            f"{_fmt(connected['p50'])} / {_fmt(connected['max'])}",
+            "",
+            "-",
+        ),
+    ]
+
+
 def rows(
     results: dict[str, Any], meta: dict[str, Any] | None = None
 ) -> list[tuple[str, str, str, str]]:
@@ -63,6 +98,9 @@ def rows(
                 and (goal_p50 is None or _le(change.get("p50"), goal_p50))
                 and change.get("missing") == 0
             )
+        elif not noise:  # issue 14: through Realtime, on a quiet machine
+            goal = "p99 ≤ 600, 0 missing"
+            met = _met(_le(change.get("p99"), 600) and change.get("missing") == 0)
         else:
             goal, met = "", "-"
         out.append(
@@ -153,6 +191,7 @@ def rows(
                 "-",
             )
         )
+    out += _link_fault_rows(results.get("link-faults"))
     intake = results.get("intake", {})
     for source in ("postgres", "supabase"):
         run = intake.get(source)

@@ -25,6 +25,7 @@ from config import load_settings
 from config.logging import configure_logging
 from devtools.bench import report
 from devtools.bench.chaos import chaos, redis_restart, worker_kill
+from devtools.bench.link_faults import link_faults
 from devtools.bench.measure import machine
 from devtools.bench.noisy import NoisyNeighbour
 from devtools.bench.scenarios import (
@@ -82,6 +83,7 @@ SMALL_STACK: dict[str, Run] = {
         naive=lambda: intake(s, p, "postgres", naive=True),
     ),
     "workers": workers,
+    "link-faults": link_faults,
     "soak": lambda s, p: _variants(
         s, p, pipeline=lambda: soak(s, p, naive=False), naive=lambda: soak(s, p, naive=True)
     ),

@@ -171,7 +171,9 @@ class Stack:
         ).start()
         proc.metrics_port = port  # type: ignore[attr-defined]
         self.procs.append(proc)
-        wait_for(lambda: self._connected(proc), 60, interval=0.1, message=f"{name} to connect")
+        wait_for(
+            lambda: self.listener_connected(proc), 60, interval=0.1, message=f"{name} to connect"
+        )
         return proc
 
     def realtime(self) -> Any:
@@ -181,10 +183,12 @@ class Stack:
             self.standin = RealtimeStandIn(self.pg.url, poll_interval=0.02).start()
         return self.standin
 
-    def _connected(self, proc: Proc) -> bool:
+    def listener_connected(self, proc: Proc, stale_after_s: float = 5) -> bool:
+        """True once `proc` (a listener) reports itself connected (in a health record younger
+        than `stale_after_s`); raises if it exited."""
         if not proc.alive():
             raise RuntimeError(f"{proc.name} exited:\n{proc.output()[-2000:]}")
-        return listener_connected(self.redis, proc, stale_after_s=5)
+        return listener_connected(self.redis, proc, stale_after_s=stale_after_s)
 
     def stop_processes(self) -> None:
         """Stop the listeners (all at once; the worker stays), then skip what a slower

@@ -8,6 +8,7 @@ Revises: 0001
 
 from alembic import op
 
+from pipeline.changelog import LOG_TRIGGERS
 from pipeline.tables import WATCHED_TABLES
 
 revision = "0002"
@@ -59,25 +60,11 @@ BEGIN
 END $$;
 """
 
-TRIGGERS = """
-CREATE OR REPLACE TRIGGER coachpipe_log_insert AFTER INSERT ON public.{table}
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION public.coachpipe_log_changes();
-CREATE OR REPLACE TRIGGER coachpipe_log_update AFTER UPDATE ON public.{table}
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION public.coachpipe_log_changes();
-CREATE OR REPLACE TRIGGER coachpipe_log_delete AFTER DELETE ON public.{table}
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION public.coachpipe_log_changes();
-CREATE OR REPLACE TRIGGER coachpipe_log_truncate AFTER TRUNCATE ON public.{table}
-    FOR EACH STATEMENT EXECUTE FUNCTION public.coachpipe_log_truncate();
-"""
-
 
 def upgrade() -> None:
     op.execute(TABLES)
     for table in WATCHED_TABLES:
-        op.execute(TRIGGERS.format(table=table))
+        op.execute(LOG_TRIGGERS.format(table=table))
 
 
 def downgrade() -> None:
