@@ -69,12 +69,7 @@ class Listener:
         self.engine = engine
         self.redis = client
         self.listener_id = listener_id or new_listener_id(source.name)
-        self.scheduler = RecomputeScheduler(
-            client,
-            sender,
-            window_ms=settings.debounce_ms,
-            stale_ms=int(settings.pending_stale_s * 1000),
-        )
+        self.scheduler = RecomputeScheduler.from_settings(client, sender, settings)
         self.freshness = Freshness(client)
         self.invalidation = invalidation or ScheduledInvalidation(self.scheduler, self.freshness)
         """How batches become recompute work (the benchmark's naive baseline injects its own)."""

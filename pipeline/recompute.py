@@ -48,9 +48,22 @@ def compute_snapshot(
     snapshot's first statement; it is also the `as_of` the values are computed for, so every
     host agrees on "now".
     """
+    return compute_groups(engine, [(aggregates, coach_ids)])
+
+
+def compute_groups(
+    engine: Engine, groups: Sequence[tuple[Sequence[Aggregate], Sequence[UUID]]]
+) -> tuple[datetime, dict[str, dict[UUID, JSONValue]]]:
+    """`compute_snapshot` for several (aggregates, coaches) groups, every group in the same
+    snapshot (one round trip a group); an aggregate appears in one group at most."""
     with engine.connect() as connection, connection.begin():
         snapshot_at = database_clock(connection)
-        values = compute_all(connection, aggregates, coach_ids, snapshot_at, end_transaction=True)
+        values: dict[str, dict[UUID, JSONValue]] = {}
+        for index, (aggregates, coach_ids) in enumerate(groups):
+            last = index == len(groups) - 1
+            values |= compute_all(
+                connection, aggregates, coach_ids, snapshot_at, end_transaction=last
+            )
         return snapshot_at, values
 
 
@@ -75,33 +88,63 @@ def recompute(
 ) -> RecomputeResult:
     """Recompute `aggregates` for `coach_ids` from one snapshot and store them at one version."""
     chosen = [aggregates] if isinstance(aggregates, Aggregate) else list(aggregates)
+    commits = {
+        (aggregate.name, coach): commit
+        for aggregate in chosen
+        for coach, commit in (commit_ms or {}).items()
+    }
+    return recompute_due(engine, store, [(a, coach_ids) for a in chosen], commit_ms=commits)
+
+
+def recompute_due(
+    engine: Engine,
+    store: AggregateStore,
+    due: Sequence[tuple[Aggregate, Sequence[UUID]]],
+    *,
+    commit_ms: Mapping[tuple[str, UUID], int | None] | None = None,
+) -> RecomputeResult:
+    """Recompute each aggregate of `due` ((aggregate, its coaches) pairs) for its own coaches,
+    all from one snapshot, and store them at one version (a drain's claim: the due aggregates
+    of its coaches).
+
+    Aggregates due for the same coaches share one round trip. `commit_ms`, per (aggregate name,
+    coach), is the commit time of the change behind it, for the commit → stored histogram; a
+    write notice carries the oldest commit of its coach.
+    """
     started = time.perf_counter()
+    groups: dict[tuple[UUID, ...], list[Aggregate]] = {}
+    for aggregate, coaches in due:
+        groups.setdefault(tuple(coaches), []).append(aggregate)
     version = store.next_version()
-    snapshot_at, values = compute_snapshot(engine, chosen, coach_ids)
+    snapshot_at, values = compute_groups(
+        engine, [(aggregates, coaches) for coaches, aggregates in groups.items()]
+    )
     computed_at = datetime.now(UTC)
+    oldest: dict[UUID, int | None] = {}
+    for (_, coach), commit in (commit_ms or {}).items():
+        if commit is not None and (oldest.get(coach) or commit) >= commit:
+            oldest[coach] = commit
     written = store.write_many(
-        [(a.name, a.schema_version, values[a.name]) for a in chosen],
+        [(a.name, a.schema_version, values[a.name]) for a, _ in due],
         version,
         snapshot_at=snapshot_at,
         computed_at=computed_at,
-        commit_ms=commit_ms,
+        commit_ms=oldest,
     )
     seconds = time.perf_counter() - started
     observe_stored(store.client, values, version, computed_at)
     stored_ms = computed_at.timestamp() * 1000
-    for aggregate in chosen:
+    for aggregate, coaches in due:
         metrics.RECOMPUTE_SECONDS.labels(aggregate.name).observe(seconds)
-        metrics.RECOMPUTED_COACHES.labels(aggregate.name).inc(len(coach_ids))
-        for coach_id, commit in (commit_ms or {}).items():
-            if commit is not None and coach_id in values[aggregate.name]:
-                metrics.COMMIT_TO_STORED_SECONDS.labels(aggregate.name).observe(
-                    max(stored_ms - commit, 0) / 1000
-                )
+        metrics.RECOMPUTED_COACHES.labels(aggregate.name).inc(len(coaches))
+    for (name, coach_id), commit in (commit_ms or {}).items():
+        if commit is not None and coach_id in values.get(name, {}):
+            metrics.COMMIT_TO_STORED_SECONDS.labels(name).observe(max(stored_ms - commit, 0) / 1000)
     for name, stale in written.stale_by_aggregate.items():
         metrics.STALE_WRITES.labels(name).inc(stale)
     return RecomputeResult(
-        aggregates=tuple(a.name for a in chosen),
-        coaches=len(coach_ids),
+        aggregates=tuple(a.name for a, _ in due),
+        coaches=len({coach for _, coaches in due for coach in coaches}),
         stored=written.stored,
         stale=written.stale,
         version=version,

@@ -26,8 +26,8 @@ class CeleryTaskSender:
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def send_drain(self, aggregate: str, countdown_s: float) -> None:
-        self._send(names.DRAIN, (aggregate,), countdown=countdown_s if countdown_s > 0 else None)
+    def send_drain(self, shard: int, countdown_s: float) -> None:
+        self._send(names.DRAIN, (shard,), countdown=countdown_s if countdown_s > 0 else None)
 
     def send_wide_refresh(self, aggregate: str, reason: str) -> None:
         self._send(names.REFRESH_ALL, (aggregate, reason))

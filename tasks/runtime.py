@@ -44,12 +44,7 @@ class Runtime:
 
     @cached_property
     def scheduler(self) -> RecomputeScheduler:
-        return RecomputeScheduler(
-            self.redis,
-            self.sender,
-            window_ms=self.settings.debounce_ms,
-            stale_ms=int(self.settings.pending_stale_s * 1000),
-        )
+        return RecomputeScheduler.from_settings(self.redis, self.sender, self.settings)
 
     @cached_property
     def board(self) -> HealthBoard:
