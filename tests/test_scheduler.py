@@ -188,6 +188,8 @@ def test_claims_of_dead_tasks_are_swept_back_once_their_lease_expires(redis_url:
     )
     assert sender.drains[sent:] == [(shard, 0.0)]
     assert not scheduler.renew(shard, "dead-task"), "a renewal after the sweep finds it gone"
+    with scheduler.lease(shard, "dead-task") as lease:  # the task was alive after all
+        wait_for(lambda: lease.lost, 10, interval=0.05, message="its keeper to find it lost")
     claim = scheduler.claim(shard, "new-task", 10)
     assert claim.commit_ms == {("coach-stats", coach): 1234}
 
