@@ -48,22 +48,9 @@ def compute_snapshot(
     snapshot's first statement; it is also the `as_of` the values are computed for, so every
     host agrees on "now".
     """
-    return compute_groups(engine, [(aggregates, coach_ids)])
-
-
-def compute_groups(
-    engine: Engine, groups: Sequence[tuple[Sequence[Aggregate], Sequence[UUID]]]
-) -> tuple[datetime, dict[str, dict[UUID, JSONValue]]]:
-    """`compute_snapshot` for several (aggregates, coaches) groups, every group in the same
-    snapshot (one round trip a group); an aggregate appears in one group at most."""
     with engine.connect() as connection, connection.begin():
         snapshot_at = database_clock(connection)
-        values: dict[str, dict[UUID, JSONValue]] = {}
-        for index, (aggregates, coach_ids) in enumerate(groups):
-            last = index == len(groups) - 1
-            values |= compute_all(
-                connection, aggregates, coach_ids, snapshot_at, end_transaction=last
-            )
+        values = compute_all(connection, aggregates, coach_ids, snapshot_at, end_transaction=True)
         return snapshot_at, values
 
 
@@ -107,18 +94,20 @@ def recompute_due(
     all from one snapshot, and store them at one version (a drain's claim: the due aggregates
     of its coaches).
 
-    Aggregates due for the same coaches share one round trip. `commit_ms`, per (aggregate name,
-    coach), is the commit time of the change behind it, for the commit → stored histogram; a
-    write notice carries the oldest commit of its coach.
+    The statements run once per aggregate over every coach of the claim (one round trip, as
+    many statements as aggregates however the due sets differ between coaches); only the due
+    pairs are stored. `commit_ms`, per (aggregate name, coach), is the commit time of the change
+    behind it, for the commit → stored histogram; a write notice carries the oldest commit of
+    its coach.
     """
     started = time.perf_counter()
-    groups: dict[tuple[UUID, ...], list[Aggregate]] = {}
-    for aggregate, coaches in due:
-        groups.setdefault(tuple(coaches), []).append(aggregate)
+    coaches = sorted({coach for _, due_coaches in due for coach in due_coaches})
     version = store.next_version()
-    snapshot_at, values = compute_groups(
-        engine, [(aggregates, coaches) for coaches, aggregates in groups.items()]
-    )
+    snapshot_at, computed = compute_snapshot(engine, [a for a, _ in due], coaches)
+    values = {
+        aggregate.name: {coach: computed[aggregate.name][coach] for coach in due_coaches}
+        for aggregate, due_coaches in due
+    }
     computed_at = datetime.now(UTC)
     oldest: dict[UUID, int | None] = {}
     for (_, coach), commit in (commit_ms or {}).items():
@@ -134,9 +123,9 @@ def recompute_due(
     seconds = time.perf_counter() - started
     observe_stored(store.client, values, version, computed_at)
     stored_ms = computed_at.timestamp() * 1000
-    for aggregate, coaches in due:
+    for aggregate, due_coaches in due:
         metrics.RECOMPUTE_SECONDS.labels(aggregate.name).observe(seconds)
-        metrics.RECOMPUTED_COACHES.labels(aggregate.name).inc(len(coaches))
+        metrics.RECOMPUTED_COACHES.labels(aggregate.name).inc(len(due_coaches))
     for (name, coach_id), commit in (commit_ms or {}).items():
         if commit is not None and coach_id in values.get(name, {}):
             metrics.COMMIT_TO_STORED_SECONDS.labels(name).observe(max(stored_ms - commit, 0) / 1000)
@@ -144,7 +133,7 @@ def recompute_due(
         metrics.STALE_WRITES.labels(name).inc(stale)
     return RecomputeResult(
         aggregates=tuple(a.name for a, _ in due),
-        coaches=len({coach for _, coaches in due for coach in coaches}),
+        coaches=len(coaches),
         stored=written.stored,
         stale=written.stale,
         version=version,
