@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from config import Settings
-from pipeline import keys
+from pipeline import keys, scheduler
 from pipeline.aggregates import NAMES
 from pipeline.audit import below_slo, last_audit
 from pipeline.freshness import summary as freshness_summary
@@ -67,11 +67,7 @@ def gather(settings: Settings) -> dict[str, Any]:
     client = connect(settings.require_redis_url())
     board = HealthBoard.from_settings(client, settings)
     status = board.status()
-    pipe = client.pipeline(transaction=False)
-    for name in NAMES:
-        pipe.zcard(keys.due(name))
-        pipe.zcard(keys.claims(name))
-    counts = pipe.execute()
+    recomputes = scheduler.backlog(client, settings.scheduler_shards)
     last = {as_text(k): float(v) for k, v in client.hgetall(keys.LAST_REFRESH).items()}
     audited = _audit(client, settings)
     overall = status.color.value
@@ -81,8 +77,8 @@ def gather(settings: Settings) -> dict[str, Any]:
         "status": overall,
         "realtime": status.as_json(),
         "queues": _queue_depths(settings),
-        "pending_recomputes": {name: counts[2 * i] for i, name in enumerate(NAMES)},
-        "claimed_recomputes": {name: counts[2 * i + 1] for i, name in enumerate(NAMES)},
+        "pending_recomputes": {name: recomputes.pending.get(name, 0) for name in NAMES},
+        "claimed_recomputes": {name: recomputes.claimed.get(name, 0) for name in NAMES},
         "slot": _slot(settings),
         "freshness": freshness_summary(client),
         "audit": audited,

@@ -114,6 +114,19 @@ class Settings(BaseSettings):
         default=30.0, gt=0, le=3600,
         description="A pending marker or claim older than this is treated as lost and redone.",
     )  # fmt: skip
+    claim_lease_s: float = Field(
+        default=3.0, ge=0.3, le=300,
+        description="A drain's claim lapses this long after its worker stops renewing it; "
+        "then a sweep gives the work to another worker.",
+    )  # fmt: skip
+    scheduler_shards: int = Field(
+        default=8, ge=1, le=1024,
+        description="Shards of the recompute scheduler (one drain task answers one shard).",
+    )  # fmt: skip
+    worker_sweep_s: float = Field(
+        default=1.0, ge=0, le=300,
+        description="How often each worker sweeps expired claims and lost drains (0: never).",
+    )  # fmt: skip
     recompute_batch_size: int = Field(
         default=200,
         ge=1,

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import redis
 import sqlalchemy.exc
@@ -70,14 +70,7 @@ class Listener:
         self.engine = engine
         self.redis = client
         self.listener_id = listener_id or new_listener_id(source.name)
-        self.scheduler = RecomputeScheduler(
-            # The scheduler's annotation still names the one-server client; its scripts are
-            # one slot per shard (pipeline.scheduler), so a Cluster client serves it too.
-            cast(redis.Redis, client),
-            sender,
-            window_ms=settings.debounce_ms,
-            stale_ms=int(settings.pending_stale_s * 1000),
-        )
+        self.scheduler = RecomputeScheduler.from_settings(client, sender, settings)
         self.freshness = Freshness(client)
         self.invalidation = invalidation or ScheduledInvalidation(self.scheduler, self.freshness)
         """How batches become recompute work (the benchmark's naive baseline injects its own)."""

@@ -49,37 +49,48 @@ UPDATES_PATTERN = f"{PREFIX}:updates:*"
 """Every coach's updates channel, for a pattern subscription on one Redis (a Cluster's shard
 channels take no patterns: there a reader subscribes to the coaches it watches)."""
 
-# The recompute scheduler (pipeline.scheduler: see its state table).
+# The recompute scheduler (pipeline.scheduler: see its state table). Its keys are sharded by
+# coach: the keys of one shard share the hash tag `{s<shard>}`, so each of its Lua scripts
+# touches one Redis Cluster hash slot.
 
 
-def due(name: str) -> str:
-    """Sorted set: coach id → when its recompute is due (ms). Membership is the pending marker."""
-    return f"{PREFIX}:due:{{{name}}}"
+def _shard_tag(shard: int) -> str:
+    return f"{{s{shard}}}"
 
 
-def commits(name: str) -> str:
-    """Hash: coach id → commit time (ms) of the oldest change its pending recompute answers."""
-    return f"{PREFIX}:commits:{{{name}}}"
+def due(shard: int) -> str:
+    """Sorted set: "coach|aggregate" → when its recompute is due (ms). Membership is the
+    pending marker."""
+    return f"{PREFIX}:due:{_shard_tag(shard)}"
 
 
-def last_run(name: str) -> str:
-    """Sorted set: coach id → when its last recompute started (ms); pruned after the window."""
-    return f"{PREFIX}:lastrun:{{{name}}}"
+def commits(shard: int) -> str:
+    """Hash: "coach|aggregate" → commit time (ms) of the oldest change its pending recompute
+    answers."""
+    return f"{PREFIX}:commits:{_shard_tag(shard)}"
 
 
-def drain_scheduled(name: str) -> str:
-    """String: when the earliest enqueued drain task of this aggregate will run (ms)."""
-    return f"{PREFIX}:drain:{{{name}}}"
+def last_run(shard: int) -> str:
+    """Sorted set: "coach|aggregate" → when its last recompute started (ms); pruned after the
+    window."""
+    return f"{PREFIX}:lastrun:{_shard_tag(shard)}"
 
 
-def claim(name: str, task_id: str) -> str:
-    """Hash: coach id → commit ms, the coaches one drain task took; kept until it stores them."""
-    return f"{PREFIX}:claim:{{{name}}}:{task_id}"
+def drain_scheduled(shard: int) -> str:
+    """String: when the earliest enqueued drain task of this shard will run (ms)."""
+    return f"{PREFIX}:drain:{_shard_tag(shard)}"
 
 
-def claims(name: str) -> str:
-    """Sorted set: task id → claim time (ms), so a sweep can find claims of lost tasks."""
-    return f"{PREFIX}:claims:{{{name}}}"
+def claim(shard: int, task_id: str) -> str:
+    """Hash: "coach|aggregate" → commit ms, the pairs one drain task took; kept until it stores
+    them."""
+    return f"{PREFIX}:claim:{_shard_tag(shard)}:{task_id}"
+
+
+def claims(shard: int) -> str:
+    """Sorted set: task id → when its lease expires (ms), so a sweep can take back the claims
+    of dead tasks."""
+    return f"{PREFIX}:claims:{_shard_tag(shard)}"
 
 
 def wide_pending(name: str) -> str:

@@ -94,7 +94,16 @@ RECOMPUTE_REQUESTS = Counter(
     ["outcome"],
 )
 DRAINS_ENQUEUED = Counter(
-    "coachpipe_drain_tasks_enqueued_total", "Drain tasks enqueued, by aggregate.", ["aggregate"]
+    "coachpipe_drain_tasks_enqueued_total",
+    "Drain tasks enqueued, by scheduler shard and why (request, follow_up, sweep).",
+    ["shard", "reason"],
+)
+CLAIMS_REQUEUED = Counter(
+    "coachpipe_claims_requeued_total",
+    "Due (aggregate, coach) pairs put back by a sweep: their drain's lease expired.",
+)
+SWEEP_ERRORS = Counter(
+    "coachpipe_sweep_errors_total", "A worker's periodic sweep failed (Redis unreachable)."
 )
 RECOMPUTE_SECONDS = Histogram(
     "coachpipe_recompute_duration_seconds", "One batch recompute: version, snapshot, store.",

@@ -76,33 +76,65 @@ def recompute(
     """Recompute `aggregates` for `coach_ids` from one snapshot and store them, each coach's at
     the version taken for it before the snapshot."""
     chosen = [aggregates] if isinstance(aggregates, Aggregate) else list(aggregates)
+    commits = {
+        (aggregate.name, coach): commit
+        for aggregate in chosen
+        for coach, commit in (commit_ms or {}).items()
+    }
+    return recompute_due(engine, store, [(a, coach_ids) for a in chosen], commit_ms=commits)
+
+
+def recompute_due(
+    engine: Engine,
+    store: AggregateStore,
+    due: Sequence[tuple[Aggregate, Sequence[UUID]]],
+    *,
+    commit_ms: Mapping[tuple[str, UUID], int | None] | None = None,
+) -> RecomputeResult:
+    """Recompute each aggregate of `due` ((aggregate, its coaches) pairs) for its own coaches,
+    all from one snapshot, and store them at one version (a drain's claim: the due aggregates
+    of its coaches).
+
+    The statements run once per aggregate over every coach of the claim (one round trip, as
+    many statements as aggregates however the due sets differ between coaches); only the due
+    pairs are stored. `commit_ms`, per (aggregate name, coach), is the commit time of the change
+    behind it, for the commit → stored histogram; a write notice carries the oldest commit of
+    its coach.
+    """
     started = time.perf_counter()
-    versions = store.next_versions(coach_ids)
-    snapshot_at, values = compute_snapshot(engine, chosen, coach_ids)
+    coaches = sorted({coach for _, due_coaches in due for coach in due_coaches})
+    versions = store.next_versions(coaches)
+    snapshot_at, computed = compute_snapshot(engine, [a for a, _ in due], coaches)
+    values = {
+        aggregate.name: {coach: computed[aggregate.name][coach] for coach in due_coaches}
+        for aggregate, due_coaches in due
+    }
     computed_at = datetime.now(UTC)
+    oldest: dict[UUID, int | None] = {}
+    for (_, coach), commit in (commit_ms or {}).items():
+        if commit is not None and (oldest.get(coach) or commit) >= commit:
+            oldest[coach] = commit
     written = store.write_many(
-        [(a.name, a.schema_version, values[a.name]) for a in chosen],
+        [(a.name, a.schema_version, values[a.name]) for a, _ in due],
         versions,
         snapshot_at=snapshot_at,
         computed_at=computed_at,
-        commit_ms=commit_ms,
+        commit_ms=oldest,
     )
     seconds = time.perf_counter() - started
     observe_stored(store.client, values, versions, computed_at)
     stored_ms = computed_at.timestamp() * 1000
-    for aggregate in chosen:
+    for aggregate, due_coaches in due:
         metrics.RECOMPUTE_SECONDS.labels(aggregate.name).observe(seconds)
-        metrics.RECOMPUTED_COACHES.labels(aggregate.name).inc(len(coach_ids))
-        for coach_id, commit in (commit_ms or {}).items():
-            if commit is not None and coach_id in values[aggregate.name]:
-                metrics.COMMIT_TO_STORED_SECONDS.labels(aggregate.name).observe(
-                    max(stored_ms - commit, 0) / 1000
-                )
+        metrics.RECOMPUTED_COACHES.labels(aggregate.name).inc(len(due_coaches))
+    for (name, coach_id), commit in (commit_ms or {}).items():
+        if commit is not None and coach_id in values.get(name, {}):
+            metrics.COMMIT_TO_STORED_SECONDS.labels(name).observe(max(stored_ms - commit, 0) / 1000)
     for name, stale in written.stale_by_aggregate.items():
         metrics.STALE_WRITES.labels(name).inc(stale)
     return RecomputeResult(
-        aggregates=tuple(a.name for a in chosen),
-        coaches=len(coach_ids),
+        aggregates=tuple(a.name for a, _ in due),
+        coaches=len(coaches),
         stored=written.stored,
         stale=written.stale,
         versions=versions,

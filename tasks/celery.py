@@ -33,6 +33,7 @@ from pipeline.redis_client import connect
 from tasks import jobs, names
 from tasks.pipeline_app import PipelineApp
 from tasks.schedule import beat_schedule
+from tasks.sweeper import Sweeper
 
 REDBEAT_REDIS_OPTIONS = {"socket_timeout": 5, "socket_connect_timeout": 5}
 """A vanished Redis cannot hang beat: its calls time out and the scheduler backs off."""
@@ -143,6 +144,7 @@ def create_app(settings: Settings) -> PipelineApp:
         settings.require_redis_url(), decode_responses=True, **REDBEAT_REDIS_OPTIONS
     )
     jobs.register(app)
+    app.steps["worker"].add(Sweeper)
 
     def fresh_connections(**_: Any) -> None:
         app.runtime.reset_after_fork()

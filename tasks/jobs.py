@@ -28,7 +28,7 @@ from pipeline.clock import Marker, tick_window
 from pipeline.coaches import active_coach_batches, coaches_crossing
 from pipeline.errors import TRANSIENT_ERRORS
 from pipeline.fallback import Announcement, on_transition, poll_due
-from pipeline.recompute import recompute
+from pipeline.recompute import recompute, recompute_due
 from pipeline.redis_client import MASTER_CHECK_S
 from pipeline.redis_epoch import record_epoch
 from pipeline.redis_values import as_text
@@ -71,18 +71,24 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type informat
         return self.app.sender
 
 
-def drain(task: PipelineTask, aggregate: str) -> dict[str, Any]:
-    """Recompute every coach of `aggregate` that is due, in one set-based batch."""
-    definition = get(aggregate)
+def drain(task: PipelineTask, shard: int) -> dict[str, Any]:
+    """Recompute the due pairs of scheduler shard `shard`: every due aggregate of up to a batch
+    of coaches, in one snapshot, stored at one version, while a lease keeps the claim ours."""
     runtime = task.runtime
-    claim = runtime.scheduler.claim(aggregate, task.request.id, task.settings.recompute_batch_size)
+    scheduler = runtime.scheduler
+    claim = scheduler.claim(shard, task.request.id, task.settings.recompute_batch_size)
     result = None
-    if claim.coaches:
-        result = recompute(
-            runtime.engine, runtime.store, definition, claim.coaches, commit_ms=claim.commit_ms
-        )
-    runtime.scheduler.release(aggregate, task.request.id)
-    return {"aggregate": aggregate, "coaches": len(claim.coaches), "stale": result and result.stale}
+    if claim.commit_ms:
+        due = [(get(name), coaches) for name, coaches in claim.by_aggregate().items()]
+        with scheduler.lease(shard, task.request.id):
+            result = recompute_due(runtime.engine, runtime.store, due, commit_ms=claim.commit_ms)
+    scheduler.release(shard, task.request.id)
+    return {
+        "shard": shard,
+        "coaches": len(claim.coaches),
+        "pairs": len(claim.commit_ms),
+        "stale": result and result.stale,
+    }
 
 
 def refresh_batch(
@@ -203,15 +209,10 @@ def fallback_poll(task: PipelineTask) -> dict[str, Any]:
 
 
 def sweep(task: PipelineTask) -> dict[str, Any]:
-    """Requeue coaches of claims whose drain task vanished; re-enqueue lost drains."""
-    requeued = {}
-    for aggregate in CRITICAL:
-        count = task.runtime.scheduler.sweep(aggregate.name)
-        if count:
-            requeued[aggregate.name] = count
-    if requeued:
-        log.warning("lost_claims_requeued", requeued=requeued)
-    return requeued
+    """Requeue the pairs of expired claim leases and resend lost drains (beat's backstop of
+    every worker's own periodic sweep, `tasks.sweeper`)."""
+    requeued = task.runtime.scheduler.sweep()
+    return {str(shard): count for shard, count in requeued.items()}
 
 
 def reconcile(task: PipelineTask) -> dict[str, Any]:

@@ -27,8 +27,8 @@ class CeleryTaskSender:
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def send_drain(self, aggregate: str, countdown_s: float) -> None:
-        self._send(names.DRAIN, (aggregate,), **self.delay(countdown_s))
+    def send_drain(self, shard: int, countdown_s: float) -> None:
+        self._send(names.DRAIN, (shard,), **self.delay(countdown_s))
 
     def send_wide_refresh(self, aggregate: str, reason: str) -> None:
         self._send(names.REFRESH_ALL, (aggregate, reason))

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import cast
 
-import redis
 from sqlalchemy import Engine
 
 from config import Settings
@@ -46,14 +44,7 @@ class Runtime:
 
     @cached_property
     def scheduler(self) -> RecomputeScheduler:
-        return RecomputeScheduler(
-            # The scheduler's annotation still names the one-server client; its scripts are
-            # one slot per shard (pipeline.scheduler), so a Cluster client serves it too.
-            cast(redis.Redis, self.redis),
-            self.sender,
-            window_ms=self.settings.debounce_ms,
-            stale_ms=int(self.settings.pending_stale_s * 1000),
-        )
+        return RecomputeScheduler.from_settings(self.redis, self.sender, self.settings)
 
     @cached_property
     def board(self) -> HealthBoard:

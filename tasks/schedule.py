@@ -9,6 +9,7 @@ from pipeline.aggregates import CRITICAL, SECONDARY
 from tasks import names
 
 SWEEP_S = 10.0
+"""Beat's sweep: a backstop of every worker's own sweep (`tasks.sweeper`, about every second)."""
 
 
 def _entry(task: str, every: float, *args: Any) -> dict[str, Any]:

@@ -8,8 +8,9 @@ from uuid import UUID
 import psycopg
 import redis
 
+from config import Settings
 from devtools.processes import wait_for
-from pipeline import keys
+from pipeline import scheduler
 from pipeline.aggregates import CRITICAL
 from pipeline.read import read_aggregate
 from tests import oracle
@@ -45,12 +46,9 @@ def mismatches(
     return wrong
 
 
-def idle(client: redis.Redis, aggregates: Iterable[str] = CRITICAL_NAMES) -> bool:
+def idle(client: redis.Redis) -> bool:
     """No recompute is pending or claimed."""
-    for name in aggregates:
-        if client.zcard(keys.due(name)) or client.zcard(keys.claims(name)):
-            return False
-    return True
+    return scheduler.idle(client, Settings.model_fields["scheduler_shards"].default)
 
 
 def settle(

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 
 @dataclass
 class RecordingSender:
-    drains: list[tuple[str, float]] = field(default_factory=list)
+    drains: list[tuple[int, float]] = field(default_factory=list)
+    """(shard, countdown s) of every drain sent, in order."""
     wide_refreshes: list[tuple[str, str]] = field(default_factory=list)
 
-    def send_drain(self, aggregate: str, countdown_s: float) -> None:
-        self.drains.append((aggregate, countdown_s))
+    def send_drain(self, shard: int, countdown_s: float) -> None:
+        self.drains.append((shard, countdown_s))
 
     def send_wide_refresh(self, aggregate: str, reason: str) -> None:
         self.wide_refreshes.append((aggregate, reason))

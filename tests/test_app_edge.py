@@ -87,7 +87,7 @@ def test_tasks_are_routed_by_name_to_their_queue(settings: Settings, broker_url:
     broker.flushdb()
     app = create_app(settings)
     try:
-        app.sender.send_drain("coach-stats", 0)
+        app.sender.send_drain(0, 0)
         app.sender.send_wide_refresh("coach-trends", "test")
         app.sender.send_refresh_batch(["coach-stats"], ["c1"], queue=names.REALTIME_QUEUE)
         app.sender.send_reconcile()

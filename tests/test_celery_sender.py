@@ -27,14 +27,14 @@ def test_drains_go_to_the_realtime_queue_and_wide_refreshes_to_the_refresh_queue
     broker = redis.Redis.from_url(broker_url)
     broker.flushdb()
     sender = CeleryTaskSender(app)
-    sender.send_drain("coach-stats", 0.0)
-    sender.send_drain("coach-clients", 0.5)
+    sender.send_drain(3, 0.0)
+    sender.send_drain(1, 0.5)
     sender.send_wide_refresh("coach-trends", "catch-up")
 
     realtime = sorted(queued(broker, "realtime"), key=lambda message: str(message[1]))
     assert [(name, args) for name, args, _ in realtime] == [
-        ("tasks.jobs.drain", ["coach-clients"]),
-        ("tasks.jobs.drain", ["coach-stats"]),
+        ("tasks.jobs.drain", [1]),
+        ("tasks.jobs.drain", [3]),
     ]
     assert realtime[0][2] is not None  # a countdown: the worker holds it until due
     assert realtime[1][2] is None  # due at once

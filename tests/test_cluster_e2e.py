@@ -16,14 +16,21 @@ from typing import Any, TypeVar
 import redis
 
 from coachpipe.embedded import free_port
-from devtools.processes import running, start_worker, wait_for
+from devtools.processes import (
+    listener_connected,
+    running,
+    start_beat,
+    start_listener,
+    start_worker,
+    wait_for,
+)
 from devtools.redis_topologies import PrivateRedisCluster
 from devtools.scrape import scrape
 from pipeline import keys, seed
 from pipeline.redis_client import connect
 from tests.pipeline_checks import coach_ids, mismatches, settle
-from tests.test_beat import beat, lock_holders
-from tests.test_listener_postgres import burst, connected, start_listener
+from tests.test_beat import lock_holders
+from tests.test_listener_postgres import burst
 
 T = TypeVar("T")
 SMALL = seed.SeedPlan(coaches=6, clients_per_coach=3, sessions_per_client=2)
@@ -83,7 +90,7 @@ def test_committed_rows_end_as_correct_aggregates_on_a_cluster(
     worker = start_worker(env, tmp_path, broker_url=broker_url)
     listener = start_listener(env, tmp_path)
     with running(worker), running(listener):
-        wait_for(lambda: connected(client, listener), 20, message="listener to connect")
+        wait_for(lambda: listener_connected(client, listener), 20, message="listener to connect")
         settle(database_url, client)
         burst(database_url, 200)
         settle(database_url, client)
@@ -107,9 +114,9 @@ def test_a_master_failover_during_a_burst_loses_no_update(
     worker = start_worker(env, tmp_path, broker_url=broker_url)
     port = free_port()
     listener = start_listener(env, tmp_path, metrics_port=port)
-    first, second = beat(env, tmp_path, "beat-1"), beat(env, tmp_path, "beat-2")
+    first, second = start_beat(env, tmp_path, "beat-1"), start_beat(env, tmp_path, "beat-2")
     with running(worker), running(listener), running(first, second):
-        wait_for(lambda: connected(client, listener), 20, message="listener to connect")
+        wait_for(lambda: listener_connected(client, listener), 20, message="listener to connect")
         settle(database_url, client)
         wait_for(lambda: len(lock_holders(first, second)) == 1, 20, message="one beat active")
         coach = coach_ids(database_url)[0]

@@ -41,7 +41,7 @@ def queued(broker: redis.Redis, queue: str) -> list[tuple[str, list[Any]]]:
     return messages
 
 
-def test_dedup_asks_for_one_drain_per_aggregate_however_many_events(
+def test_dedup_asks_for_one_drain_of_the_coach_s_shard_however_many_events(
     pipeline_app: PipelineApp, broker_url: str, redis_client: redis.Redis
 ) -> None:
     broker = redis.Redis.from_url(broker_url)
@@ -52,9 +52,10 @@ def test_dedup_asks_for_one_drain_per_aggregate_however_many_events(
     )
     strategy.invalidate(session_events(coach, 20))
     drains = queued(broker, names.REALTIME_QUEUE)
-    aggregates = sorted(TABLE_AGGREGATES["sessions"])
-    assert sorted(args[0] for _, args in drains) == aggregates
-    assert {name for name, _ in drains} == {names.DRAIN}
+    scheduler = pipeline_app.runtime.scheduler
+    assert drains == [(names.DRAIN, [scheduler.shard_of(coach)])]  # one task answers the change
+    claim = scheduler.claim(scheduler.shard_of(coach), "t1", 10)
+    assert sorted(claim.by_aggregate()) == sorted(TABLE_AGGREGATES["sessions"])
     assert not broker.llen(names.REFRESH_QUEUE)
 
 

@@ -10,9 +10,9 @@ import redis
 
 from coachpipe.embedded import PrivateRedis
 from devtools.processes import Proc, listener_connected, running, start_listener, wait_for
-from pipeline import keys, seed
+from pipeline import seed
 from pipeline.health import HealthBoard, ListenerState
-from tests.pipeline_checks import CRITICAL_NAMES, settle
+from tests.pipeline_checks import idle, settle
 from tests.test_listener_postgres import burst
 
 SMALL = seed.SeedPlan(coaches=3, clients_per_coach=2, sessions_per_client=2)
@@ -87,7 +87,7 @@ def test_a_redis_outage_is_retried_and_the_listener_carries_on(
             own.start()  # same port, empty: what the listener asks for now is the replay
 
             def requested() -> bool:
-                return any(client.zcard(keys.due(name)) for name in CRITICAL_NAMES)
+                return not idle(client)
 
             wait_for(requested, 60, interval=0.2, message="the batch to be requested")
             board = HealthBoard(client, stale_after_s=3)

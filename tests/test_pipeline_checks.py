@@ -9,8 +9,10 @@ import pytest
 import redis
 
 from pipeline import keys
+from pipeline.scheduler import RecomputeScheduler
 from pipeline.store import AggregateStore
 from tests.pipeline_checks import CRITICAL_NAMES, settle
+from tests.recording_sender import RecordingSender
 
 
 def test_a_timed_out_settle_names_the_mismatches_of_its_end_not_its_start(
@@ -37,6 +39,7 @@ def test_a_timed_out_settle_says_when_recomputes_are_still_pending(
     database_url: str, redis_client: redis.Redis
 ) -> None:
     coach = uuid.uuid4()
-    redis_client.zadd(keys.due(CRITICAL_NAMES[0]), {str(coach): 0})
+    pending = RecomputeScheduler(redis_client, RecordingSender(), window_ms=0, stale_ms=60_000)
+    pending.request([(CRITICAL_NAMES[0], coach)])  # a drain nobody runs
     with pytest.raises(AssertionError, match="recomputes still pending or claimed"):
         settle(database_url, redis_client, [coach], timeout=0.5)

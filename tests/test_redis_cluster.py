@@ -228,16 +228,26 @@ def test_the_cluster_epoch_is_the_configuration_epoch(cluster_client: redis.Redi
 
 def test_the_scheduler_scripts_run_on_the_cluster(cluster_client: redis.RedisCluster) -> None:
     """What `pipeline.scheduler` must keep: each script's keys (and those it builds from its
-    arguments) in one slot. Request, claim, release and sweep of several aggregates at once."""
+    arguments) in one slot, the slot of its shard's `{s<N>}` tag; the shards spread over the
+    masters. Request, claim, renew, release and sweep over every shard at once."""
     sender = RecordingSender()
-    scheduler = RecomputeScheduler(cluster_client, sender, window_ms=50, stale_ms=30_000)
-    coaches = [uuid.uuid4() for _ in range(10)]
-    scheduler.request(
-        [(name, coach) for name in ("coach-stats", "coach-clients") for coach in coaches]
+    scheduler = RecomputeScheduler(
+        cluster_client, sender, window_ms=50, stale_ms=30_000, lease_ms=3_000, shards=8
     )
-    assert {aggregate for aggregate, _ in sender.drains} == {"coach-stats", "coach-clients"}
-    claim = scheduler.claim("coach-stats", "task-1", 100)
-    assert sorted(claim.coaches) == sorted(coaches)
-    scheduler.release("coach-stats", "task-1")
-    assert scheduler.sweep("coach-stats") == 0
-    assert sorted(scheduler.claim("coach-clients", "task-2", 100).coaches) == sorted(coaches)
+    slots = {cluster_client.keyslot(keys.due(shard)) for shard in range(scheduler.shards)}
+    owners = {cluster_client.get_node_from_key(keys.due(shard)).name for shard in range(8)}
+    assert len(slots) == 8 and len(owners) == 3
+    coaches = [uuid.uuid4() for _ in range(10)]
+    pairs = [(name, coach) for name in ("coach-stats", "coach-clients") for coach in coaches]
+    scheduler.request(pairs)
+    shards = {scheduler.shard_of(coach) for coach in coaches}
+    assert {shard for shard, _ in sender.drains} == shards
+    claimed = []
+    for shard in sorted(shards):
+        claim = scheduler.claim(shard, f"task-{shard}", 100)
+        assert scheduler.renew(shard, f"task-{shard}")
+        claimed += claim.pairs
+        scheduler.release(shard, f"task-{shard}")
+    assert sorted(claimed) == sorted(pairs)
+    assert scheduler.sweep() == {}
+    assert scheduler.due_pairs() == set()

@@ -11,23 +11,45 @@ import redis
 
 from devtools.processes import wait_for
 from pipeline import keys
-from pipeline.scheduler import RecomputeScheduler
+from pipeline.scheduler import RecomputeScheduler, shard_of
 from tests.recording_sender import RecordingSender
 
 WINDOW_MS = 200
+SHARDS = 4
 
 
 def scheduler_for(
-    url: str, window_ms: int = WINDOW_MS, stale_ms: int = 30_000, late_ms: int = 60_000
+    url: str,
+    window_ms: int = WINDOW_MS,
+    stale_ms: int = 30_000,
+    late_ms: int = 60_000,
+    lease_ms: int = 60_000,
 ) -> tuple[RecomputeScheduler, RecordingSender]:
-    """A scheduler whose drains nobody runs (the sender records them): `late_ms` is long by
-    default, so a slow test machine does not presume them lost."""
+    """A scheduler whose drains nobody runs (the sender records them): `late_ms` and
+    `lease_ms` are long by default, so a slow test machine does not presume them lost."""
     sender = RecordingSender()
     client = redis.Redis.from_url(url)
     scheduler = RecomputeScheduler(
-        client, sender, window_ms=window_ms, stale_ms=stale_ms, late_ms=late_ms
+        client,
+        sender,
+        window_ms=window_ms,
+        stale_ms=stale_ms,
+        late_ms=late_ms,
+        lease_ms=lease_ms,
+        shards=SHARDS,
     )
     return scheduler, sender
+
+
+def coaches_in_one_shard(count: int) -> list[uuid.UUID]:
+    """`count` random coaches that share a shard."""
+    first = uuid.uuid4()
+    found = [first]
+    while len(found) < count:
+        coach = uuid.uuid4()
+        if shard_of(coach, SHARDS) == shard_of(first, SHARDS):
+            found.append(coach)
+    return found
 
 
 def hammer(url: str, coach: str, times: int, start: float, out: multiprocessing.Queue[int]) -> None:
@@ -53,93 +75,152 @@ def test_eight_processes_requesting_one_key_send_exactly_one_drain(redis_url: st
         proc.join(60)
     assert sum(out.get(timeout=5) for _ in procs) == 1
     scheduler, _ = scheduler_for(redis_url)
-    claim = scheduler.claim("coach-stats", "task-1", 100)
-    assert claim.coaches == [uuid.UUID(coach)]
+    claim = scheduler.claim(scheduler.shard_of(uuid.UUID(coach)), "task-1", 100)
+    assert claim.pairs == [("coach-stats", uuid.UUID(coach))]
 
 
-def test_different_keys_are_each_recomputed_once(redis_url: str) -> None:
+def test_one_drain_per_shard_takes_every_due_aggregate_of_its_coaches(redis_url: str) -> None:
+    """A change routed to several aggregates of a coach is answered by one drain task, which
+    holds all of them (and recomputes them in one snapshot)."""
     scheduler, sender = scheduler_for(redis_url)
     coaches = [uuid.uuid4() for _ in range(50)]
     outcome = scheduler.request(
         [(name, c) for c in coaches for name in ("coach-stats", "coach-clients")]
     )
     assert outcome.enqueued == 100
-    # one drain per aggregate
-    assert sorted(sender.drains) == [("coach-clients", 0.0), ("coach-stats", 0.0)]
-    stats = scheduler.claim("coach-stats", "t1", 1000)
-    clients = scheduler.claim("coach-clients", "t2", 1000)
-    assert sorted(stats.coaches) == sorted(coaches)
-    assert sorted(clients.coaches) == sorted(coaches)
-    assert len(sender.drains) == 2  # nothing left due: no follow-up
+    shards = sorted({scheduler.shard_of(c) for c in coaches})
+    assert sorted(sender.drains) == [(shard, 0.0) for shard in shards]  # one drain per shard
+    for shard in shards:
+        claim = scheduler.claim(shard, f"t{shard}", 1000)
+        mine = [c for c in coaches if scheduler.shard_of(c) == shard]
+        assert claim.by_aggregate() == {"coach-clients": sorted(mine), "coach-stats": sorted(mine)}
+    assert len(sender.drains) == len(shards)  # nothing left due: no follow-up
+
+
+def test_a_batch_takes_every_due_aggregate_of_each_coach_it_takes(redis_url: str) -> None:
+    scheduler, _ = scheduler_for(redis_url)
+    coaches = coaches_in_one_shard(3)
+    names = ("coach-activity", "coach-clients", "coach-stats")
+    scheduler.request([(name, c) for c in coaches for name in names])
+    shard = scheduler.shard_of(coaches[0])
+    first = scheduler.claim(shard, "t1", 2)
+    assert len(first.coaches) == 2
+    assert first.by_aggregate() == dict.fromkeys(names, first.coaches)
+    rest = scheduler.claim(shard, "t2", 2)
+    assert rest.by_aggregate() == dict.fromkeys(names, sorted(set(coaches) - set(first.coaches)))
 
 
 def test_idle_key_is_due_at_once_and_hot_key_waits_for_the_window(redis_url: str) -> None:
     scheduler, sender = scheduler_for(redis_url)
     coach = uuid.uuid4()
+    shard = scheduler.shard_of(coach)
     first = scheduler.request([("coach-stats", coach)])
-    assert first.drains == {"coach-stats": 0.0}  # leading edge: no countdown
-    assert sender.drains == [("coach-stats", 0.0)]
-    claim = scheduler.claim("coach-stats", "t1", 10)
+    assert first.drains == {shard: 0.0}  # leading edge: no countdown
+    assert sender.drains == [(shard, 0.0)]
+    claim = scheduler.claim(shard, "t1", 10)
     assert claim.coaches == [coach]
-    scheduler.release("coach-stats", "t1")
+    scheduler.release(shard, "t1")
     second = scheduler.request([("coach-stats", coach)])  # within the window of that recompute
-    countdown = second.drains["coach-stats"]
+    countdown = second.drains[shard]
     assert 0 < countdown <= WINDOW_MS / 1000
-    assert sender.drains[-1] == ("coach-stats", countdown)
-    assert scheduler.claim("coach-stats", "t2", 10).coaches == []  # not due yet
+    assert sender.drains[-1] == (shard, countdown)
+    assert scheduler.claim(shard, "t2", 10).coaches == []  # not due yet
     wait_for(
-        lambda: scheduler.claim("coach-stats", "t3", 10).coaches == [coach],
+        lambda: scheduler.claim(shard, "t3", 10).coaches == [coach],
         10,
         interval=0.01,
         message="the coach is due once the window has passed",
     )
 
 
+def test_the_window_is_per_aggregate_and_coach(redis_url: str) -> None:
+    """A hot pair waits for its window; another aggregate of the same coach is due at once and
+    does not wait with it."""
+    scheduler, _ = scheduler_for(redis_url)
+    coach = uuid.uuid4()
+    shard = scheduler.shard_of(coach)
+    scheduler.request([("coach-stats", coach)])
+    scheduler.claim(shard, "t1", 10)
+    scheduler.request([("coach-stats", coach), ("coach-clients", coach)])
+    assert scheduler.claim(shard, "t2", 10).pairs == [("coach-clients", coach)]
+
+
 def test_a_change_during_a_recompute_schedules_one_more(redis_url: str) -> None:
     scheduler, sender = scheduler_for(redis_url, window_ms=0)
     coach = uuid.uuid4()
+    shard = scheduler.shard_of(coach)
     scheduler.request([("coach-stats", coach)])
-    assert scheduler.claim("coach-stats", "t1", 10).coaches == [coach]
+    assert scheduler.claim(shard, "t1", 10).coaches == [coach]
     # the marker is gone before the recompute reads Postgres: a new change is not suppressed
     again = scheduler.request([("coach-stats", coach)])
     assert again.enqueued == 1 and again.suppressed == 0
-    assert sender.drains == [("coach-stats", 0.0), ("coach-stats", 0.0)]
+    assert sender.drains == [(shard, 0.0), (shard, 0.0)]
 
 
 def test_a_redelivered_drain_recomputes_what_it_claimed_before(redis_url: str) -> None:
     scheduler, _ = scheduler_for(redis_url)
     coach = uuid.uuid4()
+    shard = scheduler.shard_of(coach)
     scheduler.request([("coach-stats", coach)], {("coach-stats", coach): 1234})
-    first = scheduler.claim("coach-stats", "same-task", 10)
+    first = scheduler.claim(shard, "same-task", 10)
     # the worker dies here; the broker redelivers the same task id
-    second = scheduler.claim("coach-stats", "same-task", 10)
-    assert second.coaches == first.coaches == [coach]
-    assert second.commit_ms == {coach: 1234}
-    scheduler.release("coach-stats", "same-task")
-    assert scheduler.claim("coach-stats", "same-task", 10).coaches == []
+    second = scheduler.claim(shard, "same-task", 10)
+    assert second.pairs == first.pairs == [("coach-stats", coach)]
+    assert second.commit_ms == {("coach-stats", coach): 1234}
+    scheduler.release(shard, "same-task")
+    assert scheduler.claim(shard, "same-task", 10).coaches == []
 
 
-def test_claims_of_vanished_tasks_are_swept_back(redis_url: str) -> None:
-    scheduler, sender = scheduler_for(redis_url, stale_ms=100)
+def test_claims_of_dead_tasks_are_swept_back_once_their_lease_expires(redis_url: str) -> None:
+    scheduler, sender = scheduler_for(redis_url, lease_ms=300)
     coach = uuid.uuid4()
-    scheduler.request([("coach-stats", coach)])
-    scheduler.claim("coach-stats", "lost-task", 10)
+    shard = scheduler.shard_of(coach)
+    scheduler.request([("coach-stats", coach)], {("coach-stats", coach): 1234})
+    scheduler.claim(shard, "dead-task", 10)
     sent = len(sender.drains)
-    assert scheduler.sweep("coach-stats") == 0  # too young to be lost
+    assert scheduler.sweep() == {}  # the lease still holds
     assert len(sender.drains) == sent
     wait_for(
-        lambda: scheduler.sweep("coach-stats") == 1,
+        lambda: scheduler.sweep() == {shard: 1},
         10,
         interval=0.01,
-        message="the claim is swept once older than stale_ms",
+        message="the claim is swept once its lease expired",
     )
-    assert sender.drains[sent:] == [("coach-stats", 0.0)]
-    assert scheduler.claim("coach-stats", "new-task", 10).coaches == [coach]
+    assert sender.drains[sent:] == [(shard, 0.0)]
+    assert not scheduler.renew(shard, "dead-task"), "a renewal after the sweep finds it gone"
+    with scheduler.lease(shard, "dead-task") as lease:  # the task was alive after all
+        wait_for(lambda: lease.lost, 10, interval=0.05, message="its keeper to find it lost")
+    claim = scheduler.claim(shard, "new-task", 10)
+    assert claim.commit_ms == {("coach-stats", coach): 1234}
+
+
+def test_a_renewed_lease_outlives_its_first_expiry(redis_url: str) -> None:
+    """A long recompute keeps its claim: the `Lease` renews it from a background thread."""
+    scheduler, _ = scheduler_for(redis_url, lease_ms=300)
+    coach = uuid.uuid4()
+    shard = scheduler.shard_of(coach)
+    scheduler.request([("coach-stats", coach)])
+    scheduler.claim(shard, "busy-task", 10)
+    client = redis.Redis.from_url(redis_url)
+    first_expiry = client.zscore(keys.claims(shard), "busy-task")
+    assert first_expiry is not None
+    with scheduler.lease(shard, "busy-task") as lease:
+        # wait until Redis' clock is past the first expiry: renewed since, nothing to sweep
+        wait_for(
+            lambda: client.time()[0] * 1000 + client.time()[1] // 1000 > first_expiry + 300,
+            10,
+            interval=0.05,
+            message="time to pass the first expiry",
+        )
+        assert scheduler.sweep() == {}
+    assert not lease.lost
+    scheduler.release(shard, "busy-task")
 
 
 def test_a_stale_marker_is_rescheduled_instead_of_suppressing_forever(redis_url: str) -> None:
     scheduler, sender = scheduler_for(redis_url, stale_ms=100)
     coach = uuid.uuid4()
+    shard = scheduler.shard_of(coach)
     scheduler.request([("coach-stats", coach)])  # its drain task is lost
     wait_for(
         lambda: scheduler.request([("coach-stats", coach)]).enqueued == 1,
@@ -147,7 +228,7 @@ def test_a_stale_marker_is_rescheduled_instead_of_suppressing_forever(redis_url:
         interval=0.01,
         message="a marker older than stale_ms no longer suppresses",
     )
-    assert sender.drains == [("coach-stats", 0.0), ("coach-stats", 0.0)]
+    assert sender.drains == [(shard, 0.0), (shard, 0.0)]
 
 
 @pytest.mark.parametrize("batch", [1, 7])
@@ -155,13 +236,14 @@ def test_a_batch_larger_than_the_limit_sends_a_follow_up_at_once(
     redis_url: str, batch: int
 ) -> None:
     scheduler, sender = scheduler_for(redis_url)
-    coaches = [uuid.uuid4() for _ in range(batch + 3)]
+    coaches = coaches_in_one_shard(batch + 3)
+    shard = scheduler.shard_of(coaches[0])
     scheduler.request([("coach-stats", c) for c in coaches])
-    claim = scheduler.claim("coach-stats", "t1", batch)
+    claim = scheduler.claim(shard, "t1", batch)
     assert len(claim.coaches) == batch
-    assert sender.drains == [("coach-stats", 0.0), ("coach-stats", 0.0)]
+    assert sender.drains == [(shard, 0.0), (shard, 0.0)]
     client = redis.Redis.from_url(redis_url)
-    assert client.zcard(keys.due("coach-stats")) == 3
+    assert client.zcard(keys.due(shard)) == 3
 
 
 def test_one_wide_refresh_is_pending_per_aggregate_until_it_starts(redis_url: str) -> None:
@@ -188,7 +270,7 @@ def test_requests_and_claims_survive_redis_forgetting_its_scripts(redis_url: str
     redis.Redis.from_url(redis_url).script_flush()
     assert scheduler.request([("coach-stats", coach)]).enqueued == 1
     redis.Redis.from_url(redis_url).script_flush()
-    assert scheduler.claim("coach-stats", "t1", 10).coaches == [coach]
+    assert scheduler.claim(scheduler.shard_of(coach), "t1", 10).coaches == [coach]
 
 
 def test_a_drain_lost_between_marking_and_sending_is_sent_again_by_the_next_request(
@@ -210,6 +292,28 @@ def test_a_drain_lost_between_marking_and_sending_is_sent_again_by_the_next_requ
         return bool(sender.drains)
 
     wait_for(late, 5, interval=0.05, message="a drain sent again")
-    assert [d[0] for d in sender.drains] == ["coach-stats"]
-    claim = replayed.claim("coach-stats", "task-2", 10)
-    assert claim.coaches == [coach]
+    shard = replayed.shard_of(coach)
+    assert sender.drains == [(shard, 0.0)]
+    assert replayed.claim(shard, "task-2", 10).coaches == [coach]
+
+
+def test_a_drain_lost_with_its_worker_is_sent_again_by_the_sweep_after_late_ms(
+    redis_url: str,
+) -> None:
+    """A drain prefetched by a worker killed with it stays invisible in the broker until the
+    visibility timeout: the sweep resends it once it is `late_ms` overdue, not `stale_ms`."""
+    coach = uuid.uuid4()
+    scheduler, sender = scheduler_for(redis_url, window_ms=0, late_ms=100)
+    scheduler.request([("coach-stats", coach)])
+    shard = scheduler.shard_of(coach)
+    assert sender.drains == [(shard, 0.0)]
+    scheduler.sweep()
+    assert len(sender.drains) == 1, "not overdue yet: the drain may still be on its way"
+    wait_for(
+        lambda: scheduler.sweep() == {} and len(sender.drains) == 2,
+        5,
+        interval=0.05,
+        message="the sweep to resend the drain",
+    )
+    assert sender.drains[1] == (shard, 0.0)
+    assert scheduler.claim(shard, "task-2", 10).coaches == [coach]

@@ -1,15 +1,20 @@
 """The recompute scheduler against a plain model of it: a Hypothesis state machine over a real
 Redis, with a recording `TaskSender` as the task queue.
 
-Time: the scripts read Redis `TIME`. The model runs with `window_ms=0` (every request is due at
-once, so which coaches a drain may take does not depend on the clock) and a `stale_ms` far longer
-than an example, so nothing goes stale by itself. Time passing beyond `stale_ms` is a rule of its
-own: it shifts every stored timestamp back by twice `stale_ms` and drops the keys whose PX would
-have run out, which is exactly what Redis would hold had the time really passed.
+The model's unit is the pair (aggregate, coach): two aggregates, four coaches, two shards (so a
+shard holds several coaches, and a drain of one shard must leave the other alone).
 
-Which due coaches a drain takes depends on their timestamps (oldest first, ties by id), so the
-model reads the taken coaches from Redis and checks them against what it allows (only due coaches,
-as many as the batch and the due set permit) instead of predicting them.
+Time: the scripts read Redis `TIME`. The model runs with `window_ms=0` (every request is due at
+once, so which pairs a drain may take does not depend on the clock) and a `stale_ms`, `lease_ms`
+and `late_ms` far longer than an example, so nothing goes stale, no lease lapses and no drain is
+late by itself. Time passing beyond them is a rule of its own: it shifts every stored timestamp
+back by twice `stale_ms` and drops the keys whose PX would have run out, which is exactly what
+Redis would hold had the time really passed.
+
+Which due coaches a drain takes depends on their timestamps (oldest first, ties by member), so
+the model reads the taken pairs from Redis and checks them against what it allows (only due
+pairs, every due pair of each coach taken, as many coaches as the batch and the due set permit)
+instead of predicting them.
 """
 
 from __future__ import annotations
@@ -30,18 +35,25 @@ from hypothesis.stateful import (
 
 from pipeline import keys
 from pipeline.redis_values import as_text
-from pipeline.scheduler import RecomputeScheduler
+from pipeline.scheduler import RecomputeScheduler, shard_of
 from tests.recording_sender import RecordingSender
 
-AGGREGATE = "coach-stats"
+AGGREGATES = ["coach-clients", "coach-stats"]
 WIDE_AGGREGATES = ["coach-stats", "coach-clients"]
-COACHES = [UUID(int=n) for n in range(1, 6)]
+COACHES = [UUID(int=n) for n in range(1, 5)]
+SHARDS = 2
 STALE_MS = 60_000
 AGE_MS = 2 * STALE_MS
-"""How far back "time passes" moves every timestamp: well past `stale_ms`."""
+"""How far back "time passes" moves every timestamp: well past `stale_ms` and `lease_ms`."""
 
-coaches = st.lists(st.sampled_from(COACHES), min_size=1, max_size=4)
+Pair = tuple[str, UUID]
+pairs = st.lists(st.tuples(st.sampled_from(AGGREGATES), st.sampled_from(COACHES)), min_size=1,
+                 max_size=5)  # fmt: skip
 batches = st.integers(min_value=1, max_value=3)
+
+
+def shard(pair: Pair) -> int:
+    return shard_of(pair[1], SHARDS)
 
 
 class SchedulerModel(RuleBasedStateMachine):
@@ -51,31 +63,44 @@ class SchedulerModel(RuleBasedStateMachine):
         self.redis = client
         self.sender = RecordingSender()
         self.scheduler = RecomputeScheduler(
-            client, self.sender, window_ms=0, stale_ms=STALE_MS, late_ms=10 * STALE_MS
+            client,
+            self.sender,
+            window_ms=0,
+            stale_ms=STALE_MS,
+            late_ms=10 * STALE_MS,
+            lease_ms=STALE_MS,
+            shards=SHARDS,
+            aggregates=AGGREGATES,
         )
-        # The model. `due`: coach → its marker is older than stale_ms.
-        self.due: dict[UUID, bool] = {}
-        self.commits: dict[UUID, int] = {}
-        self.tasks: dict[str, dict[UUID, int | None]] = {}
-        """Drain tasks that claimed and have not released: task id → the coaches they hold."""
+        # The model. `due`: pair → its marker is older than stale_ms.
+        self.due: dict[Pair, bool] = {}
+        self.commits: dict[Pair, int] = {}
+        self.tasks: dict[str, tuple[int, dict[Pair, int | None]]] = {}
+        """Drain tasks that claimed and have not released: task id → (shard, pairs held)."""
         self.stale_claims: set[str] = set()
-        self.entries: dict[UUID, int] = dict.fromkeys(COACHES, 0)
-        """How many times each coach was made due (its due entry's generation)."""
-        self.held_entries: dict[str, dict[UUID, set[int]]] = {}
-        """Per live task, which due entries (generations) of each coach its claim took."""
-        self.requested_since_taken: set[UUID] = set()
-        self.delivered = 0
-        """How many of the sent drains the "broker" has delivered (or lost)."""
-        self.sends_when_lost: int | None = None
-        """Drains sent when the broker lost the queued ones (None: never lost)."""
+        """Tasks whose lease expired (and that a sweep has not taken back yet)."""
+        self.entries: dict[Pair, int] = {}
+        """How many times each pair was made due (its due entry's generation)."""
+        self.held_entries: dict[str, dict[Pair, set[int]]] = {}
+        """Per live task, which due entries (generations) of each pair its claim took."""
+        self.requested_since_taken: set[Pair] = set()
+        self.delivered = dict.fromkeys(range(SHARDS), 0)
+        """Per shard, how many of the sent drains the "broker" has delivered (or lost)."""
+        self.sends_when_lost: dict[int, int] = {}
+        """Per shard, drains sent when the broker lost the queued ones (absent: never lost)."""
         self.wide_pending: set[str] = set()
         self.next_commit = 1_000
         self.next_task = 0
 
     # --- helpers ------------------------------------------------------------------------
-    @property
-    def undelivered(self) -> int:
-        return len(self.sender.drains) - self.delivered
+    def sent(self, shard_id: int) -> int:
+        return sum(1 for sent_to, _ in self.sender.drains if sent_to == shard_id)
+
+    def undelivered(self, shard_id: int) -> int:
+        return self.sent(shard_id) - self.delivered[shard_id]
+
+    def due_in(self, shard_id: int) -> set[Pair]:
+        return {pair for pair in self.due if shard(pair) == shard_id}
 
     def _now_ms(self) -> int:
         seconds, micros = self.redis.time()
@@ -85,90 +110,114 @@ class SchedulerModel(RuleBasedStateMachine):
         entries = cast("list[tuple[bytes, float]]", self.redis.zrange(key, 0, -1, withscores=True))
         return {as_text(member): score for member, score in entries}
 
-    def _due_in_redis(self) -> dict[UUID, float]:
-        return {UUID(coach): score for coach, score in self._scores(keys.due(AGGREGATE)).items()}
+    @staticmethod
+    def _pair(member: str) -> Pair:
+        coach, aggregate = member.split("|")
+        return aggregate, UUID(coach)
 
-    def _claim(self, task: str, batch: int) -> None:
+    def _due_in_redis(self, shard_id: int) -> dict[Pair, float]:
+        return {self._pair(m): score for m, score in self._scores(keys.due(shard_id)).items()}
+
+    def _claim(self, task: str, shard_id: int, batch: int) -> None:
         """Run `claim` as a drain task (or its redelivery) would, and check it against the
-        model: it hands back what the task held, plus due coaches only, as many as allowed."""
-        prior = self.tasks.get(task, {})
-        due_before = set(self.due)
-        claim = self.scheduler.claim(AGGREGATE, task, batch)
-        taken = due_before - set(self._due_in_redis())
-        assert len(taken) == min(batch, len(due_before)), "a claim takes a full batch if it can"
-        assert set(prior) <= set(claim.coaches), "a redelivered task gets its claim back"
-        assert set(claim.coaches) == set(prior) | taken, "a claim holds nothing that was not due"
-        expected = {coach: self.commits.get(coach) for coach in taken} | prior
+        model: it hands back what the task held, plus due pairs only: every due pair of as many
+        coaches as allowed."""
+        prior = self.tasks.get(task, (shard_id, {}))[1]
+        due_before = self.due_in(shard_id)
+        claim = self.scheduler.claim(shard_id, task, batch)
+        taken = due_before - set(self._due_in_redis(shard_id))
+        taken_coaches = {coach for _, coach in taken}
+        due_coaches = {coach for _, coach in due_before}
+        assert len(taken_coaches) == min(batch, len(due_coaches)), "a full batch if it can"
+        assert {p for p in due_before if p[1] in taken_coaches} == taken, (
+            "a claim takes every due pair of each coach it takes"
+        )
+        assert set(prior) <= set(claim.commit_ms), "a redelivered task gets its claim back"
+        assert set(claim.commit_ms) == set(prior) | taken, "a claim holds nothing that was not due"
+        expected = {pair: self.commits.get(pair) for pair in taken} | prior
         assert claim.commit_ms == expected
-        for coach in taken:
-            del self.due[coach]
-            self.commits.pop(coach, None)
+        for pair in taken:
+            del self.due[pair]
+            self.commits.pop(pair, None)
         self.requested_since_taken -= taken
-        self.tasks[task] = expected
+        self.tasks[task] = (shard_id, expected)
+        if expected:
+            self.stale_claims.discard(task)  # a claim that holds pairs starts a fresh lease
         held = self.held_entries.setdefault(task, {})
-        for coach in taken:
-            held.setdefault(coach, set()).add(self.entries[coach])
-        if self.due:
-            assert self.undelivered, "coaches left due without a drain to take them"
+        for pair in taken:
+            held.setdefault(pair, set()).add(self.entries[pair])
+        if self.due_in(shard_id):
+            assert self.undelivered(shard_id), "pairs left due without a drain to take them"
 
-    def _run_drain(self, batch: int) -> str:
-        self.delivered += 1
+    def _run_drain(self, shard_id: int, batch: int) -> str:
+        self.delivered[shard_id] += 1
         task = self._new_task()
-        self._claim(task, batch)
+        self._claim(task, shard_id, batch)
         return task
 
     def _release(self, task: str) -> None:
-        self.scheduler.release(AGGREGATE, task)
+        self.scheduler.release(self.tasks[task][0], task)
         del self.tasks[task]
         self.held_entries.pop(task, None)
         self.stale_claims.discard(task)
 
-    def _make_due(self, coach: UUID) -> None:
-        self.due[coach] = False
-        self.entries[coach] += 1
+    def _make_due(self, pair: Pair) -> None:
+        self.due[pair] = False
+        self.entries[pair] = self.entries.get(pair, 0) + 1
 
     def _new_task(self) -> str:
         self.next_task += 1
         return f"task-{self.next_task}"
 
     # --- rules --------------------------------------------------------------------------
-    @rule(requested=coaches, with_commit=st.booleans())
-    def request(self, requested: list[UUID], with_commit: bool) -> None:
+    @rule(requested=pairs, with_commit=st.booleans())
+    def request(self, requested: list[Pair], with_commit: bool) -> None:
         commit = self.next_commit if with_commit else None
         self.next_commit += 1
-        items = [(AGGREGATE, coach) for coach in requested]
-        sent_before = len(self.sender.drains)
-        outcome = self.scheduler.request(items, dict.fromkeys(items, commit))
+        sent_before = {s: self.sent(s) for s in range(SHARDS)}
+        outcome = self.scheduler.request(requested, dict.fromkeys(requested, commit))
         unique = set(requested)
-        suppressed = {coach for coach in unique if coach in self.due and not self.due[coach]}
+        suppressed = {pair for pair in unique if pair in self.due and not self.due[pair]}
         enqueued = unique - suppressed
         assert (outcome.enqueued, outcome.suppressed) == (len(enqueued), len(suppressed)), (
             "suppressed exactly when pending and not stale"
         )
-        sent = len(self.sender.drains) - sent_before
-        assert sent <= 1
-        assert set(outcome.drains) == ({AGGREGATE} if sent else set())
-        if not enqueued:
-            assert not sent, "a fully suppressed request sends nothing"
-        if any(self.due.get(coach) for coach in enqueued):
-            assert sent, "a stale marker means its drain was lost: send another"
-        for coach in enqueued:
-            self._make_due(coach)
+        sent = {s for s in range(SHARDS) if self.sent(s) > sent_before[s]}
+        assert all(self.sent(s) - sent_before[s] <= 1 for s in sent), "one drain a shard at most"
+        assert set(outcome.drains) == sent
+        assert sent <= {shard(pair) for pair in enqueued}, "a suppressed request sends nothing"
+        for pair in enqueued:
+            if self.due.get(pair):
+                assert shard(pair) in sent, "a stale marker means its drain was lost: resend"
+        for pair in enqueued:
+            self._make_due(pair)
             if commit is not None:
-                self.commits.setdefault(coach, commit)
+                self.commits.setdefault(pair, commit)
         self.requested_since_taken |= unique
 
-    @precondition(lambda self: self.undelivered > 0)
-    @rule(batch=batches)
-    def run_drain(self, batch: int) -> None:
-        """The broker delivers the oldest drain it holds; a new task claims."""
-        self._run_drain(batch)
+    @precondition(lambda self: any(self.undelivered(s) for s in range(SHARDS)))
+    @rule(data=st.data(), batch=batches)
+    def run_drain(self, data: st.DataObject, batch: int) -> None:
+        """The broker delivers the oldest drain it holds for a shard; a new task claims."""
+        shard_id = data.draw(st.sampled_from([s for s in range(SHARDS) if self.undelivered(s)]))
+        self._run_drain(shard_id, batch)
 
     @precondition(lambda self: self.tasks)
     @rule(data=st.data(), batch=batches)
     def redeliver(self, data: st.DataObject, batch: int) -> None:
         """A worker died under a task (acks_late): the broker delivers the same task id again."""
-        self._claim(data.draw(st.sampled_from(sorted(self.tasks))), batch)
+        task = data.draw(st.sampled_from(sorted(self.tasks)))
+        self._claim(task, self.tasks[task][0], batch)
+
+    @precondition(lambda self: self.tasks)
+    @rule(data=st.data())
+    def renew(self, data: st.DataObject) -> None:
+        """The task, still recomputing, renews its lease: it holds it exactly while its claim
+        was not taken back by a sweep (an expired, unswept lease is simply extended)."""
+        task = data.draw(st.sampled_from(sorted(self.tasks)))
+        shard_id, held = self.tasks[task]
+        assert self.scheduler.renew(shard_id, task) == bool(held)
+        self.stale_claims.discard(task)
 
     @precondition(lambda self: self.tasks)
     @rule(data=st.data())
@@ -178,34 +227,43 @@ class SchedulerModel(RuleBasedStateMachine):
 
     @rule()
     def sweep(self) -> None:
-        expected = sum(len(self.tasks[task]) for task in self.stale_claims)
-        assert self.scheduler.sweep(AGGREGATE) == expected, "sweep requeues exactly stale claims"
+        expected: dict[int, int] = {}
         for task in self.stale_claims:
-            for coach in self.tasks[task]:
-                if coach not in self.due:
-                    self._make_due(coach)
-            self.tasks[task] = {}
+            shard_id, held = self.tasks[task]
+            expected[shard_id] = expected.get(shard_id, 0) + len(held)
+        assert self.scheduler.sweep() == expected, "sweep requeues exactly expired leases"
+        for task in self.stale_claims:
+            shard_id, held = self.tasks[task]
+            for pair, commit in held.items():
+                if pair not in self.due:
+                    self._make_due(pair)
+                if commit is not None:  # the oldest change the pending recompute answers
+                    self.commits[pair] = min(self.commits.get(pair, commit), commit)
+            self.tasks[task] = (shard_id, {})
             self.held_entries[task] = {}
         self.stale_claims.clear()
-        if self.due:
-            assert self.undelivered, "after a sweep, due coaches have a drain coming"
+        for shard_id in range(SHARDS):
+            if self.due_in(shard_id):
+                assert self.undelivered(shard_id), "after a sweep, due pairs have a drain coming"
 
     @rule(lose_queued_drains=st.booleans())
     def stale_time_passes(self, lose_queued_drains: bool) -> None:
         """More than stale_ms passes (optionally the broker loses the drains it held)."""
-        for key in (keys.due(AGGREGATE), keys.claims(AGGREGATE), keys.last_run(AGGREGATE)):
-            entries = self._scores(key)
-            if entries:
-                self.redis.zadd(key, {member: score - AGE_MS for member, score in entries.items()})
-        self.redis.delete(
-            keys.drain_scheduled(AGGREGATE), *(keys.wide_pending(a) for a in WIDE_AGGREGATES)
-        )
+        for shard_id in range(SHARDS):
+            for key in (keys.due(shard_id), keys.claims(shard_id), keys.last_run(shard_id)):
+                entries = self._scores(key)
+                if entries:
+                    self.redis.zadd(key, {m: score - AGE_MS for m, score in entries.items()})
+            self.redis.delete(keys.drain_scheduled(shard_id))
+        self.redis.delete(*(keys.wide_pending(a) for a in WIDE_AGGREGATES))
         self.due = dict.fromkeys(self.due, True)
-        self.stale_claims = {task for task, held in self.tasks.items() if held}
+        self.stale_claims = {task for task, (_, held) in self.tasks.items() if held}
         self.wide_pending.clear()
-        if lose_queued_drains and self.undelivered:
-            self.delivered = len(self.sender.drains)
-            self.sends_when_lost = len(self.sender.drains)
+        if lose_queued_drains:
+            for shard_id in range(SHARDS):
+                if self.undelivered(shard_id):
+                    self.delivered[shard_id] = self.sent(shard_id)
+                    self.sends_when_lost[shard_id] = self.sent(shard_id)
 
     @rule(aggregates=st.lists(st.sampled_from(WIDE_AGGREGATES), min_size=1, max_size=2))
     def request_wide(self, aggregates: list[str]) -> None:
@@ -222,50 +280,62 @@ class SchedulerModel(RuleBasedStateMachine):
 
     @rule()
     def settle(self) -> None:
-        """Beat sweeps and the workers run every drain sent: nothing requested stays due."""
+        """The workers sweep and run every drain sent: nothing requested stays due."""
         self.sweep()
-        while self.undelivered:
-            self._release(self._run_drain(batch=2))
-        assert not self.due, "a requested coach was never claimed again"
+        while any(self.undelivered(s) for s in range(SHARDS)):
+            shard_id = next(s for s in range(SHARDS) if self.undelivered(s))
+            self._release(self._run_drain(shard_id, batch=2))
+        assert not self.due, "a requested pair was never claimed again"
         assert not self.requested_since_taken
-        assert not self._due_in_redis()
+        assert not any(self._due_in_redis(s) for s in range(SHARDS))
 
     # --- invariants ---------------------------------------------------------------------
     @invariant()
     def redis_holds_the_model(self) -> None:
         now = self._now_ms()
-        stored = self._due_in_redis()
+        stored = {p: at for s in range(SHARDS) for p, at in self._due_in_redis(s).items()}
         assert set(stored) == set(self.due)
-        assert {coach: score < now - STALE_MS for coach, score in stored.items()} == self.due
-        commits = self.redis.hgetall(keys.commits(AGGREGATE))
-        assert {UUID(as_text(c)): int(v) for c, v in commits.items()} == self.commits
-        claims = self._scores(keys.claims(AGGREGATE))
-        assert set(claims) == {task for task, held in self.tasks.items() if held}
-        assert {task for task, at in claims.items() if at < now - STALE_MS} == self.stale_claims
-        for task, held in self.tasks.items():
-            raw = self.redis.hgetall(keys.claim(AGGREGATE, task))
-            assert {UUID(as_text(c)): int(v) if v else None for c, v in raw.items()} == held
+        assert {pair: score < now - STALE_MS for pair, score in stored.items()} == self.due
+        assert all(shard(pair) == s for s in range(SHARDS) for pair in self._due_in_redis(s))
+        commits = {
+            self._pair(as_text(member)): int(value)
+            for s in range(SHARDS)
+            for member, value in self.redis.hgetall(keys.commits(s)).items()
+        }
+        assert commits == self.commits
+        claims = {
+            task: (s, at)
+            for s in range(SHARDS)
+            for task, at in self._scores(keys.claims(s)).items()
+        }
+        assert claims.keys() == {task for task, (_, held) in self.tasks.items() if held}
+        assert all(claims[task][0] == self.tasks[task][0] for task in claims)
+        assert {task for task, (_, at) in claims.items() if at <= now} == self.stale_claims
+        for task, (shard_id, held) in self.tasks.items():
+            raw = self.redis.hgetall(keys.claim(shard_id, task))
+            assert {self._pair(as_text(m)): int(v) if v else None for m, v in raw.items()} == held
 
     @invariant()
-    def due_coaches_have_a_drain_coming(self) -> None:
-        """Whenever coaches are due, a drain is on its way, unless the broker lost it (then
-        the next sweep or request sends one: see `sweep` and `settle`)."""
-        lost_and_not_resent = self.sends_when_lost == len(self.sender.drains)
-        if self.due and not lost_and_not_resent:
-            assert self.undelivered > 0
-        if self.redis.exists(keys.drain_scheduled(AGGREGATE)):
-            assert self.undelivered > 0, "a drain is marked scheduled that nobody holds"
+    def due_pairs_have_a_drain_coming(self) -> None:
+        """Whenever pairs of a shard are due, a drain of that shard is on its way, unless the
+        broker lost it (then the next sweep or request sends one: see `sweep` and `settle`)."""
+        for shard_id in range(SHARDS):
+            lost_and_not_resent = self.sends_when_lost.get(shard_id) == self.sent(shard_id)
+            if self.due_in(shard_id) and not lost_and_not_resent:
+                assert self.undelivered(shard_id) > 0
+            if self.redis.exists(keys.drain_scheduled(shard_id)):
+                assert self.undelivered(shard_id) > 0, "a drain marked scheduled nobody holds"
 
     @invariant()
-    def requested_coaches_stay_due_until_taken(self) -> None:
+    def requested_pairs_stay_due_until_taken(self) -> None:
         assert self.requested_since_taken <= set(self.due)
 
     @invariant()
-    def a_coach_is_held_twice_only_if_due_again_in_between(self) -> None:
-        """Two live claims may hold one coach (a change during a recompute makes it due again),
+    def a_pair_is_held_twice_only_if_due_again_in_between(self) -> None:
+        """Two live claims may hold one pair (a change during a recompute makes it due again),
         but never the same due entry: each entry is taken by one claim."""
-        for coach in COACHES:
-            taken = [held[coach] for held in self.held_entries.values() if coach in held]
+        for pair in self.entries:
+            taken = [held[pair] for held in self.held_entries.values() if pair in held]
             assert sum(map(len, taken)) == len(set().union(*taken))
 
 

@@ -8,15 +8,21 @@ from pathlib import Path
 import redis
 
 from coachpipe.embedded import free_port
-from devtools.processes import running, start_worker, wait_for
+from devtools.processes import (
+    listener_connected,
+    running,
+    start_beat,
+    start_listener,
+    start_worker,
+    wait_for,
+)
 from devtools.redis_topologies import PrivateSentinel
 from pipeline import keys, seed
 from pipeline.redis_client import connect
 from pipeline.redis_epoch import record_epoch
 from tests.pipeline_checks import settle
-from tests.test_beat import beat, lock_holders
+from tests.test_beat import lock_holders
 from tests.test_cluster_e2e import through_failover
-from tests.test_listener_postgres import connected, start_listener
 
 SMALL = seed.SeedPlan(coaches=6, clients_per_coach=3, sessions_per_client=2)
 
@@ -35,9 +41,9 @@ def test_a_sentinel_failover_during_a_burst_converges_and_one_beat_stays_active(
     worker = start_worker(env, tmp_path, broker_url=broker_url)
     port = free_port()
     listener = start_listener(env, tmp_path, metrics_port=port)
-    first, second = beat(env, tmp_path, "beat-1"), beat(env, tmp_path, "beat-2")
+    first, second = start_beat(env, tmp_path, "beat-1"), start_beat(env, tmp_path, "beat-2")
     with running(worker), running(listener), running(first, second):
-        wait_for(lambda: connected(client, listener), 20, message="listener to connect")
+        wait_for(lambda: listener_connected(client, listener), 20, message="listener to connect")
         settle(database_url, client)
         wait_for(lambda: len(lock_holders(first, second)) == 1, 20, message="one beat active")
         # Writes made to the old master after the promotion are lost; the refresh beat sends

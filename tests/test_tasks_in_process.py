@@ -81,7 +81,7 @@ def test_requests_drain_on_the_worker_into_correct_aggregates(
         [(name, coach) for coach in coaches for name in CRITICAL_NAMES]
     )
     settle(database_url, redis_client, coaches)
-    drained = sum(result["coaches"] for result in results.of(names.DRAIN))
+    drained = sum(result["pairs"] for result in results.of(names.DRAIN))
     assert drained == len(coaches) * len(CRITICAL_NAMES)
 
 

@@ -295,7 +295,8 @@ def worker_kill(stack: Stack, profile: Profile) -> dict[str, Any]:
     time.sleep(profile.fault_load_s / 2)
 
     def claimed() -> int:
-        return sum(int(client.zcard(keys.claims(a.name))) for a in CRITICAL)
+        shards = range(stack.settings.scheduler_shards)
+        return sum(int(client.zcard(keys.claims(shard))) for shard in shards)
 
     held = wait_for(claimed, profile.fault_load_s * 3, interval=0.002, message="a drain's claim")
     worker = Restartable(procs["worker"])

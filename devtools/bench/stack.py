@@ -31,6 +31,7 @@ from pipeline.db import make_engine
 from pipeline.migrate import upgrade
 from pipeline.redis_client import connect
 from pipeline.refresh import refresh_everything
+from pipeline.scheduler import idle
 from pipeline.store import AggregateStore
 
 BROKER_DB = 1
@@ -234,21 +235,21 @@ class Stack:
         self.drop_queued()  # follow-up drains the last tasks enqueued (they now find nothing)
 
     def clear_pipeline_state(self) -> None:
-        names = [keys.due, keys.commits, keys.last_run, keys.drain_scheduled, keys.claims,
-                 keys.wide_pending]  # fmt: skip
-        fixed = [key(name) for name in NAMES for key in names]
+        shards = range(self.settings.scheduler_shards)
+        per_shard = [keys.due, keys.commits, keys.last_run, keys.drain_scheduled, keys.claims]
+        fixed = [key(shard) for shard in shards for key in per_shard]
+        fixed += [keys.wide_pending(name) for name in NAMES]
         patterns = [keys.freshness_open("*"), keys.freshness_pending("*", "*")]
-        patterns += [keys.claim(name, "*") for name in NAMES]
+        patterns += [keys.claim(shard, "*") for shard in shards]
         found = [key for pattern in patterns for key in self.redis.scan_iter(pattern, count=1000)]
         self.redis.delete(*fixed, *found)
 
     def idle(self) -> bool:
-        pipe = self.redis.pipeline(transaction=False)
-        for name in NAMES:
-            pipe.zcard(keys.due(name))
-            pipe.zcard(keys.claims(name))
-        counts = pipe.execute()
-        return not any(counts) and self.broker.queued() == 0 and self.broker.unacked() == 0
+        return (
+            idle(self.redis, self.settings.scheduler_shards)
+            and self.broker.queued() == 0
+            and self.broker.unacked() == 0
+        )
 
     def quiesce(self, timeout: float = 120) -> float:
         started = time.monotonic()

@@ -1,95 +1,137 @@
-"""The recompute scheduler: dedup, debounce, batching and claims of recomputes, atomic in Redis.
+"""The recompute scheduler: dedup, debounce, batching and leased claims of recomputes, atomic
+in Redis.
 
-Each aggregate has a sorted set of due coaches. Membership is the pending marker: a request for a
-coach already in it is suppressed. The window is a per-key throttle ("at most one recompute per
-key per window"): a coach whose last recompute started more than a window ago is due at once
-(leading edge, no added latency); otherwise it is due when the window since that start has
-passed (trailing edge, one recompute absorbs the burst).
+The unit of work is a pair (aggregate, coach). Pairs are sharded by coach (`shard_of`, `shards`
+shards, setting `SCHEDULER_SHARDS`): every pair of a coach lives in the same shard, and the keys
+of a shard share one hash tag, so each script below touches one Redis Cluster slot and load
+spreads over shards. Each shard has one sorted set of due pairs (member "coach|aggregate").
+Membership is the pending marker: a request for a pair already in it is suppressed. The window
+is a per-pair throttle ("at most one recompute per pair per window"): a pair whose last
+recompute started more than a window ago is due at once (leading edge, no added latency);
+otherwise it is due when the window since that start has passed (trailing edge, one recompute
+absorbs the burst).
 
-A *drain* task of the aggregate claims every due coach at once (batching, up to a batch size)
-and removes them from the set **before** it reads Postgres, so a change committed during the
-recompute makes the coach due again and gets one more recompute: nothing is lost. A coach can
-therefore sit in two live claims, but only if it was requested again after the first claim took
-it. Requests only send a drain when none is scheduled early enough, so a burst over many coaches
-sends a few tasks, not one per change; a claim that leaves coaches due sends the follow-up drain.
+A *drain* task of a shard claims up to a batch of due coaches, each with **every** pair of it
+that is due, and removes them from the set **before** it reads Postgres, so a change committed
+during the recompute makes the pair due again and gets one more recompute: nothing is lost. The
+drain recomputes all those aggregates in one snapshot and stores them at one version, so one
+change (routed to several aggregates of a coach) is answered by one task, not one per
+aggregate. A pair can therefore sit in two live claims, but only if it was requested again
+after the first claim took it. Requests only send a drain when none is scheduled early enough,
+so a burst over many coaches sends a few tasks, not one per change; a claim that leaves pairs
+due sends the follow-up drain.
 
-A drain's claim is kept under its task id until the values are stored (`release`), so a
-redelivered task (worker killed, `acks_late`) recomputes the same coaches. Nothing stays stuck:
-a due entry older than `stale_ms` is treated as lost (its drain vanished) and scheduled again,
-and `sweep` (run by beat) puts the coaches of claims older than `stale_ms` back in the due set.
+A claim is a **lease**: kept under its task id with an expiry `lease_ms` ahead, renewed by the
+drain while it recomputes (`renew`, from a background thread: `Lease`), forgotten once the
+values are stored (`release`). A redelivered task (same id) gets its claim back. A worker that
+dies stops renewing: `sweep`, run about every second by every worker (and by beat as a
+backstop), puts the pairs of expired leases back in the due set and sends a drain, so a dead
+worker's work is redone within about `lease_ms` plus a second, without waiting for the broker's
+visibility timeout (`acks_late` stays, for what the broker does). A drain whose lease was taken
+back while it still ran stores anyway: stores are versioned compare-and-set writes of a
+snapshot, so the second recompute of those pairs is harmless. Lost drains are resent: a request
+or a sweep that finds pairs still due `late_ms` after the scheduled drain should have run
+presumes it lost (its sender died, or a killed worker holds it prefetched) and sends another;
+a due entry older than `stale_ms` no longer suppresses.
 
 Every step is one Lua script (`*.lua` beside this module), run by SHA (`pipeline.lua`). Tasks
 are sent through a `TaskSender`, so this package knows no task queue.
 
-State table, per aggregate (key names in `pipeline.keys`; one hash tag per aggregate):
+State table, per shard (key names in `pipeline.keys`; one hash tag `{s<shard>}` per shard;
+"pair" is the member "coach|aggregate"):
 
-`keys.due` — sorted set: coach → when it is due (ms). Membership is the pending marker.
-    written  `request` adds; `sweep` re-adds the coaches of lost claims; `claim` removes what
+`keys.due` — sorted set: pair → when it is due (ms). Membership is the pending marker.
+    written  `request` adds; `sweep` re-adds the pairs of expired leases; `claim` removes what
              it takes
     read     `request` (suppressed while pending), `claim` (due ≤ now), `sweep` (earliest due)
     expires  no TTL: an entry leaves when claimed; older than `stale_ms` it no longer
              suppresses (the next request re-adds it and sends a drain)
-`keys.commits` — hash: coach → commit time (ms) of the oldest change its pending recompute answers.
-    written  `request` (the first one is kept)
+`keys.commits` — hash: pair → commit time (ms) of the oldest change its pending recompute
+    answers.
+    written  `request` (the first one is kept); `sweep` restores an expired claim's (the older
+             one is kept)
     read     `claim` (copies it into the claim)
-    expires  no TTL: an entry is deleted when `claim` takes the coach
-`keys.last_run` — sorted set: coach → when its last claim took it (ms).
+    expires  no TTL: an entry is deleted when `claim` takes the pair
+`keys.last_run` — sorted set: pair → when its last claim took it (ms).
     written  `claim`
-    read     `request` (a coach is due at last run + window)
+    read     `request` (a pair is due at last run + window)
     expires  every `claim` prunes entries older than the window
 `keys.drain_scheduled` — string: when the earliest drain sent will run (ms).
     written  `request`, `claim`, `sweep` set it with each drain they send; `claim` deletes it
-             once that time has passed; `request` deletes it on finding a lost marker, and
-             sends a drain anew when its coaches are still due `late_ms` after that time
-             (the drain was lost: its sender died between marking and sending)
-    read     `request`, `claim`, `sweep`: send a drain only if none is scheduled early enough
+             once that time has passed; `request` deletes it on finding a lost marker
+    read     `request`, `claim`, `sweep`: send a drain only if none is scheduled early enough,
+             or if pairs are still due `late_ms` after that time (the drain was lost)
     expires  PX countdown + `stale_ms` (a lost drain does not block the next one for long)
-`keys.claim` — hash, one per drain task: coach → commit ms, the coaches the task holds.
+`keys.claim` — hash, one per drain task: pair → commit ms, the pairs the task holds.
     written  `claim` (a redelivery of the task adds to it, never replaces)
     read     `claim` (a redelivered task gets it back), `sweep` (requeues it)
-    expires  no TTL: deleted by `release`, or by `sweep` once older than `stale_ms`
-`keys.claims` — sorted set: task id → when it first claimed (ms), for tasks holding coaches.
-    written  `claim`
-    read     `sweep` (claims older than `stale_ms` belong to vanished tasks)
+    expires  no TTL: deleted by `release`, or by `sweep` once its lease expired
+`keys.claims` — sorted set: task id → when its lease expires (ms), for tasks holding pairs.
+    written  `claim` (now + `lease_ms`), `renew` (only while present)
+    read     `sweep` (expired leases belong to dead tasks), `renew`
     expires  entry removed by `release` or `sweep`
-`keys.wide_pending` — string: a refresh of every coach's aggregate is pending.
+`keys.wide_pending` — string, per aggregate: a refresh of every coach's aggregate is pending.
     written  `request_wide` (set only if absent)
     read     `request_wide` (sends the refresh only if it set the marker)
     expires  deleted by `start_wide` when the refresh begins; PX `stale_ms`
 
 Callers: listeners `request` (routed changes, catch-up) and `request_wide` (changes without a
-coach id); beat's clock tick `request`s and its sweep task calls `sweep`; a drain task calls
-`claim`, recomputes, then `release`; a wide refresh task calls `start_wide`.
+coach id); beat's clock tick `request`s; every worker (about every second) and beat's sweep task
+call `sweep`; a drain task calls `claim`, recomputes while a `Lease` renews its claim, then
+`release`; a wide refresh task calls `start_wide`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
+from types import TracebackType
 from typing import Any
 from uuid import UUID
 
-import redis
 import structlog
 
+from config import Settings
 from pipeline import keys, metrics
+from pipeline.aggregates import NAMES
+from pipeline.errors import TRANSIENT_ERRORS
 from pipeline.lua import Lua, run_pipeline
+from pipeline.redis_client import RedisClient
 from pipeline.redis_values import as_text
 from pipeline.routing import Key
 from pipeline.scheduler.sender import TaskSender
 
-__all__ = ["Claim", "RecomputeScheduler", "RequestOutcome", "TaskSender"]
+__all__ = [
+    "Backlog",
+    "Claim",
+    "Lease",
+    "LeaseKeeper",
+    "RecomputeScheduler",
+    "RequestOutcome",
+    "TaskSender",
+    "backlog",
+    "idle",
+    "shard_of",
+]
 
 DRAIN_LATE_MS = 2000
-"""A request that finds its coaches still due this long after their drain should have run
-presumes that drain lost (its sender was killed between marking and sending) and sends
-another: an extra drain claims only what is due, so a false alarm costs one empty task."""
+"""A request or sweep that finds pairs still due this long after their drain should have run
+presumes that drain lost (its sender was killed between marking and sending, or a killed worker
+holds it prefetched) and sends another: an extra drain claims only what is due, so a false
+alarm costs one empty task."""
+DEFAULT_LEASE_MS = 3000
+"""How long a claim stays with its drain without being renewed (setting `CLAIM_LEASE_S`)."""
+DEFAULT_SHARDS = 8
+"""Scheduler shards (setting `SCHEDULER_SHARDS`)."""
 
 log = structlog.get_logger("pipeline.scheduler")
 
 
-def _script(client: redis.Redis, name: str) -> Lua:
+def _script(client: RedisClient, name: str) -> Lua:
     return Lua(client, files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8"))
 
 
@@ -98,132 +140,270 @@ def _seconds(countdown_ms: int) -> float | None:
     return countdown_ms / 1000 if countdown_ms >= 0 else None
 
 
+def shard_of(coach: UUID, shards: int) -> int:
+    """The scheduler shard (0 ≤ shard < `shards`) holding every pair of `coach` (CRC-32 of its
+    16 bytes, so any UUID version spreads evenly)."""
+    return zlib.crc32(coach.bytes) % shards
+
+
+def _member(aggregate: str, coach: UUID) -> str:
+    return f"{coach}|{aggregate}"
+
+
+def _pair(member: str) -> Key:
+    coach, aggregate = member.split("|", 1)
+    return aggregate, UUID(coach)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Pairs due and pairs held by live claims, by aggregate name (only names with some)."""
+
+    pending: dict[str, int]
+    claimed: dict[str, int]
+
+
+def backlog(client: RedisClient, shards: int) -> Backlog:
+    """Count the scheduler's pending and claimed pairs by aggregate, for `coachpipe status`:
+    reads every due member and claim (a few round trips, O(pairs)); not for a hot path."""
+    pipe = client.pipeline(transaction=False)
+    for shard in range(shards):
+        pipe.zrange(keys.due(shard), 0, -1)
+        pipe.zrange(keys.claims(shard), 0, -1)
+    found = pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    for shard in range(shards):
+        for task in found[2 * shard + 1]:
+            pipe.hkeys(keys.claim(shard, as_text(task)))
+    held = pipe.execute()
+    pending: dict[str, int] = {}
+    claimed: dict[str, int] = {}
+    for counts, members in [
+        *((pending, found[2 * shard]) for shard in range(shards)),
+        *((claimed, members) for members in held),
+    ]:
+        for member in members:
+            aggregate, _ = _pair(as_text(member))
+            counts[aggregate] = counts.get(aggregate, 0) + 1
+    return Backlog(pending=pending, claimed=claimed)
+
+
+def idle(client: RedisClient, shards: int) -> bool:
+    """No pair is due or claimed in any shard (one round trip)."""
+    pipe = client.pipeline(transaction=False)
+    for shard in range(shards):
+        pipe.exists(keys.due(shard), keys.claims(shard))
+    return not any(pipe.execute())
+
+
 @dataclass(frozen=True)
 class RequestOutcome:
-    """What one batch of requests did: counts, and the drains sent (aggregate → countdown s)."""
+    """What one batch of requests did: counts, and the drains sent (shard → countdown s)."""
 
     enqueued: int = 0
     suppressed: int = 0
-    drains: Mapping[str, float] = field(default_factory=dict)
+    drains: Mapping[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Claim:
-    """The coaches a drain task holds, with the commit time of the change behind each."""
+    """The (aggregate, coach) pairs a drain task holds, with the commit time (ms, None when
+    unknown) of the change behind each."""
 
-    coaches: list[UUID]
-    commit_ms: dict[UUID, int | None]
+    commit_ms: dict[Key, int | None]
+
+    @property
+    def pairs(self) -> list[Key]:
+        return sorted(self.commit_ms)
+
+    @property
+    def coaches(self) -> list[UUID]:
+        """Every coach with at least one pair held, sorted."""
+        return sorted({coach for _, coach in self.commit_ms})
+
+    def by_aggregate(self) -> dict[str, list[UUID]]:
+        """Aggregate name → the coaches held for it, sorted."""
+        grouped: dict[str, list[UUID]] = {}
+        for aggregate, coach in self.pairs:
+            grouped.setdefault(aggregate, []).append(coach)
+        return grouped
 
 
 class RecomputeScheduler:
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         sender: TaskSender,
         *,
         window_ms: int,
         stale_ms: int,
         late_ms: int = DRAIN_LATE_MS,
+        lease_ms: int = DEFAULT_LEASE_MS,
+        shards: int = DEFAULT_SHARDS,
+        aggregates: Sequence[str] = NAMES,
     ) -> None:
         self._redis = client
-        self.late_ms = late_ms
         self._sender = sender
         self.window_ms = window_ms
         self.stale_ms = stale_ms
+        self.late_ms = late_ms
+        self.lease_ms = lease_ms
+        self.shards = shards
+        self._aggregates = list(aggregates)
         self._request = _script(client, "request")
         self._claim = _script(client, "claim")
+        self._renew = _script(client, "renew")
         self._release = _script(client, "release")
         self._sweep = _script(client, "sweep")
         self._request_wide = _script(client, "request_wide")
+        self._keeper = LeaseKeeper(client, self._renew, lease_ms)
 
-    def _send_drain(self, aggregate: str, countdown_s: float) -> None:
-        self._sender.send_drain(aggregate, countdown_s)
-        metrics.DRAINS_ENQUEUED.labels(aggregate).inc()
+    @classmethod
+    def from_settings(
+        cls, client: RedisClient, sender: TaskSender, settings: Settings
+    ) -> RecomputeScheduler:
+        """The scheduler every process builds the same way: listeners and workers must agree
+        on the shard count, or drains would look for pairs in the wrong shard."""
+        return cls(
+            client,
+            sender,
+            window_ms=settings.debounce_ms,
+            stale_ms=int(settings.pending_stale_s * 1000),
+            lease_ms=int(settings.claim_lease_s * 1000),
+            shards=settings.scheduler_shards,
+        )
+
+    def shard_of(self, coach: UUID) -> int:
+        return shard_of(coach, self.shards)
+
+    def due_pairs(self) -> set[Key]:
+        """Every pair marked due, in every shard (one round trip, O(pairs): for tools and
+        tests, not a hot path)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in range(self.shards):
+            pipe.zrange(keys.due(shard), 0, -1)
+        return {_pair(as_text(member)) for members in pipe.execute() for member in members}
+
+    def _send_drain(self, shard: int, countdown_s: float, reason: str) -> None:
+        self._sender.send_drain(shard, countdown_s)
+        metrics.DRAINS_ENQUEUED.labels(str(shard), reason).inc()
 
     def request(
         self, items: Iterable[Key], commit_ms: Mapping[Key, int | None] | None = None
     ) -> RequestOutcome:
         """Mark (aggregate, coach) pairs due, in one round trip per call, and send the drains
-        that are not scheduled yet.
+        that are not scheduled yet (at most one per shard).
 
         `commit_ms` gives, per pair, the commit time of the change behind it (for latency
         metrics); the oldest pending one is kept.
         """
-        by_aggregate: dict[str, list[str]] = {}
+        by_shard: dict[int, list[str]] = {}
         for aggregate, coach in sorted(set(items)):
             commit = (commit_ms or {}).get((aggregate, coach))
-            by_aggregate.setdefault(aggregate, []).extend(
-                (str(coach), "" if commit is None else str(commit))
+            by_shard.setdefault(self.shard_of(coach), []).extend(
+                (_member(aggregate, coach), "" if commit is None else str(commit))
             )
-        if not by_aggregate:
+        if not by_shard:
             return RequestOutcome()
 
         def build(pipe: Any) -> None:
-            for aggregate, pairs in by_aggregate.items():
+            for shard, pairs in by_shard.items():
                 self._request.queue(
                     pipe,
                     keys=[
-                        keys.due(aggregate),
-                        keys.last_run(aggregate),
-                        keys.drain_scheduled(aggregate),
-                        keys.commits(aggregate),
+                        keys.due(shard),
+                        keys.last_run(shard),
+                        keys.drain_scheduled(shard),
+                        keys.commits(shard),
                     ],
                     args=[self.window_ms, self.stale_ms, self.late_ms, *pairs],
                 )
 
         outcomes = run_pipeline(self._redis, [self._request], build)
         enqueued = suppressed = 0
-        drains: dict[str, float] = {}
-        for aggregate, (added, skipped, countdown_ms) in zip(by_aggregate, outcomes, strict=True):
+        drains: dict[int, float] = {}
+        for shard, (added, skipped, countdown_ms) in zip(by_shard, outcomes, strict=True):
             enqueued += int(added)
             suppressed += int(skipped)
             countdown = _seconds(int(countdown_ms))
             if countdown is not None:
-                drains[aggregate] = countdown
-        for aggregate, countdown in drains.items():
-            self._send_drain(aggregate, countdown)
+                drains[shard] = countdown
+        for shard, countdown in drains.items():
+            self._send_drain(shard, countdown, "request")
         metrics.RECOMPUTE_REQUESTS.labels("enqueued").inc(enqueued)
         metrics.RECOMPUTE_REQUESTS.labels("suppressed").inc(suppressed)
         return RequestOutcome(enqueued=enqueued, suppressed=suppressed, drains=drains)
 
-    def claim(self, aggregate: str, task_id: str, batch: int) -> Claim:
-        """Take up to `batch` due coaches (plus any this task claimed on an earlier delivery);
-        send a follow-up drain if coaches remain due."""
+    def claim(self, shard: int, task_id: str, batch: int) -> Claim:
+        """Take up to `batch` due coaches of `shard`, each with every pair of it that is due
+        (plus any pair this task claimed on an earlier delivery), under a lease of `lease_ms`;
+        send a follow-up drain if pairs remain due."""
         raw = self._claim(
             keys=[
-                keys.due(aggregate),
-                keys.last_run(aggregate),
-                keys.drain_scheduled(aggregate),
-                keys.commits(aggregate),
-                keys.claim(aggregate, task_id),
-                keys.claims(aggregate),
+                keys.due(shard),
+                keys.last_run(shard),
+                keys.drain_scheduled(shard),
+                keys.commits(shard),
+                keys.claim(shard, task_id),
+                keys.claims(shard),
             ],
-            args=[batch, self.window_ms, self.stale_ms, task_id],
+            args=[batch, self.window_ms, self.stale_ms, self.lease_ms, task_id, *self._aggregates],
         )
         follow_up = _seconds(int(raw[0]))
         if follow_up is not None:
-            self._send_drain(aggregate, follow_up)
-        pairs = raw[1:]
-        commit_ms: dict[UUID, int | None] = {}
-        for coach, commit in zip(pairs[::2], pairs[1::2], strict=True):
-            commit_ms[UUID(as_text(coach))] = int(commit) if commit else None
-        return Claim(coaches=sorted(commit_ms), commit_ms=commit_ms)
+            self._send_drain(shard, follow_up, "follow_up")
+        held = raw[1:]
+        commit_ms: dict[Key, int | None] = {}
+        for member, commit in zip(held[::2], held[1::2], strict=True):
+            commit_ms[_pair(as_text(member))] = int(commit) if commit else None
+        return Claim(commit_ms=commit_ms)
 
-    def release(self, aggregate: str, task_id: str) -> None:
-        """The claimed coaches are stored: forget the claim."""
-        self._release(keys=[keys.claim(aggregate, task_id), keys.claims(aggregate)], args=[task_id])
+    def renew(self, shard: int, task_id: str) -> bool:
+        """Extend the lease of `task_id`'s claim to `lease_ms` from now; False when a sweep
+        already took it back (its pairs are due again: another drain redoes them, and what this
+        task stores is harmless, being versioned compare-and-set writes)."""
+        return bool(self._renew(keys=[keys.claims(shard)], args=[self.lease_ms, task_id]))
 
-    def sweep(self, aggregate: str) -> int:
-        """Requeue the coaches of claims whose task vanished, send a drain if none is
-        scheduled; return how many coaches were requeued."""
-        requeued, countdown_ms = self._sweep(
-            keys=[keys.due(aggregate), keys.drain_scheduled(aggregate), keys.claims(aggregate)],
-            args=[self.stale_ms, keys.claim(aggregate, "")],
-        )
-        countdown = _seconds(int(countdown_ms))
-        if countdown is not None:
-            self._send_drain(aggregate, countdown)
-        return int(requeued)
+    def lease(self, shard: int, task_id: str) -> Lease:
+        """A context during which this process's `LeaseKeeper` renews `task_id`'s claim every
+        third of `lease_ms`."""
+        return Lease(self._keeper, shard, task_id)
+
+    def release(self, shard: int, task_id: str) -> None:
+        """The claimed pairs are stored: forget the claim."""
+        self._release(keys=[keys.claim(shard, task_id), keys.claims(shard)], args=[task_id])
+
+    def sweep(self, shards: Iterable[int] | None = None) -> dict[int, int]:
+        """In one round trip: requeue the pairs of expired leases and send a drain where none
+        is scheduled or the scheduled one is `late_ms` overdue, for `shards` (default: all).
+        Returns shard → pairs requeued, for the shards where some were."""
+        chosen = list(range(self.shards) if shards is None else shards)
+
+        def build(pipe: Any) -> None:
+            for shard in chosen:
+                self._sweep.queue(
+                    pipe,
+                    keys=[
+                        keys.due(shard),
+                        keys.drain_scheduled(shard),
+                        keys.claims(shard),
+                        keys.commits(shard),
+                    ],
+                    args=[self.stale_ms, self.late_ms, keys.claim(shard, "")],
+                )
+
+        outcomes = run_pipeline(self._redis, [self._sweep], build)
+        requeued: dict[int, int] = {}
+        for shard, (count, countdown_ms) in zip(chosen, outcomes, strict=True):
+            countdown = _seconds(int(countdown_ms))
+            if countdown is not None:
+                self._send_drain(shard, countdown, "sweep")
+            if int(count):
+                requeued[shard] = int(count)
+        if requeued:
+            metrics.CLAIMS_REQUEUED.inc(sum(requeued.values()))
+            log.warning("expired_claims_requeued", requeued=requeued)
+        return requeued
 
     def request_wide(self, aggregates: Iterable[str], reason: str) -> list[str]:
         """Refresh every coach's `aggregates`, at most one pending refresh per aggregate;
@@ -240,3 +420,88 @@ class RecomputeScheduler:
     def start_wide(self, aggregate: str) -> None:
         """A wide refresh starts: later requests must send another one."""
         self._redis.delete(keys.wide_pending(aggregate))
+
+
+class Lease:
+    """A drain's claim, renewed by its process's `LeaseKeeper` while the drain recomputes.
+
+    `with scheduler.lease(shard, task_id) as lease: ...`; `lease.lost` tells afterwards whether
+    a renewal found the claim taken back by a sweep (the drain stored anyway: harmless, see
+    `RecomputeScheduler.renew`).
+    """
+
+    def __init__(self, keeper: LeaseKeeper, shard: int, task_id: str) -> None:
+        self._keeper = keeper
+        self.shard = shard
+        self.task_id = task_id
+        self.lost = False
+
+    def __enter__(self) -> Lease:
+        self._keeper.hold(self)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._keeper.drop(self)
+
+
+class LeaseKeeper:
+    """One daemon thread a process, started with its first lease, that renews every lease held
+    in the process every third of `lease_ms`, in one round trip (no thread a drain: starting and
+    joining one cost ~5 ms a drain on a loaded 2-core machine). A renewal that fails on a
+    transient Redis error is retried at the next tick; the lease may lapse meanwhile, which
+    costs a second recompute, not a loss. Created after a fork, never inherited (the scheduler
+    is rebuilt in each pool child)."""
+
+    def __init__(self, client: RedisClient, renew: Lua, lease_ms: int) -> None:
+        self._redis = client
+        self._renew = renew
+        self._lease_ms = lease_ms
+        self._held: dict[int, Lease] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, lease: Lease) -> None:
+        with self._lock:
+            self._held[id(lease)] = lease
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+                self._thread.start()
+
+    def drop(self, lease: Lease) -> None:
+        with self._lock:
+            self._held.pop(id(lease), None)
+
+    def _run(self) -> None:
+        interval = self._lease_ms / 3000
+        while True:
+            time.sleep(interval)
+            with self._lock:
+                held = list(self._held.values())
+            if not held:
+                continue
+            try:
+                self.renew(held)
+            except TRANSIENT_ERRORS as error:
+                log.warning("claim_lease_renewal_failed", leases=len(held), error=str(error))
+            except Exception:  # a bug must not end the keeper: every later lease would lapse
+                log.exception("claim_lease_keeper_error", leases=len(held))
+
+    def renew(self, held: Sequence[Lease]) -> None:
+        """Renew `held` in one round trip; mark the leases a sweep took back as lost."""
+
+        def build(pipe: Any) -> None:
+            for lease in held:
+                self._renew.queue(
+                    pipe, keys=[keys.claims(lease.shard)], args=[self._lease_ms, lease.task_id]
+                )
+
+        renewed = run_pipeline(self._redis, [self._renew], build)
+        for lease, held_still in zip(held, renewed, strict=True):
+            if not held_still and not lease.lost:
+                lease.lost = True
+                log.warning("claim_lease_lost", shard=lease.shard, task_id=lease.task_id)

@@ -1,17 +1,43 @@
--- A drain task takes the due coaches of one aggregate (RecomputeScheduler.claim).
--- KEYS: due, last_run, drain_scheduled, commits, claim, claims
--- ARGV: batch, window_ms, stale_ms, task_id
--- Returns {countdown_ms of a follow-up drain to send (-1: none), coach, commit, coach, commit, ...}
--- The coaches returned are the task's whole claim: those taken now plus any an earlier delivery
--- of the same task id took.
+-- A drain task takes due (aggregate, coach) pairs of one shard (RecomputeScheduler.claim).
+-- KEYS: due, last_run, drain_scheduled, commits, claim, claims (one shard: one hash slot)
+-- ARGV: batch (coaches), window_ms, stale_ms, lease_ms, task_id, then every aggregate name
+-- Returns {countdown_ms of a follow-up drain to send (-1: none), member, commit, ...}
+-- Members are "coach|aggregate". Up to `batch` coaches are taken, each with every pair of it
+-- that is due (so one drain answers the whole change). The pairs returned are the task's whole
+-- claim: those taken now plus any an earlier delivery of the same task id took.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window, stale = tonumber(ARGV[2]), tonumber(ARGV[3])
-local taken = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-for _, coach in ipairs(taken) do
-    local commit = redis.call('HGET', KEYS[4], coach) or ''
-    redis.call('HSETNX', KEYS[5], coach, commit)
-    redis.call('ZADD', KEYS[2], now, coach)
+local batch, window, stale, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+    tonumber(ARGV[4])
+local coaches, seen, offset = {}, {}, 0
+while #coaches < batch do  -- the first `batch` distinct coaches with a pair due, oldest first
+    local chunk = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', offset, batch)
+    for _, member in ipairs(chunk) do
+        local coach = string.match(member, '^[^|]+')
+        if not seen[coach] and #coaches < batch then
+            seen[coach] = true
+            coaches[#coaches + 1] = coach
+        end
+    end
+    if #chunk < batch then
+        break
+    end
+    offset = offset + #chunk
+end
+local taken = {}
+for _, coach in ipairs(coaches) do
+    for i = 6, #ARGV do
+        local member = coach .. '|' .. ARGV[i]
+        local due = redis.call('ZSCORE', KEYS[1], member)
+        if due and tonumber(due) <= now then
+            taken[#taken + 1] = member
+        end
+    end
+end
+for _, member in ipairs(taken) do
+    local commit = redis.call('HGET', KEYS[4], member) or ''
+    redis.call('HSETNX', KEYS[5], member, commit)
+    redis.call('ZADD', KEYS[2], now, member)
 end
 if #taken > 0 then
     redis.call('ZREM', KEYS[1], unpack(taken))
@@ -19,7 +45,7 @@ if #taken > 0 then
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
 if redis.call('EXISTS', KEYS[5]) == 1 then
-    redis.call('ZADD', KEYS[6], 'NX', now, ARGV[4])
+    redis.call('ZADD', KEYS[6], now + lease, ARGV[5])  -- the lease: renewed while it recomputes
 end
 local scheduled = redis.call('GET', KEYS[3])
 if scheduled and tonumber(scheduled) <= now then

@@ -1,6 +1,6 @@
--- Mark coaches of one aggregate due (RecomputeScheduler.request).
--- KEYS: due, last_run, drain_scheduled, commits
--- ARGV: window_ms, stale_ms, late_ms, then (coach, commit_ms or "") pairs
+-- Mark (aggregate, coach) pairs of one shard due (RecomputeScheduler.request).
+-- KEYS: due, last_run, drain_scheduled, commits (one shard: one hash slot)
+-- ARGV: window_ms, stale_ms, late_ms, then (member "coach|aggregate", commit_ms or "") pairs
 -- Returns {enqueued, suppressed, countdown_ms of the drain to send (-1: none)}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -9,19 +9,19 @@ local stale = tonumber(ARGV[2])
 local late = tonumber(ARGV[3])
 local enqueued, suppressed, earliest = 0, 0, nil
 for i = 4, #ARGV, 2 do
-    local coach, commit = ARGV[i], ARGV[i + 1]
-    local pending = redis.call('ZSCORE', KEYS[1], coach)
+    local member, commit = ARGV[i], ARGV[i + 1]
+    local pending = redis.call('ZSCORE', KEYS[1], member)
     if pending and now - tonumber(pending) < stale then
         suppressed = suppressed + 1
     else
         local due = now
-        local last = redis.call('ZSCORE', KEYS[2], coach)
+        local last = redis.call('ZSCORE', KEYS[2], member)
         if last and tonumber(last) + window > now then
             due = tonumber(last) + window
         end
-        redis.call('ZADD', KEYS[1], due, coach)
+        redis.call('ZADD', KEYS[1], due, member)
         if commit ~= '' then
-            redis.call('HSETNX', KEYS[4], coach, commit)
+            redis.call('HSETNX', KEYS[4], member, commit)
         end
         enqueued = enqueued + 1
         if pending then
@@ -41,7 +41,7 @@ if earliest ~= nil then
     end
 elseif suppressed > 0 and scheduled and tonumber(scheduled) + late < now
         and #redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1) > 0 then
-    -- Coaches still due long after their drain should have run: that drain was lost (its
+    -- Pairs still due long after their drain should have run: that drain was lost (its
     -- sender died between marking and sending, or the broker dropped it). Send another.
     redis.call('SET', KEYS[3], now, 'PX', stale)
     countdown = 0

@@ -9,8 +9,9 @@ class TaskSender(Protocol):
     """Sends the scheduler's tasks. Implemented over Celery in `tasks/`; the scheduler itself
     never imports a task queue."""
 
-    def send_drain(self, aggregate: str, countdown_s: float) -> None:
-        """Enqueue one drain of `aggregate`, to run after `countdown_s` (0: at once)."""
+    def send_drain(self, shard: int, countdown_s: float) -> None:
+        """Enqueue one drain of scheduler shard `shard`, to run after `countdown_s` (0: at
+        once)."""
 
     def send_wide_refresh(self, aggregate: str, reason: str) -> None:
         """Enqueue a refresh of `aggregate` for every active coach."""
