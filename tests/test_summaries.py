@@ -24,6 +24,7 @@ from pipeline.tables import WATCHED_TABLES
 from tests import oracle
 from tests.conftest import reset_database
 from tests.datasets import datasets, insert, read_back
+from tests.test_cli import coachpipe
 
 DAY = timedelta(days=1)
 STATUSES = ["scheduled", "completed", "cancelled", "no_show"]
@@ -323,3 +324,38 @@ def test_summaries_are_in_no_publication_and_truncate_empties_them(
         conn.commit()
         assert summary_rows(conn) == {summary.table.name: set() for summary in SUMMARIES}
     assert backfill.is_ready(engine)
+
+
+def test_backfill_and_refresh_rebuild_from_the_command_line(
+    service_env: dict[str, str], database_url: str, engine: Engine
+) -> None:
+    """Issue 18's backfill command: rows from before the summaries, filled with a progress
+    bar; `migrate` says what is missing; `refresh --rebuild-summaries` rebuilds one coach."""
+    as_of = datetime.now().astimezone()
+    data = oracle.Dataset()
+    coach, client = uuid.uuid4(), uuid.uuid4()
+    for user_id, role, coach_id in ((coach, "coach", None), (client, "client", coach)):
+        data.users.append(
+            {
+                "id": user_id,
+                "role": role,
+                "coach_id": coach_id,
+                "full_name": "A",
+                "status": "active",
+            }
+        )
+    seed_without_triggers(database_url, data)
+    migrated = coachpipe(service_env, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "coachpipe backfill" in migrated.stdout
+    filled = coachpipe(service_env, "backfill", "--batch-size", "1")
+    assert filled.returncode == 0, filled.stderr
+    assert "summaries rebuilt for 1 coaches" in filled.stdout
+    assert backfill.is_ready(engine)
+    with psycopg.connect(database_url) as conn:
+        assert_equals_oracle(engine, conn, as_of, summaries=True)
+        conn.execute(f"UPDATE {SCHEMA}.client_counts SET total = 7")  # damaged by hand
+        conn.commit()
+        rebuilt = coachpipe(service_env, "refresh", "--coach", str(coach), "--rebuild-summaries")
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert_equals_oracle(engine, conn, as_of, summaries=True)
