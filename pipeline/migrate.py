@@ -87,8 +87,8 @@ CONCURRENT_INDEXES: dict[str, str] = {
     " WHERE status IN ('completed', 'scheduled')",
 }
 """Indexes added after the tables held data, by name. The first two bound the edges of the
-time windows (pipeline.aggregates.windows), the third serves coach-clients' last and next
-session per client."""
+time windows (pipeline.aggregates.windows); the third serves the summary trigger's read of a
+client's last completed session and coach-clients' probe of a client's next session."""
 
 INDEX_STATE = text(
     """

@@ -17,8 +17,9 @@ declarations. One summary per source table keyed by coach alone is that table's 
 every trigger run locks the anchor rows of the coaches it touches (first, in coach order),
 and the backfill of a coach takes the same lock, so the two never race.
 
-Only sums are kept. A maximum (a client's last session) or anything relative to the clock
-("upcoming", "last 30 days") is read at recompute time from the summaries plus a bounded
+Sums are kept as deltas; a latest value (a client's last completed session) is read again by
+index for the keys a statement touched. Anything relative to the clock ("upcoming", "last 30
+days", a client's next session) is read at recompute time from the summaries plus a bounded
 read of base rows by index (see `pipeline.aggregates.windows`).
 """
 
@@ -72,7 +73,12 @@ session_counts = Table(
     ),
 )
 session_client_counts = Table(
-    "session_client_counts", metadata, _coach_key(), _client_key(), *_counters("completed")
+    "session_client_counts",
+    metadata,
+    _coach_key(),
+    _client_key(),
+    *_counters("completed"),
+    Column("last_completed_at", DateTime(timezone=True)),
 )
 completed_hours = Table(
     "completed_hours", metadata, _coach_key(), _hour_key(), *_counters("sessions", "revenue")
@@ -126,6 +132,9 @@ class Summary:
     keys: dict[str, str]
     values: dict[str, str]
     where: str = "true"
+    latest: tuple[str, str] | None = None
+    """(column, source column): the key's latest source value among the rows matching
+    `where`. Not a sum: after a statement it is read again, by index, for the keys touched."""
 
     @property
     def is_anchor(self) -> bool:
@@ -159,7 +168,14 @@ SUMMARIES: tuple[Summary, ...] = (
             "completed_revenue": f"CASE WHEN {_COMPLETED} THEN coalesce(price_cents, 0) ELSE 0 END",
         },
     ),
-    Summary(session_client_counts, "sessions", _CLIENT, {"completed": "1"}, _COMPLETED),
+    Summary(
+        session_client_counts,
+        "sessions",
+        _CLIENT,
+        {"completed": "1"},
+        _COMPLETED,
+        latest=("last_completed_at", "scheduled_at"),
+    ),
     Summary(
         completed_hours,
         "sessions",

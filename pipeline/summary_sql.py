@@ -61,8 +61,31 @@ def delta_upsert(summary: Summary, rows: str) -> str:
     """
 
 
+def latest_update(summary: Summary, rows: str) -> str:
+    """Read `summary.latest` again (one index probe a key) for the keys `rows` touched."""
+    if summary.latest is None:
+        return ""
+    column, source_column = summary.latest
+    keys = list(summary.keys)
+    # Unqualified names in the subquery are the source row's; `s.` is the summary's.
+    match = " AND ".join(f"{key} = s.{key}" for key in keys)
+    touched = " AND ".join(f"s.{key} = t.{key}" for key in keys)
+    return f"""
+    UPDATE {SCHEMA}.{summary.table.name} AS s SET {column} = (
+        SELECT max({source_column}) FROM public.{summary.source}
+        WHERE {match} AND ({summary.where}))
+    FROM (SELECT DISTINCT {", ".join(summary.keys.values())} FROM {rows} AS r
+          WHERE coach_id IS NOT NULL AND ({summary.where})) AS t ({", ".join(keys)})
+    WHERE {touched};
+    """
+
+
+def _statements(summary: Summary, rows: str) -> list[str]:
+    return [delta_upsert(summary, rows), latest_update(summary, rows)]
+
+
 def _deltas(source: str, rows: str) -> str:
-    return "".join(delta_upsert(summary, rows) for summary in of_source(source))
+    return "".join(sql for summary in of_source(source) for sql in _statements(summary, rows))
 
 
 def trigger_function(source: str) -> str:
@@ -164,5 +187,10 @@ def rebuild_statements(source: str) -> list[str]:
             for summary in of_source(source)
             if not summary.is_anchor
         ),
-        *(delta_upsert(summary, base_rows(source)) for summary in of_source(source)),
+        *(
+            sql
+            for summary in of_source(source)
+            for sql in _statements(summary, base_rows(source))
+            if sql
+        ),
     ]

@@ -111,7 +111,8 @@ _first = (
 
 
 def _one_session(aggregate: Any, status: str, *after: Any) -> Any:
-    """A probe of sessions_coach_client_idx: one index descent per client."""
+    """A probe of sessions_coach_client_idx: one index descent per client (the next session
+    depends on the clock, so no summary can hold it)."""
     return (
         select(aggregate(sessions.c.scheduled_at).label("at"))
         .where(
@@ -124,7 +125,6 @@ def _one_session(aggregate: Any, status: str, *after: Any) -> Any:
     )
 
 
-_last = _one_session(func.max, "completed")
 _next = _one_session(func.min, "scheduled", sessions.c.scheduled_at > AS_OF)
 STATEMENT = (
     select(
@@ -133,7 +133,7 @@ STATEMENT = (
         _first.c.full_name,
         _first.c.status,
         func.coalesce(session_client_counts.c.completed, 0).label("completed_sessions"),
-        _last.c.at.label("last_session_at"),
+        session_client_counts.c.last_completed_at.label("last_session_at"),
         _next.c.at.label("next_session_at"),
         func.coalesce(goal_client_counts.c.active, 0).label("active_goals"),
         func.round(
@@ -161,12 +161,11 @@ STATEMENT = (
             goal_client_counts.c.client_id == _first.c.id,
         ),
     )
-    .join(_last, true())
     .join(_next, true())
     .order_by(_coach.c.coach_id, _first.c.rank)
 )
-"""The first clients by name (index order), their counts from the summaries, and their last
-and next session by index probes: bounded by MAX_CLIENTS, not by the coach's history."""
+"""The first clients by name (index order), their counts and last session from the summaries,
+their next session by an index probe each: bounded by MAX_CLIENTS, not by the history."""
 
 
 def _client(row: Any) -> JSONValue:
