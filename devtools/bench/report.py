@@ -244,6 +244,10 @@ def rows(
                 _met(queued["last_third_avg"] <= queued["first_third_avg"] + 5),
             )
         )
+    if results.get("whale"):
+        from devtools.bench.whale import rows as whale_rows
+
+        out += whale_rows(results["whale"])
     dedup = results.get("dedup")
     if dedup:
         latency = dedup["enqueue_to_stored_ms"]
@@ -398,6 +402,10 @@ def plots(results: dict[str, Any], directory: Path, stem: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written: list[Path] = []
+    if results.get("whale"):
+        from devtools.bench.whale import plot_curve
+
+        written.append(plot_curve(results["whale"]["curve"], directory / f"{stem}-whale.png"))
     steady = results.get("steady", {})
     runs = [(name, run) for name, run in steady.items() if run and run.get("timeline")]
     if not runs:
