@@ -30,6 +30,7 @@ from sqlalchemy import (
     bindparam,
     column,
     func,
+    select,
 )
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql import visitors
@@ -59,6 +60,12 @@ def coach_set(name: str = "c") -> TableValuedAlias:
         .table_valued(column("coach_id", Uuid))
         .render_derived(name=name, with_types=False)
     )
+
+
+def summary_row(table: Any, name: str, *where: ColumnElement[bool]) -> Any:
+    """A lateral lookup of one summary row by its key (`LIMIT 1` keeps it a per-row index probe:
+    a plain outer join lets a generic plan hash the whole summary table)."""
+    return select(table).where(*where).correlate_except(table).limit(1).lateral(f"{name}_row")
 
 
 def within(moment: ColumnElement[Any], start: timedelta, end: timedelta) -> ColumnElement[bool]:

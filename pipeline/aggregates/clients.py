@@ -20,6 +20,7 @@ from pipeline.aggregates.base import (
     coach_set,
     iso,
     number,
+    summary_row,
 )
 from pipeline.summaries import client_counts, goal_client_counts, session_client_counts
 from pipeline.tables import goals, sessions, users
@@ -126,41 +127,45 @@ def _one_session(aggregate: Any, status: str, *after: Any) -> Any:
 
 
 _next = _one_session(func.min, "scheduled", sessions.c.scheduled_at > AS_OF)
+_client_counts = summary_row(
+    client_counts, "client_counts", client_counts.c.coach_id == _coach.c.coach_id
+)
+_session_client_counts = summary_row(
+    session_client_counts,
+    "session_client_counts",
+    session_client_counts.c.coach_id == _coach.c.coach_id,
+    session_client_counts.c.client_id == _first.c.id,
+)
+_goal_client_counts = summary_row(
+    goal_client_counts,
+    "goal_client_counts",
+    goal_client_counts.c.coach_id == _coach.c.coach_id,
+    goal_client_counts.c.client_id == _first.c.id,
+)
+
 STATEMENT = (
     select(
         _coach.c.coach_id,
         _first.c.id,
         _first.c.full_name,
         _first.c.status,
-        func.coalesce(session_client_counts.c.completed, 0).label("completed_sessions"),
-        session_client_counts.c.last_completed_at.label("last_session_at"),
+        func.coalesce(_session_client_counts.c.completed, 0).label("completed_sessions"),
+        _session_client_counts.c.last_completed_at.label("last_session_at"),
         _next.c.at.label("next_session_at"),
-        func.coalesce(goal_client_counts.c.active, 0).label("active_goals"),
+        func.coalesce(_goal_client_counts.c.active, 0).label("active_goals"),
         func.round(
-            goal_client_counts.c.active_progress.cast(Numeric)
-            / func.nullif(goal_client_counts.c.active, 0),
+            _goal_client_counts.c.active_progress.cast(Numeric)
+            / func.nullif(_goal_client_counts.c.active, 0),
             2,
         ).label("average_goal_progress"),
         _first.c.rank,
-        func.coalesce(client_counts.c.total, 0).label("total"),
+        func.coalesce(_client_counts.c.total, 0).label("total"),
     )
     .select_from(_coach)
     .join(_first, true())
-    .outerjoin(client_counts, client_counts.c.coach_id == _coach.c.coach_id)
-    .outerjoin(
-        session_client_counts,
-        and_(
-            session_client_counts.c.coach_id == _coach.c.coach_id,
-            session_client_counts.c.client_id == _first.c.id,
-        ),
-    )
-    .outerjoin(
-        goal_client_counts,
-        and_(
-            goal_client_counts.c.coach_id == _coach.c.coach_id,
-            goal_client_counts.c.client_id == _first.c.id,
-        ),
-    )
+    .outerjoin(_client_counts, true())
+    .outerjoin(_session_client_counts, true())
+    .outerjoin(_goal_client_counts, true())
     .join(_next, true())
     .order_by(_coach.c.coach_id, _first.c.rank)
 )

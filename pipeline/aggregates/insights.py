@@ -19,6 +19,7 @@ from pipeline.aggregates.base import (
     coach_set,
     iso,
     number,
+    summary_row,
     text_id,
     within,
 )
@@ -147,11 +148,19 @@ def _zero(column: Any) -> Any:
     return func.coalesce(column, 0)
 
 
+_rating_counts = summary_row(
+    rating_counts, "rating_counts", rating_counts.c.coach_id == _coach.c.coach_id
+)
+_session_counts = summary_row(
+    session_counts, "session_counts", session_counts.c.coach_id == _coach.c.coach_id
+)
+_goal_counts = summary_row(goal_counts, "goal_counts", goal_counts.c.coach_id == _coach.c.coach_id)
+
 SUMMARY = (
     select(
         _coach.c.coach_id,
         *(
-            _zero(rating_counts.c[f"stars_{stars}"]).label(f"stars_{stars}")
+            _zero(_rating_counts.c[f"stars_{stars}"]).label(f"stars_{stars}")
             for stars in range(1, 6)
         ),
         *(
@@ -163,19 +172,19 @@ SUMMARY = (
             )
         ),
         _revenue_30d.c.revenue.label("revenue_last_30d"),
-        _zero(session_counts.c.completed_revenue).label("revenue_total"),
-        *(_zero(goal_counts.c[name]).label(f"goals_{name}") for name in ("total", *GOAL_STATUSES)),
+        _zero(_session_counts.c.completed_revenue).label("revenue_total"),
+        *(_zero(_goal_counts.c[name]).label(f"goals_{name}") for name in ("total", *GOAL_STATUSES)),
         func.round(
-            goal_counts.c.completed.cast(Numeric) / func.nullif(goal_counts.c.total, 0), 4
+            _goal_counts.c.completed.cast(Numeric) / func.nullif(_goal_counts.c.total, 0), 4
         ).label("goals_completion_rate"),
-        _average(goal_counts.c.active_progress, goal_counts.c.active).label(
+        _average(_goal_counts.c.active_progress, _goal_counts.c.active).label(
             "goals_average_progress"
         ),
     )
     .select_from(_coach)
-    .outerjoin(rating_counts, rating_counts.c.coach_id == _coach.c.coach_id)
-    .outerjoin(session_counts, session_counts.c.coach_id == _coach.c.coach_id)
-    .outerjoin(goal_counts, goal_counts.c.coach_id == _coach.c.coach_id)
+    .outerjoin(_rating_counts, true())
+    .outerjoin(_session_counts, true())
+    .outerjoin(_goal_counts, true())
     .join(_last_30d, true())
     .join(_prev_30d, true())
     .join(_revenue_30d, true())

@@ -19,6 +19,7 @@ from pipeline.aggregates.base import (
     TimeBoundary,
     coach_set,
     number,
+    summary_row,
     within,
 )
 from pipeline.aggregates.windows import windowed
@@ -124,31 +125,44 @@ def _zero(column: Any) -> Any:
     return func.coalesce(column, 0)
 
 
+_client_counts = summary_row(
+    client_counts, "client_counts", client_counts.c.coach_id == _coach.c.coach_id
+)
+_session_counts = summary_row(
+    session_counts, "session_counts", session_counts.c.coach_id == _coach.c.coach_id
+)
+_rating_counts = summary_row(
+    rating_counts, "rating_counts", rating_counts.c.coach_id == _coach.c.coach_id
+)
+_feedback_counts = summary_row(
+    feedback_counts, "feedback_counts", feedback_counts.c.coach_id == _coach.c.coach_id
+)
+
 STATEMENT = (
     select(
         _coach.c.coach_id,
         *(
-            _zero(client_counts.c[name]).label(f"clients_{name}")
+            _zero(_client_counts.c[name]).label(f"clients_{name}")
             for name in ("total", *CLIENT_STATUSES)
         ),
         *(
-            _zero(session_counts.c[name]).label(f"sessions_{name}")
+            _zero(_session_counts.c[name]).label(f"sessions_{name}")
             for name in ("total", *SESSION_STATUSES)
         ),
         _upcoming.c.sessions.label("sessions_upcoming"),
         _completed_30d.c.sessions.label("sessions_completed_30d"),
-        _zero(session_counts.c.completed_minutes).label("sessions_minutes_coached"),
-        _zero(rating_counts.c.count).label("ratings_count"),
+        _zero(_session_counts.c.completed_minutes).label("sessions_minutes_coached"),
+        _zero(_rating_counts.c.count).label("ratings_count"),
         func.round(
-            rating_counts.c.total.cast(Numeric) / func.nullif(rating_counts.c.count, 0), 2
+            _rating_counts.c.total.cast(Numeric) / func.nullif(_rating_counts.c.count, 0), 2
         ).label("ratings_average"),
-        _zero(feedback_counts.c.count).label("feedback_count"),
+        _zero(_feedback_counts.c.count).label("feedback_count"),
     )
     .select_from(_coach)
-    .outerjoin(client_counts, client_counts.c.coach_id == _coach.c.coach_id)
-    .outerjoin(session_counts, session_counts.c.coach_id == _coach.c.coach_id)
-    .outerjoin(rating_counts, rating_counts.c.coach_id == _coach.c.coach_id)
-    .outerjoin(feedback_counts, feedback_counts.c.coach_id == _coach.c.coach_id)
+    .outerjoin(_client_counts, true())
+    .outerjoin(_session_counts, true())
+    .outerjoin(_rating_counts, true())
+    .outerjoin(_feedback_counts, true())
     .join(_upcoming, true())
     .join(_completed_30d, true())
 )
