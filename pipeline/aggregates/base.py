@@ -68,6 +68,16 @@ def summary_row(table: Any, name: str, *where: ColumnElement[bool]) -> Any:
     return select(table).where(*where).correlate_except(table).limit(1).lateral(f"{name}_row")
 
 
+def coach_summary(table: Any, coach: TableValuedAlias) -> Any:
+    """`summary_row` of a per-coach summary (keyed by coach alone) for the batch's coach."""
+    return summary_row(table, table.name, table.c.coach_id == coach.c.coach_id)
+
+
+def zero(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """A sum read from a summary, 0 where the coach has no row."""
+    return func.coalesce(column, 0)
+
+
 def within(moment: ColumnElement[Any], start: timedelta, end: timedelta) -> ColumnElement[bool]:
     """`moment` lies in the window (as_of - start, as_of - end]."""
     return (moment > AS_OF - start) & (moment <= AS_OF - end)

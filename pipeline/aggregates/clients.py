@@ -18,6 +18,7 @@ from pipeline.aggregates.base import (
     Rows,
     TimeBoundary,
     coach_set,
+    coach_summary,
     iso,
     number,
     summary_row,
@@ -127,9 +128,7 @@ def _one_session(aggregate: Any, status: str, *after: Any) -> Any:
 
 
 _next = _one_session(func.min, "scheduled", sessions.c.scheduled_at > AS_OF)
-_client_counts = summary_row(
-    client_counts, "client_counts", client_counts.c.coach_id == _coach.c.coach_id
-)
+_client_counts = coach_summary(client_counts, _coach)
 _session_client_counts = summary_row(
     session_client_counts,
     "session_client_counts",

@@ -17,11 +17,12 @@ from pipeline.aggregates.base import (
     Rows,
     TimeBoundary,
     coach_set,
+    coach_summary,
     iso,
     number,
-    summary_row,
     text_id,
     within,
+    zero,
 )
 from pipeline.aggregates.windows import windowed
 from pipeline.summaries import (
@@ -144,23 +145,15 @@ _revenue_30d = windowed(
 )
 
 
-def _zero(column: Any) -> Any:
-    return func.coalesce(column, 0)
-
-
-_rating_counts = summary_row(
-    rating_counts, "rating_counts", rating_counts.c.coach_id == _coach.c.coach_id
-)
-_session_counts = summary_row(
-    session_counts, "session_counts", session_counts.c.coach_id == _coach.c.coach_id
-)
-_goal_counts = summary_row(goal_counts, "goal_counts", goal_counts.c.coach_id == _coach.c.coach_id)
+_rating_counts = coach_summary(rating_counts, _coach)
+_session_counts = coach_summary(session_counts, _coach)
+_goal_counts = coach_summary(goal_counts, _coach)
 
 SUMMARY = (
     select(
         _coach.c.coach_id,
         *(
-            _zero(_rating_counts.c[f"stars_{stars}"]).label(f"stars_{stars}")
+            zero(_rating_counts.c[f"stars_{stars}"]).label(f"stars_{stars}")
             for stars in range(1, 6)
         ),
         *(
@@ -172,8 +165,8 @@ SUMMARY = (
             )
         ),
         _revenue_30d.c.revenue.label("revenue_last_30d"),
-        _zero(_session_counts.c.completed_revenue).label("revenue_total"),
-        *(_zero(_goal_counts.c[name]).label(f"goals_{name}") for name in ("total", *GOAL_STATUSES)),
+        zero(_session_counts.c.completed_revenue).label("revenue_total"),
+        *(zero(_goal_counts.c[name]).label(f"goals_{name}") for name in ("total", *GOAL_STATUSES)),
         func.round(
             _goal_counts.c.completed.cast(Numeric) / func.nullif(_goal_counts.c.total, 0), 4
         ).label("goals_completion_rate"),

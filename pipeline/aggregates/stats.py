@@ -18,9 +18,10 @@ from pipeline.aggregates.base import (
     Rows,
     TimeBoundary,
     coach_set,
+    coach_summary,
     number,
-    summary_row,
     within,
+    zero,
 )
 from pipeline.aggregates.windows import windowed
 from pipeline.summaries import (
@@ -121,42 +122,30 @@ _completed_30d = windowed(
 )
 
 
-def _zero(column: Any) -> Any:
-    return func.coalesce(column, 0)
-
-
-_client_counts = summary_row(
-    client_counts, "client_counts", client_counts.c.coach_id == _coach.c.coach_id
-)
-_session_counts = summary_row(
-    session_counts, "session_counts", session_counts.c.coach_id == _coach.c.coach_id
-)
-_rating_counts = summary_row(
-    rating_counts, "rating_counts", rating_counts.c.coach_id == _coach.c.coach_id
-)
-_feedback_counts = summary_row(
-    feedback_counts, "feedback_counts", feedback_counts.c.coach_id == _coach.c.coach_id
-)
+_client_counts = coach_summary(client_counts, _coach)
+_session_counts = coach_summary(session_counts, _coach)
+_rating_counts = coach_summary(rating_counts, _coach)
+_feedback_counts = coach_summary(feedback_counts, _coach)
 
 STATEMENT = (
     select(
         _coach.c.coach_id,
         *(
-            _zero(_client_counts.c[name]).label(f"clients_{name}")
+            zero(_client_counts.c[name]).label(f"clients_{name}")
             for name in ("total", *CLIENT_STATUSES)
         ),
         *(
-            _zero(_session_counts.c[name]).label(f"sessions_{name}")
+            zero(_session_counts.c[name]).label(f"sessions_{name}")
             for name in ("total", *SESSION_STATUSES)
         ),
         _upcoming.c.sessions.label("sessions_upcoming"),
         _completed_30d.c.sessions.label("sessions_completed_30d"),
-        _zero(_session_counts.c.completed_minutes).label("sessions_minutes_coached"),
-        _zero(_rating_counts.c.count).label("ratings_count"),
+        zero(_session_counts.c.completed_minutes).label("sessions_minutes_coached"),
+        zero(_rating_counts.c.count).label("ratings_count"),
         func.round(
             _rating_counts.c.total.cast(Numeric) / func.nullif(_rating_counts.c.count, 0), 2
         ).label("ratings_average"),
-        _zero(_feedback_counts.c.count).label("feedback_count"),
+        zero(_feedback_counts.c.count).label("feedback_count"),
     )
     .select_from(_coach)
     .outerjoin(_client_counts, true())
