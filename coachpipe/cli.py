@@ -116,6 +116,30 @@ def migrate() -> None:
     )
     for entry in added:
         console.print(f"  added to publication: {entry}")
+    from pipeline.backfill import is_ready
+
+    if not is_ready(engine):
+        console.print(
+            "  summaries not filled yet: run [bold]coachpipe backfill[/] (until then the"
+            " aggregates read whole histories)"
+        )
+    engine.dispose()
+
+
+@app.command()
+@command
+def backfill(
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Coaches a transaction.")
+    ] = 100,
+) -> None:
+    """Fill the summary tables from the rows already there, with a progress bar.
+
+    Safe while writes continue and idempotent; then the aggregates read the summaries.
+    """
+    from coachpipe.summaries import run_backfill
+
+    run_backfill(settings(), batch_size, console)
 
 
 @app.command()
@@ -250,13 +274,21 @@ def refresh(
     coach: Annotated[str | None, typer.Option(help="One coach id.")] = None,
     aggregate: Annotated[AggregateName | None, typer.Option(help="Only this aggregate.")] = None,
     enqueue: Annotated[bool, typer.Option(help="Hand the work to the workers instead.")] = False,
+    rebuild_summaries: Annotated[
+        bool, typer.Option(help="First rebuild the coaches' summary tables from their rows.")
+    ] = False,
 ) -> None:
     """Recompute aggregates now, with a progress bar (or enqueue them with --enqueue)."""
     from coachpipe.refresh import refresh_coaches
+    from coachpipe.summaries import rebuild_coach, run_backfill
 
     if all_coaches == (coach is not None):
         raise typer.BadParameter("give exactly one of --all or --coach ID")
     names = [aggregate.value] if aggregate else list(NAMES)
+    if rebuild_summaries and coach is not None:
+        rebuild_coach(settings(), _coach(coach))
+    elif rebuild_summaries:
+        run_backfill(settings(), 100, console)
     refresh_coaches(
         settings(), [_coach(coach)] if coach else None, names, enqueue=enqueue, console=console
     )

@@ -81,12 +81,16 @@ class ChangeWriter:
             "SELECT coach_id, id FROM users WHERE role = 'client' AND coach_id = ANY(%s)", (ids,)
         ):
             self.books[coach].clients.append(client)
+        # Two branches, not one OR: under an OR the NOT EXISTS is a subplan that scans the
+        # ratings once per completed session (no index on session_id), hours for a coach with
+        # a million sessions; alone it is a hash anti-join.
         for coach, session, client, status in self.conn.execute(
             "SELECT s.coach_id, s.id, s.client_id, s.status FROM sessions s"
-            " WHERE s.coach_id = ANY(%s) AND (s.status IN ('scheduled', 'cancelled')"
-            " OR (s.status = 'completed' AND NOT EXISTS"
-            " (SELECT 1 FROM session_ratings r WHERE r.session_id = s.id)))",
-            (ids,),
+            " WHERE s.coach_id = ANY(%(ids)s) AND s.status IN ('scheduled', 'cancelled')"
+            " UNION ALL SELECT s.coach_id, s.id, s.client_id, s.status FROM sessions s"
+            " WHERE s.coach_id = ANY(%(ids)s) AND s.status = 'completed' AND NOT EXISTS"
+            " (SELECT 1 FROM session_ratings r WHERE r.session_id = s.id)",
+            {"ids": ids},
         ):
             book = self.books[coach]
             if status == "scheduled":

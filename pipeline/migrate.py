@@ -1,7 +1,9 @@
 """Schema migrations (Alembic) and the replication setup the listeners need.
 
 `upgrade` is safe to run any number of times: Alembic skips applied revisions, every DDL
-statement is idempotent, and `ensure_publication` only adds what is missing.
+statement is idempotent, and `ensure_publication` only adds what is missing. Indexes on large
+tables are built afterwards with `CREATE INDEX CONCURRENTLY` (`ensure_concurrent_indexes`),
+which cannot run inside the migrations' transaction and does not block writers.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, text
 
 from pipeline.changelog import LOG_TRIGGERS, SIGNAL_TABLE
+from pipeline.summaries import SCHEMA, SOURCES, of_source
+from pipeline.summary_sql import STATE_TABLE, trigger_function, triggers
 from pipeline.tables import WATCHED_TABLES
 
 VERSION_TABLE = "coachpipe_schema_version"
@@ -37,10 +41,93 @@ def upgrade(engine: Engine, publication: str) -> list[str]:
         ensure_partitions_replica_identity(connection)
         for table in WATCHED_TABLES:  # idempotent; a re-created table has lost them
             connection.execute(text(LOG_TRIGGERS.format(table=table)))
+        ensure_summary_triggers(connection)
         added = ensure_publication(connection, publication, via_partition_root=True)
         # Realtime also carries the signal table: listener canaries and TRUNCATE notices.
         added += ensure_publication(connection, SUPABASE_PUBLICATION, (SIGNAL_TABLE,))
+    ensure_concurrent_indexes(engine)
     return added
+
+
+SUMMARY_TRIGGERS = text(
+    """
+    SELECT count(*) FROM pg_trigger
+    WHERE tgrelid = to_regclass(:table) AND tgname LIKE 'coachpipe_summarize_%%'
+    """
+)
+
+
+def ensure_summary_triggers(connection: Connection) -> list[str]:
+    """Re-install the summary triggers of a watched table that lost them; returns its name.
+
+    A table dropped and re-created (partitioned, say) comes back without them. Empty, its
+    summaries are emptied too and stay exact; with rows, the summaries are marked not ready
+    and the aggregates read the base tables until `coachpipe backfill`. Creating the triggers
+    locks the table against writes until the migration commits, so no row slips between.
+    """
+    repaired = []
+    for source in SOURCES:
+        table = f"public.{source}"
+        if connection.execute(SUMMARY_TRIGGERS, {"table": table}).scalar_one() == 4:
+            continue
+        connection.exec_driver_sql(trigger_function(source) + triggers(source))
+        if connection.execute(text(f"SELECT EXISTS (SELECT FROM {table})")).scalar_one():
+            connection.execute(text(f"UPDATE {STATE_TABLE} SET ready = false"))
+        else:
+            names = ", ".join(f"{SCHEMA}.{s.table.name}" for s in of_source(source))
+            connection.execute(text(f"TRUNCATE {names}"))
+        repaired.append(source)
+    return repaired
+
+
+CONCURRENT_INDEXES: dict[str, str] = {
+    "sessions_coach_completed_idx": "public.sessions (coach_id, completed_at)"
+    " INCLUDE (price_cents) WHERE status = 'completed'",
+    "sessions_coach_scheduled_idx": "public.sessions (coach_id, scheduled_at)"
+    " WHERE status = 'scheduled'",
+    "sessions_coach_client_idx": "public.sessions (coach_id, client_id, status, scheduled_at)"
+    " WHERE status IN ('completed', 'scheduled')",
+}
+"""Indexes added after the tables held data, by name. The first two bound the edges of the
+time windows (pipeline.aggregates.windows); the third serves the summary trigger's read of a
+client's last completed session and coach-clients' probe of a client's next session."""
+
+INDEX_STATE = text(
+    """
+    SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid
+    WHERE c.relname = :name AND c.relnamespace = 'public'::regnamespace
+    """
+)
+PARTITIONED = text("SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass(:table)")
+
+
+def ensure_concurrent_indexes(engine: Engine) -> list[str]:
+    """Build the missing `CONCURRENT_INDEXES` without blocking writers; returns their names.
+
+    An index left invalid by an interrupted earlier build is dropped and built again. Postgres
+    cannot build an index on a partitioned table concurrently: there it is built plainly
+    (which holds off writers while it runs). A session advisory lock keeps two migrations
+    from building the same index at once.
+    """
+    built = []
+    with engine.connect() as connection:
+        autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+        autocommit.execute(text("SELECT pg_advisory_lock(hashtext('coachpipe.indexes'))"))
+        try:
+            for name, definition in CONCURRENT_INDEXES.items():
+                state = autocommit.execute(INDEX_STATE, {"name": name}).first()
+                if state is not None and state.indisvalid:
+                    continue
+                table = definition.split(" ", 1)[0]
+                partitioned = autocommit.execute(PARTITIONED, {"table": table}).scalar()
+                how = "" if partitioned else " CONCURRENTLY"
+                if state is not None:
+                    autocommit.execute(text(f"DROP INDEX{how} IF EXISTS public.{name}"))
+                autocommit.execute(text(f"CREATE INDEX{how} IF NOT EXISTS {name} ON {definition}"))
+                built.append(name)
+        finally:
+            autocommit.execute(text("SELECT pg_advisory_unlock(hashtext('coachpipe.indexes'))"))
+    return built
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine
 
 from pipeline import metrics
 from pipeline.aggregates import Aggregate, JSONValue
-from pipeline.aggregates.base import compute_all
+from pipeline.aggregates.base import SUMMARIES_READY, compute_all
 from pipeline.db import psycopg_connection
 from pipeline.freshness import observe_stored
 from pipeline.store import AggregateStore
@@ -49,20 +49,37 @@ def compute_snapshot(
     host agrees on "now".
     """
     with engine.connect() as connection, connection.begin():
-        snapshot_at = database_clock(connection)
-        values = compute_all(connection, aggregates, coach_ids, snapshot_at, end_transaction=True)
+        snapshot_at, ready = snapshot_start(connection)
+        values = compute_all(
+            connection,
+            aggregates,
+            coach_ids,
+            snapshot_at,
+            end_transaction=True,
+            summaries_ready=ready,
+        )
         return snapshot_at, values
+
+
+SNAPSHOT_START = f"SELECT clock_timestamp(), ({SUMMARIES_READY})"
+
+
+def snapshot_start(connection: Connection) -> tuple[datetime, bool]:
+    """(`clock_timestamp()`, summaries ready) in one round trip with the transaction's BEGIN.
+
+    Both come from the transaction's first statement, so the readiness is the snapshot's.
+    """
+    driver = psycopg_connection(connection)
+    with driver.pipeline():
+        cursor = driver.execute(SNAPSHOT_START)
+    row = cursor.fetchone()
+    assert row is not None  # a SELECT without FROM returns one row
+    return row[0], row[1] is True
 
 
 def database_clock(connection: Connection) -> datetime:
     """`clock_timestamp()` in one round trip with the transaction's BEGIN (pipelined)."""
-    driver = psycopg_connection(connection)
-    with driver.pipeline():
-        cursor = driver.execute("SELECT clock_timestamp()")
-    row = cursor.fetchone()
-    assert row is not None  # a SELECT without FROM returns one row
-    clock: datetime = row[0]
-    return clock
+    return snapshot_start(connection)[0]
 
 
 def recompute(

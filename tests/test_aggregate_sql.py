@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql
 from pipeline import seed
 from pipeline.aggregates import CRITICAL, REGISTRY
 from pipeline.db import make_engine, psycopg_connection
-from pipeline.recompute import compute_snapshot
+from pipeline.recompute import SNAPSHOT_START, compute_snapshot
 
 
 @pytest.fixture
@@ -47,7 +47,8 @@ def test_repeated_recomputes_reuse_one_generic_plan_per_statement(
             psycopg_connection(connection)
             .execute(
                 "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
-                " WHERE statement NOT LIKE 'SET %%' AND statement <> 'SELECT clock_timestamp()'"
+                " WHERE statement NOT LIKE 'SET %%' AND statement <> %s",
+                (SNAPSHOT_START,),
             )
             .fetchall()
         )

@@ -16,6 +16,7 @@ from pipeline.aggregates import REGISTRY, Kind
 from pipeline.coaches import crossing_statement
 from pipeline.events import ChangeEvent, ChangeType
 from pipeline.routing import TABLE_AGGREGATES, Route, route
+from pipeline.summaries import SOURCE_OF
 
 SEED_MAP = {
     "sessions": {"coach-stats", "coach-activity"},
@@ -27,7 +28,9 @@ SEED_MAP = {
 
 
 def tables_in(statement: Any) -> set[str]:
-    return {node.name for node in visitors.iterate(statement) if isinstance(node, Table)}
+    """The watched tables a statement reads, directly or through their summaries."""
+    names = {node.name for node in visitors.iterate(statement) if isinstance(node, Table)}
+    return {SOURCE_OF.get(name, name) for name in names}
 
 
 def test_the_derived_map_covers_the_seed_design() -> None:
@@ -42,8 +45,9 @@ def test_only_critical_aggregates_are_routed() -> None:
 
 @pytest.mark.parametrize("aggregate", REGISTRY, ids=lambda a: a.name)
 def test_declared_tables_equal_the_tables_the_statements_reference(aggregate: Any) -> None:
-    referenced = set().union(*(tables_in(stmt) for stmt in aggregate.statements.values()))
-    assert referenced == aggregate.tables
+    for statements in (aggregate.statements, aggregate.scan_statements or aggregate.statements):
+        referenced = set().union(*(tables_in(stmt) for stmt in statements.values()))
+        assert referenced == aggregate.tables
     crossing = crossing_statement(aggregate)
     if crossing is not None:
         assert tables_in(crossing) <= aggregate.tables
@@ -55,13 +59,15 @@ def test_declared_tables_equal_the_relations_postgres_plans_to_read(
 ) -> None:
     """EXPLAIN names every relation a statement scans, index scans included."""
     dialect = postgresql.psycopg.dialect()  # type: ignore[attr-defined]
-    relations: set[str] = set()
-    with psycopg.connect(database_url) as conn:
-        for sql in aggregate.compiled(dialect).values():  # what the workers execute
-            params = {"coach_ids": [uuid.uuid4()], "as_of": datetime.now(UTC)}
-            (plan,) = conn.execute(f"EXPLAIN (FORMAT JSON) {sql}", params).fetchone()
-            relations |= _relations(plan[0]["Plan"])
-    assert relations == aggregate.tables
+    for summaries in (True, False):
+        relations: set[str] = set()
+        with psycopg.connect(database_url) as conn:
+            # what the workers execute
+            for sql in aggregate.compiled(dialect, summaries=summaries).values():
+                params = {"coach_ids": [uuid.uuid4()], "as_of": datetime.now(UTC)}
+                (plan,) = conn.execute(f"EXPLAIN (FORMAT JSON) {sql}", params).fetchone()
+                relations |= _relations(plan[0]["Plan"])
+        assert {SOURCE_OF.get(name, name) for name in relations} == aggregate.tables
 
 
 def _relations(node: dict[str, Any]) -> set[str]:

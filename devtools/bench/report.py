@@ -297,6 +297,10 @@ def rows(
                     "-",
                 )
             )
+    if results.get("whale"):
+        from devtools.bench.whale import rows as whale_rows
+
+        out += whale_rows(results["whale"])
     dedup = results.get("dedup")
     if dedup:
         latency = dedup["enqueue_to_stored_ms"]
@@ -497,6 +501,10 @@ def plots(results: dict[str, Any], directory: Path, stem: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written: list[Path] = []
+    if results.get("whale"):
+        from devtools.bench.whale import plot_curve
+
+        written.append(plot_curve(results["whale"]["curve"], directory / f"{stem}-whale.png"))
     steady = results.get("steady", {})
     runs = [(name, run) for name, run in steady.items() if run and run.get("timeline")]
     if not runs:

@@ -2,9 +2,11 @@
 
 Scenarios on the 1,000-coach dataset share one stack (`dedup`, `steady`, `burst`, `hot`,
 `intake`, `workers`, `soak`, and the fault scenarios `chaos`, `redis-restart`, `worker-kill`);
-the 10,000-coach / 1M-session ones share another (`aggregates`, `full-refresh`). `--quick`
-shrinks sizes and durations (a few minutes); `smoke` (used by the test suite) only proves the
-harness runs, and leaves the fault scenarios out of `all`.
+the 10,000-coach / 1M-session ones share another (`aggregates`, `full-refresh`); `whale`
+(a coach with 1M sessions beside 1,000 ordinary ones) has a stack of its own and runs only
+when named (`python -m devtools.bench whale`), not in `all`. `--quick` shrinks sizes and
+durations (a few minutes); `smoke` (used by the test suite) only proves the harness runs, and
+leaves the fault scenarios out of `all`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from devtools.bench.scenarios import (
     workers,
 )
 from devtools.bench.stack import Stack
+from devtools.bench.whale import whale_scenario
 from devtools.rabbitmq import PrivateRabbitMQ
 
 Run = Callable[[Stack, Profile], Any]
@@ -95,6 +98,8 @@ FAULT_SCENARIOS = ("chaos", "redis-restart", "worker-kill")
 # full-refresh first: the micro benchmarks then measure a warm cache, as a live system has.
 BIG_STACK: dict[str, Run] = {"full-refresh": full_refresh, "aggregates": aggregates_micro}
 SCENARIOS = (*SMALL_STACK, *BIG_STACK)
+NAMED_ONLY = ("whale",)
+"""Scenarios that run only when named: `all` leaves them out (their own stack, long seeding)."""
 
 
 def _commit() -> str:
@@ -134,11 +139,10 @@ def run_bench(
     names = [scenario]
     if scenario == "all":  # the smoke run proves the harness: faults wait out recoveries
         names = [n for n in SCENARIOS if not (smoke and n in FAULT_SCENARIOS)]
-    unknown = [n for n in names if n not in SCENARIOS]
+    unknown = [n for n in names if n not in (*SCENARIOS, *NAMED_ONLY)]
     if unknown:
-        console.print(
-            f"[red]unknown scenario {unknown[0]!r}[/]; choose from: all, {', '.join(SCENARIOS)}"
-        )
+        choices = ", ".join((*SCENARIOS, *NAMED_ONLY))
+        console.print(f"[red]unknown scenario {unknown[0]!r}[/]; choose from: all, {choices}")
         return 2
     profile = PROFILES["smoke" if smoke else "quick" if quick else "full"]
     configure_logging(load_settings(_env_file=None, log_level="WARNING", log_format="console"))
@@ -201,6 +205,13 @@ def _run_stacks(
         results["seed"] = {"coaches": profile.big_coaches, "seconds": round(stack.seed_seconds, 1)}
         try:
             results |= _run_group(BIG_STACK, names, stack, profile, console)
+        finally:
+            stack.close()
+    if "whale" in names:
+        stack = Stack(coaches=profile.coaches, redis_server=redis_server).start()
+        try:
+            stack.refresh_now()
+            results["whale"] = whale_scenario(stack, profile.name)
         finally:
             stack.close()
     return results

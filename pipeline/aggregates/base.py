@@ -2,9 +2,11 @@
 
 An aggregate is declared once: its name, whether it is critical (kept fresh by events) or
 secondary (refreshed by beat), the tables it reads, its statements and how their rows become one
-JSON value per coach. Every statement takes the same two parameters, `:coach_ids` (a batch) and
-`:as_of` (the clock the value is computed for), so one code path serves a realtime recompute of
-three coaches and a beat refresh of five hundred.
+JSON value per coach. An aggregate whose statements read summaries (`pipeline.summaries`) also
+keeps `scan_statements` that read only the base tables, for a database whose summaries are
+not filled yet (`coachpipe backfill`). Every statement takes the same two parameters,
+`:coach_ids` (a batch) and `:as_of` (the clock the value is computed for), so one code path
+serves a realtime recompute of three coaches and a beat refresh of five hundred.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sqlalchemy import (
     bindparam,
     column,
     func,
+    select,
 )
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql import visitors
@@ -57,6 +60,22 @@ def coach_set(name: str = "c") -> TableValuedAlias:
         .table_valued(column("coach_id", Uuid))
         .render_derived(name=name, with_types=False)
     )
+
+
+def summary_row(table: Any, name: str, *where: ColumnElement[bool]) -> Any:
+    """A lateral lookup of one summary row by its key (`LIMIT 1` keeps it a per-row index probe:
+    a plain outer join lets a generic plan hash the whole summary table)."""
+    return select(table).where(*where).correlate_except(table).limit(1).lateral(f"{name}_row")
+
+
+def coach_summary(table: Any, coach: TableValuedAlias) -> Any:
+    """`summary_row` of a per-coach summary (keyed by coach alone) for the batch's coach."""
+    return summary_row(table, table.name, table.c.coach_id == coach.c.coach_id)
+
+
+def zero(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """A sum read from a summary, 0 where the coach has no row."""
+    return func.coalesce(column, 0)
 
 
 def within(moment: ColumnElement[Any], start: timedelta, end: timedelta) -> ColumnElement[bool]:
@@ -108,6 +127,9 @@ class Aggregate:
     empty: Callable[[datetime], JSONValue]
     description: str = ""
     time_boundaries: tuple[TimeBoundary, ...] = field(default=())
+    scan_statements: Mapping[str, Select[Any]] | None = None
+    """The same values from the base tables alone (whole histories), while summaries are not
+    ready; None when `statements` read no summary."""
 
     def compute(
         self, connection: Connection, coach_ids: Sequence[UUID], as_of: datetime
@@ -125,12 +147,16 @@ class Aggregate:
         assembled = self.assemble(rows, as_of)
         return {coach_id: assembled.get(coach_id) or self.empty(as_of) for coach_id in coach_ids}
 
-    def compiled(self, dialect: Dialect) -> Mapping[str, str]:
-        """The statements as SQL strings for `dialect`, compiled once (see `driver_sql`)."""
-        key = (self.name, dialect.name, dialect.driver)
+    def compiled(self, dialect: Dialect, *, summaries: bool = True) -> Mapping[str, str]:
+        """The statements as SQL strings for `dialect`, compiled once (see `driver_sql`).
+
+        `summaries=False`: the `scan_statements` (when the aggregate has any).
+        """
+        chosen = self.statements if summaries else self.scan_statements or self.statements
+        key = (self.name, dialect.name, dialect.driver, chosen is self.statements)
         if key not in _COMPILED:
             _COMPILED[key] = {
-                name: driver_sql(statement, dialect) for name, statement in self.statements.items()
+                name: driver_sql(statement, dialect) for name, statement in chosen.items()
             }
         return _COMPILED[key]
 
@@ -159,7 +185,10 @@ def driver_sql(statement: Select[Any], dialect: Dialect) -> str:
     return str(expanded.statement)
 
 
-_COMPILED: dict[tuple[str, str, str], Mapping[str, str]] = {}
+_COMPILED: dict[tuple[str, str, str, bool], Mapping[str, str]] = {}
+
+SUMMARIES_READY = "SELECT ready FROM coachpipe.summary_state"
+"""Whether the summaries may be read (pipeline.summary_sql); one row, in the same snapshot."""
 
 
 def compute_all(
@@ -169,6 +198,7 @@ def compute_all(
     as_of: datetime,
     *,
     end_transaction: bool = False,
+    summaries_ready: bool | None = None,
 ) -> dict[str, dict[UUID, JSONValue]]:
     """Values by aggregate, every statement of every aggregate sent to Postgres at once.
 
@@ -179,15 +209,21 @@ def compute_all(
     time than executing (1 coach, all critical aggregates: 1.8 ms planning, 1.1 ms executing).
     The statements run in the caller's transaction, on its snapshot; `end_transaction=True`
     ends it (a read-only snapshot has nothing to commit) in the same round trip.
+    `summaries_ready` (read in the same snapshot, see `SUMMARIES_READY`) chooses between the
+    statements that read summaries and the scan statements; None reads it first.
     """
     driver = psycopg_connection(connection)
+    if summaries_ready is None:
+        summaries_ready = bool(driver.execute(SUMMARIES_READY).fetchone() == (True,))
     params = {"coach_ids": list(coach_ids), "as_of": as_of}
     with driver.pipeline():
         driver.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         cursors = {
             aggregate.name: {
                 name: driver.cursor(row_factory=namedtuple_row).execute(sql, params)
-                for name, sql in aggregate.compiled(connection.dialect).items()
+                for name, sql in aggregate.compiled(
+                    connection.dialect, summaries=summaries_ready
+                ).items()
             }
             for aggregate in aggregates
         }

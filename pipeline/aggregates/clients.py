@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Numeric, and_, func, select
+from sqlalchemy import Numeric, and_, func, select, true
 
 from pipeline.aggregates.base import (
     AS_OF,
@@ -17,9 +17,13 @@ from pipeline.aggregates.base import (
     Kind,
     Rows,
     TimeBoundary,
+    coach_set,
+    coach_summary,
     iso,
     number,
+    summary_row,
 )
+from pipeline.summaries import client_counts, goal_client_counts, session_client_counts
 from pipeline.tables import goals, sessions, users
 
 MAX_CLIENTS = 500
@@ -87,11 +91,85 @@ _ranked = (
     .where(users.c.role == "client", users.c.coach_id == func.any(COACH_IDS))
     .subquery("ranked")
 )
-STATEMENT = (
+SCAN_STATEMENT = (
     select(_ranked)
     .where(_ranked.c.rank <= MAX_CLIENTS)
     .order_by(_ranked.c.coach_id, _ranked.c.rank)
 )
+
+_coach = coach_set()
+_first = (
+    select(
+        users.c.id,
+        users.c.full_name,
+        users.c.status,
+        func.row_number().over(order_by=_name_order).label("rank"),
+    )
+    .where(users.c.coach_id == _coach.c.coach_id, users.c.role == "client")
+    .order_by(*_name_order)
+    .limit(MAX_CLIENTS)
+    .lateral("u")
+)
+
+
+def _one_session(aggregate: Any, status: str, *after: Any) -> Any:
+    """A probe of sessions_coach_client_idx: one index descent per client (the next session
+    depends on the clock, so no summary can hold it)."""
+    return (
+        select(aggregate(sessions.c.scheduled_at).label("at"))
+        .where(
+            sessions.c.coach_id == _coach.c.coach_id,
+            sessions.c.client_id == _first.c.id,
+            sessions.c.status == status,
+            *after,
+        )
+        .lateral(f"{status}_probe")
+    )
+
+
+_next = _one_session(func.min, "scheduled", sessions.c.scheduled_at > AS_OF)
+_client_counts = coach_summary(client_counts, _coach)
+_session_client_counts = summary_row(
+    session_client_counts,
+    "session_client_counts",
+    session_client_counts.c.coach_id == _coach.c.coach_id,
+    session_client_counts.c.client_id == _first.c.id,
+)
+_goal_client_counts = summary_row(
+    goal_client_counts,
+    "goal_client_counts",
+    goal_client_counts.c.coach_id == _coach.c.coach_id,
+    goal_client_counts.c.client_id == _first.c.id,
+)
+
+STATEMENT = (
+    select(
+        _coach.c.coach_id,
+        _first.c.id,
+        _first.c.full_name,
+        _first.c.status,
+        func.coalesce(_session_client_counts.c.completed, 0).label("completed_sessions"),
+        _session_client_counts.c.last_completed_at.label("last_session_at"),
+        _next.c.at.label("next_session_at"),
+        func.coalesce(_goal_client_counts.c.active, 0).label("active_goals"),
+        func.round(
+            _goal_client_counts.c.active_progress.cast(Numeric)
+            / func.nullif(_goal_client_counts.c.active, 0),
+            2,
+        ).label("average_goal_progress"),
+        _first.c.rank,
+        func.coalesce(_client_counts.c.total, 0).label("total"),
+    )
+    .select_from(_coach)
+    .join(_first, true())
+    .outerjoin(_client_counts, true())
+    .outerjoin(_session_client_counts, true())
+    .outerjoin(_goal_client_counts, true())
+    .join(_next, true())
+    .order_by(_coach.c.coach_id, _first.c.rank)
+)
+"""The first clients by name (index order), their counts and last session from the summaries,
+their next session by an index probe each: bounded by MAX_CLIENTS, not by the history."""
 
 
 def _client(row: Any) -> JSONValue:
@@ -125,6 +203,7 @@ COACH_CLIENTS = Aggregate(
     schema_version=1,
     tables=frozenset({"users", "sessions", "goals"}),
     statements={"clients": STATEMENT},
+    scan_statements={"clients": SCAN_STATEMENT},
     assemble=_assemble,
     empty=_empty,
     description=f"each client (up to {MAX_CLIENTS}, by name): status, completed sessions, last "

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Numeric, func, select, true
+from sqlalchemy import BigInteger, Numeric, cast, func, literal, select, true
 
 from pipeline.aggregates.base import (
     THIRTY_DAYS,
@@ -17,10 +17,20 @@ from pipeline.aggregates.base import (
     Rows,
     TimeBoundary,
     coach_set,
+    coach_summary,
     iso,
     number,
     text_id,
     within,
+    zero,
+)
+from pipeline.aggregates.windows import windowed
+from pipeline.summaries import (
+    completed_hours,
+    goal_counts,
+    rating_counts,
+    rating_hours,
+    session_counts,
 )
 from pipeline.tables import goals, session_feedback, session_ratings, sessions
 
@@ -81,7 +91,7 @@ _goals = (
     .lateral("g")
 )
 
-SUMMARY = (
+SCAN_SUMMARY = (
     select(
         _coach.c.coach_id,
         *(_ratings.c[f"stars_{stars}"] for stars in range(1, 6)),
@@ -97,6 +107,82 @@ SUMMARY = (
     .join(_revenue, true())
     .join(_goals, true())
 )
+
+
+def _ratings_in(name: str, start: timedelta, end: timedelta) -> Any:
+    return windowed(
+        name,
+        _coach.c.coach_id,
+        hours=rating_hours,
+        base=session_ratings,
+        moment=session_ratings.c.created_at,
+        rows=true(),
+        sums={
+            "count": ("count", literal(1, BigInteger)),
+            "total": ("total", cast(_rating, BigInteger)),
+        },
+        start=start,
+        end=end,
+    )
+
+
+def _average(total: Any, count: Any) -> Any:
+    return func.round(total.cast(Numeric) / func.nullif(count, 0), 2)
+
+
+_last_30d = _ratings_in("last_30d", THIRTY_DAYS, timedelta(0))
+_prev_30d = _ratings_in("prev_30d", SIXTY_DAYS, THIRTY_DAYS)
+_revenue_30d = windowed(
+    "revenue_30d",
+    _coach.c.coach_id,
+    hours=completed_hours,
+    base=sessions,
+    moment=sessions.c.completed_at,
+    rows=_completed,
+    sums={"revenue": ("revenue", func.coalesce(sessions.c.price_cents, 0).cast(BigInteger))},
+    start=THIRTY_DAYS,
+    end=timedelta(0),
+)
+
+
+_rating_counts = coach_summary(rating_counts, _coach)
+_session_counts = coach_summary(session_counts, _coach)
+_goal_counts = coach_summary(goal_counts, _coach)
+
+SUMMARY = (
+    select(
+        _coach.c.coach_id,
+        *(
+            zero(_rating_counts.c[f"stars_{stars}"]).label(f"stars_{stars}")
+            for stars in range(1, 6)
+        ),
+        *(
+            column
+            for window, name in ((_last_30d, "last_30d"), (_prev_30d, "prev_30d"))
+            for column in (
+                window.c.count.label(f"{name}_count"),
+                _average(window.c.total, window.c.count).label(f"{name}_average"),
+            )
+        ),
+        _revenue_30d.c.revenue.label("revenue_last_30d"),
+        zero(_session_counts.c.completed_revenue).label("revenue_total"),
+        *(zero(_goal_counts.c[name]).label(f"goals_{name}") for name in ("total", *GOAL_STATUSES)),
+        func.round(
+            _goal_counts.c.completed.cast(Numeric) / func.nullif(_goal_counts.c.total, 0), 4
+        ).label("goals_completion_rate"),
+        _average(_goal_counts.c.active_progress, _goal_counts.c.active).label(
+            "goals_average_progress"
+        ),
+    )
+    .select_from(_coach)
+    .outerjoin(_rating_counts, true())
+    .outerjoin(_session_counts, true())
+    .outerjoin(_goal_counts, true())
+    .join(_last_30d, true())
+    .join(_prev_30d, true())
+    .join(_revenue_30d, true())
+)
+"""The same values from the summaries: counts and sums per coach, windows from hourly buckets."""
 
 _latest = (
     select(
@@ -171,6 +257,7 @@ COACH_INSIGHTS = Aggregate(
     schema_version=1,
     tables=frozenset({"session_ratings", "sessions", "goals", "session_feedback"}),
     statements={"summary": SUMMARY, "latest_feedback": LATEST},
+    scan_statements={"summary": SCAN_SUMMARY, "latest_feedback": LATEST},
     assemble=_assemble,
     empty=_empty,
     description="rating distribution, rating in the last 30 days vs the 30 before, revenue "

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Numeric, func, select, true
+from sqlalchemy import BigInteger, Numeric, func, literal, select, true
 
 from pipeline.aggregates.base import (
     AS_OF,
@@ -18,8 +18,19 @@ from pipeline.aggregates.base import (
     Rows,
     TimeBoundary,
     coach_set,
+    coach_summary,
     number,
     within,
+    zero,
+)
+from pipeline.aggregates.windows import windowed
+from pipeline.summaries import (
+    client_counts,
+    completed_hours,
+    feedback_counts,
+    rating_counts,
+    scheduled_hours,
+    session_counts,
 )
 from pipeline.tables import session_feedback, session_ratings, sessions, users
 
@@ -67,7 +78,7 @@ _feedback = (
     .lateral("f")
 )
 
-STATEMENT = (
+SCAN_STATEMENT = (
     select(
         _coach.c.coach_id,
         *(_clients.c[name].label(f"clients_{name}") for name in ("total", *CLIENT_STATUSES)),
@@ -85,6 +96,66 @@ STATEMENT = (
     .join(_ratings, true())
     .join(_feedback, true())
 )
+
+
+_upcoming = windowed(
+    "upcoming",
+    _coach.c.coach_id,
+    hours=scheduled_hours,
+    base=sessions,
+    moment=sessions.c.scheduled_at,
+    rows=sessions.c.status == "scheduled",
+    sums={"sessions": ("sessions", literal(1, BigInteger))},
+    start=timedelta(0),
+    end=None,
+)
+_completed_30d = windowed(
+    "completed_30d",
+    _coach.c.coach_id,
+    hours=completed_hours,
+    base=sessions,
+    moment=sessions.c.completed_at,
+    rows=_completed,
+    sums={"sessions": ("sessions", literal(1, BigInteger))},
+    start=THIRTY_DAYS,
+    end=timedelta(0),
+)
+
+
+_client_counts = coach_summary(client_counts, _coach)
+_session_counts = coach_summary(session_counts, _coach)
+_rating_counts = coach_summary(rating_counts, _coach)
+_feedback_counts = coach_summary(feedback_counts, _coach)
+
+STATEMENT = (
+    select(
+        _coach.c.coach_id,
+        *(
+            zero(_client_counts.c[name]).label(f"clients_{name}")
+            for name in ("total", *CLIENT_STATUSES)
+        ),
+        *(
+            zero(_session_counts.c[name]).label(f"sessions_{name}")
+            for name in ("total", *SESSION_STATUSES)
+        ),
+        _upcoming.c.sessions.label("sessions_upcoming"),
+        _completed_30d.c.sessions.label("sessions_completed_30d"),
+        zero(_session_counts.c.completed_minutes).label("sessions_minutes_coached"),
+        zero(_rating_counts.c.count).label("ratings_count"),
+        func.round(
+            _rating_counts.c.total.cast(Numeric) / func.nullif(_rating_counts.c.count, 0), 2
+        ).label("ratings_average"),
+        zero(_feedback_counts.c.count).label("feedback_count"),
+    )
+    .select_from(_coach)
+    .outerjoin(_client_counts, true())
+    .outerjoin(_session_counts, true())
+    .outerjoin(_rating_counts, true())
+    .outerjoin(_feedback_counts, true())
+    .join(_upcoming, true())
+    .join(_completed_30d, true())
+)
+"""The same values from the summaries: counts and sums per coach, windows from hourly buckets."""
 
 
 def _value(row: Any) -> JSONValue:
@@ -119,6 +190,7 @@ COACH_STATS = Aggregate(
     schema_version=1,
     tables=frozenset({"users", "sessions", "session_ratings", "session_feedback"}),
     statements={"stats": STATEMENT},
+    scan_statements={"stats": SCAN_STATEMENT},
     assemble=_assemble,
     empty=_empty,
     description="client and session counts, upcoming, completed in 30 days, minutes coached, "

@@ -1,0 +1,325 @@
+"""Whale coaches (issue 18): recompute cost against history size, and fairness under load.
+
+`seed_whale` makes a coach with N sessions in set-based SQL (generate_series; a million rows
+take seconds, no Python loop). `history_curve` measures all critical aggregates of one coach
+after one change, the old way (scan statements: whole histories) and the new (summaries),
+for coaches of 1k, 10k, 100k and 1M sessions, plus the write cost of the summary triggers.
+`fairness` (scenario `whale`) runs 100 changes/s to a whale beside 100/s over ordinary
+coaches through the real listener and worker, and again without the whale.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import psycopg
+from sqlalchemy import Engine
+
+from devtools.bench.freshness import per_change
+from devtools.bench.measure import NoticeCollector, percentiles
+from devtools.bench.stack import Stack
+from pipeline.aggregates import CRITICAL
+from pipeline.aggregates.base import compute_all
+from pipeline.db import make_engine
+from pipeline.recompute import database_clock
+
+SEED_CLIENTS = """
+INSERT INTO users (id, role, coach_id, full_name, status)
+SELECT gen_random_uuid(), 'client', %(coach)s, 'Client ' || lpad(i::text, 7, '0'),
+       (ARRAY['active', 'active', 'paused', 'archived'])[1 + i %% 4]
+FROM generate_series(1, %(clients)s) AS i
+"""
+SEED_SESSIONS = """
+INSERT INTO sessions (coach_id, client_id, status, scheduled_at, duration_minutes, price_cents,
+                      completed_at, created_at, updated_at)
+SELECT %(coach)s, c.ids[1 + s.i %% c.n], s.status, s.at, 60, 5000 + (s.i %% 7) * 1000,
+       CASE WHEN s.status = 'completed' THEN s.at + interval '1 hour' END,
+       s.at - interval '7 days', s.at
+FROM (SELECT array_agg(id) AS ids, count(*)::int AS n FROM users
+      WHERE coach_id = %(coach)s AND role = 'client') AS c
+CROSS JOIN (
+    SELECT i, at, CASE WHEN at > now() THEN 'scheduled'
+                       ELSE (ARRAY['completed', 'completed', 'completed', 'completed',
+                                   'completed', 'completed', 'completed', 'completed',
+                                   'cancelled', 'no_show', 'scheduled'])[1 + i %% 11] END AS status
+    FROM (SELECT i, now() - interval '1 day' * (%(days)s * random() - 30) AS at
+          FROM generate_series(1, %(sessions)s) AS i) AS t
+) AS s
+"""
+SEED_CHILDREN = """
+INSERT INTO session_ratings (session_id, coach_id, client_id, rating, created_at)
+SELECT id, coach_id, client_id, 1 + floor(random() * 5)::int, completed_at FROM sessions
+WHERE coach_id = %(coach)s AND status = 'completed' AND random() < 0.4;
+INSERT INTO session_feedback (session_id, coach_id, client_id, comment, created_at)
+SELECT id, coach_id, client_id, 'Good session ' || left(id::text, 8), completed_at FROM sessions
+WHERE coach_id = %(coach)s AND status = 'completed' AND random() < 0.2;
+INSERT INTO goals (coach_id, client_id, title, status, progress)
+SELECT %(coach)s, id, 'Goal',
+       (ARRAY['active', 'completed', 'abandoned'])[1 + floor(random() * 3)::int],
+       floor(random() * 101)::int FROM users WHERE coach_id = %(coach)s AND role = 'client'
+"""
+SIZES = {
+    "full": (1_000, 10_000, 100_000, 1_000_000),
+    "quick": (1_000, 10_000, 100_000),
+    "smoke": (1_000,),
+}
+"""History sizes of the curve by profile; the largest coach is the whale of the load runs."""
+LOAD_SECONDS = {"full": 120.0, "quick": 10.0, "smoke": 2.0}
+SAMPLES = {"full": (200, 5), "quick": (100, 3), "smoke": (10, 2)}
+"""Per-change recomputes measured the new way and the old way, by profile."""
+
+
+def seed_whale(url: str, sessions: int, *, days: int = 730) -> UUID:
+    """A coach with `sessions` sessions over `days` days (a month of them ahead), a client per
+    500 sessions (at least 20), ratings for 40% and feedback for 20% of completed sessions."""
+    coach = uuid4()
+    params = {
+        "coach": coach,
+        "sessions": sessions,
+        "days": days,
+        "clients": max(20, sessions // 500),
+    }
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT setseed(0.42)")
+        conn.execute(
+            "INSERT INTO users (id, role, full_name) VALUES (%(coach)s, 'coach', 'Whale')", params
+        )
+        for sql in (SEED_CLIENTS, SEED_SESSIONS, *SEED_CHILDREN.split(";")):
+            conn.execute(sql, params)
+        conn.execute("VACUUM ANALYZE")
+    return coach
+
+
+def one_change(conn: psycopg.Connection[Any], coach: UUID, i: int) -> None:
+    """A change to the coach as the traffic makes them: a session booked, completed, moved."""
+    if i % 3 == 0:
+        conn.execute(
+            "INSERT INTO sessions (coach_id, client_id, status, scheduled_at, price_cents)"
+            " SELECT coach_id, client_id, 'scheduled', now() + interval '3 days', 9000"
+            " FROM sessions WHERE coach_id = %s LIMIT 1",
+            (coach,),
+        )
+    else:
+        conn.execute(
+            "UPDATE sessions SET status = %s, completed_at = now() WHERE id = ("
+            " SELECT id FROM sessions WHERE coach_id = %s AND status = 'scheduled'"
+            " ORDER BY scheduled_at DESC LIMIT 1)",
+            ("completed" if i % 3 == 1 else "scheduled", coach),
+        )
+
+
+def timed_recompute(engine: Engine, coach: UUID, *, summaries: bool) -> float:
+    """Milliseconds for all critical aggregates of `coach` in one snapshot, as a worker runs."""
+    started = time.perf_counter()
+    with engine.connect() as connection, connection.begin():
+        clock = database_clock(connection)
+        compute_all(
+            connection, CRITICAL, [coach], clock, end_transaction=True, summaries_ready=summaries
+        )
+    return (time.perf_counter() - started) * 1000
+
+
+def per_change_ms(
+    url: str, engine: Engine, coach: UUID, samples: int, *, summaries: bool
+) -> list[float]:
+    """After each of `samples` changes to `coach`, the recompute time (warm: 3 discarded)."""
+    times = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        for i in range(samples + 3):
+            one_change(conn, coach, i)
+            times.append(timed_recompute(engine, coach, summaries=summaries))
+    return times[3:]
+
+
+def trigger_cost_ms(url: str, coach: UUID, samples: int) -> dict[str, Any]:
+    """A single-row INSERT into sessions with the summary triggers and without them."""
+    result = {}
+    with psycopg.connect(url, autocommit=True) as conn:
+        client = conn.execute(
+            "SELECT id FROM users WHERE coach_id = %s AND role = 'client' LIMIT 1", (coach,)
+        ).fetchone()
+        for label, action in (("with_triggers", "ENABLE"), ("without_triggers", "DISABLE")):
+            for op in ("insert", "update", "delete", "truncate"):
+                conn.execute(f"ALTER TABLE sessions {action} TRIGGER coachpipe_summarize_{op}")
+            times = []
+            for _ in range(samples):
+                started = time.perf_counter()
+                conn.execute(
+                    "INSERT INTO sessions (coach_id, client_id, status, scheduled_at, completed_at)"
+                    " VALUES (%s, %s, 'completed', now(), now())",
+                    (coach, client[0] if client else None),
+                )
+                times.append((time.perf_counter() - started) * 1000)
+            result[label] = percentiles(times)
+        for op in ("insert", "update", "delete", "truncate"):
+            conn.execute(f"ALTER TABLE sessions ENABLE TRIGGER coachpipe_summarize_{op}")
+    return result
+
+
+def history_curve(
+    url: str, sizes: tuple[int, ...], samples: int, scan_samples: int
+) -> dict[str, Any]:
+    """Per-change recompute p50/p99 (ms) by history size, the old way and the new."""
+    engine = make_engine(url, pool_size=1, snapshots=True)
+    points = []
+    coaches = []
+    try:
+        for size in sizes:
+            started = time.monotonic()
+            coach = seed_whale(url, size)
+            coaches.append(coach)
+            seeded = time.monotonic() - started
+            new = per_change_ms(url, engine, coach, samples, summaries=True)
+            old = per_change_ms(url, engine, coach, scan_samples, summaries=False)
+            points.append(
+                {
+                    "sessions": size,
+                    "seed_seconds": round(seeded, 1),
+                    "new_ms": percentiles(new),
+                    "old_ms": percentiles(old),
+                }
+            )
+        triggers = trigger_cost_ms(url, coach, samples)
+    finally:
+        engine.dispose()
+    return {
+        "points": points,
+        "insert_ms": triggers,
+        "coaches": coaches,
+        "coach_ids": [str(c) for c in coaches],
+    }
+
+
+def plot_curve(curve: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [p["sessions"] for p in curve["points"]]
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for key, label in (("old_ms", "whole history (before)"), ("new_ms", "summaries (issue 18)")):
+        for quantile, style in (("p50", "-o"), ("p99", "--x")):
+            axes.plot(
+                sizes,
+                [p[key][quantile] for p in curve["points"]],
+                style,
+                label=f"{label} {quantile}",
+            )
+    axes.axhline(10, color="grey", linewidth=0.8, linestyle=":", label="goal: 10 ms")
+    axes.set(xscale="log", yscale="log", xlabel="sessions of the coach", ylabel="ms per change")
+    axes.set_title("All critical aggregates of one coach after one change")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _paced(stack: Stack, runs: dict[str, Any], name: str, seconds: float, **kwargs: Any) -> None:
+    from devtools.bench.scenarios import write_paced
+
+    runs[name] = write_paced(stack, rate=100, duration=seconds, **kwargs)
+
+
+def fairness(stack: Stack, whale: UUID, others: list[UUID], seconds: float) -> dict[str, Any]:
+    """Commit → every routed aggregate stored, for the whale's and the others' changes, with
+    100/s to the whale beside 100/s over the others, and the others alone at 100/s."""
+    results: dict[str, Any] = {}
+    for label, with_whale in (("without_whale", False), ("with_whale", True)):
+        stack.reset_pipeline()
+        stack.worker()
+        stack.listener("postgres")
+        collector = NoticeCollector(stack.env["REDIS_URL"]).start()
+        start = time.time()
+        runs: dict[str, Any] = {}
+        loads = [{"name": "others", "coaches": others, "seed": 11}]
+        if with_whale:
+            loads.append({"name": "whale", "coaches": [whale], "hot": whale, "seed": 13})
+        writers = [
+            threading.Thread(target=_paced, args=(stack, runs), kwargs={"seconds": seconds, **load})
+            for load in loads
+        ]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join()
+        time.sleep(3)  # the last changes' recomputes; a bench figure, not a test wait
+        notices = collector.since(start)
+        collector.stop()
+        results[label] = {
+            name: {
+                "changes": len(written.changes),
+                "commit_to_all_stored_ms": per_change(written.changes, notices),
+            }
+            for name, written in runs.items()
+        }
+        stack.stop_processes()
+    return results
+
+
+def whale_scenario(stack: Stack, profile_name: str) -> dict[str, Any]:
+    """`python -m devtools.bench whale`: the curve (old and new way), then the load runs."""
+    from devtools.bench.scenarios import bench_coaches
+
+    new_samples, old_samples = SAMPLES[profile_name]
+    curve = history_curve(stack.pg.url, SIZES[profile_name], new_samples, old_samples)
+    seeded = curve.pop("coaches")
+    whale = seeded[-1]
+    everyone = bench_coaches(stack, stack.coaches + len(seeded))
+    others = [coach for coach in everyone if coach not in seeded][: stack.coaches]
+    return {
+        "curve": curve,
+        "load": fairness(stack, whale, others, LOAD_SECONDS[profile_name]),
+        "whale_sessions": SIZES[profile_name][-1],
+        "other_coaches": len(others),
+    }
+
+
+def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Report lines: per-change cost of the largest coach, fairness, trigger cost."""
+    largest = result["curve"]["points"][-1]
+    new, old = largest["new_ms"], largest["old_ms"]
+    size = f"{largest['sessions']:,}"
+    load = result["load"]
+    alone = load["without_whale"]["others"]["commit_to_all_stored_ms"]
+    beside = load["with_whale"]["others"]["commit_to_all_stored_ms"]
+    whale = load["with_whale"].get("whale", {}).get("commit_to_all_stored_ms", {})
+    inserts = result["curve"]["insert_ms"]
+    ratio = beside["p99"] / alone["p99"] if alone.get("p99") and beside.get("p99") else None
+    return [
+        (
+            f"whale ({size} sessions): all critical aggregates after one change p50/p99 (ms)",
+            f"{new['p50']} / {new['p99']}",
+            "p99 ≤ 10",
+            "yes" if new["p99"] <= 10 else "no",
+        ),
+        (
+            "  same, the old way (whole history) p50/p99 (ms)",
+            f"{old['p50']} / {old['p99']}",
+            "",
+            "-",
+        ),
+        (
+            "whale 100/s: its commit → every routed aggregate p50/p99 (ms)",
+            f"{whale.get('p50')} / {whale.get('p99')}",
+            "",
+            "-",
+        ),
+        (
+            "others 100/s: commit → every routed aggregate p99 alone | beside the whale (ms)",
+            f"{alone.get('p99')} | {beside.get('p99')}",
+            "≤ +20%",
+            "-" if ratio is None else ("yes" if ratio <= 1.2 else "no"),
+        ),
+        (
+            "single-row INSERT into sessions p50 with | without the summary triggers (ms)",
+            f"{inserts['with_triggers']['p50']} | {inserts['without_triggers']['p50']}",
+            "",
+            "-",
+        ),
+    ]

@@ -1,0 +1,85 @@
+"""Fill or rebuild the summaries (`pipeline.summaries`) from the base rows, coach by coach.
+
+Safe while writes continue: each batch of coaches is rebuilt in one transaction per source
+table that first locks the coaches' anchor rows, the same rows every trigger locks before it
+adds a statement's delta (see `pipeline.summary_sql`). A writer in flight is waited for and
+then seen; a later writer waits and then adds its delta to the rebuilt sums. Idempotent: a
+rebuild replaces a coach's sums, it never adds to them. A deadlock with a writer that touches
+several coaches in another order is retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from uuid import UUID
+
+import psycopg
+import structlog
+from sqlalchemy import Engine, text
+
+from pipeline.db import psycopg_connection
+from pipeline.recompute import batches
+from pipeline.summaries import SCHEMA, SOURCES, anchor
+from pipeline.summary_sql import STATE_TABLE, rebuild_statements
+
+log = structlog.get_logger("pipeline.backfill")
+
+DEADLOCK_RETRIES = 5
+
+EVERY_COACH = " UNION ".join(
+    [
+        "SELECT coach_id FROM public.users WHERE role = 'client' AND coach_id IS NOT NULL",
+        *(f"SELECT coach_id FROM public.{source}" for source in SOURCES if source != "users"),
+        *(f"SELECT coach_id FROM {SCHEMA}.{anchor(source).table.name}" for source in SOURCES),
+    ]
+)
+"""Every coach with a row in a source table or a sum in an anchor (stale sums are replaced)."""
+
+
+def every_coach(engine: Engine) -> list[UUID]:
+    with engine.connect() as connection:
+        return sorted(connection.execute(text(EVERY_COACH)).scalars())
+
+
+def rebuild(engine: Engine, coach_ids: Sequence[UUID]) -> None:
+    """Replace every summary of `coach_ids` with the sums over their current base rows."""
+    params = {"coach_ids": sorted(coach_ids)}
+    for source in SOURCES:
+        for attempt in range(DEADLOCK_RETRIES + 1):
+            try:
+                with engine.connect() as connection, connection.begin():
+                    driver = psycopg_connection(connection)
+                    for statement in rebuild_statements(source):
+                        driver.execute(statement, params)
+                break
+            except psycopg.errors.DeadlockDetected:
+                log.warning("backfill_deadlock", table=source, attempt=attempt + 1)
+                if attempt == DEADLOCK_RETRIES:
+                    raise
+
+
+def mark_ready(engine: Engine) -> None:
+    """From now on the aggregates read the summaries (every coach has been rebuilt once)."""
+    with engine.begin() as connection:
+        connection.execute(text(f"UPDATE {STATE_TABLE} SET ready = true, backfilled_at = now()"))
+
+
+def is_ready(engine: Engine) -> bool:
+    with engine.connect() as connection:
+        return bool(connection.execute(text(f"SELECT ready FROM {STATE_TABLE}")).scalar())
+
+
+def backfill(engine: Engine, batch_size: int, progress: Callable[[int], None] | None = None) -> int:
+    """Rebuild every coach's summaries, `batch_size` coaches a transaction; then mark ready.
+
+    Coaches whose first row arrives after the list was taken need no rebuild: the triggers
+    existed before their rows did. Returns the number of coaches rebuilt.
+    """
+    coaches = every_coach(engine)
+    for batch in batches(coaches, batch_size):
+        rebuild(engine, batch)
+        if progress is not None:
+            progress(len(batch))
+    mark_ready(engine)
+    log.info("backfill_done", coaches=len(coaches))
+    return len(coaches)

@@ -1,0 +1,196 @@
+"""The SQL that keeps `pipeline.summaries` exact: tables, triggers, backfill, readiness.
+
+Everything is generated from the declarations in `pipeline.summaries`, so a summary's trigger,
+its backfill and its reader can never disagree about what a row adds.
+
+**One delta statement serves all.** A statement's effect on a summary is the sum over its new
+rows minus the sum over its old rows, grouped by the summary's keys. An INSERT has only new
+rows, a DELETE only old ones; an UPDATE has both, so a status flip, a moved timestamp or a
+reassignment to another coach (the old coach loses the row, the new one gains it) need no
+special case. The backfill applies the same statement to a coach's base rows after zeroing
+the coach's summaries.
+
+**Anchors serialize writers and the backfill per coach.** The delta upsert of a source's anchor
+(its per-coach summary) runs first in every trigger and always writes the touched coaches' rows,
+in coach order, so a writer holds their row locks until it commits. The backfill of a coach
+locks the same rows (`FOR UPDATE`) before it reads: it waits for writers in flight (and then
+sees them), and later writers wait for it (and then add their delta to its result).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.schema import CreateTable
+
+from pipeline.summaries import SCHEMA, SOURCES, Summary, anchor, metadata, of_source
+
+STATE_TABLE = f"{SCHEMA}.summary_state"
+SIGN = "coachpipe_sign"
+"""The column that says whether a row adds (+1) or takes away (-1)."""
+
+INSERTED = f"(SELECT 1 AS {SIGN}, * FROM new_rows)"
+DELETED = f"(SELECT -1 AS {SIGN}, * FROM old_rows)"
+UPDATED = f"(SELECT 1 AS {SIGN}, * FROM new_rows UNION ALL SELECT -1, * FROM old_rows)"
+
+
+def base_rows(source: str, coach_ids_param: str = "%(coach_ids)s") -> str:
+    """A source's current rows of a batch of coaches, each adding once (the backfill's delta)."""
+    return f"(SELECT 1 AS {SIGN}, * FROM public.{source} WHERE coach_id = ANY({coach_ids_param}))"
+
+
+def delta_upsert(summary: Summary, rows: str) -> str:
+    """Add `rows`' contribution (each row times its sign) to `summary`, in key order.
+
+    The anchor's upsert keeps keys whose delta is zero, so it always locks the coaches touched;
+    the other summaries skip them (an UPDATE of a comment writes nothing else).
+    """
+    keys = list(summary.keys)
+    positions = ", ".join(str(i) for i in range(1, len(keys) + 1))
+    sums = [f"sum({SIGN} * ({expression}))" for expression in summary.values.values()]
+    having = "" if summary.is_anchor else "HAVING " + " OR ".join(f"{s} <> 0" for s in sums)
+    updates = ", ".join(f'"{c}" = s."{c}" + excluded."{c}"' for c in summary.values)
+    columns = ", ".join(f'"{c}"' for c in [*keys, *summary.values])
+    return f"""
+    INSERT INTO {SCHEMA}.{summary.table.name} AS s ({columns})
+    SELECT {", ".join(summary.keys.values())}, {", ".join(sums)}
+    FROM {rows} AS r
+    WHERE coach_id IS NOT NULL AND ({summary.where})
+    GROUP BY {positions} {having}
+    ORDER BY {positions}
+    ON CONFLICT ({", ".join(keys)}) DO UPDATE SET {updates};
+    """
+
+
+def latest_update(summary: Summary, rows: str) -> str:
+    """Read `summary.latest` again (one index probe a key) for the keys `rows` touched."""
+    if summary.latest is None:
+        return ""
+    column, source_column = summary.latest
+    keys = list(summary.keys)
+    # Unqualified names in the subquery are the source row's; `s.` is the summary's.
+    match = " AND ".join(f"{key} = s.{key}" for key in keys)
+    touched = " AND ".join(f"s.{key} = t.{key}" for key in keys)
+    return f"""
+    UPDATE {SCHEMA}.{summary.table.name} AS s SET {column} = (
+        SELECT max({source_column}) FROM public.{summary.source}
+        WHERE {match} AND ({summary.where}))
+    FROM (SELECT DISTINCT {", ".join(summary.keys.values())} FROM {rows} AS r
+          WHERE coach_id IS NOT NULL AND ({summary.where})) AS t ({", ".join(keys)})
+    WHERE {touched};
+    """
+
+
+def _statements(summary: Summary, rows: str) -> list[str]:
+    return [delta_upsert(summary, rows), latest_update(summary, rows)]
+
+
+def _deltas(source: str, rows: str) -> str:
+    return "".join(sql for summary in of_source(source) for sql in _statements(summary, rows))
+
+
+def trigger_function(source: str) -> str:
+    """`coachpipe.summarize_<source>()`: the statement trigger that applies a statement's delta.
+
+    SECURITY DEFINER with a fixed search_path: whoever writes the source table (an app role
+    under RLS, say) needs no privilege on the summaries, and cannot redirect their names.
+    """
+    return f"""
+    CREATE OR REPLACE FUNCTION {SCHEMA}.summarize_{source}() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    BEGIN
+        IF TG_OP = 'INSERT' THEN {_deltas(source, INSERTED)}
+        ELSIF TG_OP = 'UPDATE' THEN {_deltas(source, UPDATED)}
+        ELSIF TG_OP = 'DELETE' THEN {_deltas(source, DELETED)}
+        ELSE
+            TRUNCATE {", ".join(f"{SCHEMA}.{s.table.name}" for s in of_source(source))};
+        END IF;
+        RETURN NULL;
+    END $$;
+    """
+
+
+def triggers(source: str) -> str:
+    function = f"{SCHEMA}.summarize_{source}()"
+    return f"""
+    CREATE OR REPLACE TRIGGER coachpipe_summarize_insert AFTER INSERT ON public.{source}
+        REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {function};
+    CREATE OR REPLACE TRIGGER coachpipe_summarize_update AFTER UPDATE ON public.{source}
+        REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION {function};
+    CREATE OR REPLACE TRIGGER coachpipe_summarize_delete AFTER DELETE ON public.{source}
+        REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION {function};
+    CREATE OR REPLACE TRIGGER coachpipe_summarize_truncate AFTER TRUNCATE ON public.{source}
+        FOR EACH STATEMENT EXECUTE FUNCTION {function};
+    """
+
+
+def _create_tables() -> str:
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    return ";\n".join(
+        str(CreateTable(table, if_not_exists=True).compile(dialect=dialect))
+        for table in metadata.sorted_tables
+    )
+
+
+def schema_ddl() -> str:
+    """Schema, summary tables, readiness row, trigger functions and triggers; idempotent.
+
+    The readiness row is created `ready` only when every source table is empty (a new
+    database: the triggers see every row from the first). Otherwise the aggregates keep
+    reading the base tables until `coachpipe backfill` has filled the summaries. Creating a
+    trigger locks its table against writes until the migration commits, so that emptiness
+    check cannot miss a row written meanwhile.
+    """
+    empty = " AND ".join(f"NOT EXISTS (SELECT FROM public.{source})" for source in SOURCES)
+    parts = [
+        f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
+        _create_tables(),
+        f"""
+        CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
+            singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+            ready boolean NOT NULL,
+            backfilled_at timestamptz
+        )
+        """,
+        *(trigger_function(source) + triggers(source) for source in SOURCES),
+        f"INSERT INTO {STATE_TABLE} (ready) SELECT {empty} ON CONFLICT DO NOTHING",
+    ]
+    return ";\n".join(parts)
+
+
+def drop_ddl() -> str:
+    drops = [
+        f"DROP TRIGGER IF EXISTS coachpipe_summarize_{op} ON public.{source}"
+        for source in SOURCES
+        for op in ("insert", "update", "delete", "truncate")
+    ]
+    return ";\n".join([*drops, f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"])
+
+
+def rebuild_statements(source: str) -> list[str]:
+    """Replace the summaries of one source for the coaches in `%(coach_ids)s`, in one transaction.
+
+    Lock the coaches' anchor rows (creating them if missing) in coach order, zero the anchor,
+    drop the other summaries' rows, then add every base row once. Run in READ COMMITTED: each
+    statement's snapshot is taken after the locks are held.
+    """
+    main = anchor(source)
+    table = f"{SCHEMA}.{main.table.name}"
+    zeros = ", ".join(f'"{column}" = 0' for column in main.values)
+    return [
+        f"INSERT INTO {table} (coach_id) SELECT id FROM unnest(%(coach_ids)s::uuid[]) AS c(id)"
+        " ORDER BY id ON CONFLICT DO NOTHING",
+        f"SELECT 1 FROM {table} WHERE coach_id = ANY(%(coach_ids)s) ORDER BY coach_id FOR UPDATE",
+        f"UPDATE {table} SET {zeros} WHERE coach_id = ANY(%(coach_ids)s)",
+        *(
+            f"DELETE FROM {SCHEMA}.{summary.table.name} WHERE coach_id = ANY(%(coach_ids)s)"
+            for summary in of_source(source)
+            if not summary.is_anchor
+        ),
+        *(
+            sql
+            for summary in of_source(source)
+            for sql in _statements(summary, base_rows(source))
+            if sql
+        ),
+    ]

@@ -1,0 +1,365 @@
+"""Summary tables (issue 18): exact after any change sequence, rebuilt by the backfill, safe
+to build beside live writes, out of every publication."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine
+
+from pipeline import backfill
+from pipeline.aggregates import CRITICAL
+from pipeline.aggregates.base import compute_all
+from pipeline.db import make_engine
+from pipeline.summaries import SCHEMA, SUMMARIES
+from pipeline.tables import WATCHED_TABLES
+from tests import oracle
+from tests.conftest import reset_database
+from tests.datasets import datasets, insert, read_back
+from tests.test_cli import coachpipe
+
+DAY = timedelta(days=1)
+STATUSES = ["scheduled", "completed", "cancelled", "no_show"]
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def assert_equals_oracle(
+    engine: Engine, conn: psycopg.Connection[Any], as_of: datetime, *, summaries: bool | None
+) -> None:
+    data = read_back(conn)
+    coaches = [u["id"] for u in data.users if u["role"] == "coach"]
+    with engine.connect() as connection:
+        values = compute_all(connection, CRITICAL, coaches, as_of, summaries_ready=summaries)
+    for aggregate in CRITICAL:
+        for coach in coaches:
+            expected = oracle.expected(data, aggregate.name, coach, as_of)
+            assert values[aggregate.name][coach] == expected, (aggregate.name, coach)
+
+
+def summary_rows(conn: psycopg.Connection[Any]) -> dict[str, set[tuple[Any, ...]]]:
+    """Every summary's rows, without the rows whose sums are all zero (they read as none)."""
+    rows = {}
+    for summary in SUMMARIES:
+        keys = len(summary.keys)
+        found = conn.execute(f"SELECT * FROM {SCHEMA}.{summary.table.name}").fetchall()
+        rows[summary.table.name] = {row for row in found if any(row[keys:])}
+    return rows
+
+
+# One change: (kind, which existing row, a moment offset in hours, a small number).
+CHANGES = st.tuples(
+    st.sampled_from(
+        [
+            "insert_session",
+            "flip_session",
+            "move_session_time",
+            "reassign_session",
+            "delete_session",
+            "insert_rating",
+            "reassign_rating",
+            "delete_rating",
+            "insert_feedback",
+            "delete_feedback",
+            "update_goal",
+            "reassign_goal",
+            "update_client",
+            "reassign_client",
+            "delete_client",
+            "move_clock",
+        ]
+    ),
+    st.integers(0, 1000),
+    st.integers(-62 * 24, 40 * 24),
+    st.integers(0, 100),
+)
+
+
+def apply(
+    conn: psycopg.Connection[Any], change: tuple[str, int, int, int], as_of: datetime
+) -> datetime:
+    """Apply one change in its own transaction; returns the (possibly moved) clock."""
+    kind, pick, hours, small = change
+    moment = as_of + timedelta(hours=hours, microseconds=small)
+
+    def one(table: str, where: str = "true") -> Any:
+        ids = [r[0] for r in conn.execute(f"SELECT id FROM {table} WHERE {where} ORDER BY id")]
+        return ids[pick % len(ids)] if ids else None
+
+    coaches = [r[0] for r in conn.execute("SELECT id FROM users WHERE role = 'coach' ORDER BY id")]
+    coach = coaches[pick % len(coaches)]
+    if kind == "move_clock":
+        return as_of + timedelta(hours=hours % 24 * 7 + 1, microseconds=small)
+    if kind == "insert_session":
+        client = one("users", "role = 'client'")
+        if client is not None:
+            status = STATUSES[small % 4]
+            conn.execute(
+                "INSERT INTO sessions (coach_id, client_id, status, scheduled_at, completed_at,"
+                " duration_minutes, price_cents) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    coach,
+                    client,
+                    status,
+                    moment,
+                    moment + timedelta(hours=1) if status == "completed" else None,
+                    small,
+                    None if small % 5 == 0 else small * 100,
+                ),
+            )
+    elif kind == "flip_session":
+        conn.execute(
+            "UPDATE sessions SET status = %s, completed_at = coalesce(completed_at, %s)"
+            " WHERE id = %s",
+            (STATUSES[small % 4], moment, one("sessions")),
+        )
+    elif kind == "move_session_time":
+        conn.execute(
+            "UPDATE sessions SET scheduled_at = %s, completed_at = %s, price_cents = %s"
+            " WHERE id = %s",
+            (moment, moment if small % 3 else None, small, one("sessions")),
+        )
+    elif kind in {"reassign_session", "reassign_rating", "reassign_goal"}:
+        table = {"reassign_session": "sessions", "reassign_rating": "session_ratings"}.get(
+            kind, "goals"
+        )
+        conn.execute(f"UPDATE {table} SET coach_id = %s WHERE id = %s", (coach, one(table)))
+    elif kind.startswith("delete_") and kind != "delete_client":
+        table = {"delete_session": "sessions", "delete_rating": "session_ratings"}.get(
+            kind, "session_feedback"
+        )
+        conn.execute(f"DELETE FROM {table} WHERE id = %s", (one(table),))
+    elif kind in {"insert_rating", "insert_feedback"}:
+        session = one("sessions")
+        if session is not None:
+            table, column, value = (
+                ("session_ratings", "rating", 1 + small % 5)
+                if kind == "insert_rating"
+                else ("session_feedback", "comment", f"note {small}")
+            )
+            conn.execute(
+                f"INSERT INTO {table} (session_id, coach_id, client_id, {column}, created_at)"
+                " SELECT id, coach_id, client_id, %s, %s FROM sessions WHERE id = %s",
+                (value, moment, session),
+            )
+    elif kind == "update_goal":
+        conn.execute(
+            "UPDATE goals SET status = %s, progress = %s WHERE id = %s",
+            (["active", "completed", "abandoned"][small % 3], small, one("goals")),
+        )
+    elif kind == "update_client":
+        conn.execute(
+            "UPDATE users SET status = %s, full_name = %s WHERE id = %s",
+            (
+                ["active", "paused", "archived"][small % 3],
+                f"C{small}",
+                one("users", "role = 'client'"),
+            ),
+        )
+    elif kind == "reassign_client":
+        target = None if small % 4 == 0 else coach
+        conn.execute(
+            "UPDATE users SET coach_id = %s WHERE id = %s",
+            (target, one("users", "role = 'client'")),
+        )
+    else:  # delete_client: its sessions, ratings, feedback and goals go with it
+        conn.execute("DELETE FROM users WHERE id = %s", (one("users", "role = 'client'"),))
+    conn.commit()
+    return as_of
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(drawn=datasets(max_rows=10), changes=st.lists(CHANGES, min_size=1, max_size=10))
+def test_summaries_stay_exact_through_any_change_sequence(
+    database_url: str, engine: Engine, drawn: Any, changes: list[tuple[str, int, int, int]]
+) -> None:
+    """After every change (and clock move) the summary-based SQL equals the oracle, and the
+    summaries equal a rebuild from scratch."""
+    as_of, data, _ = drawn
+    reset_database(database_url)
+    with psycopg.connect(database_url) as conn:
+        insert(conn, data)
+        conn.commit()
+        for change in changes:
+            as_of = apply(conn, change, as_of)
+            assert_equals_oracle(engine, conn, as_of, summaries=True)
+        kept = summary_rows(conn)
+        conn.commit()
+        backfill.rebuild(engine, backfill.every_coach(engine))
+        assert summary_rows(conn) == kept
+
+
+def seed_without_triggers(database_url: str, data: oracle.Dataset) -> None:
+    """Rows that existed before the summaries did: written with triggers off (replica role)."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute("SET session_replication_role = replica")
+        insert(conn, data)
+        conn.execute(f"UPDATE {SCHEMA}.summary_state SET ready = false")
+        conn.commit()
+
+
+@settings(
+    max_examples=5,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(drawn=datasets(max_rows=14))
+def test_backfill_fills_summaries_of_existing_rows(
+    database_url: str, engine: Engine, drawn: Any
+) -> None:
+    as_of, data, _ = drawn
+    reset_database(database_url)
+    seed_without_triggers(database_url, data)
+    assert not backfill.is_ready(engine)
+    with psycopg.connect(database_url) as conn:
+        assert_equals_oracle(engine, conn, as_of, summaries=None)  # the scan statements
+        backfill.backfill(engine, batch_size=2)
+        assert backfill.is_ready(engine)
+        assert_equals_oracle(engine, conn, as_of, summaries=None)  # now the summaries
+        kept = summary_rows(conn)
+        conn.commit()
+        backfill.backfill(engine, batch_size=1)  # idempotent
+        assert summary_rows(conn) == kept
+
+
+def test_backfill_beside_live_writes_loses_no_delta(database_url: str, engine: Engine) -> None:
+    """Writers keep inserting, flipping and moving sessions between two coaches while the
+    backfill rebuilds them again and again; at the end the sums are exact."""
+    coaches = [uuid.uuid4(), uuid.uuid4()]
+    clients = [uuid.uuid4() for _ in range(4)]
+    now = datetime.now().astimezone()
+    with psycopg.connect(database_url) as conn:
+        for coach in coaches:
+            conn.execute(
+                "INSERT INTO users (id, role, full_name) VALUES (%s, 'coach', 'C')", (coach,)
+            )
+        for i, client in enumerate(clients):
+            conn.execute(
+                "INSERT INTO users (id, role, coach_id, full_name) VALUES (%s, 'client', %s, 'x')",
+                (client, coaches[i % 2]),
+            )
+        conn.commit()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    conn.execute(
+                        "INSERT INTO sessions (coach_id, client_id, status, scheduled_at,"
+                        " completed_at, price_cents) VALUES (%s, %s, %s, %s, %s, %s)",
+                        (
+                            coaches[i % 2],
+                            clients[i % 4],
+                            STATUSES[i % 4],
+                            now - (i % 50) * DAY,
+                            now - (i % 40) * DAY,
+                            i,
+                        ),
+                    )
+                    # Two coaches in one transaction, in either order: two such writers can
+                    # deadlock on the coaches' summary rows (README, "Write cost"); Postgres
+                    # aborts one, which retries like an application would.
+                    with contextlib.suppress(psycopg.errors.DeadlockDetected), conn.transaction():
+                        conn.execute(
+                            "UPDATE sessions SET coach_id = %s, status = %s"
+                            " WHERE id = (SELECT id FROM sessions ORDER BY random() LIMIT 1)",
+                            (coaches[i % 2], STATUSES[(i + 1) % 4]),
+                        )
+                        conn.execute(
+                            "DELETE FROM sessions"
+                            " WHERE id = (SELECT id FROM sessions ORDER BY random() LIMIT 1)"
+                            " AND %s",
+                            (i % 3 == 0,),
+                        )
+        except BaseException as error:  # reported by the test, not swallowed
+            errors.append(error)
+
+    writers = [threading.Thread(target=write) for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    try:
+        for _ in range(15):
+            backfill.rebuild(engine, coaches)
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join()
+    assert errors == []
+    with psycopg.connect(database_url) as conn:
+        assert_equals_oracle(engine, conn, now, summaries=True)
+
+
+def test_summaries_are_in_no_publication_and_truncate_empties_them(
+    database_url: str, engine: Engine
+) -> None:
+    coach = uuid.uuid4()
+    with psycopg.connect(database_url) as conn:
+        conn.execute("INSERT INTO users (id, role, full_name) VALUES (%s, 'coach', 'C')", (coach,))
+        conn.execute(
+            "INSERT INTO users (role, coach_id, full_name) VALUES ('client', %s, 'x')", (coach,)
+        )
+        conn.commit()
+        published = {row[0] for row in conn.execute("SELECT schemaname FROM pg_publication_tables")}
+        assert published == {"public"}
+        assert conn.execute(f"SELECT total FROM {SCHEMA}.client_counts").fetchall() == [(1,)]
+        conn.execute(f"TRUNCATE {', '.join(WATCHED_TABLES)} CASCADE")
+        conn.commit()
+        assert summary_rows(conn) == {summary.table.name: set() for summary in SUMMARIES}
+    assert backfill.is_ready(engine)
+
+
+def test_backfill_and_refresh_rebuild_from_the_command_line(
+    service_env: dict[str, str], database_url: str, engine: Engine
+) -> None:
+    """Issue 18's backfill command: rows from before the summaries, filled with a progress
+    bar; `migrate` says what is missing; `refresh --rebuild-summaries` rebuilds one coach."""
+    as_of = datetime.now().astimezone()
+    data = oracle.Dataset()
+    coach, client = uuid.uuid4(), uuid.uuid4()
+    for user_id, role, coach_id in ((coach, "coach", None), (client, "client", coach)):
+        data.users.append(
+            {
+                "id": user_id,
+                "role": role,
+                "coach_id": coach_id,
+                "full_name": "A",
+                "status": "active",
+            }
+        )
+    seed_without_triggers(database_url, data)
+    migrated = coachpipe(service_env, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "coachpipe backfill" in migrated.stdout
+    filled = coachpipe(service_env, "backfill", "--batch-size", "1")
+    assert filled.returncode == 0, filled.stderr
+    assert "summaries rebuilt for 1 coaches" in filled.stdout
+    assert backfill.is_ready(engine)
+    with psycopg.connect(database_url) as conn:
+        assert_equals_oracle(engine, conn, as_of, summaries=True)
+        conn.execute(f"UPDATE {SCHEMA}.client_counts SET total = 7")  # damaged by hand
+        conn.commit()
+        rebuilt = coachpipe(service_env, "refresh", "--coach", str(coach), "--rebuild-summaries")
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert_equals_oracle(engine, conn, as_of, summaries=True)
