@@ -119,6 +119,11 @@ def test_a_master_failover_during_a_burst_loses_no_update(
         wait_for(lambda: listener_connected(client, listener), 20, message="listener to connect")
         settle(database_url, client)
         wait_for(lambda: len(lock_holders(first, second)) == 1, 20, message="one beat active")
+        # A cluster keeps no trace of its epoch before a failover, so only a failover after
+        # beat's status check recorded one can be noticed (beat takes the lock ~1 s before
+        # its first check runs; the failover used to come first on a quick settle).
+        wait_for(lambda: client.get(keys.REDIS_EPOCH) is not None, 20,
+                 message="beat's status check to record the epoch")  # fmt: skip
         coach = coach_ids(database_url)[0]
         victim = redis_cluster.master_port_of(keys.aggregate("coach-stats", coach))
         _, seconds = through_failover(

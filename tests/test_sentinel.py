@@ -19,7 +19,7 @@ from devtools.processes import (
 from devtools.redis_topologies import PrivateSentinel
 from pipeline import keys, seed
 from pipeline.redis_client import connect
-from pipeline.redis_epoch import record_epoch
+from pipeline.redis_epoch import current_epoch, record_epoch
 from tests.pipeline_checks import settle
 from tests.test_beat import lock_holders
 from tests.test_cluster_e2e import through_failover
@@ -70,3 +70,19 @@ def test_the_epoch_changes_only_when_the_data_store_did(redis_client: redis.Redi
     redis_client.set(keys.REDIS_EPOCH, "replid:of-the-master-before")
     assert record_epoch(redis_client) == "replid:of-the-master-before"
     assert record_epoch(redis_client) is None  # each change is seen once
+
+
+def test_a_failover_that_lost_the_remembered_epoch_still_reads_as_one(
+    sentinel_redis: PrivateSentinel,
+) -> None:
+    """The epoch is replicated like any write, so a promotion can come before the replica got
+    it (seen in the burst test: the new master held no epoch and no refresh was sent)."""
+    client = connect(sentinel_redis.url)
+    assert record_epoch(client) is None
+    before = current_epoch(client)
+    _, new = sentinel_redis.failover()
+    wait_for(lambda: client.connection_pool.get_master_address()[1] == new, 30,
+             message="every sentinel to name the new master")  # fmt: skip
+    client.delete(keys.REDIS_EPOCH)  # the write that had not reached the replica
+    assert record_epoch(client) == before
+    assert record_epoch(client) is None  # seen once
