@@ -51,6 +51,10 @@ class Change:
     sent: the commit became visible somewhere in [sent_ms, commit_ms]."""
 
 
+class _Gone(Exception):
+    """The remembered row is gone (another writer deleted it): the statement changed nothing."""
+
+
 @dataclass
 class _Book:
     clients: list[UUID] = field(default_factory=list)
@@ -106,18 +110,30 @@ class ChangeWriter:
 
     def write(self, coach: UUID | None = None) -> Change:
         """One change. Another writer may have deleted or moved a row this one remembers: the
-        statement then fails on a constraint, the row is forgotten and another change is made."""
+        statement then fails on a constraint or finds no row (no change: nothing committed,
+        nothing for a listener to see), the row is forgotten and another change is made. A
+        remembered row another writer moved to another coach is changed under that coach: the
+        change names the coaches the statement really touched (its `RETURNING`), never the
+        ones this writer remembered."""
         for _ in range(MAX_ATTEMPTS):
             chosen = coach or self.rng.choice(self.coaches)
             kind = self.rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
             sent_ms = time.time() * 1000
             try:
                 table, coaches = getattr(self, f"_{kind}")(chosen)
-            except psycopg.errors.IntegrityError:
+            except (psycopg.errors.IntegrityError, _Gone):
                 self.conflicts += 1
                 continue
             return Change(kind, table, coaches, time.time() * 1000, sent_ms)
         raise RuntimeError(f"no change possible after {MAX_ATTEMPTS} attempts")
+
+    def _touched(self, sql: str, params: tuple[object, ...]) -> tuple[UUID, ...]:
+        """Run a statement on one remembered row; return the coach ids its `RETURNING` names
+        (distinct, in order), or raise `_Gone` when another writer deleted the row."""
+        row = self.conn.execute(sql, params).fetchone()
+        if row is None:
+            raise _Gone
+        return tuple(dict.fromkeys(row))
 
     def _pop(self, items: list[Item]) -> Item:
         return items.pop(self.rng.randrange(len(items)))
@@ -143,21 +159,24 @@ class ChangeWriter:
         session = self._pop(book.scheduled)
         row = self.conn.execute(
             "UPDATE sessions SET status = 'completed', completed_at = now() WHERE id = %s"
-            " RETURNING client_id",
+            " RETURNING client_id, coach_id",
             (session,),
         ).fetchone()
-        if row is not None:
-            book.unrated.append((session, row[0]))
-        return "sessions", (coach,)
+        if row is None:
+            raise _Gone
+        book.unrated.append((session, row[0]))
+        return "sessions", (row[1],)
 
     def _cancel(self, coach: UUID) -> tuple[str, tuple[UUID, ...]]:
         book = self.books[coach]
         if not book.scheduled:
             return self._book(coach)
         session = self._pop(book.scheduled)
-        self.conn.execute("UPDATE sessions SET status = 'cancelled' WHERE id = %s", (session,))
+        touched = self._touched(
+            "UPDATE sessions SET status = 'cancelled' WHERE id = %s RETURNING coach_id", (session,)
+        )
         book.cancelled.append(session)
-        return "sessions", (coach,)
+        return "sessions", touched
 
     def _rate(self, coach: UUID) -> tuple[str, tuple[UUID, ...]]:
         book = self.books[coach]
@@ -187,11 +206,12 @@ class ChangeWriter:
         book = self.books[coach]
         if not book.goals:
             return self._new_goal(coach)
-        self.conn.execute(
-            "UPDATE goals SET progress = LEAST(100, progress + %s) WHERE id = %s",
+        touched = self._touched(
+            "UPDATE goals SET progress = LEAST(100, progress + %s) WHERE id = %s"
+            " RETURNING coach_id",
             (self.rng.randint(1, 15), self.rng.choice(book.goals)),
         )
-        return "goals", (coach,)
+        return "goals", touched
 
     def _new_goal(self, coach: UUID) -> tuple[str, tuple[UUID, ...]]:
         book = self.books[coach]
@@ -222,17 +242,24 @@ class ChangeWriter:
         if not book.scheduled or other == coach:
             return self._book(coach)
         session = self._pop(book.scheduled)
-        self.conn.execute("UPDATE sessions SET coach_id = %s WHERE id = %s", (other, session))
+        # The old coach as the update found it (FOR UPDATE waits for, and rereads, a concurrent
+        # move), not as this writer remembers it.
+        touched = self._touched(
+            "WITH old AS (SELECT id, coach_id FROM sessions WHERE id = %s FOR UPDATE)"
+            " UPDATE sessions SET coach_id = %s FROM old WHERE sessions.id = old.id"
+            " RETURNING old.coach_id, sessions.coach_id",
+            (session, other),
+        )
         self.books[other].scheduled.append(session)
-        return "sessions", (coach, other)
+        return "sessions", touched
 
     def _delete_cancelled(self, coach: UUID) -> tuple[str, tuple[UUID, ...]]:
         book = self.books[coach]
         if not book.cancelled:
             return self._cancel(coach)
         session = self._pop(book.cancelled)
-        self.conn.execute("DELETE FROM sessions WHERE id = %s", (session,))
-        return "sessions", (coach,)
+        touched = self._touched("DELETE FROM sessions WHERE id = %s RETURNING coach_id", (session,))
+        return "sessions", touched
 
 
 def pick_coaches(conn: psycopg.Connection[TupleRow], count: int, seed: int) -> list[UUID]:

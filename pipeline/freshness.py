@@ -17,8 +17,9 @@ to see the change: the figure errs on the slow side, by at most the recompute th
 for. Both steps are single atomic scripts, so any number of listeners and workers agree.
 
 Cost: one round trip per listener batch (before the recompute requests: the order is what
-makes the rule hold) and one or two per recompute batch (after its store, so it delays no change
-it measures): the marks, then the minute's summary when a ticket completed. Every script call
+makes the rule hold) and at most one per recompute batch: the marks ride in the recompute's own
+write pipeline, right after the writes they mark (so they delay no change they measure), and the
+minute's summary takes a round trip only when a ticket completed. Every script call
 touches one coach's keys, so on a Redis Cluster each runs in that coach's slot. Tickets expire
 `TICKET_TTL_MS` after their coach's last change.
 """
@@ -70,7 +71,7 @@ def tickets(events: Iterable[ChangeEvent]) -> dict[Ticket, set[str]]:
 class Freshness:
     def __init__(self, client: RedisClient) -> None:
         self._redis = client
-        self._script = Lua(client, SCRIPT)
+        self.script = Lua(client, SCRIPT)
 
     def register(self, events: Iterable[ChangeEvent]) -> int:
         """Open a ticket per coach and commit of `events`, in one round trip (none if no
@@ -81,7 +82,7 @@ class Freshness:
 
         def build(pipe: Any) -> None:
             for (coach, commit), aggregates in found.items():
-                self._script.queue(
+                self.script.queue(
                     pipe,
                     [
                         keys.version(coach),
@@ -91,7 +92,7 @@ class Freshness:
                     ["register", commit, TICKET_TTL_MS],
                 )
 
-        run_pipeline(self._redis, [self._script], build)
+        run_pipeline(self._redis, [self.script], build)
         return len(found)
 
     def stored(
@@ -105,8 +106,28 @@ class Freshness:
         of the tickets completed.
 
         One script call per coach (its keys share a slot), all in one pipeline; then, if a
-        ticket completed, one more round trip counts them in the minute's summary buckets."""
+        ticket completed, one more round trip counts them in the minute's summary buckets. A
+        recompute saves the first round trip by queueing `marks` behind its own writes."""
         stored_ms = int(stored_at.timestamp() * 1000)
+        calls = self.marks(stored, version, stored_ms)
+        if not calls:
+            return []
+
+        def build(pipe: Any) -> None:
+            for call_keys, args in calls:
+                self.script.queue(pipe, call_keys, args)
+
+        return self.completed(stored_ms, run_pipeline(self._redis, [self.script], build))
+
+    def marks(
+        self,
+        stored: Mapping[str, Iterable[UUID]],
+        version: int | Mapping[UUID, int],
+        stored_ms: int,
+    ) -> list[tuple[list[str], list[Any]]]:
+        """The (keys, args) of the `script` calls that mark what `stored` names (see `stored`),
+        one per coach: run them after the writes they mark (in the same pipeline is enough, a
+        coach's keys sharing one slot), then give their results to `completed`."""
         by_coach: dict[UUID, list[str]] = {}
         for name, coaches in stored.items():
             if name not in TRACKED:
@@ -119,16 +140,16 @@ class Freshness:
                         keys.freshness_open(coach),
                     )
                 )
-        if not by_coach:
-            return []
+        return [
+            (coach_keys, ["mark", version if isinstance(version, int) else version[coach],
+                          stored_ms])
+            for coach, coach_keys in by_coach.items()
+        ]  # fmt: skip
 
-        def build(pipe: Any) -> None:
-            for coach, coach_keys in by_coach.items():
-                coach_version = version if isinstance(version, int) else version[coach]
-                self._script.queue(pipe, coach_keys, ["mark", coach_version, stored_ms])
-
-        completed = run_pipeline(self._redis, [self._script], build)
-        latencies_ms = [int(ms) for found in completed for ms in found]
+    def completed(self, stored_ms: int, results: Iterable[Any]) -> list[float]:
+        """From the results of the `marks` calls: count and observe the tickets they completed
+        (one round trip if any did) and return their latencies (s)."""
+        latencies_ms = [int(ms) for found in results for ms in found]
         if latencies_ms:
             self._count(stored_ms, latencies_ms)
         latencies = [ms / 1000 for ms in latencies_ms]
@@ -148,16 +169,6 @@ class Freshness:
             pipe.hincrby(minute, str(bucket), count)
         pipe.pexpire(minute, (SUMMARY_MINUTES + 1) * 60_000)
         pipe.execute()
-
-
-def observe_stored(
-    client: RedisClient,
-    stored: Mapping[str, Iterable[UUID]],
-    version: int | Mapping[UUID, int],
-    stored_at: datetime,
-) -> list[float]:
-    """`Freshness(client).stored(...)`: the one call a recompute makes after its store."""
-    return Freshness(client).stored(stored, version, stored_at)
 
 
 def bucket_of(ms: int) -> int:

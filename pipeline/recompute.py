@@ -23,7 +23,7 @@ from pipeline import metrics
 from pipeline.aggregates import Aggregate, JSONValue
 from pipeline.aggregates.base import SUMMARIES_READY, compute_all
 from pipeline.db import psycopg_connection
-from pipeline.freshness import observe_stored
+from pipeline.freshness import Freshness
 from pipeline.store import AggregateStore
 
 log = structlog.get_logger("pipeline.recompute")
@@ -131,16 +131,20 @@ def recompute_due(
     for (_, coach), commit in (commit_ms or {}).items():
         if commit is not None and (oldest.get(coach) or commit) >= commit:
             oldest[coach] = commit
+    # The freshness tickets are marked in the same round trip, right behind the writes.
+    freshness = Freshness(store.client)
+    stored_ms = computed_at.timestamp() * 1000
+    marks = freshness.marks(values, versions, int(stored_ms))
     written = store.write_many(
         [(a.name, a.schema_version, values[a.name]) for a, _ in due],
         versions,
         snapshot_at=snapshot_at,
         computed_at=computed_at,
         commit_ms=oldest,
+        after=[(freshness.script, call_keys, args) for call_keys, args in marks],
     )
     seconds = time.perf_counter() - started
-    observe_stored(store.client, values, versions, computed_at)
-    stored_ms = computed_at.timestamp() * 1000
+    freshness.completed(int(stored_ms), written.after)
     for aggregate, due_coaches in due:
         metrics.RECOMPUTE_SECONDS.labels(aggregate.name).observe(seconds)
         metrics.RECOMPUTED_COACHES.labels(aggregate.name).inc(len(due_coaches))

@@ -67,8 +67,12 @@ class WriteResult:
     stored: int
     stale: int
     stale_by_aggregate: Mapping[str, int] = field(default_factory=dict)
+    after: tuple[Any, ...] = ()
+    """The results of the `after` calls of `write_many`, in order."""
 
 
+ScriptCall = tuple[Lua, Sequence[Any], Sequence[Any]]
+"""(script, keys, args): a call `write_many` queues after its writes."""
 AggregateValues = tuple[str, int, Mapping[UUID, JSONValue]]
 """(aggregate name, schema version, value per coach)"""
 Versions = Mapping[UUID, int]
@@ -127,9 +131,12 @@ class AggregateStore:
         snapshot_at: datetime,
         computed_at: datetime,
         commit_ms: Mapping[UUID, int | None] | None = None,
+        after: Sequence[ScriptCall] = (),
     ) -> WriteResult:
         """Store several aggregates' values, each coach's at its version, in one round trip
-        (one per node on a Cluster)."""
+        (one per node on a Cluster). `after`: script calls sent in the same pipeline behind the
+        writes (a call whose keys share a slot with a write sees it: a node runs its part of a
+        pipeline in order); their results are `WriteResult.after`."""
         computed = computed_at.isoformat()
         as_of = snapshot_at.isoformat()
         order = []
@@ -166,13 +173,20 @@ class AggregateStore:
         def build(pipe: Any) -> None:
             for call_keys, args in calls:
                 self._store_if_newer.queue(pipe, call_keys, args)
+            for script, after_keys, after_args in after:
+                script.queue(pipe, after_keys, after_args)
 
-        outcomes = run_pipeline(self._redis, [self._store_if_newer], build)
+        scripts = [self._store_if_newer, *{id(s): s for s, _, _ in after}.values()]
+        results = run_pipeline(self._redis, scripts, build)
+        outcomes = results[: len(calls)]
         stale_by_aggregate: dict[str, int] = {}
         for aggregate, outcome in zip(order, outcomes, strict=True):
             if outcome != 1:
                 stale_by_aggregate[aggregate] = stale_by_aggregate.get(aggregate, 0) + 1
         stale = sum(stale_by_aggregate.values())
         return WriteResult(
-            stored=len(outcomes) - stale, stale=stale, stale_by_aggregate=stale_by_aggregate
+            stored=len(outcomes) - stale,
+            stale=stale,
+            stale_by_aggregate=stale_by_aggregate,
+            after=tuple(results[len(calls) :]),
         )

@@ -79,3 +79,19 @@ def test_the_burst_figure_is_the_last_change_stored_after_the_last_commit() -> N
     notices = [write(name, 12, 30) for name in RATED] + [write(name, 55, 90) for name in RATED]
     assert every_change_stored_after_last_commit(changes, notices) == 0.04
     assert every_change_stored_after_last_commit(changes, notices[:-1]) is None
+
+
+def test_the_slowest_changes_come_with_their_late_keys_writes() -> None:
+    """`slowest` lists missing changes first, then the slowest, each routed key with when a
+    write including the change was stored and the writes around its commit (ms after it)."""
+    slow, missing = ratings(sent_ms=8, commit_ms=10), ratings(sent_ms=48, commit_ms=50)
+    notices = [write(name, 12, 30) for name in RATED] + [write(RATED[0], 60, 70)]
+    found = per_change([slow, missing], notices)
+    first, second = found["slowest"]
+    assert first["commit_ms"] == missing.commit_ms and second["commit_ms"] == slow.commit_ms
+    assert first["keys"][f"{RATED[1]}|{COACH}"] == {
+        "stored_after_ms": None,
+        "writes": [(-38.0, -20.0)],
+    }
+    assert second["keys"][f"{RATED[0]}|{COACH}"]["stored_after_ms"] == 20.0
+    assert second["bracket_ms"] == 2.0

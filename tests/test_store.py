@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import keys
+from pipeline.lua import Lua
 from pipeline.read import read_aggregate, read_all
 from pipeline.store import AggregateStore, Notice
 
@@ -116,3 +117,25 @@ def test_writes_survive_redis_forgetting_its_scripts(redis_client: redis.Redis) 
     assert write(store, coach, 2, {"n": 2}) == 1
     stored = read_aggregate(redis_client, coach, "coach-stats")
     assert stored is not None and stored.version == 2
+
+
+def test_calls_queued_after_the_writes_see_them_in_the_same_round_trip(
+    redis_client: redis.Redis,
+) -> None:
+    """`write_many(after=...)`: a drain marks freshness tickets behind its writes; each call
+    runs after every write (a script Redis does not know yet is loaded and the pipeline
+    replayed)."""
+    store = AggregateStore(redis_client)
+    coach = uuid.uuid4()
+    version_of = Lua(redis_client, "return redis.call('HGET', KEYS[1], 'version')")
+    redis_client.script_flush()
+    key = keys.aggregate("coach-stats", coach)
+    written = store.write_many(
+        [("coach-stats", 1, {coach: {"n": 1}})],
+        {coach: 9},
+        snapshot_at=NOW,
+        computed_at=NOW,
+        after=[(version_of, [key], []), (version_of, [key], [])],
+    )
+    assert (written.stored, written.stale) == (1, 0)
+    assert [int(found) for found in written.after] == [9, 9]

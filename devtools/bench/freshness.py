@@ -21,6 +21,7 @@ bracket (a COMMIT round trip, about a millisecond) and included the change.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -87,19 +88,63 @@ def all_stored_at(change: Change, writes: dict[Key, KeyWrites]) -> float | None:
     return latest
 
 
+SLOWEST = 10
+"""How many of the slowest (or missing) changes `per_change` details."""
+
+
 def per_change(changes: Sequence[Change], notices: Sequence[Observed]) -> dict[str, Any]:
-    """p50/p95/p99/max and count of commit → every routed aggregate stored (ms), and how many
-    changes had an aggregate never stored including them (`missing`)."""
+    """p50/p95/p99/max and count of commit → every routed aggregate stored (ms), how many
+    changes had an aggregate never stored including them (`missing`), and the `SLOWEST`
+    slowest or missing changes (`slowest`, `late_keys`) with the writes of their late keys."""
     writes = key_writes(notices)
     latencies = []
     missing = 0
+    ranked: list[tuple[float, Change]] = []
     for change in changes:
         stored = all_stored_at(change, writes)
         if stored is None:
             missing += 1
+            ranked.append((math.inf, change))
         else:
             latencies.append(stored - change.commit_ms)
-    return {**percentiles(latencies), "missing": missing}
+            ranked.append((stored - change.commit_ms, change))
+    ranked.sort(key=lambda item: item[0], reverse=True)
+    return {
+        **percentiles(latencies),
+        "missing": missing,
+        "slowest": [_detail(change, writes) for _, change in ranked[:SLOWEST]],
+    }
+
+
+def _detail(change: Change, writes: dict[Key, KeyWrites]) -> dict[str, Any]:
+    """A late change: its commit bracket and, per routed key, when a write including it was
+    stored (ms after commit; None: never) and the writes around its commit (snapshot and
+    stored, ms relative to the commit)."""
+    keys_found: dict[str, Any] = {}
+    for key in routed_keys(change):
+        found = writes.get(key)
+        stored = found.first_including(change) if found else None
+        around = []
+        if found is not None:
+            at = bisect_left(found.snapshots, change.sent_ms)
+            for i in range(max(0, at - 2), min(len(found.snapshots), at + 3)):
+                around.append(
+                    (
+                        round(found.snapshots[i] - change.commit_ms, 1),
+                        round(found.stored[i] - change.commit_ms, 1),
+                    )
+                )
+        keys_found["|".join(key)] = {
+            "stored_after_ms": None if stored is None else round(stored - change.commit_ms, 1),
+            "writes": around,
+        }
+    return {
+        "kind": change.kind,
+        "table": change.table,
+        "commit_ms": change.commit_ms,
+        "bracket_ms": round(change.commit_ms - change.sent_ms, 1),
+        "keys": keys_found,
+    }
 
 
 def every_change_stored_after_last_commit(

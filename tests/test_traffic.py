@@ -1,0 +1,71 @@
+"""The traffic writer (`coachpipe.traffic`) reports what each change really did: the bench
+judges freshness per change from `Change.coaches`, so a change that names a coach it did not
+touch, or a statement that touched nothing, would count as a change the pipeline never
+answered (the steady bench's `missing` and ~20 s maxima came from such changes)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from coachpipe.traffic import ChangeWriter
+from pipeline import seed
+from pipeline.tables import WATCHED_TABLES
+
+PLAN = seed.SeedPlan(coaches=2, clients_per_coach=4, anchor=datetime(2026, 6, 1, tzinfo=UTC))
+
+Rows = dict[tuple[str, UUID], tuple[str, UUID | None]]
+"""(table, row id) → (row as text, its coach id)"""
+
+
+def rows(conn: psycopg.Connection[TupleRow]) -> Rows:
+    found: Rows = {}
+    for table in WATCHED_TABLES:
+        for row_id, text, coach in conn.execute(
+            f"SELECT t.id, row_to_json(t)::text, t.coach_id FROM {table} t"
+        ):
+            found[(table, row_id)] = (text, coach)
+    return found
+
+
+def coaches_touched(before: Rows, after: Rows) -> set[UUID | None]:
+    """The coach ids of every row inserted, deleted or changed (old and new row)."""
+    touched: set[UUID | None] = set()
+    for key in before.keys() | after.keys():
+        old, new = before.get(key), after.get(key)
+        if old != new:
+            touched.update(row[1] for row in (old, new) if row is not None)
+    return touched
+
+
+def test_a_change_names_the_coaches_its_statement_touched(database_url: str) -> None:
+    seed.load(database_url, PLAN)
+    with (
+        psycopg.connect(database_url, autocommit=True) as conn,
+        psycopg.connect(database_url, autocommit=True) as other,
+    ):
+        first, second = (
+            row[0] for row in conn.execute("SELECT id FROM users WHERE role = 'coach' ORDER BY id")
+        )
+        writer = ChangeWriter(conn, [first, second], seed=3)
+        # Another writer, behind this one's back: every scheduled session of `first` moves to
+        # `second`, and every cancelled one of `first` is deleted.
+        other.execute(
+            "UPDATE sessions SET coach_id = %s WHERE coach_id = %s AND status = 'scheduled'",
+            (second, first),
+        )
+        other.execute(
+            "DELETE FROM sessions s WHERE coach_id = %s AND status = 'cancelled'"
+            " AND NOT EXISTS (SELECT 1 FROM session_ratings r WHERE r.session_id = s.id)"
+            " AND NOT EXISTS (SELECT 1 FROM session_feedback f WHERE f.session_id = s.id)",
+            (first,),
+        )
+        for _ in range(150):
+            before = rows(conn)
+            change = writer.write(first)
+            touched = coaches_touched(before, rows(conn))
+            assert touched, f"{change.kind} changed no row"
+            assert set(change.coaches) == touched, change.kind
