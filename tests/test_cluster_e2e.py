@@ -6,10 +6,11 @@ failover (`CLUSTER FAILOVER` on its replica) in the middle of a burst.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +18,7 @@ import redis
 
 from coachpipe.embedded import free_port
 from devtools.processes import (
+    Proc,
     listener_connected,
     running,
     start_beat,
@@ -76,6 +78,26 @@ def through_failover(
     return outcome, seconds
 
 
+@contextlib.contextmanager
+def failover_stack(
+    env: dict[str, str], client: Any, database_url: str, broker_url: str, tmp_path: Path
+) -> Iterator[tuple[Proc, int, tuple[Proc, Proc]]]:
+    """Seeded data, a worker, a slot listener (metrics on the port yielded) and two beats on
+    the store of `env`'s REDIS_URL (`client`), running, settled, one beat active: what a
+    failover test starts before its fault. Yields (worker, listener metrics port, beats)."""
+    redis.Redis.from_url(broker_url).flushdb()
+    seed.load(database_url, SMALL)
+    worker = start_worker(env, tmp_path, broker_url=broker_url)
+    port = free_port()
+    listener = start_listener(env, tmp_path, metrics_port=port)
+    first, second = start_beat(env, tmp_path, "beat-1"), start_beat(env, tmp_path, "beat-2")
+    with running(worker), running(listener), running(first, second):
+        wait_for(lambda: listener_connected(client, listener), 20, message="listener to connect")
+        settle(database_url, client)
+        wait_for(lambda: len(lock_holders(first, second)) == 1, 20, message="one beat active")
+        yield worker, port, (first, second)
+
+
 def test_committed_rows_end_as_correct_aggregates_on_a_cluster(
     database_url: str,
     cluster_url: str,
@@ -107,18 +129,10 @@ def test_a_master_failover_during_a_burst_loses_no_update(
     """A master hands over to its replica while changes stream in; every aggregate still ends
     equal to the oracle, and of two beats (redbeat's schedule and the lock in the cluster,
     under the `{redbeat}` tag) one stays active."""
-    env = service_env | {"REDIS_URL": cluster_url}
     client = connect(cluster_url)
-    redis.Redis.from_url(broker_url).flushdb()
-    seed.load(database_url, SMALL)
-    worker = start_worker(env, tmp_path, broker_url=broker_url)
-    port = free_port()
-    listener = start_listener(env, tmp_path, metrics_port=port)
-    first, second = start_beat(env, tmp_path, "beat-1"), start_beat(env, tmp_path, "beat-2")
-    with running(worker), running(listener), running(first, second):
-        wait_for(lambda: listener_connected(client, listener), 20, message="listener to connect")
-        settle(database_url, client)
-        wait_for(lambda: len(lock_holders(first, second)) == 1, 20, message="one beat active")
+    env = service_env | {"REDIS_URL": cluster_url}
+    with failover_stack(env, client, database_url, broker_url, tmp_path) as stack:
+        worker, port, (first, second) = stack
         # A cluster keeps no trace of its epoch before a failover, so only a failover after
         # beat's status check recorded one can be noticed (beat takes the lock ~1 s before
         # its first check runs; the failover used to come first on a quick settle).

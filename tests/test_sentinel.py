@@ -7,22 +7,15 @@ from pathlib import Path
 
 import redis
 
-from coachpipe.embedded import free_port
 from devtools.processes import (
-    listener_connected,
-    running,
-    start_beat,
-    start_listener,
-    start_worker,
     wait_for,
 )
 from devtools.redis_topologies import PrivateSentinel
 from pipeline import keys, seed
 from pipeline.redis_client import connect
 from pipeline.redis_epoch import current_epoch, record_epoch
-from tests.pipeline_checks import settle
 from tests.test_beat import lock_holders
-from tests.test_cluster_e2e import through_failover
+from tests.test_cluster_e2e import failover_stack, through_failover
 
 SMALL = seed.SeedPlan(coaches=6, clients_per_coach=3, sessions_per_client=2)
 
@@ -36,16 +29,8 @@ def test_a_sentinel_failover_during_a_burst_converges_and_one_beat_stays_active(
 ) -> None:
     env = service_env | {"REDIS_URL": sentinel_redis.url}
     client = connect(sentinel_redis.url)
-    redis.Redis.from_url(broker_url).flushdb()
-    seed.load(database_url, SMALL)
-    worker = start_worker(env, tmp_path, broker_url=broker_url)
-    port = free_port()
-    listener = start_listener(env, tmp_path, metrics_port=port)
-    first, second = start_beat(env, tmp_path, "beat-1"), start_beat(env, tmp_path, "beat-2")
-    with running(worker), running(listener), running(first, second):
-        wait_for(lambda: listener_connected(client, listener), 20, message="listener to connect")
-        settle(database_url, client)
-        wait_for(lambda: len(lock_holders(first, second)) == 1, 20, message="one beat active")
+    with failover_stack(env, client, database_url, broker_url, tmp_path) as stack:
+        worker, port, (first, second) = stack
         # Writes made to the old master after the promotion are lost; the refresh beat sends
         # when it sees the new master repairs them (without it: 69 s, by the fallback poll).
         (old, new), seconds = through_failover(

@@ -24,9 +24,8 @@ from pipeline.aggregates.base import (
     within,
     zero,
 )
-from pipeline.aggregates.windows import windowed
+from pipeline.aggregates.windows import COMPLETED, completed_last_30_days, windowed
 from pipeline.summaries import (
-    completed_hours,
     goal_counts,
     rating_counts,
     rating_hours,
@@ -59,16 +58,15 @@ _ratings = (
     .where(session_ratings.c.coach_id == _coach.c.coach_id)
     .lateral("r")
 )
-_completed = sessions.c.status == "completed"
 _revenue = (
     select(
         func.coalesce(
             func.sum(sessions.c.price_cents).filter(
-                _completed, within(sessions.c.completed_at, THIRTY_DAYS, timedelta(0))
+                COMPLETED, within(sessions.c.completed_at, THIRTY_DAYS, timedelta(0))
             ),
             0,
         ).label("last_30d"),
-        func.coalesce(func.sum(sessions.c.price_cents).filter(_completed), 0).label("total"),
+        func.coalesce(func.sum(sessions.c.price_cents).filter(COMPLETED), 0).label("total"),
     )
     .where(sessions.c.coach_id == _coach.c.coach_id)
     .lateral("s")
@@ -132,16 +130,10 @@ def _average(total: Any, count: Any) -> Any:
 
 _last_30d = _ratings_in("last_30d", THIRTY_DAYS, timedelta(0))
 _prev_30d = _ratings_in("prev_30d", SIXTY_DAYS, THIRTY_DAYS)
-_revenue_30d = windowed(
+_revenue_30d = completed_last_30_days(
     "revenue_30d",
     _coach.c.coach_id,
-    hours=completed_hours,
-    base=sessions,
-    moment=sessions.c.completed_at,
-    rows=_completed,
-    sums={"revenue": ("revenue", func.coalesce(sessions.c.price_cents, 0).cast(BigInteger))},
-    start=THIRTY_DAYS,
-    end=timedelta(0),
+    {"revenue": ("revenue", func.coalesce(sessions.c.price_cents, 0).cast(BigInteger))},
 )
 
 

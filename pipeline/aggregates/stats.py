@@ -23,10 +23,9 @@ from pipeline.aggregates.base import (
     within,
     zero,
 )
-from pipeline.aggregates.windows import windowed
+from pipeline.aggregates.windows import COMPLETED, completed_last_30_days, windowed
 from pipeline.summaries import (
     client_counts,
-    completed_hours,
     feedback_counts,
     rating_counts,
     scheduled_hours,
@@ -46,7 +45,6 @@ _clients = (
     .where(users.c.coach_id == _coach.c.coach_id, users.c.role == "client")
     .lateral("u")
 )
-_completed = sessions.c.status == "completed"
 _sessions = (
     select(
         func.count().label("total"),
@@ -55,9 +53,9 @@ _sessions = (
         .filter(sessions.c.status == "scheduled", sessions.c.scheduled_at > AS_OF)
         .label("upcoming"),
         func.count()
-        .filter(_completed, within(sessions.c.completed_at, THIRTY_DAYS, timedelta(0)))
+        .filter(COMPLETED, within(sessions.c.completed_at, THIRTY_DAYS, timedelta(0)))
         .label("completed_30d"),
-        func.coalesce(func.sum(sessions.c.duration_minutes).filter(_completed), 0).label(
+        func.coalesce(func.sum(sessions.c.duration_minutes).filter(COMPLETED), 0).label(
             "minutes_coached"
         ),
     )
@@ -109,16 +107,8 @@ _upcoming = windowed(
     start=timedelta(0),
     end=None,
 )
-_completed_30d = windowed(
-    "completed_30d",
-    _coach.c.coach_id,
-    hours=completed_hours,
-    base=sessions,
-    moment=sessions.c.completed_at,
-    rows=_completed,
-    sums={"sessions": ("sessions", literal(1, BigInteger))},
-    start=THIRTY_DAYS,
-    end=timedelta(0),
+_completed_30d = completed_last_30_days(
+    "completed_30d", _coach.c.coach_id, {"sessions": ("sessions", literal(1, BigInteger))}
 )
 
 

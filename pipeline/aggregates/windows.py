@@ -27,8 +27,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.selectable import LateralFromClause
 
-from pipeline.aggregates.base import AS_OF
-from pipeline.summaries import BUCKET, BUCKET_ORIGIN
+from pipeline.aggregates.base import AS_OF, THIRTY_DAYS
+from pipeline.summaries import BUCKET, BUCKET_ORIGIN, completed_hours
+from pipeline.tables import sessions
+
+COMPLETED: ColumnElement[bool] = sessions.c.status == "completed"
+"""The sessions `summaries.completed_hours` counts (its trigger's filter)."""
 
 _STRIDE: ColumnElement[Any] = literal_column(f"interval '{BUCKET.total_seconds():.0f} seconds'")
 _ORIGIN: ColumnElement[Any] = literal_column(f"timestamptz '{BUCKET_ORIGIN}'")
@@ -81,3 +85,21 @@ def windowed(
             for label in sums
         )
     ).lateral(name)
+
+
+def completed_last_30_days(
+    name: str, coach: ColumnElement[Any], sums: Mapping[str, tuple[str, ColumnElement[Any]]]
+) -> LateralFromClause:
+    """`windowed` over the coach's sessions completed in the last 30 days (coach-stats'
+    count, coach-insights' revenue)."""
+    return windowed(
+        name,
+        coach,
+        hours=completed_hours,
+        base=sessions,
+        moment=sessions.c.completed_at,
+        rows=COMPLETED,
+        sums=sums,
+        start=THIRTY_DAYS,
+        end=timedelta(0),
+    )
