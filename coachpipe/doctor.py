@@ -22,6 +22,8 @@ from pipeline.db import libpq_dsn
 from pipeline.migrate import PUBLICATION_MEMBERS, SUPABASE_PUBLICATION, VERSION_TABLE
 from pipeline.redis_client import connect, is_cluster
 from pipeline.redis_values import as_text
+from pipeline.summaries import SCHEMA, SOURCES
+from pipeline.summary_sql import STATE_TABLE
 from pipeline.tables import WATCHED_TABLES
 
 MIN_REDIS = (6, 2)
@@ -153,6 +155,8 @@ def _postgres_checks(settings: Settings, conn: psycopg.Connection[Any]) -> list[
         checks.append(_realtime_partitions_check(conn, partitioned))
     if needs_realtime and not missing:
         checks.append(_change_log_check(conn))
+    if revision and not missing:
+        checks.append(_summaries_check(conn))
     privileged = one("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user")
     user = one("SELECT current_user")
     if settings.listener_source is SourceName.POSTGRES and not privileged:
@@ -255,6 +259,44 @@ def _change_log_check(conn: psycopg.Connection[Any]) -> Check:
         "caught up",
         "coachpipe migrate",
     )
+
+
+def _summaries_check(conn: psycopg.Connection[Any]) -> Check:
+    """The summary tables (`pipeline.summaries`): their triggers on the five tables, and
+    whether they are filled. `coachpipe migrate` on a database that already had rows marks
+    them not ready; the aggregates then read whole histories until `coachpipe backfill`."""
+    present = {
+        table
+        for (table,) in conn.execute(
+            "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+            " WHERE c.relnamespace = 'public'::regnamespace AND c.relname = ANY(%s)"
+            " AND t.tgname LIKE 'coachpipe_summarize_%%' GROUP BY c.relname HAVING count(*) = 4",
+            (list(SOURCES),),
+        ).fetchall()
+    }
+    missing = [source for source in SOURCES if source not in present]
+    if missing:
+        return Check(
+            "summaries",
+            Severity.FAIL,
+            f"summary triggers missing on {', '.join(missing)}: the summaries in schema {SCHEMA} "
+            "miss their changes and the aggregates would read wrong counts",
+            "coachpipe migrate (then coachpipe backfill if it says so)",
+        )
+    state = conn.execute(f"SELECT ready, backfilled_at FROM {STATE_TABLE}").fetchone()
+    if state is None or not state[0]:
+        return Check(
+            "summaries",
+            Severity.WARN,
+            "summaries await backfill: the database had rows when they were created, so every "
+            "recompute reads whole histories (slow for coaches with long histories) until the "
+            "backfill has run",
+            "coachpipe backfill (safe while writes continue; progress bar)",
+        )
+    since = (
+        "" if state[1] is None else f", backfilled {state[1].astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    )
+    return ok("summaries", f"ready, kept by triggers on all five tables{since}")
 
 
 def _size(size: int | None) -> str:

@@ -16,7 +16,7 @@ from coachpipe.cli import app
 from coachpipe.doctor import Check, Severity, run_checks
 from coachpipe.embedded import PrivatePostgres
 from config import load_settings
-from pipeline import keys
+from pipeline import backfill, keys
 from pipeline.db import make_engine
 from pipeline.migrate import upgrade
 from tests.test_slot_recovery import outrun_the_slot
@@ -49,6 +49,35 @@ def test_an_unmigrated_database(fresh_database: str, redis_url: str) -> None:
     assert checks["migrations"].fix == "coachpipe migrate"
     assert "missing tables" in checks["tables"].message
     assert checks["publication coachpipe"].severity is Severity.FAIL
+
+
+def test_summaries_awaiting_backfill_and_missing_triggers(
+    fresh_database: str, redis_url: str
+) -> None:
+    """A table that lost its summary triggers (re-created, say) fails; `coachpipe migrate`
+    re-installs them and, the table having rows, marks the summaries not ready: a warning
+    that names the backfill; after it the check is ok."""
+    migrated(fresh_database)
+    assert checks_for(fresh_database, redis_url)["summaries"].severity is Severity.OK
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        for op in ("insert", "update", "delete", "truncate"):
+            conn.execute(f"DROP TRIGGER coachpipe_summarize_{op} ON public.users")
+        conn.execute(
+            "INSERT INTO users (id, role, full_name) VALUES (gen_random_uuid(), 'coach', 'C')"
+        )
+    check = checks_for(fresh_database, redis_url)["summaries"]
+    assert check.severity is Severity.FAIL
+    assert "users" in check.message and check.fix.startswith("coachpipe migrate")
+    migrated(fresh_database)
+    check = checks_for(fresh_database, redis_url)["summaries"]
+    assert check.severity is Severity.WARN
+    assert "await backfill" in check.message and "whole histories" in check.message
+    assert check.fix.startswith("coachpipe backfill")
+    engine = make_engine(fresh_database)
+    backfill.backfill(engine, batch_size=10)
+    engine.dispose()
+    check = checks_for(fresh_database, redis_url)["summaries"]
+    assert check.severity is Severity.OK and "backfilled" in check.message
 
 
 def test_replica_identity_not_full(fresh_database: str, redis_url: str) -> None:
