@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from pipeline import backfill
-from pipeline.aggregates import CRITICAL
+from pipeline.aggregates import REGISTRY
 from pipeline.aggregates.base import compute_all
 from pipeline.db import make_engine
 from pipeline.summaries import SCHEMA, SUMMARIES
@@ -44,8 +44,8 @@ def assert_equals_oracle(
     data = read_back(conn)
     coaches = [u["id"] for u in data.users if u["role"] == "coach"]
     with engine.connect() as connection:
-        values = compute_all(connection, CRITICAL, coaches, as_of, summaries_ready=summaries)
-    for aggregate in CRITICAL:
+        values = compute_all(connection, REGISTRY, coaches, as_of, summaries_ready=summaries)
+    for aggregate in REGISTRY:
         for coach in coaches:
             expected = oracle.expected(data, aggregate.name, coach, as_of)
             assert values[aggregate.name][coach] == expected, (aggregate.name, coach)
