@@ -21,7 +21,6 @@ from pipeline.aggregates.base import (
     coach_summary,
     iso,
     number,
-    summary_row,
 )
 from pipeline.summaries import client_counts, goal_client_counts, session_client_counts
 from pipeline.tables import goals, sessions, users
@@ -129,18 +128,23 @@ def _one_session(aggregate: Any, status: str, *after: Any) -> Any:
 
 _next = _one_session(func.min, "scheduled", sessions.c.scheduled_at > AS_OF)
 _client_counts = coach_summary(client_counts, _coach)
-_session_client_counts = summary_row(
-    session_client_counts,
-    "session_client_counts",
-    session_client_counts.c.coach_id == _coach.c.coach_id,
-    session_client_counts.c.client_id == _first.c.id,
-)
-_goal_client_counts = summary_row(
-    goal_client_counts,
-    "goal_client_counts",
-    goal_client_counts.c.coach_id == _coach.c.coach_id,
-    goal_client_counts.c.client_id == _first.c.id,
-)
+
+
+def _coach_rows(table: Any, *columns: str) -> Any:
+    """Every row of the batch's coach in a summary keyed (coach, client), by one index range
+    scan, for a hash join to the listed clients. Bounded by the coach's clients, and far cheaper
+    than one index descent per listed client (`OFFSET 0` keeps Postgres from flattening it
+    into a join it would plan as such probes, or as a hash of the whole summary)."""
+    return (
+        select(table.c.client_id, *(table.c[column] for column in columns))
+        .where(table.c.coach_id == _coach.c.coach_id)
+        .offset(0)
+        .lateral(f"{table.name}_of_coach")
+    )
+
+
+_session_client_counts = _coach_rows(session_client_counts, "completed", "last_completed_at")
+_goal_client_counts = _coach_rows(goal_client_counts, "active", "active_progress")
 
 STATEMENT = (
     select(
@@ -163,13 +167,14 @@ STATEMENT = (
     .select_from(_coach)
     .join(_first, true())
     .outerjoin(_client_counts, true())
-    .outerjoin(_session_client_counts, true())
-    .outerjoin(_goal_client_counts, true())
+    .outerjoin(_session_client_counts, _session_client_counts.c.client_id == _first.c.id)
+    .outerjoin(_goal_client_counts, _goal_client_counts.c.client_id == _first.c.id)
     .join(_next, true())
     .order_by(_coach.c.coach_id, _first.c.rank)
 )
-"""The first clients by name (index order), their counts and last session from the summaries,
-their next session by an index probe each: bounded by MAX_CLIENTS, not by the history."""
+"""The first clients by name (index order), their counts and last session from the summaries
+(one range scan each, hash-joined), their next session by an index probe each: bounded by the
+coach's clients, not by the history."""
 
 
 def _client(row: Any) -> JSONValue:
