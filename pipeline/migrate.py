@@ -81,16 +81,25 @@ def ensure_summary_triggers(connection: Connection) -> list[str]:
 
 
 CONCURRENT_INDEXES: dict[str, str] = {
-    "sessions_coach_completed_idx": "public.sessions (coach_id, completed_at)"
-    " INCLUDE (price_cents) WHERE status = 'completed'",
+    "sessions_coach_completed_client_idx": "public.sessions (coach_id, completed_at)"
+    " INCLUDE (price_cents, client_id) WHERE status = 'completed'",
     "sessions_coach_scheduled_idx": "public.sessions (coach_id, scheduled_at)"
     " WHERE status = 'scheduled'",
     "sessions_coach_client_idx": "public.sessions (coach_id, client_id, status, scheduled_at)"
     " WHERE status IN ('completed', 'scheduled')",
 }
 """Indexes added after the tables held data, by name. The first two bound the edges of the
-time windows (pipeline.aggregates.windows); the third serves the summary trigger's read of a
-client's last completed session and coach-clients' probe of a client's next session."""
+time windows (pipeline.aggregates.windows) and the first also serves coach-trends' retention
+(clients with a completed session in 56 days, by an index-only range scan); the third serves
+the summary trigger's read of a client's last completed session and coach-clients' probe of a
+client's next session."""
+
+RETIRED_INDEXES: dict[str, str] = {
+    "sessions_coach_completed_idx": "public.sessions",
+}
+"""Indexes an earlier version built, by name → table, dropped (concurrently) once every
+`CONCURRENT_INDEXES` entry is valid: `sessions_coach_completed_idx` did not cover client_id,
+so retention fetched one heap row per completed session of its 56 days."""
 
 INDEX_STATE = text(
     """
@@ -102,7 +111,8 @@ PARTITIONED = text("SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass(:
 
 
 def ensure_concurrent_indexes(engine: Engine) -> list[str]:
-    """Build the missing `CONCURRENT_INDEXES` without blocking writers; returns their names.
+    """Build the missing `CONCURRENT_INDEXES` without blocking writers, then drop the
+    `RETIRED_INDEXES` they replace; returns the names built.
 
     An index left invalid by an interrupted earlier build is dropped and built again. Postgres
     cannot build an index on a partitioned table concurrently: there it is built plainly
@@ -125,6 +135,10 @@ def ensure_concurrent_indexes(engine: Engine) -> list[str]:
                     autocommit.execute(text(f"DROP INDEX{how} IF EXISTS public.{name}"))
                 autocommit.execute(text(f"CREATE INDEX{how} IF NOT EXISTS {name} ON {definition}"))
                 built.append(name)
+            for name, table in RETIRED_INDEXES.items():
+                partitioned = autocommit.execute(PARTITIONED, {"table": table}).scalar()
+                how = "" if partitioned else " CONCURRENTLY"
+                autocommit.execute(text(f"DROP INDEX{how} IF EXISTS public.{name}"))
         finally:
             autocommit.execute(text("SELECT pg_advisory_unlock(hashtext('coachpipe.indexes'))"))
     return built

@@ -9,7 +9,7 @@ from sqlalchemy import inspect
 
 from pipeline.changelog import SIGNAL_TABLE
 from pipeline.db import make_engine
-from pipeline.migrate import current_revision, upgrade
+from pipeline.migrate import CONCURRENT_INDEXES, RETIRED_INDEXES, current_revision, upgrade
 from pipeline.tables import WATCHED_TABLES, metadata
 
 
@@ -87,3 +87,27 @@ def test_updated_at_moves_on_every_update(database_url: str) -> None:
             "SELECT updated_at > '2021-01-01' FROM users WHERE id = %s", (user,)
         ).fetchone()
         assert moved
+
+
+def test_migrate_replaces_a_retired_index_concurrently(fresh_database: str) -> None:
+    """A database migrated by an earlier version has `sessions_coach_completed_idx`; migrate
+    builds its successor (covering client_id, for coach-trends' retention) and then drops it."""
+    engine = make_engine(fresh_database)
+    upgrade(engine, "coachpipe")
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute(f"DROP INDEX public.{next(iter(CONCURRENT_INDEXES))}")
+        conn.execute(
+            "CREATE INDEX sessions_coach_completed_idx ON public.sessions (coach_id, completed_at)"
+            " INCLUDE (price_cents) WHERE status = 'completed'"
+        )
+    upgrade(engine, "coachpipe")
+    engine.dispose()
+    with psycopg.connect(fresh_database) as conn:
+        valid = dict(
+            conn.execute(
+                "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c"
+                " ON c.oid = i.indexrelid WHERE i.indrelid = 'public.sessions'::regclass"
+            ).fetchall()
+        )
+    assert all(valid.get(name) for name in CONCURRENT_INDEXES)
+    assert not set(RETIRED_INDEXES) & set(valid)
