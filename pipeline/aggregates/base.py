@@ -25,6 +25,7 @@ from sqlalchemy import (
     ColumnElement,
     DateTime,
     Select,
+    String,
     TableValuedAlias,
     Uuid,
     bindparam,
@@ -90,6 +91,15 @@ def iso(moment: datetime | date | None) -> str | None:
     if isinstance(moment, datetime):
         return moment.astimezone(UTC).isoformat()
     return moment.isoformat()
+
+
+def iso_text(moment: ColumnElement[Any]) -> ColumnElement[str]:
+    """`iso` computed by Postgres, for statements that return many timestamps: the same text
+    (UTC, `+00:00`, microseconds only when not zero) whatever the session's TimeZone, without
+    a datetime object and its isoformat per value in the worker. NULL stays NULL."""
+    utc = func.timezone("UTC", moment)
+    text = func.to_char(utc, 'YYYY-MM-DD"T"HH24:MI:SS.US', type_=String)
+    return func.replace(text, ".000000", "", type_=String).concat("+00:00")
 
 
 def number(value: Decimal | float | None) -> float | None:

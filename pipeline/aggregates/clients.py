@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Numeric, and_, func, select, true
+from sqlalchemy import Numeric, Text, and_, cast, func, select, true
 
 from pipeline.aggregates.base import (
     AS_OF,
@@ -19,7 +19,7 @@ from pipeline.aggregates.base import (
     TimeBoundary,
     coach_set,
     coach_summary,
-    iso,
+    iso_text,
     number,
 )
 from pipeline.summaries import client_counts, goal_client_counts, session_client_counts
@@ -61,12 +61,12 @@ _name_order = (users.c.full_name.collate("C"), users.c.id)
 _ranked = (
     select(
         users.c.coach_id,
-        users.c.id,
+        cast(users.c.id, Text).label("id"),
         users.c.full_name,
         users.c.status,
         func.coalesce(_per_client_sessions.c.completed_sessions, 0).label("completed_sessions"),
-        _per_client_sessions.c.last_session_at,
-        _per_client_sessions.c.next_session_at,
+        iso_text(_per_client_sessions.c.last_session_at).label("last_session_at"),
+        iso_text(_per_client_sessions.c.next_session_at).label("next_session_at"),
         func.coalesce(_per_client_goals.c.active_goals, 0).label("active_goals"),
         _per_client_goals.c.average_goal_progress,
         func.row_number().over(partition_by=users.c.coach_id, order_by=_name_order).label("rank"),
@@ -149,12 +149,12 @@ _goal_client_counts = _coach_rows(goal_client_counts, "active", "active_progress
 STATEMENT = (
     select(
         _coach.c.coach_id,
-        _first.c.id,
+        cast(_first.c.id, Text).label("id"),
         _first.c.full_name,
         _first.c.status,
         func.coalesce(_session_client_counts.c.completed, 0).label("completed_sessions"),
-        _session_client_counts.c.last_completed_at.label("last_session_at"),
-        _next.c.at.label("next_session_at"),
+        iso_text(_session_client_counts.c.last_completed_at).label("last_session_at"),
+        iso_text(_next.c.at).label("next_session_at"),
         func.coalesce(_goal_client_counts.c.active, 0).label("active_goals"),
         func.round(
             _goal_client_counts.c.active_progress.cast(Numeric)
@@ -178,13 +178,14 @@ coach's clients, not by the history."""
 
 
 def _client(row: Any) -> JSONValue:
+    """One line; id and timestamps arrive as text (`iso_text`): 500 lines a recompute."""
     return {
-        "id": str(row.id),
+        "id": row.id,
         "full_name": row.full_name,
         "status": row.status,
         "completed_sessions": row.completed_sessions,
-        "last_session_at": iso(row.last_session_at),
-        "next_session_at": iso(row.next_session_at),
+        "last_session_at": row.last_session_at,
+        "next_session_at": row.next_session_at,
         "active_goals": row.active_goals,
         "average_goal_progress": number(row.average_goal_progress),
     }
@@ -193,7 +194,9 @@ def _client(row: Any) -> JSONValue:
 def _assemble(rows: Mapping[str, Rows], as_of: datetime) -> dict[UUID, JSONValue]:
     values: dict[UUID, JSONValue] = {}
     for row in rows["clients"]:
-        value = values.setdefault(row.coach_id, {"total": row.total, "clients": []})
+        value = values.get(row.coach_id)
+        if value is None:
+            value = values[row.coach_id] = {"total": row.total, "clients": []}
         value["clients"].append(_client(row))
     return values
 
