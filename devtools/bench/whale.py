@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -22,7 +23,7 @@ from sqlalchemy import Engine
 from devtools.bench.freshness import per_change
 from devtools.bench.measure import NoticeCollector, percentiles
 from devtools.bench.stack import Stack
-from pipeline.aggregates import CRITICAL
+from pipeline.aggregates import CRITICAL, Aggregate
 from pipeline.aggregates.base import compute_all
 from pipeline.db import make_engine
 from pipeline.recompute import database_clock
@@ -112,15 +113,32 @@ def one_change(conn: psycopg.Connection[Any], coach: UUID, i: int) -> None:
         )
 
 
-def timed_recompute(engine: Engine, coach: UUID, *, summaries: bool) -> float:
-    """Milliseconds for all critical aggregates of `coach` in one snapshot, as a worker runs."""
+def timed_recompute(
+    engine: Engine, coach: UUID, *, summaries: bool, aggregates: Sequence[Aggregate] = CRITICAL
+) -> float:
+    """Milliseconds for `aggregates` (all critical ones) of `coach` in one snapshot, as a
+    worker runs."""
     started = time.perf_counter()
     with engine.connect() as connection, connection.begin():
         clock = database_clock(connection)
         compute_all(
-            connection, CRITICAL, [coach], clock, end_transaction=True, summaries_ready=summaries
+            connection, aggregates, [coach], clock, end_transaction=True, summaries_ready=summaries
         )
     return (time.perf_counter() - started) * 1000
+
+
+def per_aggregate_ms(url: str, engine: Engine, coach: UUID, samples: int) -> dict[str, Any]:
+    """After each of `samples` changes to `coach`, each critical aggregate alone (the new
+    way), in alternating order; p50/p99 by aggregate name."""
+    times: dict[str, list[float]] = {aggregate.name: [] for aggregate in CRITICAL}
+    with psycopg.connect(url, autocommit=True) as conn:
+        for i in range(samples + 3):
+            one_change(conn, coach, i)
+            for aggregate in CRITICAL if i % 2 else CRITICAL[::-1]:
+                took = timed_recompute(engine, coach, summaries=True, aggregates=[aggregate])
+                if i >= 3:
+                    times[aggregate.name].append(took)
+    return {name: percentiles(values) for name, values in times.items()}
 
 
 def per_change_ms(
@@ -181,6 +199,7 @@ def history_curve(
                     "seed_seconds": round(seeded, 1),
                     "new_ms": percentiles(new),
                     "old_ms": percentiles(old),
+                    "new_by_aggregate_ms": per_aggregate_ms(url, engine, coach, samples),
                 }
             )
         triggers = trigger_cost_ms(url, coach, samples)
@@ -291,6 +310,10 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     whale = load["with_whale"].get("whale", {}).get("commit_to_all_stored_ms", {})
     inserts = result["curve"]["insert_ms"]
     ratio = beside["p99"] / alone["p99"] if alone.get("p99") and beside.get("p99") else None
+    by_aggregate = [
+        (f"  {name} alone p50/p99 (ms)", f"{ms['p50']} / {ms['p99']}", "", "-")
+        for name, ms in largest.get("new_by_aggregate_ms", {}).items()
+    ]
     return [
         (
             f"whale ({size} sessions): all critical aggregates after one change p50/p99 (ms)",
@@ -298,6 +321,7 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "p99 ≤ 10",
             "yes" if new["p99"] <= 10 else "no",
         ),
+        *by_aggregate,
         (
             "  same, the old way (whole history) p50/p99 (ms)",
             f"{old['p50']} / {old['p99']}",
