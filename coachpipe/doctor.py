@@ -283,6 +283,20 @@ def _summaries_check(conn: psycopg.Connection[Any]) -> Check:
             "miss their changes and the aggregates would read wrong counts",
             "coachpipe migrate (then coachpipe backfill if it says so)",
         )
+    user, readable = conn.execute(
+        "SELECT current_user, has_schema_privilege(%s, 'USAGE')"
+        " AND has_table_privilege(%s, 'SELECT')",
+        (SCHEMA, STATE_TABLE),
+    ).fetchone() or ("?", False)
+    if not readable:
+        return Check(
+            "summaries",
+            Severity.FAIL,
+            f"role {user} cannot read the summaries (schema {SCHEMA}): a recompute under this "
+            "role fails",
+            f'GRANT USAGE ON SCHEMA {SCHEMA} TO "{user}"; '
+            f'GRANT SELECT ON ALL TABLES IN SCHEMA {SCHEMA} TO "{user}";',
+        )
     state = conn.execute(f"SELECT ready, backfilled_at FROM {STATE_TABLE}").fetchone()
     if state is None or not state[0]:
         return Check(

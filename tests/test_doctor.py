@@ -111,6 +111,9 @@ def test_a_role_without_replication(fresh_database: str, redis_url: str) -> None
         check = checks_for(as_app, redis_url)["replication privilege"]
         assert check.severity is Severity.FAIL
         assert check.fix == f'ALTER ROLE "{role}" WITH REPLICATION;'
+        summaries = checks_for(as_app, redis_url)["summaries"]
+        assert summaries.severity is Severity.FAIL and "cannot read" in summaries.message
+        assert f'GRANT USAGE ON SCHEMA coachpipe TO "{role}";' in summaries.fix
     finally:
         with psycopg.connect(fresh_database, autocommit=True) as conn:
             conn.execute(f"DROP OWNED BY {role}")
