@@ -423,9 +423,15 @@ def _redis_check(settings: Settings) -> Check:
 def _broker_check(settings: Settings) -> Check:
     from kombu.connection import Connection
 
+    from tasks.celery import redis_transport_options
+    from tasks.names import is_amqp
+
     try:
         broker = settings.require_broker_url()
-        with Connection(broker, connect_timeout=5) as connection:  # type: ignore[no-untyped-call]
+        options = {} if is_amqp(broker) else redis_transport_options(settings)
+        with Connection(  # type: ignore[no-untyped-call]
+            broker, connect_timeout=5, transport_options=options
+        ) as connection:
             connection.ensure_connection(max_retries=1, timeout=5)
             transport = connection.transport_cls
     except Exception as error:

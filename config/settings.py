@@ -62,7 +62,31 @@ REDIS_SCHEMES = (
 )
 """One server, a Redis Cluster or a Sentinel-guarded master (`pipeline.redis_client`)."""
 RedisUrl = Annotated[SecretStr, _check_scheme(REDIS_SCHEMES)]
-BrokerUrl = Annotated[SecretStr, _check_scheme(("redis", "rediss", "amqp", "amqps", "pyamqp"))]
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "sentinel")
+SENTINEL_BROKER = "sentinel"
+"""Celery's (kombu's) Redis-over-Sentinel broker: `sentinel://[:pass@]host:26379[/db]`, several
+sentinels joined by `;` (`sentinel://h1:26379;sentinel://h2:26379`), with BROKER_MASTER_NAME."""
+
+
+def _check_sentinel_hosts(value: SecretStr | None) -> SecretStr | None:
+    """Every `;`-separated part of a `sentinel://` broker URL names a sentinel host."""
+    if value is None:
+        return None
+    url = value.get_secret_value()
+    if urlsplit(url).scheme == SENTINEL_BROKER:
+        for part in url.split(";"):
+            parts = urlsplit(part.strip())
+            if parts.scheme != SENTINEL_BROKER or not parts.hostname:
+                raise ValueError(
+                    "must list sentinels as sentinel://host:port, joined by ';' "
+                    "(sentinel://h1:26379;sentinel://h2:26379)"
+                )
+    return value
+
+
+BrokerUrl = Annotated[
+    SecretStr, _check_scheme(BROKER_SCHEMES), AfterValidator(_check_sentinel_hosts)
+]
 HttpUrl = Annotated[SecretStr, _check_scheme(("http", "https", "ws", "wss"))]
 
 
@@ -90,7 +114,19 @@ class Settings(BaseSettings):
     broker_url: BrokerUrl | None = Field(
         default=None,
         description="Celery broker; defaults to REDIS_URL. amqp:// for RabbitMQ: quorum queues, "
-        "publisher confirms.",
+        "publisher confirms. sentinel://host:26379;sentinel://host:26379 for a "
+        "Sentinel-guarded Redis (with BROKER_MASTER_NAME).",
+    )
+    broker_master_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="With a sentinel:// BROKER_URL: the name the sentinels monitor the "
+        "broker's master under.",
+    )
+    broker_sentinel_password: SecretStr | None = Field(
+        default=None,
+        description="With a sentinel:// BROKER_URL: the sentinels' own password (their "
+        "requirepass), when they have one; the password in the URL is the master's.",
     )
     supabase_url: HttpUrl | None = Field(
         default=None, description="Supabase project URL, for the `supabase` listener source."
@@ -294,6 +330,18 @@ class Settings(BaseSettings):
     data_dir: str = Field(default=".data", description="Where `coachpipe demo` keeps its services.")
 
     @model_validator(mode="after")
+    def _sentinel_broker_names_its_master(self) -> Settings:
+        sentinel = self.broker_url is not None and self.broker_url.get_secret_value().startswith(
+            f"{SENTINEL_BROKER}://"
+        )
+        if sentinel and self.broker_master_name is None:
+            raise ValueError(
+                "BROKER_MASTER_NAME must be set with a sentinel:// BROKER_URL (the name the "
+                "sentinels monitor the master under, e.g. mymaster)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _reconnect_bounds(self) -> Settings:
         if self.reconnect_max_s < self.reconnect_initial_s:
             raise ValueError("RECONNECT_MAX_S must be >= RECONNECT_INITIAL_S")
@@ -330,7 +378,8 @@ class Settings(BaseSettings):
         if "+" in urlsplit(redis_url).scheme:
             raise SettingsError(
                 "BROKER_URL is not set, and REDIS_URL names a Redis Cluster or Sentinel, which "
-                "Celery cannot use as its broker. Set BROKER_URL (amqp://… for RabbitMQ, or a "
+                "Celery cannot use as its broker. Set BROKER_URL (amqp://… for RabbitMQ, "
+                "sentinel://… with BROKER_MASTER_NAME for a Sentinel-guarded Redis, or a "
                 "redis:// server)."
             )
         return redis_url

@@ -109,8 +109,11 @@ def start_worker(
     pool: str = "prefork",
     concurrency: int = 2,
     broker_url: str,
+    broker_options: dict[str, Any] | None = None,
     timeout: float = 40,
 ) -> Proc:
+    """A Celery worker on `env`, returned once it answers a ping through `broker_url` (with
+    kombu's `broker_options`: a `sentinel://` broker needs its `master_name`)."""
     node = f"{name}-{os.getpid()}-{time.monotonic_ns()}@{socket.gethostname()}"
     proc = Proc(
         name,
@@ -132,6 +135,7 @@ def start_worker(
     ).start()
     proc.node = node  # type: ignore[attr-defined]
     app = Celery(broker=broker_url)
+    app.conf.broker_transport_options = broker_options or {}
     try:
         wait_for(
             lambda: (not proc.alive() and _raise(proc)) or app.control.ping([node], timeout=0.3),

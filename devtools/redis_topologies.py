@@ -155,6 +155,13 @@ class PrivateSentinel:
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
         return f"redis+sentinel://{hosts}/{MASTER_NAME}/0"
 
+    @property
+    def broker_env(self) -> dict[str, str]:
+        """BROKER_URL (Celery's `sentinel://` form, one per sentinel joined by `;`) and
+        BROKER_MASTER_NAME for a Celery broker on this master."""
+        hosts = ";".join(f"sentinel://127.0.0.1:{port}" for port in self.sentinel_ports)
+        return {"BROKER_URL": hosts, "BROKER_MASTER_NAME": MASTER_NAME}
+
     def start(self) -> PrivateSentinel:
         self.master = PrivateRedis(self.root / "master", durable=False, options=REPLICATION)
         self.master.start()

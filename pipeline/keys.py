@@ -121,6 +121,13 @@ REALTIME_STATUS = f"{PREFIX}:realtime:status"
 REDIS_EPOCH = f"{PREFIX}:redis:epoch"
 """The data store's failover epoch beat saw last (pipeline.redis_epoch)."""
 
+
+def shard_epoch(tag: str) -> str:
+    """On a Redis Cluster: the epoch beat saw last of the master that serves `{tag}`'s slot
+    (one such key on each master, `pipeline.redis_epoch`)."""
+    return f"{REDIS_EPOCH}:{{{tag}}}"
+
+
 # Beat bookkeeping (tasks.jobs).
 
 

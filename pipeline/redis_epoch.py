@@ -7,48 +7,51 @@ the pipeline would redo them until the hourly reconcile, so beat's status check 
 store's *epoch* and, when it changes, the caller refreshes every aggregate of every active
 coach (`tasks.jobs.check_realtime`).
 
-The epoch is the replication id of the master (`master_replid`: a promoted replica takes a new
-one, and a replica reports its master's), or on a Redis Cluster the cluster's configuration
-epoch (`cluster_current_epoch`, raised by every failover of any master). Both also change when
-a master restarts without its replication state: a refresh then is what we want too.
+The epoch of a master is its replication id (`master_replid`): a promoted replica takes a new
+one, and a restart without the replication state gives a new one too (a refresh then is what
+we want as well). One server or a Sentinel-guarded master has one epoch, remembered under
+`keys.REDIS_EPOCH`. A Redis Cluster has one per master, each remembered *on that master*
+(`keys.shard_epoch` with a hash tag that lands in one of its slots), so a failover of any
+shard is seen, whichever shard it is.
 
-The remembered epoch is itself a replicated write: when the first status check writes it to a
-master that is being replaced, the new master holds none, so a promoted master's own record
-of its former master (`master_replid2`) stands in for it (`record_epoch`).
+The remembered epoch is itself a replicated write: when a check writes it to a master that is
+being replaced (or no check ran before the failover), the new master holds none, so a promoted
+master's own record of its former master (`master_replid2`, kept by Redis's PSYNC2 on a
+Cluster's masters too) stands in for it (`record_epoch`). Keeping each shard's epoch on its own
+master is what makes that work on a Cluster: the shard that lost its key is the shard whose
+master was promoted.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, cast
+
+from redis.crc import key_slot
 
 from pipeline import keys
 from pipeline.redis_client import RedisClient, is_cluster
 from pipeline.redis_values import as_text
 
+MAX_TAGS_TRIED = 16_384 * 8
+"""Enough to find a tag in the slots of even a master that serves a single slot."""
+
 
 def current_epoch(client: RedisClient) -> str:
-    """`cluster:<current epoch>` on a Cluster, else `replid:<master replication id>`."""
-    return _epochs(client)[0]
-
-
-def _epochs(client: RedisClient) -> tuple[str, str | None]:
-    """The current epoch, and the one before it when the server itself knows it: a promoted
-    replica keeps its former master's replication id as `master_replid2` (Redis's PSYNC2; a
-    Cluster keeps no such trace, nor does a master that never followed another)."""
+    """`replid:<master replication id>`; on a Cluster one `<node> replid:<id>` per master,
+    joined by `, ` in node order."""
     if is_cluster(client):
-        found: dict[str, Any] = cast(Any, client).cluster_info()
-        return f"cluster:{found['cluster_current_epoch']}", None
-    replication = client.info("replication")
-    # -1 (and a replid2 of zeros) until the server changes replication id
-    followed = int(replication.get("second_repl_offset", -1)) >= 0
-    return f"replid:{replication['master_replid']}", (
-        f"replid:{replication['master_replid2']}" if followed else None
-    )
+        return ", ".join(
+            f"{node_name} {epoch}" for node_name, (epoch, _) in _shard_epochs(client).values()
+        )
+    return _epochs(client.info("replication"))[0]
 
 
 def record_epoch(client: RedisClient) -> str | None:
     """Remember the current epoch; return the one remembered before if it differs (None when
-    it is the same). GETSET makes exactly one caller see each change.
+    it is the same). GETSET makes exactly one caller see each change. On a Cluster every
+    master's epoch is recorded on that master, and the changed ones are returned
+    (`<node> replid:<id>`, joined by `, `); None when no master changed.
 
     The remembered epoch is a write like any other, so a failover can lose it too: a new
     master that never received it holds none. Nothing remembered on a promoted master then
@@ -56,10 +59,53 @@ def record_epoch(client: RedisClient) -> str | None:
     on any other server is a first sight (None). A store that once failed over before the
     pipeline first ran gets one refresh more, at its first check.
     """
-    epoch, former = _epochs(client)
-    previous = client.getset(keys.REDIS_EPOCH, epoch)
+    if not is_cluster(client):
+        return _record(client, keys.REDIS_EPOCH, _epochs(client.info("replication")))
+    changed = [
+        f"{node_name} {previous}"
+        for key, (node_name, epochs) in _shard_epochs(client).items()
+        if (previous := _record(client, key, epochs)) is not None
+    ]
+    return ", ".join(changed) or None
+
+
+def _record(client: RedisClient, key: str, epochs: tuple[str, str | None]) -> str | None:
+    epoch, former = epochs
+    previous = client.getset(key, epoch)
     if previous is None:
         return former
     if as_text(previous) == epoch:
         return None
     return as_text(previous)
+
+
+def _epochs(replication: dict[str, Any]) -> tuple[str, str | None]:
+    """A server's epoch, and the one before it when the server itself knows it: a promoted
+    replica keeps its former master's replication id as `master_replid2` (a master that
+    never followed another has none)."""
+    # -1 (and a replid2 of zeros) until the server changes replication id
+    followed = int(replication.get("second_repl_offset", -1)) >= 0
+    return f"replid:{replication['master_replid']}", (
+        f"replid:{replication['master_replid2']}" if followed else None
+    )
+
+
+def _shard_epochs(client: RedisClient) -> dict[str, tuple[str, tuple[str, str | None]]]:
+    """For each master of a Cluster, in node order: its epoch key (`keys.shard_epoch` with
+    the first tag `epoch-0`, `epoch-1`, … whose slot it serves) → (its `host:port`, its
+    epochs). The tags are found again at every call, so a resharding moves them along; a
+    master that gains a tag reads it as a first sight; a master serving no slot has none."""
+    cluster = cast(Any, client)
+    primaries = {node.name: node for node in cluster.get_primaries()}
+    tags: dict[str, str] = {}
+    for index in itertools.count():
+        if len(tags) == len(primaries) or index > MAX_TAGS_TRIED:
+            break
+        key = keys.shard_epoch(f"epoch-{index}")
+        owner = cluster.nodes_manager.get_node_from_slot(key_slot(key.encode())).name
+        tags.setdefault(owner, key)
+    found: dict[str, tuple[str, tuple[str, str | None]]] = {}
+    for name in sorted(tags):
+        replication = cluster.info("replication", target_nodes=primaries[name])
+        found[tags[name]] = (name, _epochs(replication))
+    return found

@@ -3,7 +3,8 @@
 Nothing here reads the environment. `celery -A tasks worker|beat|flower` finds the app through
 `tasks.app`, which builds it at that edge with `app_from_environment`. Redis is the default
 broker; a BROKER_URL pointing at RabbitMQ (`amqp://`) gets quorum queues, publisher confirms
-and countdowns held by the broker (`amqp_config`).
+and countdowns held by the broker (`amqp_config`); a `sentinel://` one, the Redis master its
+sentinels name (`redis_transport_options`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from kombu.entity import Exchange, Queue
 
 from config import Settings, SettingsError, load_settings
 from config.logging import configure_logging, redact_text
+from config.settings import SENTINEL_BROKER
 from pipeline import keys
 from pipeline.redis_client import connect
 from tasks import jobs, names
@@ -87,12 +89,32 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     if names.is_amqp(broker):
         config.update(amqp_config())
-    elif broker.startswith(("redis", "rediss", "unix")):
-        config["broker_transport_options"] = {
-            "visibility_timeout": settings.visibility_timeout_s,
-            "unacked_restore_throttle": 1,  # restore lost messages every 10 s, not every ~100 s
-        }
+    else:
+        config["broker_transport_options"] = redis_transport_options(settings)
     return config
+
+
+def redis_transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu's Redis transport options for BROKER_URL (also what a bare `kombu.Connection` to
+    that broker needs: `coachpipe doctor`, the test helpers).
+
+    A `sentinel://` broker (kombu's `SentinelChannel`) asks the sentinels for the master
+    named BROKER_MASTER_NAME and for it again on every reconnection, so after a failover the
+    workers, beat and producers reconnect to the promoted replica by themselves (Celery's
+    consumer restarts on the connection error). The URL's password is the master's;
+    BROKER_SENTINEL_PASSWORD, when set, authenticates to the sentinels (`sentinel_kwargs`,
+    which Celery's `inspect conf` and Flower show masked, as they do the URL's password).
+    """
+    options: dict[str, Any] = {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "unacked_restore_throttle": 1,  # restore lost messages every 10 s, not every ~100 s
+    }
+    if settings.require_broker_url().startswith(f"{SENTINEL_BROKER}://"):
+        options["master_name"] = settings.broker_master_name
+        if settings.broker_sentinel_password is not None:
+            password = settings.broker_sentinel_password.get_secret_value()
+            options["sentinel_kwargs"] = {"password": password}
+    return options
 
 
 def amqp_config() -> dict[str, Any]:

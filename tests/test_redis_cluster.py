@@ -22,7 +22,6 @@ from pipeline.freshness import Freshness, summary
 from pipeline.health import HealthBoard, ListenerHealth, ListenerState
 from pipeline.read import read_aggregate, read_all
 from pipeline.redis_client import connect, connect_async, is_cluster, topology
-from pipeline.redis_epoch import current_epoch, record_epoch
 from pipeline.routing import TABLE_AGGREGATES
 from pipeline.scheduler import RecomputeScheduler
 from pipeline.store import AggregateStore, Notice
@@ -219,11 +218,6 @@ def test_the_read_api_follows_the_shard_channels_of_watched_coaches(cluster_url:
             await client.aclose()
 
     asyncio.run(scenario())
-
-
-def test_the_cluster_epoch_is_the_configuration_epoch(cluster_client: redis.RedisCluster) -> None:
-    assert current_epoch(cluster_client).startswith("cluster:")
-    assert record_epoch(cluster_client) is None
 
 
 def test_the_scheduler_scripts_run_on_the_cluster(cluster_client: redis.RedisCluster) -> None:

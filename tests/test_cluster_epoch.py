@@ -1,0 +1,88 @@
+"""The failover epoch on a Redis Cluster: one per master, kept on that master, so a failover of
+any shard is seen, also when it lost that shard's remembered epoch or came before the first
+check (`pipeline.redis_epoch`). Real `CLUSTER FAILOVER`s on the private 3+3 cluster."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from devtools.redis_topologies import PrivateRedisCluster
+from pipeline import keys
+from pipeline.redis_client import connect
+from pipeline.redis_epoch import current_epoch, record_epoch
+
+
+@pytest.fixture
+def cluster_client(cluster_url: str) -> Iterator[redis.RedisCluster]:
+    client = connect(cluster_url)
+    assert isinstance(client, redis.RedisCluster)
+    yield client
+    client.close()
+
+
+def epoch_key_on(cluster: PrivateRedisCluster, port: int) -> str:
+    """The epoch key that the master on `port` serves (the first `epoch-N` tag in its slots)."""
+    return next(
+        key
+        for key in (keys.shard_epoch(f"epoch-{index}") for index in itertools.count())
+        if cluster.master_port_of(key) == port
+    )
+
+
+def promote_a_replica(cluster: PrivateRedisCluster, client: redis.RedisCluster) -> int:
+    """`CLUSTER FAILOVER` of the master serving the first epoch tag; returns the new master's
+    port once the client's slot map has it."""
+    victim = cluster.master_port_of(keys.shard_epoch("epoch-0"))
+    promoted = cluster.failover(victim)
+    client.nodes_manager.initialize()  # what a MOVED redirection does in the pipeline
+    return promoted
+
+
+def test_every_master_keeps_its_own_epoch(
+    cluster_client: redis.RedisCluster, redis_cluster: PrivateRedisCluster
+) -> None:
+    record_epoch(cluster_client)  # first sight (a master promoted by an earlier test: a change)
+    assert record_epoch(cluster_client) is None
+    masters = {node.port for node in cluster_client.get_primaries()}
+    assert len(masters) == 3
+    for port in masters:  # each master holds its own epoch, under a key of its slots
+        assert cluster_client.get(epoch_key_on(redis_cluster, port)) is not None
+    assert current_epoch(cluster_client).count("replid:") == 3
+
+
+def test_a_cluster_failover_is_seen_once(
+    cluster_client: redis.RedisCluster, redis_cluster: PrivateRedisCluster
+) -> None:
+    record_epoch(cluster_client)
+    assert record_epoch(cluster_client) is None
+    promoted = promote_a_replica(redis_cluster, cluster_client)
+    changed = record_epoch(cluster_client)
+    assert changed is not None and f":{promoted} " in changed
+    assert record_epoch(cluster_client) is None
+
+
+def test_a_cluster_failover_that_lost_the_shards_epoch_still_reads_as_one(
+    cluster_client: redis.RedisCluster, redis_cluster: PrivateRedisCluster
+) -> None:
+    """The promoted replica never got its shard's epoch key (asynchronous replication): its
+    own record of the master it followed (`master_replid2`) stands in."""
+    record_epoch(cluster_client)
+    promoted = promote_a_replica(redis_cluster, cluster_client)
+    cluster_client.delete(epoch_key_on(redis_cluster, promoted))  # the write that was lost
+    changed = record_epoch(cluster_client)
+    assert changed is not None and f":{promoted} " in changed
+    assert record_epoch(cluster_client) is None
+
+
+def test_a_cluster_failover_before_the_first_check_reads_as_one(
+    cluster_client: redis.RedisCluster, redis_cluster: PrivateRedisCluster
+) -> None:
+    """No epoch was ever recorded (the cluster was just emptied) when a master failed over."""
+    promoted = promote_a_replica(redis_cluster, cluster_client)
+    changed = record_epoch(cluster_client)
+    assert changed is not None and f":{promoted} " in changed
+    assert record_epoch(cluster_client) is None
