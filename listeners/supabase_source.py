@@ -27,7 +27,7 @@ leave a channel CLOSED for good, and keeps reporting through its callbacks after
   partition when the publication does not publish via the root, none of them when it does (the
   root alone is listed, and no change carries its name). So `supabase_realtime` publishes
   partitions as themselves, the link binds every partition of a partitioned watched table (read
-  at each connect, re-read every `PARTITION_CHECK_S`: a new partition means a new link), and a
+  at each connect, re-read every `partition_check_s`: a new partition means a new link), and a
   change is routed by its partitioned table's name.
 - **Nothing lost across a gap.** Realtime never replays, so every successful (re)connect yields
   a `Resync` carrying the last snapshot known delivered (the watermark); the catch-up reads the
@@ -84,8 +84,6 @@ MAX_BATCH = 5000
 MESSAGE_TOO_BIG = 1009
 UNMATCHED_TOPIC = "unmatched topic"
 """Phoenix's reply to a push on a topic the socket has no channel for."""
-PARTITION_CHECK_S = 30.0
-"""How often a link checks that the partitions it bound are still the watched tables' ones."""
 WATERMARK_MAX_AGE_S = 1800.0
 """A watermark older than this may predate the pruned change log: catch up the wide way."""
 
@@ -545,7 +543,7 @@ class SupabaseSource(Source):
         """A partition created, attached, detached or dropped while the link is up is not (or
         no longer) what the link bound: rebuild the link; the catch-up covers the gap."""
         while not link.broken.is_set():
-            await asyncio.sleep(PARTITION_CHECK_S)
+            await asyncio.sleep(self.settings.partition_check_s)
             try:
                 current = await self._partitions()
             except psycopg.Error as error:  # the canary and the catch-up report the database
