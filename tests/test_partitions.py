@@ -225,10 +225,12 @@ def test_a_partition_added_while_the_supabase_listener_is_connected_is_bound(
                     " TO (MAXVALUE)"
                 )
             wait_for(
-                lambda: listener.metric(
-                    "coachpipe_listener_teardowns_total", reason="partitions_changed"
-                )
-                > rebuilt,
+                lambda: (
+                    listener.metric(
+                        "coachpipe_listener_teardowns_total", reason="partitions_changed"
+                    )
+                    > rebuilt
+                ),
                 30,
                 message="the partition check to rebuild the link",
             )
