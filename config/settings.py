@@ -262,6 +262,11 @@ class Settings(BaseSettings):
         description="`supabase` source: a canary not back through Realtime this long means a "
         "stalled subscription (reconnect and catch up).",
     )  # fmt: skip
+    partition_check_s: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="`supabase` source: how often the partitions of a partitioned watched table "
+        "are re-read; a partition created, attached or detached meanwhile rebuilds the link.",
+    )  # fmt: skip
     slot_name: str = Field(
         default="coachpipe", pattern=r"^[a-z0-9_]{1,63}$",
         description="Logical replication slot of the `postgres` source.",

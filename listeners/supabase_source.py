@@ -27,8 +27,13 @@ leave a channel CLOSED for good, and keeps reporting through its callbacks after
   partition when the publication does not publish via the root, none of them when it does (the
   root alone is listed, and no change carries its name). So `supabase_realtime` publishes
   partitions as themselves, the link binds every partition of a partitioned watched table (read
-  at each connect, re-read every `PARTITION_CHECK_S`: a new partition means a new link), and a
+  at each connect, re-read every `partition_check_s`: a new partition means a new link), and a
   change is routed by its partitioned table's name.
+- **A teardown never waits on a timer.** Every wait of a link's tasks also ends when the link
+  breaks, and deadlines are `asyncio.timeout` scopes, never `asyncio.wait_for`: on Python 3.11
+  `wait_for` swallows a cancellation that arrives just as the awaited operation completes
+  (CPython gh-86296), and a canary task whose cancellation was lost so slept a whole
+  `CANARY_S` (5 s) while the teardown waited for it, before the next connect.
 - **Nothing lost across a gap.** Realtime never replays, so every successful (re)connect yields
   a `Resync` carrying the last snapshot known delivered (the watermark); the catch-up reads the
   change log for every change committed after it (deletes and TRUNCATE included).
@@ -84,10 +89,10 @@ MAX_BATCH = 5000
 MESSAGE_TOO_BIG = 1009
 UNMATCHED_TOPIC = "unmatched topic"
 """Phoenix's reply to a push on a topic the socket has no channel for."""
-PARTITION_CHECK_S = 30.0
-"""How often a link checks that the partitions it bound are still the watched tables' ones."""
 WATERMARK_MAX_AGE_S = 1800.0
 """A watermark older than this may predate the pruned change log: catch up the wide way."""
+DB_TIMEOUT_S = 5.0
+"""A partition, watermark or canary query slower than this is given up (logged, retried)."""
 
 
 class _ClientLogCounter(logging.Filter):
@@ -154,6 +159,25 @@ class _Link:
     heartbeat_answered: asyncio.Event = field(default_factory=asyncio.Event)
     canary_back: int = 0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the link breaks first."""
+        await self.until(seconds)
+
+    async def until(self, seconds: float, event: asyncio.Event | None = None) -> bool:
+        """Wait until `event` is set (True), or the link breaks or `seconds` pass (False).
+
+        Every wait of a link's tasks goes through here, so a task ends with its link even if
+        its cancellation is lost, and the teardown never waits out a timer."""
+        waiters = {asyncio.ensure_future(self.broken.wait())}
+        if event is not None:
+            waiters.add(asyncio.ensure_future(event.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return event is not None and event.is_set() and not self.broken.is_set()
 
     def fail(self, reason: str, **fields: Any) -> None:
         """The first reason wins; the supervisor tears the link down."""
@@ -483,7 +507,8 @@ class SupabaseSource(Source):
                     attempts=attempt,
                 )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._stopping.wait()
         finally:
             self.status.set(ListenerState.DISCONNECTED, "stopped")
             if self._db is not None:
@@ -495,7 +520,7 @@ class SupabaseSource(Source):
         """Connect and join; then wait, patiently, for "Subscribed to PostgreSQL"."""
         try:
             link.partitions = await self._partitions()
-        except psycopg.Error as error:  # bind the tables by name; the partition check retries
+        except (psycopg.Error, TimeoutError) as error:  # bind by name; the check retries
             log.warning(
                 "partitions_unknown", error_type=type(error).__name__, error=str(error)[:200]
             )
@@ -537,18 +562,22 @@ class SupabaseSource(Source):
     async def _partitions(self) -> dict[tuple[str, str], str]:
         """(schema, partition) -> watched table, for every partition of a partitioned watched
         table (see PARTITION_LEAVES)."""
-        db = await self._database()
-        cursor = await db.execute(PARTITION_LEAVES, {"tables": list(WATCHED_TABLES)})
-        return {(schema, leaf): table for table, schema, leaf in await cursor.fetchall()}
+        async with asyncio.timeout(DB_TIMEOUT_S):
+            db = await self._database()
+            cursor = await db.execute(PARTITION_LEAVES, {"tables": list(WATCHED_TABLES)})
+            rows = await cursor.fetchall()
+        return {(schema, leaf): table for table, schema, leaf in rows}
 
     async def _watch_partitions(self, link: _Link) -> None:
         """A partition created, attached, detached or dropped while the link is up is not (or
         no longer) what the link bound: rebuild the link; the catch-up covers the gap."""
         while not link.broken.is_set():
-            await asyncio.sleep(PARTITION_CHECK_S)
+            await link.pause(self.settings.partition_check_s)
+            if link.broken.is_set():
+                return
             try:
                 current = await self._partitions()
-            except psycopg.Error as error:  # the canary and the catch-up report the database
+            except (psycopg.Error, TimeoutError) as error:  # the canary reports the database
                 log.debug("partition_check_failed", error_type=type(error).__name__)
                 continue
             if current != link.partitions:
@@ -574,8 +603,7 @@ class SupabaseSource(Source):
     async def _watch(self, link: _Link) -> None:
         """Return when the link is broken or the source is closing."""
         while not link.broken.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(link.broken.wait(), LIVENESS_CHECK_S)
+            await link.pause(LIVENESS_CHECK_S)
             if not link.broken.is_set() and (problem := self._healthy(link)):
                 link.fail(problem)
 
@@ -600,20 +628,26 @@ class SupabaseSource(Source):
                 ref=f"{link.heartbeat_ref}-probe",
                 join_ref=channel.join_push.ref if channel is not None else None,
             )
+            reply_s = self.settings.heartbeat_reply_s
             try:
-                await asyncio.wait_for(client.send(message), self.settings.heartbeat_reply_s)
-                await asyncio.wait_for(client.send(probe), self.settings.heartbeat_reply_s)
-                await asyncio.wait_for(
-                    link.heartbeat_answered.wait(), self.settings.heartbeat_reply_s
+                async with asyncio.timeout(reply_s):
+                    await client.send(message)
+                    await client.send(probe)
+                answered = await link.until(
+                    reply_s - (time.monotonic() - sent), link.heartbeat_answered
                 )
             except TimeoutError:
-                link.fail("heartbeat_timeout", waited_s=round(time.monotonic() - sent, 2))
-                return
+                answered = False
             except Exception as error:
                 link.fail("heartbeat_failed", error=f"{type(error).__name__}: {str(error)[:200]}")
                 return
+            if link.broken.is_set():
+                return
+            if not answered:
+                link.fail("heartbeat_timeout", waited_s=round(time.monotonic() - sent, 2))
+                return
             metrics.LINK_CHECK_SECONDS.labels(SOURCE, "heartbeat").observe(time.monotonic() - sent)
-            await asyncio.sleep(max(0.0, self.settings.heartbeat_s - (time.monotonic() - sent)))
+            await link.pause(max(0.0, self.settings.heartbeat_s - (time.monotonic() - sent)))
 
     async def _teardown(self, link: _Link) -> None:
         if self._link is link:
@@ -626,9 +660,11 @@ class SupabaseSource(Source):
             return
         if self._stopping.is_set() and client.is_connected:  # leave politely when stopping
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.remove_all_channels(), 2)
+                async with asyncio.timeout(2):
+                    await client.remove_all_channels()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.close(), CLOSE_TIMEOUT_S + 1)
+            async with asyncio.timeout(CLOSE_TIMEOUT_S + 1):
+                await client.close()
 
     # --- watermark, canary and catch-up ----------------------------------------------------
     async def _database(self) -> psycopg.AsyncConnection[Any]:
@@ -650,9 +686,10 @@ class SupabaseSource(Source):
             snapshot = watermark[0]
         self._canaries.clear()
         try:
-            db = await self._database()
-            cursor = await asyncio.wait_for(db.execute("SELECT pg_current_snapshot()::text"), 5)
-            row = await cursor.fetchone()
+            async with asyncio.timeout(DB_TIMEOUT_S):
+                db = await self._database()
+                cursor = await db.execute("SELECT pg_current_snapshot()::text")
+                row = await cursor.fetchone()
             if row is not None:
                 self._watermark = (str(row[0]), time.time())
         except (psycopg.Error, OSError, TimeoutError) as error:
@@ -683,17 +720,18 @@ class SupabaseSource(Source):
                 )
                 return
             await self._write_canary()
-            await asyncio.sleep(interval)
+            await link.pause(interval)
 
     async def _write_canary(self) -> None:
         self._canary_seq += 1
         try:
-            db = await self._database()
-            sent = time.monotonic()
-            cursor = await asyncio.wait_for(
-                db.execute(WRITE_CANARY, {"topic": self.canary_topic, "seq": self._canary_seq}), 5
-            )
-            row = await cursor.fetchone()
+            async with asyncio.timeout(DB_TIMEOUT_S):
+                db = await self._database()
+                sent = time.monotonic()
+                cursor = await db.execute(
+                    WRITE_CANARY, {"topic": self.canary_topic, "seq": self._canary_seq}
+                )
+                row = await cursor.fetchone()
             if row is not None:
                 self._canaries.append(_Canary(self._canary_seq, str(row[0]), sent))
         except (psycopg.Error, OSError, TimeoutError) as error:

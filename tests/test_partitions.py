@@ -22,8 +22,9 @@ from tests.test_listener_postgres import SMALL
 from tests.test_slot_recovery import ends_correct_and_green, migrate
 
 
-def partition_ratings(database_url: str) -> None:
-    """What an operator does to a large table: re-create it partitioned by `created_at`."""
+def partition_ratings(database_url: str, upper: str = "MAXVALUE") -> None:
+    """What an operator does to a large table: re-create it partitioned by `created_at`, the
+    recent partition bounded by `upper` (a quoted timestamp, or MAXVALUE)."""
     split = (datetime.now(UTC) - timedelta(days=20)).isoformat()
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("DROP TABLE public.session_ratings")
@@ -46,14 +47,14 @@ def partition_ratings(database_url: str) -> None:
         )
         conn.execute(
             "CREATE TABLE public.session_ratings_recent PARTITION OF public.session_ratings"
-            f" FOR VALUES FROM ('{split}') TO (MAXVALUE)"
+            f" FOR VALUES FROM ('{split}') TO ({upper})"
         )
 
 
-def partitioned_and_seeded(database_url: str) -> None:
+def partitioned_and_seeded(database_url: str, upper: str = "MAXVALUE") -> None:
     """Migrated, `session_ratings` re-created partitioned, migrated again, seeded."""
     migrate(database_url)
-    partition_ratings(database_url)
+    partition_ratings(database_url, upper)
     migrate(database_url)
     seed.load(database_url, SMALL)
 
@@ -188,4 +189,79 @@ def test_supabase_source_binds_partitions_and_routes_by_the_partitioned_table(
             standin.set_down(False)
             listener.wait_connected(redis_client, 30, "listener back")
             settle(database_url, redis_client)
+            assert "session_ratings_" not in listener.proc.output()
+
+
+def test_a_partition_added_while_the_supabase_listener_is_connected_is_bound(
+    own_database: tuple[str, dict[str, str], Proc], redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """A partition created (`PARTITION OF`) and one attached (`ATTACH PARTITION`) while the
+    link is up: the partition check (`PARTITION_CHECK_S`, 1 s here) rebuilds the link with
+    them bound, and changes landing in them arrive through the channel (none dropped by the
+    server for want of a binding) and end in aggregates equal to the oracle."""
+    database_url, env, worker = own_database
+    soon, later = (datetime.now(UTC) + timedelta(days=d) for d in (3, 5))
+    partitioned_and_seeded(database_url, f"'{soon.isoformat()}'")
+    with RealtimeStandIn(database_url) as standin:
+        listener = Listener(env, tmp_path, standin, CANARY_S="1", PARTITION_CHECK_S="1")
+        with running(listener.proc, worker):
+            listener.wait_connected(redis_client)
+            settle(database_url, redis_client)
+            rebuilt = listener.metric(
+                "coachpipe_listener_teardowns_total", reason="partitions_changed"
+            )
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute(
+                    "CREATE TABLE public.session_ratings_soon PARTITION OF public.session_ratings"
+                    f" FOR VALUES FROM ('{soon.isoformat()}') TO ('{later.isoformat()}')"
+                )
+                conn.execute(
+                    "CREATE TABLE public.session_ratings_later"
+                    " (LIKE public.session_ratings INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+                )
+                conn.execute(
+                    "ALTER TABLE public.session_ratings ATTACH PARTITION"
+                    f" public.session_ratings_later FOR VALUES FROM ('{later.isoformat()}')"
+                    " TO (MAXVALUE)"
+                )
+            wait_for(
+                lambda: (
+                    listener.metric(
+                        "coachpipe_listener_teardowns_total", reason="partitions_changed"
+                    )
+                    > rebuilt
+                ),
+                30,
+                message="the partition check to rebuild the link",
+            )
+            wait_for(
+                lambda: standin.ready_topics() and listener.connected(redis_client),
+                30,
+                message="the link back with the new partitions bound",
+            )
+            settle(database_url, redis_client)
+            delivered = listener.metric(
+                "coachpipe_events_total", source="supabase", table="session_ratings"
+            )
+            dropped = standin.changes_dropped
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                rows = 0
+                for at in (soon + timedelta(days=1), later + timedelta(days=1)):
+                    cursor = conn.execute(
+                        "INSERT INTO session_ratings (session_id, coach_id, client_id, rating,"
+                        " created_at) SELECT DISTINCT ON (coach_id) id, coach_id, client_id, 1, %s"
+                        " FROM sessions",
+                        (at,),
+                    )
+                    rows += cursor.rowcount
+            settle(database_url, redis_client)
+            assert rows >= 2
+            assert (
+                listener.metric(
+                    "coachpipe_events_total", source="supabase", table="session_ratings"
+                )
+                >= delivered + rows
+            )  # through the channel, under the partitioned table's name
+            assert standin.changes_dropped == dropped
+            assert listener.metric("coachpipe_bad_input_total", reason="unmatched_ids") == 0
             assert "session_ratings_" not in listener.proc.output()

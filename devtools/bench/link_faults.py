@@ -10,7 +10,10 @@ ones in the smoke profile:
   until the teardown for `canary_timeout` (goal ≤ 30 s);
 - **drop**: the server closes the socket (1011); time until the subscription is live again on
   the server ("Subscribed to PostgreSQL" sent) and until the listener reports itself connected
-  (goal ≤ 1 s).
+  (goal ≤ 1 s). Drops land in two phases (`DROP_PHASES`): at once after the listener reports
+  connected, while the new link's first canary write and catch-up are in flight (where a lost
+  cancellation once held the teardown for a whole `CANARY_S`), and mid-way between two
+  heartbeats, with every link task idle.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from devtools.scrape import scrape
 TRIALS = {"smoke": 1, "quick": 3}
 """Trials of each fault per profile; the full profile runs FULL_TRIALS."""
 FULL_TRIALS = 10
+DROP_PHASES = {"at_subscribed": 0.0, "mid_interval": 0.5}
+"""Drop phase -> delay after the listener reports connected, as a fraction of `heartbeat_s`."""
 
 
 LINK_SETTINGS = (
@@ -56,7 +61,11 @@ def link_faults(stack: Stack, profile: Profile) -> dict[str, Any]:
     listener = stack.listener("supabase", naive=False, **env)
     half_open = [_half_open(stack, listener) for _ in range(trials)]
     stalls = [_silent_stall(stack, listener) for _ in range(trials)]
-    drops = [_drop(stack, listener) for _ in range(trials)]
+    by_phase = {
+        phase: [_drop(stack, listener, share * used["heartbeat_s"]) for _ in range(trials)]
+        for phase, share in DROP_PHASES.items()
+    }
+    drops = [drop for phase in by_phase.values() for drop in phase]
     stack.stop_processes()
     return {
         "source": "supabase",
@@ -66,6 +75,10 @@ def link_faults(stack: Stack, profile: Profile) -> dict[str, Any]:
         "silent_stall_detection_s": _seconds(stalls),
         "drop_resubscribed_ms": percentiles([ms for ms, _ in drops]),
         "drop_connected_ms": percentiles([ms for _, ms in drops]),
+        "drop_resubscribed_ms_by_phase": {
+            phase: percentiles([ms for ms, _ in phase_drops])
+            for phase, phase_drops in by_phase.items()
+        },
     }
 
 
@@ -124,10 +137,12 @@ def _silent_stall(stack: Stack, listener: Proc) -> float:
     )
 
 
-def _drop(stack: Stack, listener: Proc) -> tuple[float, float]:
+def _drop(stack: Stack, listener: Proc, after_s: float) -> tuple[float, float]:
     """(ms until the server sent "Subscribed to PostgreSQL" again, ms until the listener
-    reports connected) after the server closed the socket."""
+    reports connected) after the server closed the socket, `after_s` after the listener was
+    last seen connected."""
     standin = stack.realtime()
+    time.sleep(after_s)
     joins = standin.joins
     standin.drop_connections(1011)
     started = time.monotonic()
