@@ -102,8 +102,11 @@ class Broadcaster:
         self._shards = pubsub
         while not self._rebuild.is_set():
             if not pubsub.shard_channels:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that lands as the wait ends (CPython gh-86296), and this loop would go on.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._rebuild.wait(), SHARD_POLL_S * 10)
+                    async with asyncio.timeout(SHARD_POLL_S * 10):
+                        await self._rebuild.wait()
                 continue
             message = await pubsub.get_sharded_message(
                 ignore_subscribe_messages=True, timeout=SHARD_POLL_S
