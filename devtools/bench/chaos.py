@@ -291,7 +291,11 @@ def run_chaos(stack: Stack, plan: Plan, *, audited: bool = False) -> dict[str, A
     watch = AuditWatch(stack.env["REDIS_URL"]).start() if audited else None
     load, written = _load(stack, coaches, plan.seconds, rate=plan.rate)
     schedule = FaultSchedule(faults)
-    schedule.run()
+    try:
+        schedule.run()
+    finally:  # cut short: no recovery timer still asleep may start a process after cleanup
+        for proc in restartable.values():
+            proc.stop()
     load.join()
     last = max(faults, key=lambda fault: fault.started or 0.0)
     last_fault = last.started or 0.0
