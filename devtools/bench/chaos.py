@@ -37,6 +37,7 @@ from sqlalchemy import Engine
 
 from coachpipe.status import gather
 from config import load_settings
+from devtools.bench.broker import BrokerQueues
 from devtools.bench.scenarios import Profile, Written, bench_coaches, write_paced
 from devtools.bench.stack import Stack
 from devtools.faults import Fault, FaultSchedule, Restartable, restart_redis
@@ -45,6 +46,7 @@ from pipeline import keys
 from pipeline.aggregates import CRITICAL
 from pipeline.audit import inspect, last_audit
 from pipeline.db import make_engine
+from pipeline.freshness import summary as freshness_summary
 
 RATE = 200.0
 CONVERGE_TIMEOUT_S = 300.0
@@ -288,7 +290,7 @@ def run_chaos(stack: Stack, plan: Plan, *, audited: bool = False) -> dict[str, A
     restartable = {name: Restartable(procs[name]) for name in plan.targets}
     faults = _faults(stack, plan, restartable, rng)
     transactions = Transactions(stack)
-    watch = AuditWatch(stack.env["REDIS_URL"]).start() if audited else None
+    watch = AuditWatch(stack.env["REDIS_URL"], stack.broker).start() if audited else None
     load, written = _load(stack, coaches, plan.seconds, rate=plan.rate)
     schedule = FaultSchedule(faults)
     try:
@@ -338,9 +340,13 @@ class AuditWatch:
     last one in Redis; this polls it twice a second, well inside `AUDIT_INTERVAL_S`), summed:
     the audit's own counters survive neither a worker kill nor a Redis restart."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, broker: BrokerQueues) -> None:
         self.client = redis.Redis.from_url(redis_url)
+        self.broker = broker
         self.passes: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self.minutes: list[tuple[float, dict[str, Any]]] = []
+        """Each minute: that minute's freshness (commit → every routed aggregate stored) and
+        the queued tasks, to read the audit's findings beside the pipeline's lag."""
         self.unanswered = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -350,9 +356,14 @@ class AuditWatch:
         return self
 
     def _run(self) -> None:
+        next_minute = time.time() + 60
         while not self._stop.wait(0.5):
             try:
                 summary = last_audit(self.client)
+                if time.time() >= next_minute:
+                    next_minute += 60
+                    lag = freshness_summary(self.client, minutes=1, now=time.time() - 60)
+                    self.minutes.append((time.time(), lag | {"queued": self.broker.queued()}))
             except redis.RedisError:
                 self.unanswered += 1
                 continue
@@ -396,6 +407,10 @@ class AuditWatch:
             "clock": dict(clock),
             **totals,
             "redis_unanswered_polls": self.unanswered,
+            "freshness_by_minute": [
+                {"at_s": round(seen - began, 1)} | {k: v for k, v in lag.items() if k != "minutes"}
+                for seen, lag in self.minutes
+            ],
             "passes_with_mismatches": flagged[:20],
         }
 
