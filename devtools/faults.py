@@ -88,6 +88,7 @@ class Restartable:
     proc: Proc
     kills: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stopped: bool = field(default=False, repr=False)
 
     def kill_and_restart(self) -> Recover:
         """SIGKILL; the recovery starts the process unless it runs already. Faults on one
@@ -98,9 +99,16 @@ class Restartable:
             self.kills += 1
         return self._start_unless_running
 
+    def stop(self) -> None:
+        """No recovery starts the process from now on: a run cut short (SIGTERM) stops its
+        processes while recovery timers still sleep, and one waking later would start an
+        orphan that outlives the stack."""
+        with self._lock:
+            self._stopped = True
+
     def _start_unless_running(self) -> None:
         with self._lock:
-            if not self.proc.alive():
+            if not self._stopped and not self.proc.alive():
                 self.proc.start()
 
 

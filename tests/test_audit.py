@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import psycopg
@@ -12,7 +14,8 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
-from devtools.processes import Proc, wait_for
+from devtools.bench.broker import BrokerQueues
+from devtools.processes import running, start_beat, start_worker, wait_for
 from pipeline import audit, keys, seed
 from pipeline.aggregates import CRITICAL, NAMES, get
 from pipeline.aggregates.base import compute_all
@@ -20,8 +23,6 @@ from pipeline.db import make_engine
 from pipeline.recompute import database_clock
 from pipeline.refresh import refresh_everything
 from pipeline.store import AggregateStore
-from tasks import names
-from tasks.pipeline_app import PipelineApp
 from tests.pipeline_checks import coach_ids, mismatches, settle
 
 PLAN = seed.SeedPlan(coaches=4, clients_per_coach=3, sessions_per_client=4)
@@ -224,25 +225,45 @@ def test_below_slo(consistency: dict[str, float], slo: float, below: list[str]) 
     assert audit.below_slo(None, slo) == []
 
 
-def test_beat_audit_finds_a_wrong_value_and_repairs_it_and_status_shows_it(
-    worker: Proc, redis_client: redis.Redis, database_url: str, service_env: dict[str, str],
-    pipeline_app: PipelineApp,
+def test_beat_finds_a_value_corrupted_by_hand_and_repairs_it_in_the_first_pass_after(
+    engine: Engine, stored: AggregateStore, redis_client: redis.Redis, database_url: str,
+    service_env: dict[str, str], tmp_path: Path, broker_url: str,
 ) -> None:  # fmt: skip
+    """A real worker and a real beat; every audit run visits every coach (cycle = interval).
+    The first pass whose snapshot follows the corruption names it and repairs it; `coachpipe
+    status` shows that pass."""
     from tests.test_cli import coachpipe
 
-    seed.load(database_url, PLAN)
-    coaches = coach_ids(database_url)
-    pipeline_app.runtime.scheduler.request([(a.name, c) for c in coaches for a in CRITICAL])
-    settle(database_url, redis_client, coaches)
-    redis_client.hset(keys.aggregate("coach-insights", coaches[1]), "value", b'{"wrong": true}')
-    sample = pipeline_app.tasks[names.AUDIT_SAMPLE]
-    for _ in coaches:  # one coach a run (4 active coaches, 1 h cycle, 10 s interval)
-        sample.apply_async()
-    wait_for(
-        lambda: not mismatches(database_url, redis_client, coaches), 60, interval=0.2,
-        message="the audit to repair the wrong value",
-    )  # fmt: skip
-    summary = wait_for(lambda: audit.last_audit(redis_client), 30)
-    assert summary is not None
-    status = json.loads(coachpipe(service_env, "status", "--json").stdout)
-    assert status["audit"] is not None and "consistency" in status["audit"]
+    env = service_env | {
+        "AUDIT_INTERVAL_S": "2", "AUDIT_CYCLE_S": "2", "AUDIT_GRACE_S": "0.5",
+        # Nothing but the audit rewrites coach-stats during the test: these run once, at start.
+        "FALLBACK_POLL_S": "3600", "CLOCK_TICK_S": "3600", "RECONCILE_S": "3600",
+    }  # fmt: skip
+    broker = BrokerQueues(broker_url)
+    broker.flush()
+    worker = start_worker(env, tmp_path, broker_url=broker_url)
+    beat = start_beat(env, tmp_path, "beat")
+    with running(beat, worker):
+        wait_for(lambda: audit.last_audit(redis_client), 60, message="a first audit pass")
+        settle(database_url, redis_client)
+        wait_for(lambda: broker.queued() == 0 and broker.unacked() == 0, 30, interval=0.02)
+        coach = coach_ids(database_url)[0]
+        redis_client.hset(keys.aggregate("coach-stats", coach), "value", b'{"sessions": {}}')
+        corrupted_at = datetime.now(UTC)
+
+        def first_pass_after() -> dict[str, Any] | None:
+            summary = audit.last_audit(redis_client)
+            after = summary and datetime.fromisoformat(summary["snapshot_at"]) > corrupted_at
+            return summary if after else None
+
+        found = wait_for(first_pass_after, 60, interval=0.02, message="an audit pass after it")
+        assert found is not None
+        assert [(m["aggregate"], m["coach_id"], m["kind"]) for m in found["mismatches"]] == [
+            ("coach-stats", str(coach), "differs")
+        ]
+        assert "sessions.total" in found["mismatches"][0]["fields"]
+        assert found["repaired"] == 1
+        assert mismatches(database_url, redis_client, coach_ids(database_url)) == []
+        status = json.loads(coachpipe(env, "status", "--json").stdout)
+        assert status["audit"] is not None and "consistency" in status["audit"]
+    assert worker.output().count("audit_mismatch") == 1  # no later pass found it again

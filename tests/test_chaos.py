@@ -25,6 +25,7 @@ from coachpipe.embedded import PrivateRedis
 from coachpipe.traffic import ChangeWriter, pace
 from devtools.faults import Fault, FaultSchedule, Restartable, pause_redis, restart_redis
 from devtools.processes import (
+    Proc,
     listener_connected,
     running,
     start_beat,
@@ -149,3 +150,16 @@ def converge(database_url: str, client: redis.Redis, explain: Callable[[str], st
             )
         ) from None
     return time.time()
+
+
+def test_a_stopped_restartable_is_not_started_again_by_a_pending_recovery(
+    tmp_path: Path,
+) -> None:
+    """A run cut short stops its processes while a recovery timer sleeps: waking, it must
+    not start an orphan (a bench stopped by SIGTERM left a beat running)."""
+    proc = Proc("sleeper", ["sleep", "60"], dict(os.environ), tmp_path / "sleeper.log").start()
+    restartable = Restartable(proc)
+    recover = restartable.kill_and_restart()
+    restartable.stop()
+    recover()
+    assert not proc.alive()

@@ -1,5 +1,5 @@
 """`python -m devtools.bench [SCENARIO|all] [--quick|--smoke] [--output DIR]
-[--noisy-neighbour SHARE] [--broker redis|rabbitmq]` (`make bench`)."""
+[--noisy-neighbour SHARE] [--broker redis|rabbitmq] [--duration S] [--rate N]` (`make bench`)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,13 @@ def bench(
         Broker,
         typer.Option(help="Celery broker: the shared Redis, or a private RabbitMQ node (amqp)."),
     ] = Broker.REDIS,
+    duration: Annotated[
+        float | None,
+        typer.Option(min=1.0, help="Load seconds of `chaos` and `soak-audit` (profile's else)."),
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option(min=1.0, help="Changes/s of `chaos` and `soak-audit`.")
+    ] = None,
 ) -> None:
     """Measure the pipeline on private services; write JSON, Markdown and plots."""
     raise typer.Exit(
@@ -50,6 +57,8 @@ def bench(
             console=Console(),
             noisy_neighbour=noisy_neighbour,
             broker=broker.value,
+            duration=duration,
+            rate=rate,
         )
     )
 

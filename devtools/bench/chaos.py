@@ -3,7 +3,10 @@
 `chaos`: 200 changes/s over 1,000 coaches while the listener and the worker are SIGKILLed at
 random every 2 to 6 s and restarted after a short random delay. `redis-restart`: Redis stops
 during load and starts again (its data kept, as a persistent Redis keeps it). `worker-kill`: the
-worker is SIGKILLed while drains hold claims. Beat runs in all three, as in production.
+worker is SIGKILLed while drains hold claims. Beat runs in all of them, as in production.
+`soak-audit` (issue 17): `chaos` for 30 minutes with beat killed too, Redis restarted every
+5 minutes, and beat's consistency audit visiting every coach every 5 minutes; it reports what
+the audit found during the run and what a final `coachpipe audit --all` finds afterwards.
 
 "Right" is what `coachpipe audit` judges: a recompute of every critical aggregate of every
 coach in one snapshot, compared with what Redis holds (pipeline.audit.inspect). Rollbacks are
@@ -15,32 +18,46 @@ from __future__ import annotations
 
 import random
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import orjson
 import psycopg
 import redis
 from sqlalchemy import Engine
 
 from coachpipe.status import gather
+from config import load_settings
+from devtools.bench.broker import BrokerQueues
 from devtools.bench.scenarios import Profile, Written, bench_coaches, write_paced
 from devtools.bench.stack import Stack
 from devtools.faults import Fault, FaultSchedule, Restartable, restart_redis
 from devtools.processes import Proc, start_beat, wait_for
 from pipeline import keys
 from pipeline.aggregates import CRITICAL
-from pipeline.audit import inspect
+from pipeline.audit import inspect, last_audit
 from pipeline.db import make_engine
+from pipeline.freshness import summary as freshness_summary
 
 RATE = 200.0
 CONVERGE_TIMEOUT_S = 300.0
 SEED = 15
+SOAK_GAP_S = (20.0, 40.0)
+"""Seconds between two kills of the soak: each process killed about every 90 s, 60 kills in
+30 minutes. At 5 to 15 s on a shared 2-core machine (load 20) the worker spent most of the
+run starting again, the queues grew and the audit's own tasks expired unrun."""
+SOAK_REDIS_EVERY_S = 300.0
+SOAK_AUDIT_CYCLE_S = 300.0
+"""Every coach audited once per 5 minutes: six times in a 30-minute soak."""
 
 
 class Judge:
@@ -166,22 +183,28 @@ class Transactions:
         }
 
 
-def _pipeline(stack: Stack) -> dict[str, Proc]:
-    """A fresh worker, a `postgres` listener and beat, as deployed (defaults but heartbeats)."""
-    worker = stack.worker(fresh=True)
+def _pipeline(stack: Stack, env: Mapping[str, str] | None = None) -> dict[str, Proc]:
+    """A fresh worker, a `postgres` listener and beat, as deployed (defaults but heartbeats);
+    `env` adds settings to the worker and beat (the audit's, say)."""
+    extra = dict(env or {})
+    worker = stack.worker(fresh=True, env=extra)
     listener = stack.listener("postgres")
-    beat = start_beat(stack.env | {"LOG_LEVEL": "INFO"}, stack.root / "logs")
+    beat = start_beat(stack.env | extra | {"LOG_LEVEL": "INFO"}, stack.root / "logs")
     stack.procs.append(beat)
     return {"worker": worker, "listener": listener, "beat": beat}
 
 
 def _load(
-    stack: Stack, coaches: list[UUID], duration: float, stop: threading.Event | None = None
+    stack: Stack,
+    coaches: list[UUID],
+    duration: float,
+    stop: threading.Event | None = None,
+    rate: float = RATE,
 ) -> tuple[threading.Thread, list[Written]]:
     out: list[Written] = []
     thread = threading.Thread(
         target=lambda: out.append(
-            write_paced(stack, rate=RATE, duration=duration, coaches=coaches, threads=2, stop=stop)
+            write_paced(stack, rate=rate, duration=duration, coaches=coaches, threads=2, stop=stop)
         ),
         daemon=True,
     )
@@ -197,43 +220,220 @@ def _finish(stack: Stack, procs: dict[str, Proc], judge: Judge) -> dict[str, Any
     return alive
 
 
-def chaos(stack: Stack, profile: Profile) -> dict[str, Any]:
-    rng = random.Random(SEED)
-    procs = _pipeline(stack)
-    coaches = bench_coaches(stack, min(1000, stack.coaches))
-    judge = Judge(stack, coaches)
-    restartable = {name: Restartable(procs[name]) for name in ("listener", "worker")}
+@dataclass(frozen=True)
+class Plan:
+    """What a chaos run does: how long and fast it writes, what it kills how often, whether
+    Redis restarts, and the settings of the worker and beat."""
+
+    seconds: float
+    rate: float = RATE
+    targets: tuple[str, ...] = ("listener", "worker")
+    """Processes SIGKILLed in turn, of `listener`, `worker` and `beat`."""
+    gap_s: tuple[float, float] = (2.0, 6.0)
+    """Seconds between two kills, uniformly at random."""
+    redis_every_s: float | None = None
+    """One Redis restart (data kept) in each period of this length, at a random moment."""
+    redis_down_s: float = 2.0
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def _faults(
+    stack: Stack, plan: Plan, restartable: dict[str, Restartable], rng: random.Random
+) -> list[Fault]:
+    """Kills of `plan.targets` in turn at random moments, then the Redis restarts."""
     faults: list[Fault] = []
-    at = rng.uniform(2, 6)
-    targets = sorted(restartable)
-    turn = rng.randrange(2)  # the listener and the worker take turns, at random moments
-    while at < profile.chaos_s:
-        target = targets[turn % 2]
+    at = rng.uniform(*plan.gap_s)
+    targets = sorted(plan.targets)
+    turn = rng.randrange(len(targets))  # the targets take turns, at random moments
+    while at < plan.seconds:
+        target = targets[turn % len(targets)]
         delay = rng.uniform(0.2, 1.5)
         faults.append(Fault(at, f"kill {target}", restartable[target].kill_and_restart, delay))
-        at += rng.uniform(2, 6)
+        at += rng.uniform(*plan.gap_s)
         turn += 1
+    if plan.redis_every_s is not None:
+        assert stack.redis_server is not None
+        restart = restart_redis(stack.redis_server, keep_data=True)
+        for period in range(int(plan.seconds // plan.redis_every_s)):
+            moment = (period + rng.uniform(0.2, 0.8)) * plan.redis_every_s
+            faults.append(Fault(moment, "redis restart", restart, plan.redis_down_s))
+    return faults
+
+
+def chaos(stack: Stack, profile: Profile) -> dict[str, Any]:
+    return run_chaos(stack, Plan(seconds=profile.chaos_s, rate=profile.chaos_rate))
+
+
+def soak_audit(stack: Stack, profile: Profile) -> dict[str, Any]:
+    """`chaos` for `profile.soak_audit_s` with beat killed too, a Redis restart every
+    `SOAK_REDIS_EVERY_S`, and beat auditing every coach once per `SOAK_AUDIT_CYCLE_S`: what
+    the audit found during the run, and a final `coachpipe audit --all` after convergence."""
+    plan = Plan(
+        seconds=profile.soak_audit_s,
+        rate=profile.chaos_rate,
+        targets=("beat", "listener", "worker"),
+        gap_s=SOAK_GAP_S,
+        redis_every_s=min(SOAK_REDIS_EVERY_S, profile.soak_audit_s / 2),
+        env={"AUDIT_CYCLE_S": f"{min(SOAK_AUDIT_CYCLE_S, profile.soak_audit_s / 3):g}"},
+    )
+    return run_chaos(stack, plan, audited=True)
+
+
+def run_chaos(stack: Stack, plan: Plan, *, audited: bool = False) -> dict[str, Any]:
+    """Load at `plan.rate` for `plan.seconds` with the plan's faults, then how long until
+    every aggregate is right (the judge). `audited`: also what beat's audit found during the
+    run (`AuditWatch`) and a final `coachpipe audit --all --json` once all is right."""
+    rng = random.Random(SEED)
+    procs = _pipeline(stack, plan.env)
+    coaches = bench_coaches(stack, min(1000, stack.coaches))
+    judge = Judge(stack, coaches)
+    restartable = {name: Restartable(procs[name]) for name in plan.targets}
+    faults = _faults(stack, plan, restartable, rng)
     transactions = Transactions(stack)
-    load, written = _load(stack, coaches, profile.chaos_s)
+    watch = AuditWatch(stack.env["REDIS_URL"], stack.broker).start() if audited else None
+    load, written = _load(stack, coaches, plan.seconds, rate=plan.rate)
     schedule = FaultSchedule(faults)
-    schedule.run()
+    try:
+        schedule.run()
+    finally:  # cut short: no recovery timer still asleep may start a process after cleanup
+        for proc in restartable.values():
+            proc.stop()
     load.join()
-    last_kill = max(fault.started or 0.0 for fault in faults)
+    last = max(faults, key=lambda fault: fault.started or 0.0)
+    last_fault = last.started or 0.0
     result = {
-        "rate": RATE,
+        "rate": plan.rate,
         "coaches": len(coaches),
-        "seconds": profile.chaos_s,
+        "seconds": plan.seconds,
         "seed": SEED,
         "changes": len(written[0].changes),
+        "writer_behind_s": round(written[0].behind_s, 2),
         "writer_conflicts": written[0].conflicts,
         "kills": {name: proc.kills for name, proc in restartable.items()},
-        "last_kill_before_last_write_s": round(written[0].finished - last_kill, 2),
+        "redis_restarts": sum(1 for fault in faults if fault.name == "redis restart"),
+        "last_kill_before_last_write_s": round(written[0].finished - last_fault, 2),
+        "last_fault": f"{last.name} for {(last.over or last_fault) - last_fault:.1f} s",
         "faults": schedule.summary(),
-        **judge.converge(last_kill, written[0].finished, sample_at=5),
+        **judge.converge(last_fault, written[0].finished, sample_at=5),
     }
+    if watch is not None:
+        result["audit_settings"] = _audit_settings(stack, plan)
+        result["audit_during_run"] = watch.stop(schedule.began)
+        result["final_audit"] = final_audit(stack.env | dict(plan.env))
     result["alive_at_end"] = _finish(stack, procs, judge)
     result["transactions"] = transactions.report()
     return result
+
+
+def _audit_settings(stack: Stack, plan: Plan) -> dict[str, float]:
+    settings = load_settings(_env_file=None, **{k.lower(): v for k, v in plan.env.items()})
+    return {
+        "audit_cycle_s": settings.audit_cycle_s,
+        "audit_interval_s": settings.audit_interval_s,
+        "audit_grace_s (the SLO)": settings.audit_grace_s,
+        "passes_over_every_coach": round(plan.seconds / settings.audit_cycle_s, 1),
+    }
+
+
+class AuditWatch:
+    """Every audit pass beat's audit records during a run (`pipeline.audit.record` keeps the
+    last one in Redis; this polls it twice a second, well inside `AUDIT_INTERVAL_S`), summed:
+    the audit's own counters survive neither a worker kill nor a Redis restart."""
+
+    def __init__(self, redis_url: str, broker: BrokerQueues) -> None:
+        self.client = redis.Redis.from_url(redis_url)
+        self.broker = broker
+        self.passes: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self.minutes: list[tuple[float, dict[str, Any]]] = []
+        """Each minute: that minute's freshness (commit → every routed aggregate stored) and
+        the queued tasks, to read the audit's findings beside the pipeline's lag."""
+        self.unanswered = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> AuditWatch:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        next_minute = time.time() + 60
+        while not self._stop.wait(0.5):
+            try:
+                summary = last_audit(self.client)
+                if time.time() >= next_minute:
+                    next_minute += 60
+                    lag = freshness_summary(self.client, minutes=1, now=time.time() - 60)
+                    self.minutes.append((time.time(), lag | {"queued": self.broker.queued()}))
+            except redis.RedisError:
+                self.unanswered += 1
+                continue
+            if summary is not None:
+                key = (summary["snapshot_at"], summary["confirmed_at"])
+                self.passes.setdefault(key, (time.time(), summary))
+
+    def stop(self, began: float) -> dict[str, Any]:
+        """The passes seen so far, summed: checked values and mismatches (still stale after
+        the grace period: stale beyond the SLO) per aggregate, the oldest stale age; each
+        pass with mismatches with its moment (s after `began`, time.time())."""
+        self._stop.set()
+        self._thread.join()
+        self.client.close()
+        checked: Counter[str] = Counter()
+        found: Counter[str] = Counter()
+        clock: Counter[str] = Counter()
+        lowest: dict[str, float] = {}
+        totals = Counter[str]()
+        flagged: list[dict[str, Any]] = []
+        oldest = 0.0
+        for seen, summary in sorted(self.passes.values(), key=lambda p: p[0]):
+            checked.update(summary["checked"])
+            clock.update(summary["clock"])
+            for name, ratio in summary["consistency"].items():
+                lowest[name] = min(lowest.get(name, 1.0), ratio)
+            for key in ("settled", "repaired", "newer"):
+                totals[key] += summary[key]
+            for mismatch in summary["mismatches"]:
+                found[f"{mismatch['aggregate']} {mismatch['kind']}"] += 1
+            if summary["mismatches"]:
+                oldest = max(oldest, summary["oldest_stale_s"])
+                flagged.append({"at_s": round(seen - began, 1)} | summary)
+        return {
+            "passes": len(self.passes),
+            "checked": dict(checked),
+            "mismatches_by_aggregate": dict(found),
+            "stale_beyond_slo": sum(found.values()),
+            "oldest_stale_s": round(oldest, 2),
+            "lowest_consistency": lowest,
+            "clock": dict(clock),
+            **totals,
+            "redis_unanswered_polls": self.unanswered,
+            "freshness_by_minute": [
+                {"at_s": round(seen - began, 1)} | {k: v for k, v in lag.items() if k != "minutes"}
+                for seen, lag in self.minutes
+            ],
+            "passes_with_mismatches": flagged[:20],
+        }
+
+
+def final_audit(env: Mapping[str, str]) -> dict[str, Any]:
+    """`coachpipe audit --all --json` as an operator runs it: exit code, checked values,
+    mismatches (still stale after the grace period) and repairs."""
+    done = subprocess.run(
+        [sys.executable, "-m", "coachpipe", "audit", "--all", "--json"],
+        env=dict(env), capture_output=True, text=True, timeout=CONVERGE_TIMEOUT_S, check=False,
+    )  # fmt: skip
+    try:
+        reports: list[dict[str, Any]] = orjson.loads(done.stdout)
+    except orjson.JSONDecodeError:
+        return {"exit_code": done.returncode, "error": done.stderr[-500:]}
+    return {
+        "exit_code": done.returncode,
+        "checked": sum(sum(r["checked"].values()) for r in reports),
+        "mismatches": [m for r in reports for m in r["mismatches"]],
+        "settled": sum(r["settled"] for r in reports),
+        "clock": sum(sum(r["clock"].values()) for r in reports),
+        "repaired": sum(r["repaired"] for r in reports),
+    }
 
 
 def redis_restart(stack: Stack, profile: Profile) -> dict[str, Any]:

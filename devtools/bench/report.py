@@ -373,6 +373,7 @@ def fault_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         out.append(("redis-restart: beat exits / first beat task run after (s)",
                     f"{restart['beat_exits']} / {_fmt(restart['first_beat_task_after_s'])}",
                     "0 exits", _met(restart["beat_exits"] == 0)))  # fmt: skip
+    out += _soak_audit_rows(results.get("soak-audit"))
     kill = results.get("worker-kill")
     if kill:
         held = f"worker SIGKILLed mid-drain ({kill['claims_held_at_kill']} claims held)"
@@ -463,6 +464,35 @@ def naive_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             )
         )
     return out
+
+
+def _soak_audit_rows(soak: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    """Rows of `soak-audit`: the audit during the run, the final audit, convergence."""
+    if not soak:
+        return []
+    kills = soak["kills"]
+    load = (
+        f"soak-audit {soak['rate']:.0f}/s over {soak['coaches']:,} coaches, "
+        f"{soak['seconds'] / 60:.0f} min, {kills.get('listener', 0)} listener + "
+        f"{kills.get('worker', 0)} worker + {kills.get('beat', 0)} beat kills, "
+        f"{soak['redis_restarts']} Redis restarts"
+    )
+    during = soak["audit_during_run"]
+    final = soak["final_audit"]
+    found = ", ".join(f"{k}: {v}" for k, v in during["mismatches_by_aggregate"].items())
+    final_mismatches = len(final.get("mismatches", [])) if "checked" in final else None
+    return [
+        _within(f"{load}: all correct after the last fault (s)", soak["converged_s"], 5),
+        (f"soak-audit: audit passes / values checked during the run "
+         f"(cycle {soak['audit_settings']['audit_cycle_s']:g} s)",
+         f"{during['passes']:,} / {sum(during['checked'].values()):,}", "", "-"),
+        ("soak-audit: mismatches stale beyond the SLO during the run (oldest, s)",
+         f"{during['stale_beyond_slo']} ({found or 'none'}; {_fmt(during['oldest_stale_s'])})",
+         "0", _met(during["stale_beyond_slo"] == 0)),
+        ("soak-audit: final `coachpipe audit --all` after convergence: checked / mismatches",
+         f"{final.get('checked', '-')} / {_fmt(final_mismatches)}", "0 mismatches",
+         _met(None if final_mismatches is None else final_mismatches == 0)),
+    ]  # fmt: skip
 
 
 def _load_line(meta: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """`make bench` / `python -m devtools.bench SCENARIO`: scenarios on private stacks, results.
 
 Scenarios on the 1,000-coach dataset share one stack (`dedup`, `steady`, `burst`, `hot`,
-`intake`, `workers`, `soak`, and the fault scenarios `chaos`, `redis-restart`, `worker-kill`);
+`intake`, `workers`, `soak`, and the fault scenarios `chaos`, `redis-restart`, `worker-kill`,
+and `soak-audit`, which runs only when named);
 the 10,000-coach / 1M-session ones share another (`aggregates`, `full-refresh`); `whale`
 (a coach with 1M sessions beside 1,000 ordinary ones) has a stack of its own and runs only
 when named (`python -m devtools.bench whale`), not in `all`. `--quick` shrinks sizes and
@@ -16,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from coachpipe.embedded import PrivateRedis
 from config import load_settings
 from config.logging import configure_logging
 from devtools.bench import report
-from devtools.bench.chaos import chaos, redis_restart, worker_kill
+from devtools.bench.chaos import chaos, redis_restart, soak_audit, worker_kill
 from devtools.bench.link_faults import link_faults
 from devtools.bench.measure import machine
 from devtools.bench.noisy import NoisyNeighbour
@@ -93,13 +95,15 @@ SMALL_STACK: dict[str, Run] = {
     "chaos": chaos,
     "redis-restart": redis_restart,
     "worker-kill": worker_kill,
+    "soak-audit": soak_audit,
 }
-FAULT_SCENARIOS = ("chaos", "redis-restart", "worker-kill")
+FAULT_SCENARIOS = ("chaos", "redis-restart", "worker-kill", "soak-audit")
 # full-refresh first: the micro benchmarks then measure a warm cache, as a live system has.
 BIG_STACK: dict[str, Run] = {"full-refresh": full_refresh, "aggregates": aggregates_micro}
 SCENARIOS = (*SMALL_STACK, *BIG_STACK)
-NAMED_ONLY = ("whale",)
-"""Scenarios that run only when named: `all` leaves them out (their own stack, long seeding)."""
+NAMED_ONLY = ("whale", "soak-audit")
+"""Scenarios that run only when named: `all` leaves them out (their own stack and long
+seeding; a 30-minute load)."""
 
 
 def _commit() -> str:
@@ -135,16 +139,24 @@ def run_bench(
     smoke: bool = False,
     noisy_neighbour: float = 0.0,
     broker: str = "redis",
+    duration: float | None = None,
+    rate: float | None = None,
 ) -> int:
     names = [scenario]
     if scenario == "all":  # the smoke run proves the harness: faults wait out recoveries
-        names = [n for n in SCENARIOS if not (smoke and n in FAULT_SCENARIOS)]
+        names = [
+            n for n in SCENARIOS if n not in NAMED_ONLY and not (smoke and n in FAULT_SCENARIOS)
+        ]
     unknown = [n for n in names if n not in (*SCENARIOS, *NAMED_ONLY)]
     if unknown:
-        choices = ", ".join((*SCENARIOS, *NAMED_ONLY))
+        choices = ", ".join(dict.fromkeys((*SCENARIOS, *NAMED_ONLY)))
         console.print(f"[red]unknown scenario {unknown[0]!r}[/]; choose from: all, {choices}")
         return 2
     profile = PROFILES["smoke" if smoke else "quick" if quick else "full"]
+    if duration is not None:
+        profile = replace(profile, chaos_s=duration, soak_audit_s=duration)
+    if rate is not None:
+        profile = replace(profile, chaos_rate=rate)
     configure_logging(load_settings(_env_file=None, log_level="WARNING", log_format="console"))
     started = time.monotonic()
     results: dict[str, Any] = {}

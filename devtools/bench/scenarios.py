@@ -70,12 +70,16 @@ class Profile:
     """Load time of the `chaos` scenario, with kills all along."""
     fault_load_s: float = 20
     """Load before the fault of `redis-restart` and `worker-kill`."""
+    soak_audit_s: float = 1800
+    """Load time of the `soak-audit` scenario: `chaos` with beat's audit running."""
+    chaos_rate: float = 200
+    """Changes/s of `chaos` and `soak-audit`."""
 
 
 PROFILES = {
     "full": Profile("full", 1000, 10_000, 120, 15, 2000, 1000, 8, 600, 20, 200, 20, 2000),
-    "quick": Profile("quick", 300, 1000, 6, 3, 500, 300, 2, 10, 3, 50, 3, 300, 20, 6),
-    "smoke": Profile("smoke", 30, 60, 2, 2, 100, 50, 2, 3, 2, 20, 5, 60, 6, 2),
+    "quick": Profile("quick", 300, 1000, 6, 3, 500, 300, 2, 10, 3, 50, 3, 300, 20, 6, 120),
+    "smoke": Profile("smoke", 30, 60, 2, 2, 100, 50, 2, 3, 2, 20, 5, 60, 6, 2, 30),
 }
 
 
