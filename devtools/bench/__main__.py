@@ -1,5 +1,5 @@
-"""`python -m devtools.bench [SCENARIO|all] [--quick|--smoke] [--output DIR]
-[--noisy-neighbour SHARE] [--broker redis|rabbitmq]` (`make bench`)."""
+"""`python -m devtools.bench [SCENARIO[,SCENARIO…]|all] [--quick|--smoke] [--output DIR]
+[--noisy-neighbour SHARE] [--broker redis|rabbitmq] [--stacks BROKER+STORE,…]` (`make bench`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from devtools.bench.runner import run_bench
+from devtools.bench.runner import Services, run_bench
 
 
 class Broker(StrEnum):
@@ -39,8 +39,20 @@ def bench(
         Broker,
         typer.Option(help="Celery broker: the shared Redis, or a private RabbitMQ node (amqp)."),
     ] = Broker.REDIS,
+    stacks: Annotated[
+        str,
+        typer.Option(
+            help="Run on each of these broker+store combinations in turn, into one results "
+            "file (overrides --broker): e.g. redis+redis,rabbitmq+cluster. Broker: redis or "
+            "rabbitmq; store: redis or cluster (a private 3+3 Redis Cluster)."
+        ),
+    ] = "",
 ) -> None:
     """Measure the pipeline on private services; write JSON, Markdown and plots."""
+    try:
+        combinations = [Services.parse(text) for text in stacks.split(",") if text.strip()]
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--stacks") from None
     raise typer.Exit(
         run_bench(
             scenario,
@@ -50,6 +62,7 @@ def bench(
             console=Console(),
             noisy_neighbour=noisy_neighbour,
             broker=broker.value,
+            stacks=combinations,
         )
     )
 
