@@ -1,5 +1,6 @@
-"""`python -m devtools.bench [SCENARIO|all] [--quick|--smoke] [--output DIR]
-[--noisy-neighbour SHARE] [--broker redis|rabbitmq] [--duration S] [--rate N]` (`make bench`)."""
+"""`python -m devtools.bench [SCENARIO[,SCENARIO…]|all] [--quick|--smoke] [--output DIR]
+[--noisy-neighbour SHARE] [--broker redis|rabbitmq] [--stacks BROKER+STORE,…] [--duration S]
+[--rate N]` (`make bench`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from devtools.bench.runner import run_bench
+from devtools.bench.runner import Services, run_bench
 
 
 class Broker(StrEnum):
@@ -46,8 +47,20 @@ def bench(
     rate: Annotated[
         float | None, typer.Option(min=1.0, help="Changes/s of `chaos` and `soak-audit`.")
     ] = None,
+    stacks: Annotated[
+        str,
+        typer.Option(
+            help="Run on each of these broker+store combinations in turn, into one results "
+            "file (overrides --broker): e.g. redis+redis,rabbitmq+cluster. Broker: redis or "
+            "rabbitmq; store: redis or cluster (a private 3+3 Redis Cluster)."
+        ),
+    ] = "",
 ) -> None:
     """Measure the pipeline on private services; write JSON, Markdown and plots."""
+    try:
+        combinations = [Services.parse(text) for text in stacks.split(",") if text.strip()]
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--stacks") from None
     raise typer.Exit(
         run_bench(
             scenario,
@@ -59,6 +72,7 @@ def bench(
             broker=broker.value,
             duration=duration,
             rate=rate,
+            stacks=combinations,
         )
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,6 +14,7 @@ import psutil
 import redis
 
 from pipeline import keys
+from pipeline.redis_client import connect, is_cluster
 from pipeline.store import Notice
 
 
@@ -55,22 +56,37 @@ class Observed:
 
 @dataclass
 class NoticeCollector:
-    """Pattern-subscribes to every coach's update channel and keeps what arrives."""
+    """Keeps every update notice the pipeline publishes while it runs.
+
+    On one Redis it pattern-subscribes to every coach's channel. A Redis Cluster's notices
+    are sharded (`SPUBLISH` in the coach's slot, `pipeline.store`) and shard channels take no
+    patterns, so there it `SSUBSCRIBE`s to the channel of each coach of `coaches`, on the
+    master that owns its slot (redis-py's cluster pubsub keeps one connection per node), and
+    starts only once every subscription is confirmed.
+    """
 
     url: str
+    """`REDIS_URL` of the stack: a plain Redis URL or `redis+cluster://`."""
+    coaches: Sequence[str] = ()
+    """Coach ids to watch: needed on a cluster (every coach of the dataset), unused elsewhere."""
     notices: list[Observed] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _ready: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> NoticeCollector:
+        """Subscribe in a thread; returns once subscribed. RuntimeError if that takes > 30 s."""
         self._thread = threading.Thread(target=self._run, name="notices", daemon=True)
         self._thread.start()
-        self._ready.wait(10)
+        if not self._ready.wait(30):
+            raise RuntimeError("the notice collector did not subscribe within 30 s")
         return self
 
     def _run(self) -> None:
-        client = redis.Redis.from_url(self.url)
+        client = connect(self.url)
+        if is_cluster(client):
+            self._run_sharded(client.pubsub())  # type: ignore[no-untyped-call]
+            return
         pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         pubsub.psubscribe(keys.UPDATES_PATTERN)
         self._ready.set()
@@ -80,6 +96,27 @@ class NoticeCollector:
             except redis.RedisError:
                 break
             if message is not None:
+                self.notices.append(Observed(Notice.decode(message["data"]), time.time()))
+        pubsub.close()
+
+    def _run_sharded(self, pubsub: Any) -> None:
+        channels = {keys.updates_channel(coach) for coach in self.coaches}
+        if not channels:
+            raise ValueError("a Redis Cluster's notices need the coaches to watch")
+        pubsub.ssubscribe(*channels)
+        confirmed = 0
+        while not self._stop.is_set():
+            try:  # a short wait per node: an idle node must not hold up a busy one
+                message = pubsub.get_sharded_message(timeout=0.01)
+            except redis.RedisError:
+                break
+            if message is None:
+                continue
+            if message["type"] == "ssubscribe":
+                confirmed += 1
+                if confirmed == len(channels):
+                    self._ready.set()
+            elif message["type"] == "smessage":
                 self.notices.append(Observed(Notice.decode(message["data"]), time.time()))
         pubsub.close()
 

@@ -505,8 +505,8 @@ def _load_line(meta: dict[str, Any]) -> str:
     )
 
 
-def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
-    lines = [
+def _heading(meta: dict[str, Any]) -> list[str]:
+    return [
         f"# coachpipe benchmark — {meta['date']} ({meta['profile']})",
         "",
         f"commit `{meta['commit']}` · {meta['machine']['cpus']} CPUs "
@@ -516,6 +516,44 @@ def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
         "",
         _load_line(meta),
         "",
+    ]
+
+
+def stacks_markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
+    """The run of `--stacks`: `results` keyed by combination (`redis+redis`, …), one column
+    each, a row per measure of `rows` (measured, and `(goal not met)` where it was not)."""
+    ids: list[str] = meta["stacks"]
+    measured: dict[str, dict[str, str]] = {}
+    goals: dict[str, str] = {}
+    for stack in ids:
+        for measure, value, goal, met in rows(results.get(stack, {}), meta):
+            measured.setdefault(measure, {})[stack] = value + (
+                " (goal not met)" if met == "**no**" else ""
+            )
+            goals.setdefault(measure, goal)
+    lines = [
+        *_heading(meta),
+        "Stacks, broker+store: redis = the private Redis (broker: database 1); rabbitmq = a "
+        "private RabbitMQ node (quorum queues); cluster = a private Redis Cluster, 3 masters "
+        "and 3 replicas (sharded notices). Same machine, same run, one after the other.",
+        "",
+        "| scenario / measure | goal | " + " | ".join(ids) + " |",
+        "|---|---|" + "---|" * len(ids),
+    ]
+    lines += [
+        f"| {measure} | {goals[measure]} | "
+        + " | ".join(values.get(stack, "-") for stack in ids)
+        + " |"
+        for measure, values in measured.items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
+    if meta.get("stacks"):
+        return stacks_markdown(meta, results)
+    lines = [
+        *_heading(meta),
         "| scenario / measure | measured | goal | met |",
         "|---|---|---|---|",
     ]
@@ -585,4 +623,7 @@ def write(directory: Path, stem: str, meta: dict[str, Any], results: dict[str, A
     json_path.write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
     md_path = directory / f"{stem}.md"
     md_path.write_text(markdown(meta, results))
-    return [json_path, md_path, *plots(results, directory, stem)]
+    if not meta.get("stacks"):
+        return [json_path, md_path, *plots(results, directory, stem)]
+    drawn = [plots(results[stack], directory, f"{stem}-{stack}") for stack in meta["stacks"]]
+    return [json_path, md_path, *(path for paths in drawn for path in paths)]

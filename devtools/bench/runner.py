@@ -7,7 +7,14 @@ the 10,000-coach / 1M-session ones share another (`aggregates`, `full-refresh`);
 (a coach with 1M sessions beside 1,000 ordinary ones) has a stack of its own and runs only
 when named (`python -m devtools.bench whale`), not in `all`. `--quick` shrinks sizes and
 durations (a few minutes); `smoke` (used by the test suite) only proves the harness runs, and
-leaves the fault scenarios out of `all`.
+leaves the fault scenarios out of `all`. Several scenarios: `steady,burst`.
+
+`--stacks redis+redis,rabbitmq+cluster` runs the scenarios on each combination of broker and
+data store in turn, in one run, into one results file (`results` keyed by combination): the
+broker is the shared private Redis (database 1) or a private RabbitMQ node (a vhost per
+stack), the store the shared private Redis (database 0) or a private Redis Cluster of 3
+masters and 3 replicas (`devtools.redis_topologies`). The fault scenarios and `whale` restart
+or measure the one private Redis, so they run on a `redis` store only.
 """
 
 from __future__ import annotations
@@ -16,8 +23,8 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +54,7 @@ from devtools.bench.scenarios import (
 from devtools.bench.stack import Stack
 from devtools.bench.whale import whale_scenario
 from devtools.rabbitmq import PrivateRabbitMQ
+from devtools.redis_topologies import PrivateRedisCluster
 
 Run = Callable[[Stack, Profile], Any]
 
@@ -104,6 +112,36 @@ SCENARIOS = (*SMALL_STACK, *BIG_STACK)
 NAMED_ONLY = ("whale", "soak-audit")
 """Scenarios that run only when named: `all` leaves them out (their own stack and long
 seeding; a 30-minute load)."""
+SINGLE_REDIS_ONLY = (*FAULT_SCENARIOS, "whale")
+"""Scenarios that restart or measure the one private Redis: skipped on a cluster store."""
+BROKERS = ("redis", "rabbitmq")
+STORES = ("redis", "cluster")
+
+
+@dataclass(frozen=True)
+class Services:
+    """The broker and data store one stack of a run uses (`--stacks redis+redis,…`)."""
+
+    broker: str
+    """`redis` (the shared private Redis, database 1) or `rabbitmq` (a private node)."""
+    store: str
+    """`redis` (the shared private Redis, database 0) or `cluster` (a private Redis Cluster,
+    3 masters and 3 replicas)."""
+
+    @property
+    def id(self) -> str:
+        return f"{self.broker}+{self.store}"
+
+    @classmethod
+    def parse(cls, text: str) -> Services:
+        """`BROKER+STORE`, e.g. `rabbitmq+cluster`; ValueError naming the choices otherwise."""
+        broker, _, store = text.strip().partition("+")
+        if broker not in BROKERS or store not in STORES:
+            raise ValueError(
+                f"{text!r} is not BROKER+STORE (broker: {', '.join(BROKERS)}; "
+                f"store: {', '.join(STORES)})"
+            )
+        return cls(broker, store)
 
 
 def _commit() -> str:
@@ -141,16 +179,22 @@ def run_bench(
     broker: str = "redis",
     duration: float | None = None,
     rate: float | None = None,
+    stacks: Sequence[Services] = (),
 ) -> int:
-    names = [scenario]
-    if scenario == "all":  # the smoke run proves the harness: faults wait out recoveries
+    """Run `scenario` (a name, `a,b`, or `all`) and write the results; the exit status.
+
+    Without `stacks`, one stack with `broker` and the private Redis as store, and results
+    keyed by scenario; with `stacks`, each in turn, and results keyed by `Services.id`.
+    """
+    names = [name.strip() for name in scenario.split(",") if name.strip()]
+    if names == ["all"]:  # the smoke run proves the harness: faults wait out recoveries
         names = [
             n for n in SCENARIOS if n not in NAMED_ONLY and not (smoke and n in FAULT_SCENARIOS)
         ]
     unknown = [n for n in names if n not in (*SCENARIOS, *NAMED_ONLY)]
-    if unknown:
+    if unknown or not names:
         choices = ", ".join(dict.fromkeys((*SCENARIOS, *NAMED_ONLY)))
-        console.print(f"[red]unknown scenario {unknown[0]!r}[/]; choose from: all, {choices}")
+        console.print(f"[red]unknown scenario {scenario!r}[/]; choose from: all, {choices}")
         return 2
     profile = PROFILES["smoke" if smoke else "quick" if quick else "full"]
     if duration is not None:
@@ -162,24 +206,65 @@ def run_bench(
     results: dict[str, Any] = {}
     signal.signal(signal.SIGTERM, _exit_cleanly)  # run the finally blocks: no orphan processes
     noisy = NoisyNeighbour(noisy_neighbour).start() if noisy_neighbour else None
+    combinations = list(stacks) or [Services(broker, "redis")]
     shared = Path(tempfile.mkdtemp(prefix="coachpipe-bench-redis-"))
-    rabbitmq = PrivateRabbitMQ(shared / "rabbitmq") if broker == "rabbitmq" else None
+    rabbitmq = (
+        PrivateRabbitMQ(shared / "rabbitmq")
+        if any(c.broker == "rabbitmq" for c in combinations)
+        else None
+    )
+    cluster = (
+        PrivateRedisCluster(shared / "cluster")
+        if any(c.store == "cluster" for c in combinations)
+        else None
+    )
     try:
         redis_server = PrivateRedis(shared, durable=False).start()
         try:
             if rabbitmq is not None:
                 rabbitmq.start()
-            results = _run_stacks(names, profile, redis_server, console, rabbitmq)
+            if cluster is not None:
+                cluster.start()
+            for services in combinations:
+                if stacks:
+                    console.print(f"[bold]== stack {services.id} ==[/]")
+                found = _run_stacks(
+                    _runnable(names, services, console),
+                    profile,
+                    redis_server,
+                    console,
+                    rabbitmq=rabbitmq if services.broker == "rabbitmq" else None,
+                    store_url=cluster.url if cluster and services.store == "cluster" else None,
+                )
+                if stacks:
+                    results[services.id] = found
+                else:
+                    results = found
         finally:
+            if cluster is not None:
+                cluster.stop()
             if rabbitmq is not None:
                 rabbitmq.destroy()
             redis_server.destroy()
     finally:
         if noisy is not None:
             noisy.stop()
-    extra = {"noisy_neighbour": noisy.as_json() if noisy else None, "broker": broker}
+    extra: dict[str, Any] = {"noisy_neighbour": noisy.as_json() if noisy else None}
+    if stacks:
+        extra["stacks"] = [services.id for services in stacks]
+    else:
+        extra["broker"] = broker
     report_and_print(results, profile, started, output, console, extra=extra)
     return 0
+
+
+def _runnable(names: list[str], services: Services, console: Console) -> list[str]:
+    if services.store == "redis":
+        return names
+    skipped = [name for name in names if name in SINGLE_REDIS_ONLY]
+    if skipped:
+        console.print(f"[yellow]{', '.join(skipped)}: on a redis store only, skipped[/]")
+    return [name for name in names if name not in SINGLE_REDIS_ONLY]
 
 
 def _exit_cleanly(signum: int, _frame: object) -> None:
@@ -191,9 +276,12 @@ def _run_stacks(
     profile: Profile,
     redis_server: PrivateRedis,
     console: Console,
+    *,
     rabbitmq: PrivateRabbitMQ | None = None,
+    store_url: str | None = None,
 ) -> dict[str, Any]:
-    """Each stack on the shared Redis; with `rabbitmq`, each on a vhost of its own there."""
+    """Each stack on the shared Redis; with `rabbitmq`, each on a vhost of its own there;
+    with `store_url` (a cluster's), its data there."""
     results: dict[str, Any] = {}
 
     def broker_url() -> str | None:
@@ -201,7 +289,10 @@ def _run_stacks(
 
     if any(n in SMALL_STACK for n in names):
         stack = Stack(
-            coaches=profile.coaches, redis_server=redis_server, broker_url=broker_url()
+            coaches=profile.coaches,
+            redis_server=redis_server,
+            broker_url=broker_url(),
+            redis_url=store_url,
         ).start()
         console.print(f"{profile.coaches:,} coaches seeded in {stack.seed_seconds:.0f} s")
         try:
@@ -211,7 +302,10 @@ def _run_stacks(
             stack.close()
     if any(n in BIG_STACK for n in names):
         stack = Stack(
-            coaches=profile.big_coaches, redis_server=redis_server, broker_url=broker_url()
+            coaches=profile.big_coaches,
+            redis_server=redis_server,
+            broker_url=broker_url(),
+            redis_url=store_url,
         ).start()
         console.print(f"{profile.big_coaches:,} coaches seeded in {stack.seed_seconds:.0f} s")
         results["seed"] = {"coaches": profile.big_coaches, "seconds": round(stack.seed_seconds, 1)}

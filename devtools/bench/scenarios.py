@@ -304,7 +304,7 @@ def steady(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
     stack.worker()
     listener = stack.listener(source, naive=naive)
     floor = FloorProbe(stack, source).start() if not naive else None
-    collector = NoticeCollector(stack.env["REDIS_URL"]).start()
+    collector = stack.notices()
     coaches = bench_coaches(stack, min(1000, stack.coaches))
     stack.reset_counters()
     start = time.time()
@@ -344,7 +344,7 @@ def burst(stack: Stack, profile: Profile, naive: bool, hot: bool = False) -> dic
     stack.refresh_now()  # the correctness check below judges values this run did not write too
     worker = stack.worker(fresh=not naive and not hot)  # the burst measures worker memory
     listener = stack.listener("postgres", naive=naive)
-    collector = NoticeCollector(stack.env["REDIS_URL"]).start()
+    collector = stack.notices()
     coaches = bench_coaches(stack, 100)
     stack.reset_counters()
     rss: list[float] = []
@@ -533,7 +533,7 @@ def soak(stack: Stack, profile: Profile, naive: bool) -> dict[str, Any]:
     duration = profile.naive_soak_s if naive else profile.soak_s
     worker = stack.worker(fresh=not naive)  # memory over time, from a worker's start
     listener = stack.listener("postgres", naive=naive)
-    collector = NoticeCollector(stack.env["REDIS_URL"]).start()
+    collector = stack.notices()
     coaches = bench_coaches(stack, min(1000, stack.coaches))
     samples: list[dict[str, float]] = []
     done = threading.Event()
@@ -594,7 +594,7 @@ def dedup_micro(stack: Stack, profile: Profile) -> dict[str, Any]:
 
     app = create_app(stack.settings)
 
-    collector = NoticeCollector(stack.env["REDIS_URL"]).start()
+    collector = stack.notices()
     coaches = bench_coaches(stack, stack.coaches)
     stack.worker(concurrency=1)
     latencies = []
@@ -666,7 +666,7 @@ def workers(stack: Stack, profile: Profile) -> dict[str, Any]:
     from tasks.celery import create_app
 
     app = create_app(stack.settings)
-    collector = NoticeCollector(stack.env["REDIS_URL"]).start()
+    collector = stack.notices()
     coaches = bench_coaches(stack, stack.coaches)
     keys_ = [(aggregate.name, coach) for coach in coaches for aggregate in CRITICAL]
     results: dict[str, Any] = {"cpus": machine().get("cpus")}
@@ -739,7 +739,7 @@ def full_refresh(stack: Stack, profile: Profile) -> dict[str, Any]:
     from pipeline.store import AggregateStore
 
     stack.worker(concurrency=2)
-    collector = NoticeCollector(stack.env["REDIS_URL"]).start()
+    collector = stack.notices()
     stack.reset_counters()
     from tasks.celery import create_app
 

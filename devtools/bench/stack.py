@@ -23,6 +23,7 @@ import psycopg
 from coachpipe.embedded import PrivatePostgres, PrivateRedis, free_port
 from config import Settings, load_settings
 from devtools.bench.broker import BrokerQueues
+from devtools.bench.measure import NoticeCollector
 from devtools.processes import Proc, listener_connected, start_worker, wait_for
 from pipeline import keys, seed
 from pipeline.aggregates import NAMES
@@ -66,6 +67,9 @@ class Stack:
     worker_config: tuple[object, ...] = ()
     broker_url: str | None = None
     """The Celery broker (a RabbitMQ vhost, say); the shared Redis's database 1 unless given."""
+    redis_url: str | None = None
+    """The data store (a private Redis Cluster's `redis+cluster://` URL, say); the shared
+    Redis's database 0 unless given."""
 
     def start(self) -> Stack:
         self.root.chmod(0o755)
@@ -84,7 +88,7 @@ class Stack:
             **os.environ,
             **ENV_DEFAULTS,
             "DATABASE_URL": self.pg.url,
-            "REDIS_URL": f"{base}/0",
+            "REDIS_URL": self.redis_url or f"{base}/0",
             "BROKER_URL": self.broker_url or f"{base}/{BROKER_DB}",
         }
         os.environ.update({k: self.env[k] for k in ("DATABASE_URL", "REDIS_URL", "BROKER_URL")})
@@ -112,6 +116,16 @@ class Stack:
     @property
     def settings(self) -> Settings:
         return load_settings(_env_file=None)
+
+    def coach_ids(self) -> list[str]:
+        """Every coach of the dataset."""
+        with psycopg.connect(self.pg.url, autocommit=True) as conn:
+            rows = conn.execute("SELECT id FROM users WHERE role = 'coach'").fetchall()
+        return [str(row[0]) for row in rows]
+
+    def notices(self) -> NoticeCollector:
+        """A started collector of every coach's update notices, on this stack's store."""
+        return NoticeCollector(self.env["REDIS_URL"], self.coach_ids()).start()
 
     def refresh_now(self, names: tuple[str, ...] = NAMES, threads: int = 2) -> float:
         """Every aggregate of every coach, in this process; returns seconds."""

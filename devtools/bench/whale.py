@@ -21,7 +21,7 @@ import psycopg
 from sqlalchemy import Engine
 
 from devtools.bench.freshness import per_change
-from devtools.bench.measure import NoticeCollector, percentiles
+from devtools.bench.measure import percentiles
 from devtools.bench.stack import Stack
 from pipeline.aggregates import CRITICAL, Aggregate
 from pipeline.aggregates.base import compute_all
@@ -253,7 +253,7 @@ def fairness(stack: Stack, whale: UUID, others: list[UUID], seconds: float) -> d
         stack.reset_pipeline()
         stack.worker()
         stack.listener("postgres")
-        collector = NoticeCollector(stack.env["REDIS_URL"]).start()
+        collector = stack.notices()
         start = time.time()
         runs: dict[str, Any] = {}
         loads = [{"name": "others", "coaches": others, "seed": 11}]
