@@ -100,10 +100,11 @@ from pipeline import keys, metrics
 from pipeline.aggregates import NAMES
 from pipeline.errors import TRANSIENT_ERRORS
 from pipeline.lua import Lua, run_pipeline
-from pipeline.redis_client import RedisClient
+from pipeline.redis_client import RedisClient, is_cluster
 from pipeline.redis_values import as_text
 from pipeline.routing import Key
 from pipeline.scheduler.sender import TaskSender
+from pipeline.store import ScriptCall
 
 __all__ = [
     "Backlog",
@@ -229,6 +230,11 @@ class Claim:
         return grouped
 
 
+def _queue(pipe: Any, calls: Sequence[ScriptCall]) -> None:
+    for script, call_keys, args in calls:
+        script.queue(pipe, call_keys, args)
+
+
 class RecomputeScheduler:
     def __init__(
         self,
@@ -289,13 +295,20 @@ class RecomputeScheduler:
         metrics.DRAINS_ENQUEUED.labels(str(shard), reason).inc()
 
     def request(
-        self, items: Iterable[Key], commit_ms: Mapping[Key, int | None] | None = None
+        self,
+        items: Iterable[Key],
+        commit_ms: Mapping[Key, int | None] | None = None,
+        *,
+        before: Sequence[ScriptCall] = (),
     ) -> RequestOutcome:
         """Mark (aggregate, coach) pairs due, in one round trip per call, and send the drains
         that are not scheduled yet (at most one per shard).
 
         `commit_ms` gives, per pair, the commit time of the change behind it (for latency
-        metrics); the oldest pending one is kept.
+        metrics); the oldest pending one is kept. `before`: script calls that must run ahead
+        of the requests (the listener's freshness registrations): in the same pipeline on one
+        Redis, which runs it in order; in a round trip of their own first on a Cluster, whose
+        nodes run their parts of a pipeline in no set order.
         """
         by_shard: dict[int, list[str]] = {}
         for aggregate, coach in sorted(set(items)):
@@ -303,10 +316,15 @@ class RecomputeScheduler:
             by_shard.setdefault(self.shard_of(coach), []).extend(
                 (_member(aggregate, coach), "" if commit is None else str(commit))
             )
+        scripts = list({id(script): script for script, _, _ in before}.values())
+        if before and (not by_shard or is_cluster(self._redis)):
+            run_pipeline(self._redis, scripts, lambda pipe: _queue(pipe, before))
+            before = ()
         if not by_shard:
             return RequestOutcome()
 
         def build(pipe: Any) -> None:
+            _queue(pipe, before)
             for shard, pairs in by_shard.items():
                 self._request.queue(
                     pipe,
@@ -319,7 +337,7 @@ class RecomputeScheduler:
                     args=[self.window_ms, self.stale_ms, self.late_ms, *pairs],
                 )
 
-        outcomes = run_pipeline(self._redis, [self._request], build)
+        outcomes = run_pipeline(self._redis, [self._request, *scripts], build)[len(before) :]
         enqueued = suppressed = 0
         drains: dict[int, float] = {}
         for shard, (added, skipped, countdown_ms) in zip(by_shard, outcomes, strict=True):
@@ -372,6 +390,16 @@ class RecomputeScheduler:
     def release(self, shard: int, task_id: str) -> None:
         """The claimed pairs are stored: forget the claim."""
         self._release(keys=[keys.claim(shard, task_id), keys.claims(shard)], args=[task_id])
+
+    def release_call(self, shard: int, task_id: str) -> ScriptCall | None:
+        """`release` as a script call to queue behind the drain's writes
+        (`AggregateStore.write_many`'s `after`), saving the drain a round trip: one Redis runs
+        a pipeline in order, so the claim is forgotten once the writes before it are done.
+        None on a Redis Cluster, whose nodes run their parts of a pipeline in no set order:
+        there call `release` once the writes returned."""
+        if is_cluster(self._redis):
+            return None
+        return self._release, [keys.claim(shard, task_id), keys.claims(shard)], [task_id]
 
     def sweep(self, shards: Iterable[int] | None = None) -> dict[int, int]:
         """In one round trip: requeue the pairs of expired leases and send a drain where none
@@ -501,7 +529,10 @@ class LeaseKeeper:
                 )
 
         renewed = run_pipeline(self._redis, [self._renew], build)
+        with self._lock:
+            dropped = {key for key in map(id, held) if key not in self._held}
         for lease, held_still in zip(held, renewed, strict=True):
-            if not held_still and not lease.lost:
+            # A lease dropped meanwhile was released with its drain's writes, not taken back.
+            if not held_still and not lease.lost and id(lease) not in dropped:
                 lease.lost = True
                 log.warning("claim_lease_lost", shard=lease.shard, task_id=lease.task_id)
