@@ -59,7 +59,7 @@ class ScheduledInvalidation:
                 known = keys_due.get(key)
                 keys_due[key] = commit if known is None else min(known, commit or known)
         if keys_due:
-            # Registered ahead of the requests (see pipeline.freshness), in their round trip.
-            self.scheduler.request(keys_due, keys_due, before=self.freshness.registrations(events))
+            self.freshness.register(events)  # before the requests: see pipeline.freshness
+            self.scheduler.request(keys_due, keys_due)
         for aggregate, reason in wide.items():
             self.scheduler.request_wide([aggregate], reason)

@@ -16,9 +16,8 @@ recompute already running when the change arrived does not count even if its sna
 to see the change: the figure errs on the slow side, by at most the recompute the change asked
 for. Both steps are single atomic scripts, so any number of listeners and workers agree.
 
-Cost: no round trip of its own per listener batch on one Redis (the registrations run ahead of
-the recompute requests in their pipeline: the order is what makes the rule hold), one on a
-Cluster and at most one per recompute batch: the marks ride in the recompute's own
+Cost: one round trip per listener batch (before the recompute requests: the order is what
+makes the rule hold) and at most one per recompute batch: the marks ride in the recompute's own
 write pipeline, right after the writes they mark (so they delay no change they measure), and the
 minute's summary takes a round trip only when a ticket completed. Every script call
 touches one coach's keys, so on a Redis Cluster each runs in that coach's slot. Tickets expire
@@ -41,7 +40,6 @@ from pipeline.lua import Lua, run_pipeline
 from pipeline.redis_client import RedisClient
 from pipeline.redis_values import as_text
 from pipeline.routing import TABLE_AGGREGATES, route
-from pipeline.store import ScriptCall
 
 SCRIPT = files("pipeline").joinpath("freshness.lua").read_text()
 TICKET_TTL_MS = 10 * 60 * 1000
@@ -78,32 +76,24 @@ class Freshness:
     def register(self, events: Iterable[ChangeEvent]) -> int:
         """Open a ticket per coach and commit of `events`, in one round trip (none if no
         event routes to a coach). Call it before requesting their recomputes."""
-        calls = self.registrations(events)
-        if not calls:
+        found = tickets(events)
+        if not found:
             return 0
 
         def build(pipe: Any) -> None:
-            for script, call_keys, args in calls:
-                script.queue(pipe, call_keys, args)
+            for (coach, commit), aggregates in found.items():
+                self.script.queue(
+                    pipe,
+                    [
+                        keys.version(coach),
+                        keys.freshness_open(coach),
+                        *(keys.freshness_pending(coach, name) for name in sorted(aggregates)),
+                    ],
+                    ["register", commit, TICKET_TTL_MS],
+                )
 
         run_pipeline(self._redis, [self.script], build)
-        return len(calls)
-
-    def registrations(self, events: Iterable[ChangeEvent]) -> list[ScriptCall]:
-        """`register`'s script calls, one per coach and commit of `events`, to run ahead of
-        the recompute requests in their round trip (`RecomputeScheduler.request`'s `before`)."""
-        return [
-            (
-                self.script,
-                [
-                    keys.version(coach),
-                    keys.freshness_open(coach),
-                    *(keys.freshness_pending(coach, name) for name in sorted(aggregates)),
-                ],
-                ["register", commit, TICKET_TTL_MS],
-            )
-            for (coach, commit), aggregates in tickets(events).items()
-        ]
+        return len(found)
 
     def stored(
         self,

@@ -24,10 +24,8 @@ from pipeline import seed
 from pipeline.events import ChangeEvent, ChangeType
 from pipeline.freshness import Freshness, summary, tickets
 from pipeline.routing import TABLE_AGGREGATES
-from pipeline.scheduler import RecomputeScheduler
 from pipeline.store import AggregateStore
 from tests.pipeline_checks import settle
-from tests.recording_sender import RecordingSender
 
 COMMIT = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 COMMIT_MS = int(COMMIT.timestamp() * 1000)
@@ -106,29 +104,6 @@ def test_a_write_that_lost_to_a_newer_version_marks_nothing(redis_client: redis.
         store_at(store, name, coach, loser)  # rejected: a newer version is stored
     assert freshness.stored({name: [coach] for name in names}, loser, stored_after(20)) == []
     assert freshness.stored({name: [coach] for name in names}, winner, stored_after(30)) == [0.03]
-
-
-def test_registrations_run_ahead_of_the_requests_in_their_round_trip(
-    redis_client: redis.Redis,
-) -> None:
-    """The listener registers a change's ticket in the pipeline of its recompute requests:
-    the ticket is open before the pair is due, so the drain that claims it completes it."""
-    store, freshness = AggregateStore(redis_client), Freshness(redis_client)
-    scheduler = RecomputeScheduler(
-        redis_client, RecordingSender(), window_ms=0, stale_ms=30_000, shards=4
-    )
-    coach = uuid.uuid4()
-    names = sorted(TABLE_AGGREGATES["goals"])
-    outcome = scheduler.request(
-        [(name, coach) for name in names], before=freshness.registrations([change("goals", coach)])
-    )
-    assert outcome.enqueued == len(names)
-    claim = scheduler.claim(scheduler.shard_of(coach), "drain", 10)
-    assert claim.by_aggregate() == {name: [coach] for name in names}
-    version = store.next_version(coach)
-    for name in names:
-        store_at(store, name, coach, version)
-    assert freshness.stored({name: [coach] for name in names}, version, stored_after(25)) == [0.025]
 
 
 def test_the_status_summary_reads_percentiles_from_the_minute_buckets(
