@@ -230,11 +230,6 @@ class Claim:
         return grouped
 
 
-def _queue(pipe: Any, calls: Sequence[ScriptCall]) -> None:
-    for script, call_keys, args in calls:
-        script.queue(pipe, call_keys, args)
-
-
 class RecomputeScheduler:
     def __init__(
         self,
@@ -295,20 +290,13 @@ class RecomputeScheduler:
         metrics.DRAINS_ENQUEUED.labels(str(shard), reason).inc()
 
     def request(
-        self,
-        items: Iterable[Key],
-        commit_ms: Mapping[Key, int | None] | None = None,
-        *,
-        before: Sequence[ScriptCall] = (),
+        self, items: Iterable[Key], commit_ms: Mapping[Key, int | None] | None = None
     ) -> RequestOutcome:
         """Mark (aggregate, coach) pairs due, in one round trip per call, and send the drains
         that are not scheduled yet (at most one per shard).
 
         `commit_ms` gives, per pair, the commit time of the change behind it (for latency
-        metrics); the oldest pending one is kept. `before`: script calls that must run ahead
-        of the requests (the listener's freshness registrations): in the same pipeline on one
-        Redis, which runs it in order; in a round trip of their own first on a Cluster, whose
-        nodes run their parts of a pipeline in no set order.
+        metrics); the oldest pending one is kept.
         """
         by_shard: dict[int, list[str]] = {}
         for aggregate, coach in sorted(set(items)):
@@ -316,15 +304,10 @@ class RecomputeScheduler:
             by_shard.setdefault(self.shard_of(coach), []).extend(
                 (_member(aggregate, coach), "" if commit is None else str(commit))
             )
-        scripts = list({id(script): script for script, _, _ in before}.values())
-        if before and (not by_shard or is_cluster(self._redis)):
-            run_pipeline(self._redis, scripts, lambda pipe: _queue(pipe, before))
-            before = ()
         if not by_shard:
             return RequestOutcome()
 
         def build(pipe: Any) -> None:
-            _queue(pipe, before)
             for shard, pairs in by_shard.items():
                 self._request.queue(
                     pipe,
@@ -337,7 +320,7 @@ class RecomputeScheduler:
                     args=[self.window_ms, self.stale_ms, self.late_ms, *pairs],
                 )
 
-        outcomes = run_pipeline(self._redis, [self._request, *scripts], build)[len(before) :]
+        outcomes = run_pipeline(self._redis, [self._request], build)
         enqueued = suppressed = 0
         drains: dict[int, float] = {}
         for shard, (added, skipped, countdown_ms) in zip(by_shard, outcomes, strict=True):
