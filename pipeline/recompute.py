@@ -24,7 +24,7 @@ from pipeline.aggregates import Aggregate, JSONValue
 from pipeline.aggregates.base import SUMMARIES_READY, compute_all
 from pipeline.db import psycopg_connection
 from pipeline.freshness import Freshness
-from pipeline.store import AggregateStore, ScriptCall
+from pipeline.store import AggregateStore
 
 log = structlog.get_logger("pipeline.recompute")
 
@@ -107,7 +107,6 @@ def recompute_due(
     due: Sequence[tuple[Aggregate, Sequence[UUID]]],
     *,
     commit_ms: Mapping[tuple[str, UUID], int | None] | None = None,
-    after: Sequence[ScriptCall] = (),
 ) -> RecomputeResult:
     """Recompute each aggregate of `due` ((aggregate, its coaches) pairs) for its own coaches,
     all from one snapshot, and store them at one version (a drain's claim: the due aggregates
@@ -117,8 +116,7 @@ def recompute_due(
     many statements as aggregates however the due sets differ between coaches); only the due
     pairs are stored. `commit_ms`, per (aggregate name, coach), is the commit time of the change
     behind it, for the commit → stored histogram; a write notice carries the oldest commit of
-    its coach. `after`: script calls sent in the write pipeline behind the writes and the
-    freshness marks (a drain's `RecomputeScheduler.release_call`: one round trip less).
+    its coach.
     """
     started = time.perf_counter()
     coaches = sorted({coach for _, due_coaches in due for coach in due_coaches})
@@ -143,10 +141,10 @@ def recompute_due(
         snapshot_at=snapshot_at,
         computed_at=computed_at,
         commit_ms=oldest,
-        after=[*((freshness.script, call_keys, args) for call_keys, args in marks), *after],
+        after=[(freshness.script, call_keys, args) for call_keys, args in marks],
     )
     seconds = time.perf_counter() - started
-    freshness.completed(int(stored_ms), written.after[: len(marks)])
+    freshness.completed(int(stored_ms), written.after)
     for aggregate, due_coaches in due:
         metrics.RECOMPUTE_SECONDS.labels(aggregate.name).observe(seconds)
         metrics.RECOMPUTED_COACHES.labels(aggregate.name).inc(len(due_coaches))

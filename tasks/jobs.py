@@ -73,27 +73,16 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type informat
 
 def drain(task: PipelineTask, shard: int) -> dict[str, Any]:
     """Recompute the due pairs of scheduler shard `shard`: every due aggregate of up to a batch
-    of coaches, in one snapshot, stored at one version, while a lease keeps the claim ours; the
-    claim is released in the same round trip as the writes."""
+    of coaches, in one snapshot, stored at one version, while a lease keeps the claim ours."""
     runtime = task.runtime
     scheduler = runtime.scheduler
     claim = scheduler.claim(shard, task.request.id, task.settings.recompute_batch_size)
     result = None
-    # Released in the write pipeline, right behind the writes, where Redis allows it (one
-    # round trip less); an empty claim is released on its own, on no change's path.
-    release = scheduler.release_call(shard, task.request.id) if claim.commit_ms else None
     if claim.commit_ms:
         due = [(get(name), coaches) for name, coaches in claim.by_aggregate().items()]
         with scheduler.lease(shard, task.request.id):
-            result = recompute_due(
-                runtime.engine,
-                runtime.store,
-                due,
-                commit_ms=claim.commit_ms,
-                after=[release] if release is not None else [],
-            )
-    if release is None:
-        scheduler.release(shard, task.request.id)
+            result = recompute_due(runtime.engine, runtime.store, due, commit_ms=claim.commit_ms)
+    scheduler.release(shard, task.request.id)
     return {
         "shard": shard,
         "coaches": len(claim.coaches),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import time
 import uuid
-from datetime import UTC, datetime
 
 import pytest
 import redis
@@ -13,7 +12,6 @@ import redis
 from devtools.processes import wait_for
 from pipeline import keys
 from pipeline.scheduler import RecomputeScheduler, shard_of
-from pipeline.store import AggregateStore
 from tests.recording_sender import RecordingSender
 
 WINDOW_MS = 200
@@ -217,46 +215,6 @@ def test_a_renewed_lease_outlives_its_first_expiry(redis_url: str) -> None:
         assert scheduler.sweep() == {}
     assert not lease.lost
     scheduler.release(shard, "busy-task")
-
-
-def test_a_claim_released_behind_the_writes_of_its_drain_is_gone(redis_url: str) -> None:
-    """The drain's release rides in its write pipeline (`release_call`, one round trip less):
-    the values are stored and the claim and its lease are forgotten, as with `release`."""
-    scheduler, _ = scheduler_for(redis_url)
-    coach = uuid.uuid4()
-    shard = scheduler.shard_of(coach)
-    scheduler.request([("coach-stats", coach)])
-    scheduler.claim(shard, "drain-task", 10)
-    client = redis.Redis.from_url(redis_url)
-    store = AggregateStore(client)
-    release = scheduler.release_call(shard, "drain-task")
-    assert release is not None, "one Redis runs a pipeline in order"
-    now = datetime.now(UTC)
-    written = store.write_many(
-        [("coach-stats", 1, {coach: {"clients": 1}})],
-        store.next_versions([coach]),
-        snapshot_at=now,
-        computed_at=now,
-        after=[release],
-    )
-    assert written.stored == 1 and written.after == (1,)
-    assert client.hgetall(keys.claim(shard, "drain-task")) == {}
-    assert client.zscore(keys.claims(shard), "drain-task") is None
-    assert scheduler.sweep() == {}, "nothing left to take back"
-
-
-def test_a_lease_dropped_after_its_release_is_not_reported_lost(redis_url: str) -> None:
-    """A renewal racing a drain's release (in its write pipeline) finds the claim gone; the
-    lease, dropped by then, was released, not taken back by a sweep."""
-    scheduler, _ = scheduler_for(redis_url)
-    coach = uuid.uuid4()
-    shard = scheduler.shard_of(coach)
-    scheduler.request([("coach-stats", coach)])
-    scheduler.claim(shard, "done-task", 10)
-    with scheduler.lease(shard, "done-task") as lease:
-        scheduler.release(shard, "done-task")
-    scheduler._keeper.renew([lease])  # the keeper's tick that had taken it before the drop
-    assert not lease.lost
 
 
 def test_a_stale_marker_is_rescheduled_instead_of_suppressing_forever(redis_url: str) -> None:

@@ -100,11 +100,10 @@ from pipeline import keys, metrics
 from pipeline.aggregates import NAMES
 from pipeline.errors import TRANSIENT_ERRORS
 from pipeline.lua import Lua, run_pipeline
-from pipeline.redis_client import RedisClient, is_cluster
+from pipeline.redis_client import RedisClient
 from pipeline.redis_values import as_text
 from pipeline.routing import Key
 from pipeline.scheduler.sender import TaskSender
-from pipeline.store import ScriptCall
 
 __all__ = [
     "Backlog",
@@ -374,16 +373,6 @@ class RecomputeScheduler:
         """The claimed pairs are stored: forget the claim."""
         self._release(keys=[keys.claim(shard, task_id), keys.claims(shard)], args=[task_id])
 
-    def release_call(self, shard: int, task_id: str) -> ScriptCall | None:
-        """`release` as a script call to queue behind the drain's writes
-        (`AggregateStore.write_many`'s `after`), saving the drain a round trip: one Redis runs
-        a pipeline in order, so the claim is forgotten once the writes before it are done.
-        None on a Redis Cluster, whose nodes run their parts of a pipeline in no set order:
-        there call `release` once the writes returned."""
-        if is_cluster(self._redis):
-            return None
-        return self._release, [keys.claim(shard, task_id), keys.claims(shard)], [task_id]
-
     def sweep(self, shards: Iterable[int] | None = None) -> dict[int, int]:
         """In one round trip: requeue the pairs of expired leases and send a drain where none
         is scheduled or the scheduled one is `late_ms` overdue, for `shards` (default: all).
@@ -512,10 +501,7 @@ class LeaseKeeper:
                 )
 
         renewed = run_pipeline(self._redis, [self._renew], build)
-        with self._lock:
-            dropped = {key for key in map(id, held) if key not in self._held}
         for lease, held_still in zip(held, renewed, strict=True):
-            # A lease dropped meanwhile was released with its drain's writes, not taken back.
-            if not held_still and not lease.lost and id(lease) not in dropped:
+            if not held_still and not lease.lost:
                 lease.lost = True
                 log.warning("claim_lease_lost", shard=lease.shard, task_id=lease.task_id)
