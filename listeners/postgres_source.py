@@ -62,6 +62,19 @@ def parse_lsn(text: str) -> int:
     return (int(high, 16) << 32) + int(low, 16)
 
 
+def join_queued(batch: Batch, queue: asyncio.Queue[Any]) -> tuple[Batch, Any]:
+    """`batch` joined with the batches queued behind it (those that arrived while the listener
+    dispatched the one before), up to `MAX_BATCH` events: one visibility check and one round of
+    requests for all instead of one each in turn, so a listener that fell behind catches up.
+    Returns (the joined batch, the first other item taken from the queue, or None)."""
+    while len(batch.events) < MAX_BATCH and not queue.empty():
+        following = queue.get_nowait()
+        if not isinstance(following, Batch):
+            return batch, following
+        batch = batch.joined(following)
+    return batch, None
+
+
 class PostgresSource(Source):
     name = "postgres"
 
@@ -91,10 +104,14 @@ class PostgresSource(Source):
         self._queue = asyncio.Queue(maxsize=4)  # backpressure: the slot keeps what we don't take
         self._thread = threading.Thread(target=self._run, name="pg-replication", daemon=True)
         self._thread.start()
+        carried: Any = None
         while True:
-            item = await self._queue.get()
+            item = carried if carried is not None else await self._queue.get()
+            carried = None
             if item is _DONE:
                 return
+            if isinstance(item, Batch):
+                item, carried = join_queued(item, self._queue)
             yield item
 
     async def confirm(self, position: str | None) -> None:

@@ -27,6 +27,15 @@ class Batch:
     """The batch's transaction ids, when the source knows them: the listener waits until a new
     snapshot sees them before it requests recomputes (see `pipeline.visibility`)."""
 
+    def joined(self, later: Batch) -> Batch:
+        """This batch and the `later` one as one: confirmed at the later position, or at this
+        one's when the later batch has none (a part of a transaction still being read)."""
+        return Batch(
+            [*self.events, *later.events],
+            later.position or self.position,
+            tuple(dict.fromkeys((*self.xids, *later.xids))),
+        )
+
 
 @dataclass(frozen=True)
 class Resync:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -14,7 +15,10 @@ import redis
 from coachpipe.embedded import free_port
 from devtools.processes import Proc, listener_connected, running, start_listener, wait_for
 from devtools.scrape import scrape
+from listeners.postgres_source import MAX_BATCH, join_queued
+from listeners.source import Batch, Resync
 from pipeline import seed
+from pipeline.events import ChangeEvent, ChangeType
 from pipeline.health import HealthBoard, ListenerState
 from tests.pipeline_checks import settle
 
@@ -208,3 +212,37 @@ def test_a_transaction_larger_than_a_batch_is_handed_over_in_parts(
         assert listener.terminate() == 0
     (batches,) = re.findall(r"listener_stopped .*batches=(\d+)", listener.output())
     assert int(batches) >= 3
+
+
+def test_batches_queued_behind_one_are_joined_into_one_dispatch() -> None:
+    """Batches that queued while the listener dispatched the last one go out as one (one
+    visibility check, one round of requests), confirmed at the last position; a `Resync` is
+    never joined, and a full batch takes nothing more."""
+
+    def event(n: int) -> ChangeEvent:
+        return ChangeEvent("goals", ChangeType.INSERT, {"id": str(n)}, None, None)
+
+    async def scenario() -> None:
+        queue: asyncio.Queue[Batch | Resync] = asyncio.Queue()
+        resync = Resync("reconnected")
+        for item in (
+            Batch([event(1)], "0/10", (1,)),
+            Batch([event(2)], None, (2,)),  # a part of a transaction still being read
+            Batch([event(3)], "0/30", (2, 3)),
+            resync,
+            Batch([event(4)], "0/40", (4,)),
+        ):
+            queue.put_nowait(item)
+        first = queue.get_nowait()
+        assert isinstance(first, Batch)
+        joined, carried = join_queued(first, queue)
+        assert joined == Batch([event(1), event(2), event(3)], "0/30", (1, 2, 3))
+        assert carried is resync
+        assert queue.qsize() == 1
+        part = Batch([event(5)], None, (5,))
+        assert Batch([event(4)], "0/40", (4,)).joined(part).position == "0/40"
+        full = Batch([event(6)] * MAX_BATCH, "0/60", (6,))
+        assert join_queued(full, queue) == (full, None)
+        assert queue.qsize() == 1
+
+    asyncio.run(scenario())
