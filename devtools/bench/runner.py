@@ -4,7 +4,8 @@ Scenarios on the 1,000-coach dataset share one stack (`dedup`, `steady`, `burst`
 `intake`, `workers`, `soak`, and the fault scenarios `chaos`, `redis-restart`, `worker-kill`);
 the 10,000-coach / 1M-session ones share another (`aggregates`, `full-refresh`); `whale`
 (a coach with 1M sessions beside 1,000 ordinary ones) has a stack of its own and runs only
-when named (`python -m devtools.bench whale`), not in `all`. `--quick` shrinks sizes and
+when named (`python -m devtools.bench whale`), not in `all`; `whale-fairness` runs only its
+load runs (the whale seeded alone). `--quick` shrinks sizes and
 durations (a few minutes); `smoke` (used by the test suite) only proves the harness runs, and
 leaves the fault scenarios out of `all`.
 """
@@ -43,7 +44,7 @@ from devtools.bench.scenarios import (
     workers,
 )
 from devtools.bench.stack import Stack
-from devtools.bench.whale import whale_scenario
+from devtools.bench.whale import fairness_scenario, whale_scenario
 from devtools.rabbitmq import PrivateRabbitMQ
 
 Run = Callable[[Stack, Profile], Any]
@@ -98,7 +99,7 @@ FAULT_SCENARIOS = ("chaos", "redis-restart", "worker-kill")
 # full-refresh first: the micro benchmarks then measure a warm cache, as a live system has.
 BIG_STACK: dict[str, Run] = {"full-refresh": full_refresh, "aggregates": aggregates_micro}
 SCENARIOS = (*SMALL_STACK, *BIG_STACK)
-NAMED_ONLY = ("whale",)
+NAMED_ONLY = ("whale", "whale-fairness")
 """Scenarios that run only when named: `all` leaves them out (their own stack, long seeding)."""
 
 
@@ -212,6 +213,13 @@ def _run_stacks(
         try:
             stack.refresh_now()
             results["whale"] = whale_scenario(stack, profile.name)
+        finally:
+            stack.close()
+    if "whale-fairness" in names:
+        stack = Stack(coaches=profile.coaches, redis_server=redis_server).start()
+        try:
+            stack.refresh_now()
+            results["whale_fairness"] = fairness_scenario(stack, profile.name)
         finally:
             stack.close()
     return results
