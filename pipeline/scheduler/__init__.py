@@ -132,8 +132,10 @@ __all__ = [
     "RequestOutcome",
     "TaskSender",
     "backlog",
+    "coach_window_ms",
     "idle",
     "shard_of",
+    "widened_costs",
 ]
 
 DRAIN_LATE_MS = 2000
@@ -206,6 +208,27 @@ def backlog(client: RedisClient, shards: int) -> Backlog:
             aggregate, _ = _pair(as_text(member))
             counts[aggregate] = counts.get(aggregate, 0) + 1
     return Backlog(pending=pending, claimed=claimed)
+
+
+def coach_window_ms(
+    cost_us: int | None, window_ms: float, stale_ms: float, coach_share: float
+) -> float:
+    """A coach's window (ms) for its measured recompute cost (µs; None: not widened):
+    `max(window_ms, cost / coach_share)`, at most `stale_ms` (as `claim.lua` computes it)."""
+    if cost_us is None:
+        return float(window_ms)
+    return min(stale_ms, max(window_ms, cost_us / 1000 / coach_share))
+
+
+def widened_costs(client: RedisClient, shards: int) -> dict[UUID, int]:
+    """Coach → measured recompute cost (µs), for every coach whose cost widens its window
+    (one round trip, O(such coaches): for `coachpipe status` and tests)."""
+    pipe = client.pipeline(transaction=False)
+    for shard in range(shards):
+        pipe.hgetall(keys.coach_cost(shard))
+    return {
+        UUID(as_text(coach)): int(cost) for costs in pipe.execute() for coach, cost in costs.items()
+    }
 
 
 def idle(client: RedisClient, shards: int) -> bool:
@@ -439,22 +462,14 @@ class RecomputeScheduler:
                 log.info("coach_window_restored", coach=as_text(coach), window_ms=self.window_ms)
 
     def window_of(self, cost_us: int | None) -> float:
-        """A coach's window (ms) for its measured cost (µs; None: not widened):
-        `max(window_ms, cost / coach_share)`, at most `stale_ms` (as `claim.lua` computes it)."""
-        if cost_us is None:
-            return float(self.window_ms)
-        return min(self.stale_ms, max(self.window_ms, cost_us / 1000 / self.coach_share))
+        """A coach's window (ms) for its measured cost (µs; None: not widened)."""
+        return coach_window_ms(cost_us, self.window_ms, self.stale_ms, self.coach_share)
 
     def widened(self) -> dict[UUID, float]:
-        """Coach → its window (ms), for every coach whose cost widens it (one round trip; for
-        `coachpipe status` and tests)."""
-        pipe = self._redis.pipeline(transaction=False)
-        for shard in range(self.shards):
-            pipe.hgetall(keys.coach_cost(shard))
+        """Coach → its window (ms), for every coach whose cost widens it (one round trip)."""
         return {
-            UUID(as_text(coach)): self.window_of(int(cost))
-            for costs in pipe.execute()
-            for coach, cost in costs.items()
+            coach: self.window_of(cost)
+            for coach, cost in widened_costs(self._redis, self.shards).items()
         }
 
     def sweep(self, shards: Iterable[int] | None = None) -> dict[int, int]:
