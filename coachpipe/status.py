@@ -63,7 +63,7 @@ def _audit(client: RedisClient, settings: Settings) -> dict[str, Any] | None:
     }
 
 
-def _widened(client: RedisClient, settings: Settings) -> dict[str, dict[str, float]]:
+def _widened(client: RedisClient, settings: Settings) -> dict[str, dict[str, float | int]]:
     """Coaches whose measured recompute cost widens their window (COACH_SHARE), costliest
     first: coach id → cost and window, ms."""
     costs = scheduler.widened_costs(client, settings.scheduler_shards)

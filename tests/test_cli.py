@@ -125,7 +125,7 @@ def test_migrate_seed_refresh_show_status_slot(
     assert set(report["pending_recomputes"]) == set(stored)
     assert report["freshness"]["changes"] == 0 and report["freshness"]["p99_ms"] is None
     # EWMA from the threshold (5 ms): 5 + (1000 - 5) / 4 = 253.75 ms; window: / COACH_SHARE
-    assert report["widened_windows"] == {str(coach): {"cost_ms": 253.75, "window_ms": 2537.5}}
+    assert report["widened_windows"] == {str(coach): {"cost_ms": 253.75, "window_ms": 2537}}
     human = coachpipe(service_env, "status")
     assert human.returncode == 0 and "windows widened by cost" in human.stdout
     assert coachpipe(service_env, "slot", "show").returncode == 1

@@ -350,8 +350,9 @@ def test_a_costly_coach_gets_a_window_of_its_cost_over_its_share(redis_url: str)
 
     not_before = scores(keys.not_before(shard))  # each claim's time plus the coach's window
     assert 700 < not_before[whale] - not_before[ordinary] < 1200, "the whale's window is wider"
-    scheduler.request([("coach-stats", whale), ("coach-stats", ordinary)])
+    outcome = scheduler.request([("coach-stats", whale)])  # its drain waits for the window
     assert scores(keys.due(shard))[whale] == not_before[whale], "due when its window has passed"
+    assert 0.7 < outcome.drains[shard] <= 1.0
     widen(scheduler, whale, 0.0005, 40)  # the whale got cheap
     assert scheduler.widened() == {}
 

@@ -101,6 +101,7 @@ call `sweep`; a drain task calls `claim`, recomputes while a `Lease` renews its 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import zlib
@@ -210,14 +211,12 @@ def backlog(client: RedisClient, shards: int) -> Backlog:
     return Backlog(pending=pending, claimed=claimed)
 
 
-def coach_window_ms(
-    cost_us: int | None, window_ms: float, stale_ms: float, coach_share: float
-) -> float:
-    """A coach's window (ms) for its measured recompute cost (µs; None: not widened):
+def coach_window_ms(cost_us: int | None, window_ms: int, stale_ms: int, coach_share: float) -> int:
+    """A coach's window (whole ms) for its measured recompute cost (µs; None: not widened):
     `max(window_ms, cost / coach_share)`, at most `stale_ms` (as `claim.lua` computes it)."""
     if cost_us is None:
-        return float(window_ms)
-    return min(stale_ms, max(window_ms, cost_us / 1000 / coach_share))
+        return window_ms
+    return math.floor(min(stale_ms, max(window_ms, cost_us / 1000 / coach_share)))
 
 
 def widened_costs(client: RedisClient, shards: int) -> dict[UUID, int]:
@@ -461,11 +460,11 @@ class RecomputeScheduler:
                 metrics.WIDENED_WINDOWS.labels("restored").inc()
                 log.info("coach_window_restored", coach=as_text(coach), window_ms=self.window_ms)
 
-    def window_of(self, cost_us: int | None) -> float:
+    def window_of(self, cost_us: int | None) -> int:
         """A coach's window (ms) for its measured cost (µs; None: not widened)."""
         return coach_window_ms(cost_us, self.window_ms, self.stale_ms, self.coach_share)
 
-    def widened(self) -> dict[UUID, float]:
+    def widened(self) -> dict[UUID, int]:
         """Coach → its window (ms), for every coach whose cost widens it (one round trip)."""
         return {
             coach: self.window_of(cost)

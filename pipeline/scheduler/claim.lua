@@ -17,12 +17,12 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local batch, window, stale, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
     tonumber(ARGV[4])
 local share = tonumber(ARGV[5])
-local function window_of(coach)  -- max(window, cost / share), at most stale (ms)
+local function window_of(coach)  -- max(window, cost / share), at most stale (whole ms)
     local cost = tonumber(redis.call('HGET', KEYS[7], coach) or '')
     if not cost then
         return window
     end
-    return math.min(stale, math.max(window, cost / 1000 / share))
+    return math.floor(math.min(stale, math.max(window, cost / 1000 / share)))
 end
 local coaches, windows, seen, offset, alone = {}, {}, {}, 0, -1
 while #coaches < batch and alone < 0 do  -- oldest due first
