@@ -106,7 +106,7 @@ WIDENED_WINDOWS = Counter(
 )
 WIDENED_CLAIMS = Counter(
     "coachpipe_scheduler_widened_claims_total",
-    "Drain claims that took one coach alone because its cost widens its window.",
+    "Drain claims that took one coach alone: one recompute of it takes longer than DEBOUNCE_MS.",
 )
 CLAIMS_REQUEUED = Counter(
     "coachpipe_claims_requeued_total",

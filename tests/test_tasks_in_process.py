@@ -133,10 +133,10 @@ def wait_for_result(results: Results, name: str, count: int) -> list[Any]:
 class TestCostWidenedWindows:
     @pytest.fixture
     def celery_app(self, settings: Settings, broker_url: str) -> Iterator[PipelineApp]:
-        """The app with a share so small that any measured drain widens its coaches' windows
-        (to their cap, PENDING_STALE_S)."""
+        """The app with a share so small and a window so short that any measured drain widens
+        its coaches' windows (to their cap, PENDING_STALE_S) and makes them drained alone."""
         redis.Redis.from_url(broker_url).flushdb()
-        app = create_app(settings.model_copy(update={"coach_share": 1e-6}))
+        app = create_app(settings.model_copy(update={"coach_share": 1e-6, "debounce_ms": 0}))
         yield app
         app.close()
 

@@ -17,9 +17,11 @@ release, charges its recompute time, divided by its coaches, to each of them (`c
 an EWMA in µs, weight 1/4), and a coach's window is `max(window_ms, cost / coach_share)`, at
 most `stale_ms`: ordinary coaches (1 to 3 ms) keep `window_ms`; a whale (say 20 ms a recompute)
 is recomputed at most every 200 ms, so its staleness stays bounded by about cost / share plus
-one recompute. A claim that meets a coach so widened takes it alone and only when it is the
-oldest due coach of the shard (otherwise it leaves it to the follow-up drain): a whale's
-drain never holds the shard's other coaches behind it, and its time measures it alone.
+one recompute. A claim that meets a coach one recompute of which takes longer than the window
+(cost > `window_ms`) takes it alone and only when it is the oldest due coach of the shard
+(otherwise it leaves it to the follow-up drain): a whale's drain never holds the shard's other
+coaches behind it, and its time measures it alone, while coaches merely widened keep being
+batched (drained one by one, a shard's coaches would cost a task each).
 Widening and restoring are logged (`coach_window_widened`, `coach_window_restored`) and
 counted (`coachpipe_scheduler_widened_windows_total`).
 
@@ -72,7 +74,7 @@ State table, per shard (key names in `pipeline.keys`; one hash tag `{s<shard>}` 
 `keys.coach_cost` — hash: coach → measured recompute cost (µs), only while it widens the
     coach's window (cost / `coach_share` > `window_ms`).
     written  `release` (EWMA of the drain's time per coach; deleted once below the threshold)
-    read     `claim` (the coach's window; taken alone when widened), `widened`
+    read     `claim` (the coach's window; alone if costlier than `window_ms`), `widened`
     expires  no TTL: deleted when the cost falls below the threshold
 `keys.drain_scheduled` — string: when the earliest drain sent will run (ms).
     written  `request`, `claim`, `sweep` set it with each drain they send; `claim` deletes it
@@ -382,7 +384,7 @@ class RecomputeScheduler:
     def claim(self, shard: int, task_id: str, batch: int) -> Claim:
         """Take up to `batch` due coaches of `shard`, each with every pair of it that is due
         (plus any pair this task claimed on an earlier delivery), under a lease of `lease_ms`
-        (a coach whose cost widens its window: alone, and only if it is the oldest due); send a
+        (a coach costlier than the window: alone, and only if it is the oldest due); send a
         follow-up drain if pairs remain due."""
         raw = self._claim(
             keys=[

@@ -6,9 +6,10 @@
 -- Returns {countdown_ms of a follow-up drain to send (-1: none), window_ms of the coach taken
 -- alone (-1: none), member, commit, ...}
 -- Members are "coach|aggregate". Up to `batch` coaches are taken, each with every pair of it
--- that is due (so one drain answers the whole change). A coach whose measured cost widens its
--- window (cost / coach_share > window_ms) is taken alone, and only when it is the oldest due:
--- met behind others it is left to the follow-up drain, so it never holds them behind it. Each
+-- that is due (so one drain answers the whole change). A coach one recompute of which takes
+-- longer than the window (measured cost > window_ms) is taken alone, and only when it is the
+-- oldest due: met behind others it is left to the follow-up drain, so it never holds them
+-- behind it. Each
 -- pair taken may run again no earlier than now + its coach's window (not_before). The pairs
 -- returned are the task's whole claim: those taken now plus any an earlier delivery of the
 -- same task id took.
@@ -17,12 +18,13 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local batch, window, stale, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
     tonumber(ARGV[4])
 local share = tonumber(ARGV[5])
-local function window_of(coach)  -- max(window, cost / share), at most stale (whole ms)
+local function window_of(coach)  -- {max(window, cost / share), at most stale (whole ms),
+    -- whether one recompute of it takes longer than the window}
     local cost = tonumber(redis.call('HGET', KEYS[7], coach) or '')
     if not cost then
-        return window
+        return window, false
     end
-    return math.floor(math.min(stale, math.max(window, cost / 1000 / share)))
+    return math.floor(math.min(stale, math.max(window, cost / 1000 / share))), cost > window * 1000
 end
 local coaches, windows, seen, offset, alone = {}, {}, {}, 0, -1
 while #coaches < batch and alone < 0 do  -- oldest due first
@@ -31,8 +33,8 @@ while #coaches < batch and alone < 0 do  -- oldest due first
         local coach = string.match(member, '^[^|]+')
         if not seen[coach] then
             seen[coach] = true
-            local coach_window = window_of(coach)
-            if coach_window > window then
+            local coach_window, alone_only = window_of(coach)
+            if alone_only then
                 if #coaches == 0 then
                     coaches[1], windows[coach], alone = coach, coach_window, coach_window
                     break
