@@ -63,6 +63,24 @@ def _audit(client: RedisClient, settings: Settings) -> dict[str, Any] | None:
     }
 
 
+def _widened(client: RedisClient, settings: Settings) -> dict[str, dict[str, float | int]]:
+    """Coaches whose measured recompute cost widens their window (COACH_SHARE), costliest
+    first: coach id → cost and window, ms."""
+    costs = scheduler.widened_costs(client, settings.scheduler_shards)
+    return {
+        str(coach): {
+            "cost_ms": cost / 1000,
+            "window_ms": scheduler.coach_window_ms(
+                cost,
+                settings.debounce_ms,
+                int(settings.pending_stale_s * 1000),
+                settings.coach_share,
+            ),
+        }
+        for coach, cost in sorted(costs.items(), key=lambda item: -item[1])
+    }
+
+
 def gather(settings: Settings) -> dict[str, Any]:
     client = connect(settings.require_redis_url())
     board = HealthBoard.from_settings(client, settings)
@@ -79,6 +97,7 @@ def gather(settings: Settings) -> dict[str, Any]:
         "queues": _queue_depths(settings),
         "pending_recomputes": {name: recomputes.pending.get(name, 0) for name in NAMES},
         "claimed_recomputes": {name: recomputes.claimed.get(name, 0) for name in NAMES},
+        "widened_windows": _widened(client, settings),
         "slot": _slot(settings),
         "freshness": freshness_summary(client),
         "audit": audited,
@@ -127,6 +146,13 @@ def render(report: dict[str, Any], console: Console) -> None:
             report["last_refresh"].get(name, "-"),
         )
     console.print(pending)
+    widened = report["widened_windows"]
+    if widened:
+        costliest = ", ".join(
+            f"{coach} ({entry['cost_ms']:.1f} ms a recompute: every {entry['window_ms']:.0f} ms)"
+            for coach, entry in list(widened.items())[:3]
+        )
+        console.print(f"windows widened by cost (COACH_SHARE): {len(widened)} coaches; {costliest}")
     fresh = report["freshness"]
     console.print(
         f"freshness, commit → every aggregate stored, last {fresh['minutes']} min: "

@@ -146,6 +146,12 @@ class Settings(BaseSettings):
         default=50, ge=0, le=10_000,
         description="At most one recompute per coach and aggregate per window; idle keys: at once.",
     )  # fmt: skip
+    coach_share: float = Field(
+        default=0.1, gt=0, le=1,
+        description="Share of one worker a single coach's recomputes may hold: a coach whose "
+        "measured recompute cost / COACH_SHARE exceeds DEBOUNCE_MS gets that wider window "
+        "(at most PENDING_STALE_S).",
+    )  # fmt: skip
     pending_stale_s: float = Field(
         default=30.0, gt=0, le=3600,
         description="A pending marker or claim older than this is treated as lost and redone.",

@@ -70,10 +70,16 @@ def commits(shard: int) -> str:
     return f"{PREFIX}:commits:{_shard_tag(shard)}"
 
 
-def last_run(shard: int) -> str:
-    """Sorted set: "coach|aggregate" → when its last recompute started (ms); pruned after the
-    window."""
-    return f"{PREFIX}:lastrun:{_shard_tag(shard)}"
+def not_before(shard: int) -> str:
+    """Sorted set: "coach|aggregate" → the earliest time its next recompute may start (ms): its
+    last claim plus the coach's window; pruned once passed."""
+    return f"{PREFIX}:notbefore:{_shard_tag(shard)}"
+
+
+def coach_cost(shard: int) -> str:
+    """Hash: coach → its measured recompute cost (µs, an EWMA of drain time per coach), only
+    for coaches whose window it widens."""
+    return f"{PREFIX}:cost:{_shard_tag(shard)}"
 
 
 def drain_scheduled(shard: int) -> str:

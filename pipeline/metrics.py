@@ -98,6 +98,16 @@ DRAINS_ENQUEUED = Counter(
     "Drain tasks enqueued, by scheduler shard and why (request, follow_up, sweep).",
     ["shard", "reason"],
 )
+WIDENED_WINDOWS = Counter(
+    "coachpipe_scheduler_widened_windows_total",
+    "Coaches whose recompute window started (widened) or stopped (restored) being widened by "
+    "their measured recompute cost (COACH_SHARE).",
+    ["change"],
+)
+WIDENED_CLAIMS = Counter(
+    "coachpipe_scheduler_widened_claims_total",
+    "Drain claims that took one coach alone: one recompute of it takes longer than DEBOUNCE_MS.",
+)
 CLAIMS_REQUEUED = Counter(
     "coachpipe_claims_requeued_total",
     "Due (aggregate, coach) pairs put back by a sweep: their drain's lease expired.",

@@ -8,6 +8,10 @@ import sys
 
 import psycopg
 import pytest
+import redis
+
+from pipeline.scheduler import RecomputeScheduler
+from tests.recording_sender import RecordingSender
 
 SECRET = "hunter2-very-secret"
 
@@ -106,13 +110,24 @@ def test_migrate_seed_refresh_show_status_slot(
     assert set(json.loads(one.stdout)) == {"coach-clients"}
     unknown = coachpipe(service_env, "show", "00000000-0000-0000-0000-000000000000")
     assert unknown.returncode == 1 and "nothing stored" in unknown.stderr
+    # A drain of the coach took a second: its window widens (status shows it).
+    scheduler = RecomputeScheduler(
+        redis.Redis.from_url(service_env["REDIS_URL"]),
+        RecordingSender(),
+        window_ms=50,
+        stale_ms=30_000,
+    )
+    scheduler.release(scheduler.shard_of(coach), "a-drain", [coach], 1.0)
     status = coachpipe(service_env, "status", "--json")
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
     assert report["realtime"]["status"] == "red" and report["slot"] is None
     assert set(report["pending_recomputes"]) == set(stored)
     assert report["freshness"]["changes"] == 0 and report["freshness"]["p99_ms"] is None
-    assert coachpipe(service_env, "status").returncode == 0
+    # EWMA from the threshold (5 ms): 5 + (1000 - 5) / 4 = 253.75 ms; window: / COACH_SHARE
+    assert report["widened_windows"] == {str(coach): {"cost_ms": 253.75, "window_ms": 2537}}
+    human = coachpipe(service_env, "status")
+    assert human.returncode == 0 and "windows widened by cost" in human.stdout
     assert coachpipe(service_env, "slot", "show").returncode == 1
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("SELECT pg_create_logical_replication_slot('coachpipe', 'pgoutput')")

@@ -223,7 +223,7 @@ def test_the_read_api_follows_the_shard_channels_of_watched_coaches(cluster_url:
 def test_the_scheduler_scripts_run_on_the_cluster(cluster_client: redis.RedisCluster) -> None:
     """What `pipeline.scheduler` must keep: each script's keys (and those it builds from its
     arguments) in one slot, the slot of its shard's `{s<N>}` tag; the shards spread over the
-    masters. Request, claim, renew, release and sweep over every shard at once."""
+    masters. Request, claim, renew, release (with costs) and sweep over every shard at once."""
     sender = RecordingSender()
     scheduler = RecomputeScheduler(
         cluster_client, sender, window_ms=50, stale_ms=30_000, lease_ms=3_000, shards=8
@@ -241,7 +241,8 @@ def test_the_scheduler_scripts_run_on_the_cluster(cluster_client: redis.RedisClu
         claim = scheduler.claim(shard, f"task-{shard}", 100)
         assert scheduler.renew(shard, f"task-{shard}")
         claimed += claim.pairs
-        scheduler.release(shard, f"task-{shard}")
+        scheduler.release(shard, f"task-{shard}", claim.coaches, 1.0)  # a second: costly
     assert sorted(claimed) == sorted(pairs)
+    assert set(scheduler.widened()) == set(coaches)
     assert scheduler.sweep() == {}
     assert scheduler.due_pairs() == set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 import uuid
+from typing import cast
 
 import pytest
 import redis
@@ -317,3 +318,65 @@ def test_a_drain_lost_with_its_worker_is_sent_again_by_the_sweep_after_late_ms(
     )
     assert sender.drains[1] == (shard, 0.0)
     assert scheduler.claim(shard, "task-2", 10).coaches == [coach]
+
+
+def widen(scheduler: RecomputeScheduler, coach: uuid.UUID, seconds: float, drains: int) -> None:
+    """`drains` drains of `coach` alone, each `seconds` long, charged to it on release."""
+    shard = scheduler.shard_of(coach)
+    for n in range(drains):
+        scheduler.release(shard, f"cost-{coach}-{n}", [coach], seconds)
+
+
+def test_a_costly_coach_gets_a_window_of_its_cost_over_its_share(redis_url: str) -> None:
+    """The window widens to max(window, cost / coach_share) for a costly coach (EWMA of its
+    drains' time), stays at the window for a cheap one, and narrows back once the costly one
+    gets cheap."""
+    scheduler, _ = scheduler_for(redis_url, window_ms=50)
+    whale, ordinary = coaches_in_one_shard(2)
+    shard = scheduler.shard_of(whale)
+    widen(scheduler, whale, 0.1, 20)  # 100 ms a drain: converges to ~100 ms
+    widen(scheduler, ordinary, 0.002, 20)  # 2 ms: 20 ms / 0.1 share is inside the 50 ms window
+    widened = scheduler.widened()
+    assert list(widened) == [whale]
+    assert 900 < widened[whale] <= 1000  # cost / share: about 100 ms / 0.1
+    scheduler.request([("coach-stats", whale), ("coach-stats", ordinary)])
+    taken = {coach for n in range(2) for coach in scheduler.claim(shard, f"t{n}", 10).coaches}
+    assert taken == {whale, ordinary}  # in two drains: the whale is taken alone
+    client = redis.Redis.from_url(redis_url)
+
+    def scores(key: str) -> dict[uuid.UUID, float]:
+        found = cast("list[tuple[bytes, float]]", client.zrange(key, 0, -1, withscores=True))
+        return {uuid.UUID(member.decode().split("|")[0]): at for member, at in found}
+
+    not_before = scores(keys.not_before(shard))  # each claim's time plus the coach's window
+    assert 700 < not_before[whale] - not_before[ordinary] < 1200, "the whale's window is wider"
+    outcome = scheduler.request([("coach-stats", whale)])  # its drain waits for the window
+    assert scores(keys.due(shard))[whale] == not_before[whale], "due when its window has passed"
+    assert 0.7 < outcome.drains[shard] <= 1.0
+    widen(scheduler, whale, 0.0005, 40)  # the whale got cheap
+    assert scheduler.widened() == {}
+
+
+def test_a_widened_coach_is_claimed_alone_and_never_holds_others_behind_it(
+    redis_url: str,
+) -> None:
+    """Oldest due first: a widened coach met first is taken alone (the others go to the
+    follow-up drain, sent at once); met behind others it is left to the follow-up drain."""
+    scheduler, sender = scheduler_for(redis_url, window_ms=50)
+    coaches = sorted(coaches_in_one_shard(4), key=str)  # equal due times: by member
+    shard = scheduler.shard_of(coaches[0])
+    for whale, others in ((coaches[0], coaches[1:]), (coaches[-1], coaches[:-1])):
+        redis.Redis.from_url(redis_url).flushdb()
+        widen(scheduler, whale, 0.1, 5)
+        scheduler.request([(name, c) for c in coaches for name in ("coach-stats", "coach-clients")])
+        sent = len(sender.drains)
+        first = scheduler.claim(shard, "t1", 10)
+        second = scheduler.claim(shard, "t2", 10)
+        assert sender.drains[sent:] == [(shard, 0.0)], "a follow-up at once for what was left"
+        if whale == coaches[0]:
+            assert (first.coaches, second.coaches) == ([whale], sorted(others))
+        else:
+            assert (first.coaches, second.coaches) == (sorted(others), [whale])
+        assert second.by_aggregate() == dict.fromkeys(
+            ("coach-clients", "coach-stats"), second.coaches
+        )

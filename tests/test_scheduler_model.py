@@ -11,10 +11,17 @@ late by itself. Time passing beyond them is a rule of its own: it shifts every s
 back by twice `stale_ms` and drops the keys whose PX would have run out, which is exactly what
 Redis would hold had the time really passed.
 
+The cost-widened window: each release charges its drain's time (0 or `COST_US`, drawn) to the
+claim's coaches, and the model keeps their EWMA exactly (integer µs, as `release.lua`). With
+`COACH_SHARE` tiny, any cost > 0 widens a coach's window to its cap, `stale_ms`: a pair claimed
+while its coach is widened is due again only after time passes (a drain sent for it carries a
+countdown, and the model's broker holds it until then), and a widened coach is claimed alone,
+only when it is the oldest due coach of the shard.
+
 Which due coaches a drain takes depends on their timestamps (oldest first, ties by member), so
-the model reads the taken pairs from Redis and checks them against what it allows (only due
-pairs, every due pair of each coach taken, as many coaches as the batch and the due set permit)
-instead of predicting them.
+the model reads the due times from Redis before the claim and checks the taken pairs against
+the order they give (only due pairs, every due pair of each coach taken, as many coaches as
+the batch and the due set permit, a widened coach alone and only first).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import cast
 from uuid import UUID
 
 import redis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -43,6 +50,9 @@ WIDE_AGGREGATES = ["coach-stats", "coach-clients"]
 COACHES = [UUID(int=n) for n in range(1, 5)]
 SHARDS = 2
 STALE_MS = 60_000
+COACH_SHARE = 1e-8
+"""So small that any measured cost widens a coach's window to `STALE_MS`."""
+COST_US = 40_000
 AGE_MS = 2 * STALE_MS
 """How far back "time passes" moves every timestamp: well past `stale_ms` and `lease_ms`."""
 
@@ -70,6 +80,7 @@ class SchedulerModel(RuleBasedStateMachine):
             late_ms=10 * STALE_MS,
             lease_ms=STALE_MS,
             shards=SHARDS,
+            coach_share=COACH_SHARE,
             aggregates=AGGREGATES,
         )
         # The model. `due`: pair → its marker is older than stale_ms.
@@ -89,6 +100,15 @@ class SchedulerModel(RuleBasedStateMachine):
         self.sends_when_lost: dict[int, int] = {}
         """Per shard, drains sent when the broker lost the queued ones (absent: never lost)."""
         self.wide_pending: set[str] = set()
+        self.costs: dict[UUID, int] = {}
+        """Coach → measured cost (µs), for widened coaches."""
+        self.throttled: set[Pair] = set()
+        """Pairs claimed while their coach was widened: requested, due only after time passes."""
+        self.unripe: set[Pair] = set()
+        """Due pairs whose due time is ahead (their window had not passed when requested)."""
+        self.aged_sends = 0
+        """Drains sent before time last passed: the broker may deliver them whatever their
+        countdown (those sent since only with a countdown of 0)."""
         self.next_commit = 1_000
         self.next_task = 0
 
@@ -98,6 +118,33 @@ class SchedulerModel(RuleBasedStateMachine):
 
     def undelivered(self, shard_id: int) -> int:
         return self.sent(shard_id) - self.delivered[shard_id]
+
+    def deliverable(self, shard_id: int) -> bool:
+        """A drain of the shard is due for delivery (ones with a countdown only once time has
+        passed; the broker delivers those first, so counts suffice)."""
+        ready = sum(
+            1
+            for n, (sent_to, countdown) in enumerate(self.sender.drains)
+            if sent_to == shard_id and (countdown == 0 or n < self.aged_sends)
+        )
+        return ready > self.delivered[shard_id]
+
+    def widened(self, coach: UUID) -> bool:
+        return coach in self.costs
+
+    def charge(self, coaches: list[UUID], seconds: float) -> None:
+        """`release.lua`'s EWMA (weight 1/4, threshold window_ms · share · 1000 = 0 here)."""
+        elapsed = max(int(seconds * 1_000_000), 0)
+        if not coaches:
+            return
+        sample = elapsed // len(coaches)
+        for coach in coaches:
+            prior = self.costs.get(coach, 0)
+            cost = prior + (sample - prior) // 4
+            if cost > 0:
+                self.costs[coach] = cost
+            else:
+                self.costs.pop(coach, None)
 
     def due_in(self, shard_id: int) -> set[Pair]:
         return {pair for pair in self.due if shard(pair) == shard_id}
@@ -124,13 +171,26 @@ class SchedulerModel(RuleBasedStateMachine):
         coaches as allowed."""
         prior = self.tasks.get(task, (shard_id, {}))[1]
         due_before = self.due_in(shard_id)
+        ripe = due_before - self.unripe
+        scores = self._due_in_redis(shard_id)
+        order: list[UUID] = []  # coaches by their oldest ripe pair (ties by member)
+        for _, member in sorted((scores[pair], f"{pair[1]}|{pair[0]}") for pair in ripe):
+            if self._pair(member)[1] not in order:
+                order.append(self._pair(member)[1])
+        light = [coach for coach in order if not self.widened(coach)]
+        expected_coaches = set(order[:1] if order and self.widened(order[0]) else light[:batch])
+        if len(light) < len(order):
+            event("a claim met a widened coach " + ("first" if order[0] not in light else "behind"))
+        if due_before - ripe:
+            event("a claim left pairs due later (a widened window)")
         claim = self.scheduler.claim(shard_id, task, batch)
         taken = due_before - set(self._due_in_redis(shard_id))
         taken_coaches = {coach for _, coach in taken}
-        due_coaches = {coach for _, coach in due_before}
-        assert len(taken_coaches) == min(batch, len(due_coaches)), "a full batch if it can"
-        assert {p for p in due_before if p[1] in taken_coaches} == taken, (
-            "a claim takes every due pair of each coach it takes"
+        assert taken_coaches == expected_coaches, (
+            "oldest first, a full batch if it can; a widened coach alone, and only first"
+        )
+        assert {p for p in ripe if p[1] in taken_coaches} == taken, (
+            "a claim takes every ripe due pair of each coach it takes, and nothing else"
         )
         assert set(prior) <= set(claim.commit_ms), "a redelivered task gets its claim back"
         assert set(claim.commit_ms) == set(prior) | taken, "a claim holds nothing that was not due"
@@ -139,6 +199,10 @@ class SchedulerModel(RuleBasedStateMachine):
         for pair in taken:
             del self.due[pair]
             self.commits.pop(pair, None)
+            if self.widened(pair[1]):
+                self.throttled.add(pair)
+            else:
+                self.throttled.discard(pair)
         self.requested_since_taken -= taken
         self.tasks[task] = (shard_id, expected)
         if expected:
@@ -155,8 +219,11 @@ class SchedulerModel(RuleBasedStateMachine):
         self._claim(task, shard_id, batch)
         return task
 
-    def _release(self, task: str) -> None:
-        self.scheduler.release(self.tasks[task][0], task)
+    def _release(self, task: str, seconds: float = 0.0) -> None:
+        shard_id, held = self.tasks[task]
+        coaches = sorted({coach for _, coach in held})
+        self.scheduler.release(shard_id, task, coaches, seconds)
+        self.charge(coaches, seconds)
         del self.tasks[task]
         self.held_entries.pop(task, None)
         self.stale_claims.discard(task)
@@ -191,15 +258,20 @@ class SchedulerModel(RuleBasedStateMachine):
                 assert shard(pair) in sent, "a stale marker means its drain was lost: resend"
         for pair in enqueued:
             self._make_due(pair)
+            if pair in self.throttled:
+                event("a request inside a widened window")
+                self.unripe.add(pair)
+            else:
+                self.unripe.discard(pair)
             if commit is not None:
                 self.commits.setdefault(pair, commit)
         self.requested_since_taken |= unique
 
-    @precondition(lambda self: any(self.undelivered(s) for s in range(SHARDS)))
+    @precondition(lambda self: any(self.deliverable(s) for s in range(SHARDS)))
     @rule(data=st.data(), batch=batches)
     def run_drain(self, data: st.DataObject, batch: int) -> None:
         """The broker delivers the oldest drain it holds for a shard; a new task claims."""
-        shard_id = data.draw(st.sampled_from([s for s in range(SHARDS) if self.undelivered(s)]))
+        shard_id = data.draw(st.sampled_from([s for s in range(SHARDS) if self.deliverable(s)]))
         self._run_drain(shard_id, batch)
 
     @precondition(lambda self: self.tasks)
@@ -220,10 +292,23 @@ class SchedulerModel(RuleBasedStateMachine):
         self.stale_claims.discard(task)
 
     @precondition(lambda self: self.tasks)
-    @rule(data=st.data())
-    def release(self, data: st.DataObject) -> None:
-        """The task stored what it claimed."""
-        self._release(data.draw(st.sampled_from(sorted(self.tasks))))
+    @rule(data=st.data(), seconds=st.sampled_from([0.0, COST_US / 1_000_000]))
+    def release(self, data: st.DataObject, seconds: float) -> None:
+        """The task stored what it claimed, in `seconds`: charged to its coaches."""
+        self._release(data.draw(st.sampled_from(sorted(self.tasks))), seconds)
+
+    @rule(data=st.data(), costly=st.booleans())
+    def drain_measured(self, data: st.DataObject, costly: bool) -> None:
+        """A drain of some coaches of a shard (its claim taken back by a sweep meanwhile, so
+        it holds nothing) took 0 or `COST_US`: charged to them all the same."""
+        shard_id = data.draw(st.sampled_from(range(SHARDS)))
+        mine = [coach for coach in COACHES if shard_of(coach, SHARDS) == shard_id]
+        if not mine:
+            return
+        coaches = sorted(data.draw(st.sets(st.sampled_from(mine), min_size=1)))
+        seconds = COST_US / 1_000_000 if costly else 0.0
+        self.scheduler.release(shard_id, self._new_task(), coaches, seconds)
+        self.charge(coaches, seconds)
 
     @rule()
     def sweep(self) -> None:
@@ -250,13 +335,16 @@ class SchedulerModel(RuleBasedStateMachine):
     def stale_time_passes(self, lose_queued_drains: bool) -> None:
         """More than stale_ms passes (optionally the broker loses the drains it held)."""
         for shard_id in range(SHARDS):
-            for key in (keys.due(shard_id), keys.claims(shard_id), keys.last_run(shard_id)):
+            for key in (keys.due(shard_id), keys.claims(shard_id), keys.not_before(shard_id)):
                 entries = self._scores(key)
                 if entries:
                     self.redis.zadd(key, {m: score - AGE_MS for m, score in entries.items()})
             self.redis.delete(keys.drain_scheduled(shard_id))
         self.redis.delete(*(keys.wide_pending(a) for a in WIDE_AGGREGATES))
         self.due = dict.fromkeys(self.due, True)
+        self.throttled.clear()
+        self.unripe.clear()
+        self.aged_sends = len(self.sender.drains)
         self.stale_claims = {task for task, (_, held) in self.tasks.items() if held}
         self.wide_pending.clear()
         if lose_queued_drains:
@@ -280,10 +368,13 @@ class SchedulerModel(RuleBasedStateMachine):
 
     @rule()
     def settle(self) -> None:
-        """The workers sweep and run every drain sent: nothing requested stays due."""
+        """The windows pass, the workers sweep and run every drain sent: nothing requested
+        stays due."""
+        if self.unripe:
+            self.stale_time_passes(lose_queued_drains=False)
         self.sweep()
-        while any(self.undelivered(s) for s in range(SHARDS)):
-            shard_id = next(s for s in range(SHARDS) if self.undelivered(s))
+        while any(self.deliverable(s) for s in range(SHARDS)):
+            shard_id = next(s for s in range(SHARDS) if self.deliverable(s))
             self._release(self._run_drain(shard_id, batch=2))
         assert not self.due, "a requested pair was never claimed again"
         assert not self.requested_since_taken
@@ -314,6 +405,14 @@ class SchedulerModel(RuleBasedStateMachine):
         for task, (shard_id, held) in self.tasks.items():
             raw = self.redis.hgetall(keys.claim(shard_id, task))
             assert {self._pair(as_text(m)): int(v) if v else None for m, v in raw.items()} == held
+        costs = {
+            UUID(as_text(coach)): int(cost)
+            for s in range(SHARDS)
+            for coach, cost in self.redis.hgetall(keys.coach_cost(s)).items()
+        }
+        assert costs == self.costs, "each coach's cost is the EWMA of its drains' time"
+        unripe = {pair for pair, at in stored.items() if at > now}
+        assert unripe == self.unripe, "due later exactly when requested inside a wide window"
 
     @invariant()
     def due_pairs_have_a_drain_coming(self) -> None:

@@ -18,6 +18,7 @@ from celery.signals import task_success
 
 from config import Settings
 from pipeline import seed
+from pipeline.aggregates import NAMES
 from pipeline.health import Color, HealthBoard, ListenerHealth, ListenerState
 from tasks import names
 from tasks.celery import create_app
@@ -127,3 +128,36 @@ def wait_for_result(results: Results, name: str, count: int) -> list[Any]:
         return found if len(found) >= count else []
 
     return wait_for(enough, 30, message=f"{count} results of {name}")
+
+
+class TestCostWidenedWindows:
+    @pytest.fixture
+    def celery_app(self, settings: Settings, broker_url: str) -> Iterator[PipelineApp]:
+        """The app with a share so small and a window so short that any measured drain widens
+        its coaches' windows (to their cap, PENDING_STALE_S) and makes them drained alone."""
+        redis.Redis.from_url(broker_url).flushdb()
+        app = create_app(settings.model_copy(update={"coach_share": 1e-6, "debounce_ms": 0}))
+        yield app
+        app.close()
+
+    @pytest.mark.usefixtures("celery_worker")
+    def test_drains_charge_their_time_to_their_coaches_and_widened_ones_drain_alone(
+        self,
+        database_url: str,
+        redis_client: redis.Redis,
+        celery_app: PipelineApp,
+        results: Results,
+    ) -> None:
+        seed.load(database_url, SMALL)
+        coaches = coach_ids(database_url)
+        scheduler = celery_app.runtime.scheduler
+        scheduler.request([(name, coach) for coach in coaches for name in CRITICAL_NAMES])
+        settle(database_url, redis_client, coaches)
+        assert scheduler.widened() == dict.fromkeys(coaches, scheduler.stale_ms)
+        drains_before = len(results.of(names.DRAIN))
+        secondary = sorted(set(NAMES) - set(CRITICAL_NAMES))[0]
+        scheduler.request([(secondary, coach) for coach in coaches])
+        settle(database_url, redis_client, coaches)
+        later = [r for r in results.of(names.DRAIN)[drains_before:] if r["pairs"]]
+        assert sum(r["pairs"] for r in later) == len(coaches)
+        assert all(r["coaches"] == 1 for r in later), "a widened coach is drained alone"

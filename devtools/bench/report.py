@@ -311,6 +311,10 @@ def rows(
         from devtools.bench.whale import rows as whale_rows
 
         out += whale_rows(results["whale"])
+    if results.get("whale_fairness"):
+        from devtools.bench.whale import fairness_rows
+
+        out += fairness_rows(results["whale_fairness"]["load"])
     dedup = results.get("dedup")
     if dedup:
         latency = dedup["enqueue_to_stored_ms"]

@@ -5,7 +5,8 @@ Scenarios on the 1,000-coach dataset share one stack (`dedup`, `steady`, `burst`
 and `soak-audit`, which runs only when named);
 the 10,000-coach / 1M-session ones share another (`aggregates`, `full-refresh`); `whale`
 (a coach with 1M sessions beside 1,000 ordinary ones) has a stack of its own and runs only
-when named (`python -m devtools.bench whale`), not in `all`. `--quick` shrinks sizes and
+when named (`python -m devtools.bench whale`), not in `all`; `whale-fairness` runs only its
+load runs (the whale seeded alone). `--quick` shrinks sizes and
 durations (a few minutes); `smoke` (used by the test suite) only proves the harness runs, and
 leaves the fault scenarios out of `all`. Several scenarios: `steady,burst`.
 
@@ -52,7 +53,7 @@ from devtools.bench.scenarios import (
     workers,
 )
 from devtools.bench.stack import Stack
-from devtools.bench.whale import whale_scenario
+from devtools.bench.whale import fairness_scenario, whale_scenario
 from devtools.rabbitmq import PrivateRabbitMQ
 from devtools.redis_topologies import PrivateRedisCluster
 
@@ -109,10 +110,10 @@ FAULT_SCENARIOS = ("chaos", "redis-restart", "worker-kill", "soak-audit")
 # full-refresh first: the micro benchmarks then measure a warm cache, as a live system has.
 BIG_STACK: dict[str, Run] = {"full-refresh": full_refresh, "aggregates": aggregates_micro}
 SCENARIOS = (*SMALL_STACK, *BIG_STACK)
-NAMED_ONLY = ("whale", "soak-audit")
+NAMED_ONLY = ("whale", "whale-fairness", "soak-audit")
 """Scenarios that run only when named: `all` leaves them out (their own stack and long
 seeding; a 30-minute load)."""
-SINGLE_REDIS_ONLY = (*FAULT_SCENARIOS, "whale")
+SINGLE_REDIS_ONLY = (*FAULT_SCENARIOS, "whale", "whale-fairness")
 """Scenarios that restart or measure the one private Redis: skipped on a cluster store."""
 BROKERS = ("redis", "rabbitmq")
 STORES = ("redis", "cluster")
@@ -318,6 +319,13 @@ def _run_stacks(
         try:
             stack.refresh_now()
             results["whale"] = whale_scenario(stack, profile.name)
+        finally:
+            stack.close()
+    if "whale-fairness" in names:
+        stack = Stack(coaches=profile.coaches, redis_server=redis_server).start()
+        try:
+            stack.refresh_now()
+            results["whale_fairness"] = fairness_scenario(stack, profile.name)
         finally:
             stack.close()
     return results

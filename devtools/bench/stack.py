@@ -250,7 +250,14 @@ class Stack:
 
     def clear_pipeline_state(self) -> None:
         shards = range(self.settings.scheduler_shards)
-        per_shard = [keys.due, keys.commits, keys.last_run, keys.drain_scheduled, keys.claims]
+        per_shard = [
+            keys.due,
+            keys.commits,
+            keys.not_before,
+            keys.coach_cost,
+            keys.drain_scheduled,
+            keys.claims,
+        ]
         fixed = [key(shard) for shard in shards for key in per_shard]
         fixed += [keys.wide_pending(name) for name in NAMES]
         patterns = [keys.freshness_open("*"), keys.freshness_pending("*", "*")]

@@ -299,17 +299,53 @@ def whale_scenario(stack: Stack, profile_name: str) -> dict[str, Any]:
     }
 
 
+def fairness_scenario(stack: Stack, profile_name: str) -> dict[str, Any]:
+    """`python -m devtools.bench whale-fairness`: the load runs only, beside a whale of the
+    profile's largest size (seeded alone: no curve, about a minute at 1M sessions)."""
+    from devtools.bench.scenarios import bench_coaches
+
+    size = SIZES[profile_name][-1]
+    started = time.monotonic()
+    whale = seed_whale(stack.pg.url, size)
+    seeded = time.monotonic() - started
+    others = [coach for coach in bench_coaches(stack, stack.coaches + 1) if coach != whale]
+    others = others[: stack.coaches]
+    return {
+        "load": fairness(stack, whale, others, LOAD_SECONDS[profile_name]),
+        "whale_sessions": size,
+        "seed_seconds": round(seeded, 1),
+        "other_coaches": len(others),
+    }
+
+
+def fairness_rows(load: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Report lines of the load runs: the whale's latency, the others' alone and beside it."""
+    alone = load["without_whale"]["others"]["commit_to_all_stored_ms"]
+    beside = load["with_whale"]["others"]["commit_to_all_stored_ms"]
+    whale = load["with_whale"].get("whale", {}).get("commit_to_all_stored_ms", {})
+    ratio = beside["p99"] / alone["p99"] if alone.get("p99") and beside.get("p99") else None
+    return [
+        (
+            "whale 100/s: its commit → every routed aggregate p50/p99 (ms)",
+            f"{whale.get('p50')} / {whale.get('p99')}",
+            "",
+            "-",
+        ),
+        (
+            "others 100/s: commit → every routed aggregate p99 alone | beside the whale (ms)",
+            f"{alone.get('p99')} | {beside.get('p99')}",
+            "≤ +20%",
+            "-" if ratio is None else ("yes" if ratio <= 1.2 else "no"),
+        ),
+    ]
+
+
 def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """Report lines: per-change cost of the largest coach, fairness, trigger cost."""
     largest = result["curve"]["points"][-1]
     new, old = largest["new_ms"], largest["old_ms"]
     size = f"{largest['sessions']:,}"
-    load = result["load"]
-    alone = load["without_whale"]["others"]["commit_to_all_stored_ms"]
-    beside = load["with_whale"]["others"]["commit_to_all_stored_ms"]
-    whale = load["with_whale"].get("whale", {}).get("commit_to_all_stored_ms", {})
     inserts = result["curve"]["insert_ms"]
-    ratio = beside["p99"] / alone["p99"] if alone.get("p99") and beside.get("p99") else None
     by_aggregate = [
         (f"  {name} alone p50/p99 (ms)", f"{ms['p50']} / {ms['p99']}", "", "-")
         for name, ms in largest.get("new_by_aggregate_ms", {}).items()
@@ -328,18 +364,7 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "",
             "-",
         ),
-        (
-            "whale 100/s: its commit → every routed aggregate p50/p99 (ms)",
-            f"{whale.get('p50')} / {whale.get('p99')}",
-            "",
-            "-",
-        ),
-        (
-            "others 100/s: commit → every routed aggregate p99 alone | beside the whale (ms)",
-            f"{alone.get('p99')} | {beside.get('p99')}",
-            "≤ +20%",
-            "-" if ratio is None else ("yes" if ratio <= 1.2 else "no"),
-        ),
+        *fairness_rows(result["load"]),
         (
             "single-row INSERT into sessions p50 with | without the summary triggers (ms)",
             f"{inserts['with_triggers']['p50']} | {inserts['without_triggers']['p50']}",

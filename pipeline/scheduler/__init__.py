@@ -11,6 +11,20 @@ recompute started more than a window ago is due at once (leading edge, no added 
 otherwise it is due when the window since that start has passed (trailing edge, one recompute
 absorbs the burst).
 
+The window is per coach: a coach whose recompute is costly gets a wider one, so no single
+coach holds more than `coach_share` of a worker (setting `COACH_SHARE`). Each drain, on
+release, charges its recompute time, divided by its coaches, to each of them (`coach_cost`:
+an EWMA in µs, weight 1/4), and a coach's window is `max(window_ms, cost / coach_share)`, at
+most `stale_ms`: ordinary coaches (1 to 3 ms) keep `window_ms`; a whale (say 20 ms a recompute)
+is recomputed at most every 200 ms, so its staleness stays bounded by about cost / share plus
+one recompute. A claim that meets a coach one recompute of which takes longer than the window
+(cost > `window_ms`) takes it alone and only when it is the oldest due coach of the shard
+(otherwise it leaves it to the follow-up drain): a whale's drain never holds the shard's other
+coaches behind it, and its time measures it alone, while coaches merely widened keep being
+batched (drained one by one, a shard's coaches would cost a task each).
+Widening and restoring are logged (`coach_window_widened`, `coach_window_restored`) and
+counted (`coachpipe_scheduler_widened_windows_total`).
+
 A *drain* task of a shard claims up to a batch of due coaches, each with **every** pair of it
 that is due, and removes them from the set **before** it reads Postgres, so a change committed
 during the recompute makes the pair due again and gets one more recompute: nothing is lost. The
@@ -52,10 +66,16 @@ State table, per shard (key names in `pipeline.keys`; one hash tag `{s<shard>}` 
              one is kept)
     read     `claim` (copies it into the claim)
     expires  no TTL: an entry is deleted when `claim` takes the pair
-`keys.last_run` — sorted set: pair → when its last claim took it (ms).
+`keys.not_before` — sorted set: pair → the earliest its next recompute may start (ms): when
+    its last claim took it plus its coach's window.
     written  `claim`
-    read     `request` (a pair is due at last run + window)
-    expires  every `claim` prunes entries older than the window
+    read     `request` (a pair requested earlier is due then)
+    expires  every `claim` prunes entries that have passed
+`keys.coach_cost` — hash: coach → measured recompute cost (µs), only while it widens the
+    coach's window (cost / `coach_share` > `window_ms`).
+    written  `release` (EWMA of the drain's time per coach; deleted once below the threshold)
+    read     `claim` (the coach's window; alone if costlier than `window_ms`), `widened`
+    expires  no TTL: deleted when the cost falls below the threshold
 `keys.drain_scheduled` — string: when the earliest drain sent will run (ms).
     written  `request`, `claim`, `sweep` set it with each drain they send; `claim` deletes it
              once that time has passed; `request` deletes it on finding a lost marker
@@ -83,6 +103,7 @@ call `sweep`; a drain task calls `claim`, recomputes while a `Lease` renews its 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import zlib
@@ -114,8 +135,10 @@ __all__ = [
     "RequestOutcome",
     "TaskSender",
     "backlog",
+    "coach_window_ms",
     "idle",
     "shard_of",
+    "widened_costs",
 ]
 
 DRAIN_LATE_MS = 2000
@@ -127,6 +150,8 @@ DEFAULT_LEASE_MS = 3000
 """How long a claim stays with its drain without being renewed (setting `CLAIM_LEASE_S`)."""
 DEFAULT_SHARDS = 8
 """Scheduler shards (setting `SCHEDULER_SHARDS`)."""
+DEFAULT_COACH_SHARE = 0.1
+"""Share of one worker a single coach's recomputes may hold (setting `COACH_SHARE`)."""
 
 log = structlog.get_logger("pipeline.scheduler")
 
@@ -188,6 +213,25 @@ def backlog(client: RedisClient, shards: int) -> Backlog:
     return Backlog(pending=pending, claimed=claimed)
 
 
+def coach_window_ms(cost_us: int | None, window_ms: int, stale_ms: int, coach_share: float) -> int:
+    """A coach's window (whole ms) for its measured recompute cost (µs; None: not widened):
+    `max(window_ms, cost / coach_share)`, at most `stale_ms` (as `claim.lua` computes it)."""
+    if cost_us is None:
+        return window_ms
+    return math.floor(min(stale_ms, max(window_ms, cost_us / 1000 / coach_share)))
+
+
+def widened_costs(client: RedisClient, shards: int) -> dict[UUID, int]:
+    """Coach → measured recompute cost (µs), for every coach whose cost widens its window
+    (one round trip, O(such coaches): for `coachpipe status` and tests)."""
+    pipe = client.pipeline(transaction=False)
+    for shard in range(shards):
+        pipe.hgetall(keys.coach_cost(shard))
+    return {
+        UUID(as_text(coach)): int(cost) for costs in pipe.execute() for coach, cost in costs.items()
+    }
+
+
 def idle(client: RedisClient, shards: int) -> bool:
     """No pair is due or claimed in any shard (one round trip)."""
     pipe = client.pipeline(transaction=False)
@@ -240,6 +284,7 @@ class RecomputeScheduler:
         late_ms: int = DRAIN_LATE_MS,
         lease_ms: int = DEFAULT_LEASE_MS,
         shards: int = DEFAULT_SHARDS,
+        coach_share: float = DEFAULT_COACH_SHARE,
         aggregates: Sequence[str] = NAMES,
     ) -> None:
         self._redis = client
@@ -249,6 +294,7 @@ class RecomputeScheduler:
         self.late_ms = late_ms
         self.lease_ms = lease_ms
         self.shards = shards
+        self.coach_share = coach_share
         self._aggregates = list(aggregates)
         self._request = _script(client, "request")
         self._claim = _script(client, "claim")
@@ -271,6 +317,7 @@ class RecomputeScheduler:
             stale_ms=int(settings.pending_stale_s * 1000),
             lease_ms=int(settings.claim_lease_s * 1000),
             shards=settings.scheduler_shards,
+            coach_share=settings.coach_share,
         )
 
     def shard_of(self, coach: UUID) -> int:
@@ -312,11 +359,11 @@ class RecomputeScheduler:
                     pipe,
                     keys=[
                         keys.due(shard),
-                        keys.last_run(shard),
+                        keys.not_before(shard),
                         keys.drain_scheduled(shard),
                         keys.commits(shard),
                     ],
-                    args=[self.window_ms, self.stale_ms, self.late_ms, *pairs],
+                    args=[self.stale_ms, self.late_ms, *pairs],
                 )
 
         outcomes = run_pipeline(self._redis, [self._request], build)
@@ -336,23 +383,35 @@ class RecomputeScheduler:
 
     def claim(self, shard: int, task_id: str, batch: int) -> Claim:
         """Take up to `batch` due coaches of `shard`, each with every pair of it that is due
-        (plus any pair this task claimed on an earlier delivery), under a lease of `lease_ms`;
-        send a follow-up drain if pairs remain due."""
+        (plus any pair this task claimed on an earlier delivery), under a lease of `lease_ms`
+        (a coach costlier than the window: alone, and only if it is the oldest due); send a
+        follow-up drain if pairs remain due."""
         raw = self._claim(
             keys=[
                 keys.due(shard),
-                keys.last_run(shard),
+                keys.not_before(shard),
                 keys.drain_scheduled(shard),
                 keys.commits(shard),
                 keys.claim(shard, task_id),
                 keys.claims(shard),
+                keys.coach_cost(shard),
             ],
-            args=[batch, self.window_ms, self.stale_ms, self.lease_ms, task_id, *self._aggregates],
+            args=[
+                batch,
+                self.window_ms,
+                self.stale_ms,
+                self.lease_ms,
+                repr(self.coach_share),
+                task_id,
+                *self._aggregates,
+            ],
         )
         follow_up = _seconds(int(raw[0]))
         if follow_up is not None:
             self._send_drain(shard, follow_up, "follow_up")
-        held = raw[1:]
+        if int(raw[1]) >= 0:
+            metrics.WIDENED_CLAIMS.inc()
+        held = raw[2:]
         commit_ms: dict[Key, int | None] = {}
         for member, commit in zip(held[::2], held[1::2], strict=True):
             commit_ms[_pair(as_text(member))] = int(commit) if commit else None
@@ -369,9 +428,50 @@ class RecomputeScheduler:
         third of `lease_ms`."""
         return Lease(self._keeper, shard, task_id)
 
-    def release(self, shard: int, task_id: str) -> None:
-        """The claimed pairs are stored: forget the claim."""
-        self._release(keys=[keys.claim(shard, task_id), keys.claims(shard)], args=[task_id])
+    def release(
+        self,
+        shard: int,
+        task_id: str,
+        coaches: Sequence[UUID] = (),
+        seconds: float | None = None,
+    ) -> None:
+        """The claimed pairs are stored: forget the claim, and charge the drain's recompute
+        time (`seconds`, None: not measured) in equal parts to its `coaches` (their cost,
+        which widens the window of a costly coach; see the module)."""
+        elapsed_us = -1 if seconds is None else max(int(seconds * 1_000_000), 0)
+        changes = self._release(
+            keys=[keys.claim(shard, task_id), keys.claims(shard), keys.coach_cost(shard)],
+            args=[
+                task_id,
+                elapsed_us,
+                self.window_ms,
+                repr(self.coach_share),
+                *(str(coach) for coach in coaches),
+            ],
+        )
+        for coach, cost_us in zip(changes[::2], changes[1::2], strict=True):
+            if int(cost_us):
+                metrics.WIDENED_WINDOWS.labels("widened").inc()
+                log.info(
+                    "coach_window_widened",
+                    coach=as_text(coach),
+                    cost_ms=int(cost_us) / 1000,
+                    window_ms=round(self.window_of(int(cost_us))),
+                )
+            else:
+                metrics.WIDENED_WINDOWS.labels("restored").inc()
+                log.info("coach_window_restored", coach=as_text(coach), window_ms=self.window_ms)
+
+    def window_of(self, cost_us: int | None) -> int:
+        """A coach's window (ms) for its measured cost (µs; None: not widened)."""
+        return coach_window_ms(cost_us, self.window_ms, self.stale_ms, self.coach_share)
+
+    def widened(self) -> dict[UUID, int]:
+        """Coach → its window (ms), for every coach whose cost widens it (one round trip)."""
+        return {
+            coach: self.window_of(cost)
+            for coach, cost in widened_costs(self._redis, self.shards).items()
+        }
 
     def sweep(self, shards: Iterable[int] | None = None) -> dict[int, int]:
         """In one round trip: requeue the pairs of expired leases and send a drain where none

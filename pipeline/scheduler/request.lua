@@ -1,23 +1,23 @@
 -- Mark (aggregate, coach) pairs of one shard due (RecomputeScheduler.request).
--- KEYS: due, last_run, drain_scheduled, commits (one shard: one hash slot)
--- ARGV: window_ms, stale_ms, late_ms, then (member "coach|aggregate", commit_ms or "") pairs
+-- KEYS: due, not_before, drain_scheduled, commits (one shard: one hash slot)
+-- ARGV: stale_ms, late_ms, then (member "coach|aggregate", commit_ms or "") pairs
 -- Returns {enqueued, suppressed, countdown_ms of the drain to send (-1: none)}
+-- A pair is due at once, or when the window its last claim set (not_before) has passed.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[1])
-local stale = tonumber(ARGV[2])
-local late = tonumber(ARGV[3])
+local stale = tonumber(ARGV[1])
+local late = tonumber(ARGV[2])
 local enqueued, suppressed, earliest = 0, 0, nil
-for i = 4, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
     local member, commit = ARGV[i], ARGV[i + 1]
     local pending = redis.call('ZSCORE', KEYS[1], member)
     if pending and now - tonumber(pending) < stale then
         suppressed = suppressed + 1
     else
         local due = now
-        local last = redis.call('ZSCORE', KEYS[2], member)
-        if last and tonumber(last) + window > now then
-            due = tonumber(last) + window
+        local after = redis.call('ZSCORE', KEYS[2], member)
+        if after and tonumber(after) > now then
+            due = tonumber(after)
         end
         redis.call('ZADD', KEYS[1], due, member)
         if commit ~= '' then
