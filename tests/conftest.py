@@ -113,6 +113,15 @@ def cluster_url(redis_cluster: PrivateRedisCluster) -> str:
 
 
 @pytest.fixture
+def cluster_client(cluster_url: str) -> Iterator[redis.RedisCluster]:
+    """A client of the emptied private cluster (`cluster_url`)."""
+    client = connect(cluster_url)
+    assert isinstance(client, redis.RedisCluster)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def sentinel_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateSentinel]:
     """A master, a replica and three sentinels of their own (~3 s), for one test."""
     guarded = PrivateSentinel(tmp_path_factory.mktemp("sentinel")).start()

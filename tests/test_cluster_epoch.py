@@ -5,23 +5,12 @@ check (`pipeline.redis_epoch`). Real `CLUSTER FAILOVER`s on the private 3+3 clus
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
-import pytest
 import redis
 
 from devtools.redis_topologies import PrivateRedisCluster
 from pipeline import keys
-from pipeline.redis_client import connect
 from pipeline.redis_epoch import current_epoch, record_epoch
-
-
-@pytest.fixture
-def cluster_client(cluster_url: str) -> Iterator[redis.RedisCluster]:
-    client = connect(cluster_url)
-    assert isinstance(client, redis.RedisCluster)
-    yield client
-    client.close()
 
 
 def epoch_key_on(cluster: PrivateRedisCluster, port: int) -> str:

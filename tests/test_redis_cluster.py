@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -29,14 +28,6 @@ from tests.recording_sender import RecordingSender
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
-
-
-@pytest.fixture
-def cluster_client(cluster_url: str) -> Iterator[redis.RedisCluster]:
-    client = connect(cluster_url)
-    assert isinstance(client, redis.RedisCluster)
-    yield client
-    client.close()
 
 
 def nodes_holding(client: redis.RedisCluster, coaches: list[uuid.UUID]) -> set[str]:

@@ -314,18 +314,12 @@ def _run_stacks(
             results |= _run_group(BIG_STACK, names, stack, profile, console)
         finally:
             stack.close()
-    if "whale" in names:
+    whale_runs = {"whale": whale_scenario, "whale-fairness": fairness_scenario}
+    for name in (name for name in whale_runs if name in names):  # a stack of its own each
         stack = Stack(coaches=profile.coaches, redis_server=redis_server).start()
         try:
             stack.refresh_now()
-            results["whale"] = whale_scenario(stack, profile.name)
-        finally:
-            stack.close()
-    if "whale-fairness" in names:
-        stack = Stack(coaches=profile.coaches, redis_server=redis_server).start()
-        try:
-            stack.refresh_now()
-            results["whale_fairness"] = fairness_scenario(stack, profile.name)
+            results[name.replace("-", "_")] = whale_runs[name](stack, profile.name)
         finally:
             stack.close()
     return results
