@@ -69,18 +69,26 @@ sentinels joined by `;` (`sentinel://h1:26379;sentinel://h2:26379`), with BROKER
 
 
 def _check_sentinel_hosts(value: SecretStr | None) -> SecretStr | None:
-    """Every `;`-separated part of a `sentinel://` broker URL names a sentinel host."""
+    """Every `;`-separated part of a `sentinel://` broker URL names a sentinel host, and all
+    carry the same credentials: on a connection error kombu moves on to the next part and
+    takes *its* user and password for the master (`kombu.Connection.switch`), so a part
+    without them would fail to authenticate during a failover."""
     if value is None:
         return None
     url = value.get_secret_value()
     if urlsplit(url).scheme == SENTINEL_BROKER:
-        for part in url.split(";"):
-            parts = urlsplit(part.strip())
-            if parts.scheme != SENTINEL_BROKER or not parts.hostname:
+        parts = [urlsplit(part.strip()) for part in url.split(";")]
+        for part in parts:
+            if part.scheme != SENTINEL_BROKER or not part.hostname:
                 raise ValueError(
                     "must list sentinels as sentinel://host:port, joined by ';' "
                     "(sentinel://h1:26379;sentinel://h2:26379)"
                 )
+        if len({(part.username, part.password) for part in parts}) > 1:
+            raise ValueError(
+                "every sentinel:// part must carry the same user and password (the master's): "
+                "kombu uses the next part's after a connection error"
+            )
     return value
 
 

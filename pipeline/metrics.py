@@ -115,6 +115,10 @@ CLAIMS_REQUEUED = Counter(
 SWEEP_ERRORS = Counter(
     "coachpipe_sweep_errors_total", "A worker's periodic sweep failed (Redis unreachable)."
 )
+EPOCH_CHECK_ERRORS = Counter(
+    "coachpipe_redis_epoch_check_errors_total",
+    "A failover epoch check could not read or record a master's epoch (master unreachable).",
+)
 RECOMPUTE_SECONDS = Histogram(
     "coachpipe_recompute_duration_seconds", "One batch recompute: version, snapshot, store.",
     ["aggregate"], buckets=LATENCY_BUCKETS,

@@ -27,14 +27,19 @@ from __future__ import annotations
 import itertools
 from typing import Any, cast
 
+import structlog
 from redis.crc import key_slot
+from redis.exceptions import RedisError
 
 from pipeline import keys
+from pipeline.metrics import EPOCH_CHECK_ERRORS
 from pipeline.redis_client import RedisClient, is_cluster
 from pipeline.redis_values import as_text
 
 MAX_TAGS_TRIED = 16_384 * 8
 """Enough to find a tag in the slots of even a master that serves a single slot."""
+
+log = structlog.get_logger("pipeline.redis_epoch")
 
 
 def current_epoch(client: RedisClient) -> str:
@@ -51,7 +56,10 @@ def record_epoch(client: RedisClient) -> str | None:
     """Remember the current epoch; return the one remembered before if it differs (None when
     it is the same). GETSET makes exactly one caller see each change. On a Cluster every
     master's epoch is recorded on that master, and the changed ones are returned
-    (`<node> replid:<id>`, joined by `, `); None when no master changed.
+    (`<node> replid:<id>`, joined by `, `); None when no master changed. A master that
+    does not answer is logged (`redis_epoch_master_unreachable`), counted
+    (`coachpipe_redis_epoch_check_errors_total`) and left for the next check, so one dead
+    master never hides another's failover; on one server or Sentinel a RedisError is raised.
 
     The remembered epoch is a write like any other, so a failover can lose it too: a new
     master that never received it holds none. Nothing remembered on a promoted master then
@@ -61,11 +69,15 @@ def record_epoch(client: RedisClient) -> str | None:
     """
     if not is_cluster(client):
         return _record(client, keys.REDIS_EPOCH, _epochs(client.info("replication")))
-    changed = [
-        f"{node_name} {previous}"
-        for key, (node_name, epochs) in _shard_epochs(client).items()
-        if (previous := _record(client, key, epochs)) is not None
-    ]
+    changed = []
+    for key, (node_name, epochs) in _shard_epochs(client).items():
+        try:
+            previous = _record(client, key, epochs)
+        except RedisError as error:
+            _unreachable(node_name, error)
+            continue
+        if previous is not None:
+            changed.append(f"{node_name} {previous}")
     return ", ".join(changed) or None
 
 
@@ -106,6 +118,17 @@ def _shard_epochs(client: RedisClient) -> dict[str, tuple[str, tuple[str, str | 
         tags.setdefault(owner, key)
     found: dict[str, tuple[str, tuple[str, str | None]]] = {}
     for name in sorted(tags):
-        replication = cluster.info("replication", target_nodes=primaries[name])
+        try:
+            replication = cluster.info("replication", target_nodes=primaries[name])
+        except RedisError as error:  # one master down must not hide the others' failovers
+            _unreachable(name, error)
+            continue
         found[tags[name]] = (name, _epochs(replication))
     return found
+
+
+def _unreachable(node_name: str, error: RedisError) -> None:
+    """A master that did not answer is left out of this check; the next check reads it (and,
+    if it was replaced meanwhile, its successor's `master_replid2` shows the failover)."""
+    EPOCH_CHECK_ERRORS.inc()
+    log.warning("redis_epoch_master_unreachable", node=node_name, error_type=type(error).__name__)

@@ -19,6 +19,7 @@ from uuid import UUID
 
 import structlog
 from celery import Task
+from redis.exceptions import RedisError
 from sqlalchemy import func, select
 
 from config import Settings
@@ -28,6 +29,7 @@ from pipeline.clock import Marker, tick_window
 from pipeline.coaches import active_coach_batches, coaches_crossing
 from pipeline.errors import TRANSIENT_ERRORS
 from pipeline.fallback import Announcement, on_transition, poll_due
+from pipeline.metrics import EPOCH_CHECK_ERRORS
 from pipeline.recompute import recompute, recompute_due
 from pipeline.redis_client import MASTER_CHECK_S
 from pipeline.redis_epoch import record_epoch
@@ -171,7 +173,12 @@ def _fallback_refresh(task: PipelineTask, reason: str) -> int:
 def check_realtime(task: PipelineTask) -> dict[str, Any]:
     """Follow the realtime status; on a transition, start or stop polling at once. Follow the
     data store's failovers too: after one, refresh everything (`pipeline.redis_epoch`)."""
-    previous_epoch = record_epoch(task.runtime.redis)
+    try:
+        previous_epoch = record_epoch(task.runtime.redis)
+    except RedisError as error:  # the status below must still be followed
+        EPOCH_CHECK_ERRORS.inc()
+        log.warning("redis_epoch_check_failed", error_type=type(error).__name__)
+        previous_epoch = None
     if previous_epoch is not None:
         # Once every process follows the new master (`MASTER_CHECK_S`), so that the refresh
         # is not itself written to a demoted one.

@@ -8,8 +8,10 @@ import itertools
 
 import redis
 
-from devtools.redis_topologies import PrivateRedisCluster
+from devtools.redis_topologies import PrivateRedisCluster, server
 from pipeline import keys
+from pipeline.metrics import EPOCH_CHECK_ERRORS
+from pipeline.redis_client import connect
 from pipeline.redis_epoch import current_epoch, record_epoch
 
 
@@ -75,3 +77,31 @@ def test_a_cluster_failover_before_the_first_check_reads_as_one(
     changed = record_epoch(cluster_client)
     assert changed is not None and f":{promoted} " in changed
     assert record_epoch(cluster_client) is None
+
+
+def test_a_master_that_does_not_answer_hides_no_other_failover(
+    cluster_url: str, redis_cluster: PrivateRedisCluster
+) -> None:
+    """One master silent (CLIENT PAUSE: its clients wait, the cluster bus goes on, so no
+    failover) while another shard fails over: the check still sees that failover, counts the
+    silent master and leaves it for the next check; it used to raise, and beat's status check
+    then never ran."""
+    client = connect(cluster_url, socket_timeout=0.5)
+    assert isinstance(client, redis.RedisCluster)
+    try:
+        record_epoch(client)
+        promoted = promote_a_replica(redis_cluster, client)
+        silent = next(
+            int(node.port) for node in client.get_primaries() if int(node.port) != promoted
+        )
+        errors = EPOCH_CHECK_ERRORS._value.get()
+        server(silent).execute_command("CLIENT", "PAUSE", 20_000, "ALL")
+        try:
+            changed = record_epoch(client)
+        finally:
+            server(silent).execute_command("CLIENT", "UNPAUSE")
+        assert changed is not None and f":{promoted} " in changed
+        assert EPOCH_CHECK_ERRORS._value.get() > errors
+        assert record_epoch(client) is None  # the silent master answers again: no change
+    finally:
+        client.close()

@@ -26,7 +26,7 @@ from tests.test_cluster_e2e import failover_stack, through_failover
 from tests.test_listener_postgres import burst
 
 SMALL = seed.SeedPlan(coaches=6, clients_per_coach=3, sessions_per_client=2)
-SENTINELS = "sentinel://:master-pw@127.0.0.1:26379;sentinel://127.0.0.1:26380"
+SENTINELS = "sentinel://:master-pw@127.0.0.1:26379;sentinel://:master-pw@127.0.0.1:26380"
 BROKER_OPTIONS = {"master_name": MASTER_NAME}
 
 
@@ -74,6 +74,26 @@ def test_every_part_of_a_sentinel_broker_url_names_a_sentinel(
     monkeypatch.setenv("BROKER_MASTER_NAME", "mymaster")
     with pytest.raises(SettingsError, match="BROKER_URL: must list sentinels"):
         load_settings(_env_file=None)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sentinel://:pw@h1:26379;sentinel://h2:26379",
+        "sentinel://h1:26379;sentinel://:pw@h2:26379",
+        "sentinel://u:pw@h1:26379;sentinel://:pw@h2:26379",
+    ],
+)
+def test_every_part_of_a_sentinel_broker_url_carries_the_same_password(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kombu switches to the next part's credentials after a connection error: a part
+    without the master's password would fail to authenticate mid-failover."""
+    monkeypatch.setenv("BROKER_URL", url)
+    monkeypatch.setenv("BROKER_MASTER_NAME", "mymaster")
+    with pytest.raises(SettingsError, match="same user and password") as raised:
+        load_settings(_env_file=None)
+    assert "pw" not in str(raised.value).replace("password", "")
 
 
 def test_changes_become_aggregates_through_a_broker_on_sentinel(

@@ -240,9 +240,11 @@ class Plan:
 def _faults(
     stack: Stack, plan: Plan, restartable: dict[str, Restartable], rng: random.Random
 ) -> list[Fault]:
-    """Kills of `plan.targets` in turn at random moments, then the Redis restarts."""
+    """Kills of `plan.targets` in turn at random moments (at least one), then the Redis
+    restarts."""
     faults: list[Fault] = []
-    at = rng.uniform(*plan.gap_s)
+    # the first kill inside the load even when it is shorter than a gap (`--duration 1`)
+    at = min(rng.uniform(*plan.gap_s), plan.seconds / 2)
     targets = sorted(plan.targets)
     turn = rng.randrange(len(targets))  # the targets take turns, at random moments
     while at < plan.seconds:

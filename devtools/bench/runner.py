@@ -316,7 +316,9 @@ def _run_stacks(
             stack.close()
     whale_runs = {"whale": whale_scenario, "whale-fairness": fairness_scenario}
     for name in (name for name in whale_runs if name in names):  # a stack of its own each
-        stack = Stack(coaches=profile.coaches, redis_server=redis_server).start()
+        stack = Stack(
+            coaches=profile.coaches, redis_server=redis_server, broker_url=broker_url()
+        ).start()
         try:
             stack.refresh_now()
             results[name.replace("-", "_")] = whale_runs[name](stack, profile.name)
