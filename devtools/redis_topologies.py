@@ -129,10 +129,29 @@ class PrivateRedisCluster:
         """`CLUSTER FAILOVER` on a replica of `master_port` (the coordinated, lossless kind):
         returns the promoted replica's port once it serves as master and the cluster is ok."""
         replica = self.replica_of(master_port)
-        server(replica).execute_command("CLUSTER", "FAILOVER")
-        wait_until(lambda: self.role(replica) == "master", 30, "the replica to take over")
+        deadline = time.monotonic() + 30
+        while True:  # a manual failover the master did not join within 5 s is dropped: ask again
+            server(replica).execute_command("CLUSTER", "FAILOVER")
+            try:
+                wait_until(lambda: self.role(replica) == "master", 6, "the replica to take over")
+                break
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
         wait_until(self.healthy, 30, "the cluster to settle after the failover")
+        # every node's slot map names the new master (the bus spreads it over a moment), so a
+        # client that reads the map from any node after this sees the failover
+        wait_until(lambda: self._seen_as_master(replica), 30, "every node to see the promotion")
         return replica
+
+    def _seen_as_master(self, port: int) -> bool:
+        for node in self.nodes:
+            view = server(node.port).execute_command("CLUSTER", "NODES")
+            text = view.decode() if isinstance(view, bytes) else str(view)
+            line = next(line for line in text.splitlines() if f":{port}@" in line)
+            if "master" not in line.split()[2].split(","):
+                return False
+        return True
 
     def stop(self) -> None:
         for node in self.nodes:
