@@ -33,6 +33,13 @@ def promote_a_replica(cluster: PrivateRedisCluster, client: redis.RedisCluster) 
     return promoted
 
 
+def assert_seen_once(client: redis.RedisCluster, promoted: int) -> None:
+    """The next check reports the failover, naming the promoted master; the one after, none."""
+    changed = record_epoch(client)
+    assert changed is not None and f":{promoted} " in changed
+    assert record_epoch(client) is None
+
+
 def test_every_master_keeps_its_own_epoch(
     cluster_client: redis.RedisCluster, redis_cluster: PrivateRedisCluster
 ) -> None:
@@ -51,9 +58,7 @@ def test_a_cluster_failover_is_seen_once(
     record_epoch(cluster_client)
     assert record_epoch(cluster_client) is None
     promoted = promote_a_replica(redis_cluster, cluster_client)
-    changed = record_epoch(cluster_client)
-    assert changed is not None and f":{promoted} " in changed
-    assert record_epoch(cluster_client) is None
+    assert_seen_once(cluster_client, promoted)
 
 
 def test_a_cluster_failover_that_lost_the_shards_epoch_still_reads_as_one(
@@ -64,9 +69,7 @@ def test_a_cluster_failover_that_lost_the_shards_epoch_still_reads_as_one(
     record_epoch(cluster_client)
     promoted = promote_a_replica(redis_cluster, cluster_client)
     cluster_client.delete(epoch_key_on(redis_cluster, promoted))  # the write that was lost
-    changed = record_epoch(cluster_client)
-    assert changed is not None and f":{promoted} " in changed
-    assert record_epoch(cluster_client) is None
+    assert_seen_once(cluster_client, promoted)
 
 
 def test_a_cluster_failover_before_the_first_check_reads_as_one(
@@ -74,9 +77,7 @@ def test_a_cluster_failover_before_the_first_check_reads_as_one(
 ) -> None:
     """No epoch was ever recorded (the cluster was just emptied) when a master failed over."""
     promoted = promote_a_replica(redis_cluster, cluster_client)
-    changed = record_epoch(cluster_client)
-    assert changed is not None and f":{promoted} " in changed
-    assert record_epoch(cluster_client) is None
+    assert_seen_once(cluster_client, promoted)
 
 
 def test_a_master_that_does_not_answer_hides_no_other_failover(

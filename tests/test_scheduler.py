@@ -380,16 +380,3 @@ def test_a_widened_coach_is_claimed_alone_and_never_holds_others_behind_it(
         assert second.by_aggregate() == dict.fromkeys(
             ("coach-clients", "coach-stats"), second.coaches
         )
-
-
-def test_without_a_window_no_coach_is_widened_or_drained_alone(redis_url: str) -> None:
-    """DEBOUNCE_MS=0 (allowed: every change at once): there is no window to widen, so no cost
-    is kept and a costly coach stays batched with the others (measured against a window of 0,
-    every coach would otherwise be drained alone, one task each)."""
-    scheduler, _ = scheduler_for(redis_url, window_ms=0)
-    coaches = sorted(coaches_in_one_shard(3), key=str)
-    shard = scheduler.shard_of(coaches[0])
-    widen(scheduler, coaches[0], 0.1, 5)
-    assert scheduler.widened() == {}
-    scheduler.request([("coach-stats", coach) for coach in coaches])
-    assert scheduler.claim(shard, "t1", 10).coaches == coaches

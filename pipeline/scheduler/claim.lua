@@ -21,7 +21,7 @@ local share = tonumber(ARGV[5])
 local function window_of(coach)  -- {max(window, cost / share), at most stale (whole ms),
     -- whether one recompute of it takes longer than the window}
     local cost = tonumber(redis.call('HGET', KEYS[7], coach) or '')
-    if not cost or window == 0 then  -- DEBOUNCE_MS=0: every coach at once, batched
+    if not cost then
         return window, false
     end
     return math.floor(math.min(stale, math.max(window, cost / 1000 / share))), cost > window * 1000

@@ -7,13 +7,13 @@
 -- (cost_us 0) being widened by its cost.
 -- A coach's cost (µs) is an EWMA, weight 1/4, of the drain's time divided by its coaches,
 -- kept only while cost / coach_share exceeds window_ms (a coach without one starts from that
--- threshold); integer µs, so the arithmetic is exact. With window_ms 0 nothing is measured.
+-- threshold); integer µs, so the arithmetic is exact.
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 local elapsed, window, share = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local coaches = #ARGV - 4
 local changes = {}
-if elapsed < 0 or coaches == 0 or window == 0 then  -- DEBOUNCE_MS=0: no window to widen
+if elapsed < 0 or coaches == 0 then
     return changes
 end
 local sample = math.floor(elapsed / coaches)
