@@ -33,7 +33,7 @@ HOUR = 3600.0
 
 
 def test_a_dropped_links_tasks_end_with_it_even_when_their_cancellation_is_lost(
-    settings: Settings, standin: RealtimeStandIn
+    settings: Settings, standin: RealtimeStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = SupabaseSource(
         settings.model_copy(
@@ -48,6 +48,17 @@ def test_a_dropped_links_tasks_end_with_it_even_when_their_cancellation_is_lost(
         )
     )
 
+    # The first canary can come back (and leave `_canaries`) before a poll sees it: wait on
+    # its write having finished instead.
+    canary_written = asyncio.Event()
+    write_canary = source._write_canary
+
+    async def write_and_tell() -> None:
+        await write_canary()
+        canary_written.set()
+
+    monkeypatch.setattr(source, "_write_canary", write_and_tell)
+
     async def drop_once_subscribed() -> tuple[str, set[str]]:
         link = _Link(1)
         source._link = link
@@ -58,7 +69,8 @@ def test_a_dropped_links_tasks_end_with_it_even_when_their_cancellation_is_lost(
         link.tasks.append(asyncio.create_task(source._canary(link), name="canary"))
         link.tasks.append(asyncio.create_task(source._watch_partitions(link), name="partitions"))
         async with asyncio.timeout(30):  # the first canary is written: every task is waiting
-            while not source._canaries or link.heartbeat_ref is None:
+            await canary_written.wait()
+            while link.heartbeat_ref is None:
                 await asyncio.sleep(0.01)
         standin.drop_connections(1011)
         async with asyncio.timeout(30):
