@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -237,19 +237,27 @@ def _realtime_partitions_check(conn: psycopg.Connection[Any], partitioned: set[s
     )
 
 
-def _change_log_check(conn: psycopg.Connection[Any]) -> Check:
-    """The `supabase` source's catch-up reads the change log its statement triggers keep; a
-    table re-created (e.g. partitioned) has lost them."""
+def _tables_without_triggers(
+    conn: psycopg.Connection[Any], tables: Sequence[str], prefix: str
+) -> list[str]:
+    """Those of `tables` (schema `public`, in their order) without all four of the triggers
+    named `prefix…` that `coachpipe migrate` installs on each."""
     present = {
         table
         for (table,) in conn.execute(
             "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
             " WHERE c.relnamespace = 'public'::regnamespace AND c.relname = ANY(%s)"
-            " AND t.tgname LIKE 'coachpipe_log_%%' GROUP BY c.relname HAVING count(*) = 4",
-            (list(WATCHED_TABLES),),
+            " AND t.tgname LIKE %s GROUP BY c.relname HAVING count(*) = 4",
+            (list(tables), prefix + "%"),
         ).fetchall()
     }
-    missing = [t for t in WATCHED_TABLES if t not in present]
+    return [table for table in tables if table not in present]
+
+
+def _change_log_check(conn: psycopg.Connection[Any]) -> Check:
+    """The `supabase` source's catch-up reads the change log its statement triggers keep; a
+    table re-created (e.g. partitioned) has lost them."""
+    missing = _tables_without_triggers(conn, WATCHED_TABLES, "coachpipe_log_")
     if not missing:
         return ok("change log", "triggers on all five tables")
     return Check(
@@ -265,16 +273,7 @@ def _summaries_check(conn: psycopg.Connection[Any]) -> Check:
     """The summary tables (`pipeline.summaries`): their triggers on the five tables, and
     whether they are filled. `coachpipe migrate` on a database that already had rows marks
     them not ready; the aggregates then read whole histories until `coachpipe backfill`."""
-    present = {
-        table
-        for (table,) in conn.execute(
-            "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
-            " WHERE c.relnamespace = 'public'::regnamespace AND c.relname = ANY(%s)"
-            " AND t.tgname LIKE 'coachpipe_summarize_%%' GROUP BY c.relname HAVING count(*) = 4",
-            (list(SOURCES),),
-        ).fetchall()
-    }
-    missing = [source for source in SOURCES if source not in present]
+    missing = _tables_without_triggers(conn, SOURCES, "coachpipe_summarize_")
     if missing:
         return Check(
             "summaries",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -37,6 +37,10 @@ class RecomputeResult:
     stale: int
     versions: Mapping[UUID, int]
     seconds: float
+    weights: Mapping[UUID, int] = field(default_factory=dict)
+    """Per coach, the bytes of its stored values: the scheduler charges `seconds` to the
+    coaches in proportion to them (a set-based recompute has no per-coach timer; its statements
+    are bounded by the rows they return, and those rows are what a coach's values hold)."""
 
 
 def compute_snapshot(
@@ -160,6 +164,7 @@ def recompute_due(
         stale=written.stale,
         versions=versions,
         seconds=seconds,
+        weights=written.bytes_by_coach,
     )
 
 

@@ -84,9 +84,14 @@ def drain(task: PipelineTask, shard: int) -> dict[str, Any]:
         due = [(get(name), coaches) for name, coaches in claim.by_aggregate().items()]
         with scheduler.lease(shard, task.request.id):
             result = recompute_due(runtime.engine, runtime.store, due, commit_ms=claim.commit_ms)
-    # The recompute's time, charged to its coaches, widens the window of a costly one.
+    # The recompute's time, charged to its coaches by the size of their values, widens the
+    # window of a costly one.
     scheduler.release(
-        shard, task.request.id, claim.coaches, result.seconds if result is not None else None
+        shard,
+        task.request.id,
+        claim.coaches,
+        result.seconds if result is not None else None,
+        result.weights if result is not None else None,
     )
     return {
         "shard": shard,

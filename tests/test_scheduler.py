@@ -327,6 +327,32 @@ def widen(scheduler: RecomputeScheduler, coach: uuid.UUID, seconds: float, drain
         scheduler.release(shard, f"cost-{coach}-{n}", [coach], seconds)
 
 
+def test_a_slow_batch_is_charged_by_weight_not_in_equal_parts(redis_url: str) -> None:
+    """The whale bench's first drain beside a whale: the whale, cold, and three ordinary
+    coaches in one batch that took 3 s. Split in equal parts, each ordinary coach was charged
+    750 ms (cost 191 ms: a 1.9 s window, and drained alone since past the 50 ms window), and
+    their changes waited up to 38 s (whale-fairness, quiet machine). Charged by the bytes of
+    their values (the whale's 500 client lines against a few lines each), the whale takes
+    nearly all of it and the others stay batched."""
+    scheduler, _ = scheduler_for(redis_url, window_ms=50)
+    whale, *ordinary = coaches_in_one_shard(4)
+    shard = scheduler.shard_of(whale)
+    weights = {whale: 130_000, **dict.fromkeys(ordinary, 3_000)}
+    scheduler.release(shard, "cold-batch", [whale, *ordinary], 3.0, weights)
+    widened = scheduler.widened()
+    # EWMA from the 5 ms threshold: the whale's sample 2,806 ms → cost 705 ms → 7 s window;
+    # each other's 64.7 ms → cost 19.9 ms → 199 ms window, below the 50 ms alone threshold.
+    assert 7_000 < widened[whale] < 7_100
+    assert all(widened[coach] < 500 for coach in ordinary), widened
+    scheduler.request([("coach-stats", coach) for coach in (whale, *ordinary)])
+    claims = [set(scheduler.claim(shard, f"next-{n}", 10).coaches) for n in range(2)]
+    assert sorted(claims, key=len) == [{whale}, set(ordinary)], "the others still batched"
+    pair = coaches_in_one_shard(2)
+    scheduler.release(scheduler.shard_of(pair[0]), "even", pair, 1.0, dict.fromkeys(pair, 0))
+    windows = scheduler.widened()
+    assert windows[pair[0]] == windows[pair[1]], "weights summing to 0: equal parts"
+
+
 def test_a_costly_coach_gets_a_window_of_its_cost_over_its_share(redis_url: str) -> None:
     """The window widens to max(window, cost / coach_share) for a costly coach (EWMA of its
     drains' time), stays at the window for a cheap one, and narrows back once the costly one

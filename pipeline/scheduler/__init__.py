@@ -434,11 +434,18 @@ class RecomputeScheduler:
         task_id: str,
         coaches: Sequence[UUID] = (),
         seconds: float | None = None,
+        weights: Mapping[UUID, int] | None = None,
     ) -> None:
         """The claimed pairs are stored: forget the claim, and charge the drain's recompute
-        time (`seconds`, None: not measured) in equal parts to its `coaches` (their cost,
-        which widens the window of a costly coach; see the module)."""
+        time (`seconds`, None: not measured) to its `coaches` (their cost, which widens the
+        window of a costly one; see the module): in proportion to `weights` (≥ 0, e.g. bytes
+        of each coach's values; a coach missing counts 0), in equal parts without them or when
+        they sum to 0."""
         elapsed_us = -1 if seconds is None else max(int(seconds * 1_000_000), 0)
+        charged = [
+            (coach, 1 if weights is None else max(int(weights.get(coach, 0)), 0))
+            for coach in coaches
+        ]
         changes = self._release(
             keys=[keys.claim(shard, task_id), keys.claims(shard), keys.coach_cost(shard)],
             args=[
@@ -446,7 +453,7 @@ class RecomputeScheduler:
                 elapsed_us,
                 self.window_ms,
                 repr(self.coach_share),
-                *(str(coach) for coach in coaches),
+                *(part for coach, weight in charged for part in (str(coach), weight)),
             ],
         )
         for coach, cost_us in zip(changes[::2], changes[1::2], strict=True):
