@@ -45,10 +45,16 @@ class Change:
     table: str
     coaches: tuple[UUID, ...]
     commit_ms: float
-    """Wall clock (ms) right after the commit returned."""
+    """Epoch ms by which the commit was visible: with `track_commit_timestamp` on, the database
+    clock at the writer's next statement (the server runs it only once the COMMIT is done);
+    otherwise the wall clock right after the commit returned."""
     sent_ms: float
-    """Wall clock (ms) right before the change's statement (an autocommit transaction) was
-    sent: the commit became visible somewhere in [sent_ms, commit_ms]."""
+    """Epoch ms before which the commit was not visible: with `track_commit_timestamp` on, the
+    commit timestamp Postgres recorded (`pg_xact_commit_timestamp`); otherwise the wall clock
+    right before the change's statement was sent. The commit became visible somewhere in
+    [sent_ms, commit_ms]: with the server's clocks a fraction of a millisecond wide, with the
+    client's as wide as the statement plus any wait for the writer's thread to run again
+    (hundreds of ms in a busy bench process)."""
 
 
 class _Gone(Exception):
@@ -65,7 +71,8 @@ class _Book:
 
 
 class ChangeWriter:
-    """Writes one realistic change per call on an autocommit connection."""
+    """Writes one realistic change per call on an autocommit connection (each change one
+    transaction)."""
 
     def __init__(
         self, conn: psycopg.Connection[TupleRow], coaches: list[UUID], seed: int = 7
@@ -77,6 +84,9 @@ class ChangeWriter:
         self.rng = random.Random(seed)
         self.books: dict[UUID, _Book] = defaultdict(_Book)
         self.conflicts = 0
+        setting = conn.execute("SHOW track_commit_timestamp").fetchone()
+        self.commit_timestamps = setting is not None and setting[0] == "on"
+        """Whether `Change` brackets come from the server's clocks (see `Change.sent_ms`)."""
         self._load()
 
     def _load(self) -> None:
@@ -120,12 +130,32 @@ class ChangeWriter:
             kind = self.rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
             sent_ms = time.time() * 1000
             try:
-                table, coaches = getattr(self, f"_{kind}")(chosen)
+                if not self.commit_timestamps:
+                    table, coaches = getattr(self, f"_{kind}")(chosen)
+                    return Change(kind, table, coaches, time.time() * 1000, sent_ms)
+                with self.conn.transaction():
+                    table, coaches = getattr(self, f"_{kind}")(chosen)
+                    xid = self._one("SELECT pg_current_xact_id()::text")
+                return Change(kind, table, coaches, *self._committed(xid))
             except (psycopg.errors.IntegrityError, _Gone):
                 self.conflicts += 1
-                continue
-            return Change(kind, table, coaches, time.time() * 1000, sent_ms)
         raise RuntimeError(f"no change possible after {MAX_ATTEMPTS} attempts")
+
+    def _one(self, sql: str, params: tuple[object, ...] = ()) -> str:
+        row = self.conn.execute(sql, params).fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def _committed(self, xid: str) -> tuple[float, float]:
+        """(visible by, not visible before) in epoch ms, from the server's clocks: the clock
+        at this statement, which runs after the COMMIT, and the commit timestamp of `xid`."""
+        row = self.conn.execute(
+            "SELECT extract(epoch FROM clock_timestamp()) * 1000, extract(epoch FROM"
+            " pg_xact_commit_timestamp((%s::numeric %% 4294967296)::text::xid)) * 1000",
+            (xid,),
+        ).fetchone()
+        assert row is not None and row[1] is not None, "track_commit_timestamp was turned off"
+        return float(row[0]), float(row[1])
 
     def _touched(self, sql: str, params: tuple[object, ...]) -> tuple[UUID, ...]:
         """Run a statement on one remembered row; return the coach ids its `RETURNING` names

@@ -78,7 +78,12 @@ def services_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def postgres_server(services_dir: Path) -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres(services_dir / "pg", durable=False, output_plugins=("wal2json",))
+    server = PrivatePostgres(
+        services_dir / "pg",
+        durable=False,
+        output_plugins=("wal2json",),
+        settings=("track_commit_timestamp=on",),  # as the bench's: exact commit brackets
+    )
     server.start()
     engine = make_engine(server.url)
     upgrade(engine, "coachpipe")

@@ -69,3 +69,25 @@ def test_a_change_names_the_coaches_its_statement_touched(database_url: str) -> 
             touched = coaches_touched(before, rows(conn))
             assert touched, f"{change.kind} changed no row"
             assert set(change.coaches) == touched, change.kind
+
+
+def test_a_change_is_bracketed_by_the_servers_clocks(database_url: str) -> None:
+    """With `track_commit_timestamp` on (the tests' and the bench's Postgres), a change's
+    bracket is the commit timestamp Postgres recorded and the server clock right after the
+    COMMIT, not the writer's wall clock: in the whale bench, brackets taken by a writer thread
+    of a busy bench process were 20-360 ms wide, a drain's snapshot inside one could not be
+    told to include the change, and the change was judged answered only by its coach's next
+    write, 30-54 s later, though the pipeline had stored it within milliseconds."""
+    seed.load(database_url, PLAN)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        coaches = [row[0] for row in conn.execute("SELECT id FROM users WHERE role = 'coach'")]
+        writer = ChangeWriter(conn, coaches, seed=3)
+        assert writer.commit_timestamps
+        for _ in range(20):
+            change = writer.write()
+            last = conn.execute(
+                "SELECT extract(epoch FROM timestamp) * 1000 FROM pg_last_committed_xact()"
+            ).fetchone()
+            assert last is not None
+            assert change.sent_ms == float(last[0]), "the commit timestamp of its transaction"
+            assert change.sent_ms <= change.commit_ms

@@ -77,7 +77,11 @@ class Stack:
             self.root / "pg",
             durable=True,
             output_plugins=("wal2json",),
-            settings=("shared_preload_libraries=pg_stat_statements", "max_connections=300"),
+            settings=(
+                "shared_preload_libraries=pg_stat_statements",
+                "max_connections=300",
+                "track_commit_timestamp=on",  # exact commit brackets (`coachpipe.traffic`)
+            ),
         ).start()
         if self.redis_server is None:
             self.own_redis = PrivateRedis(self.root / "redis", durable=False)

@@ -13,9 +13,11 @@ absorbs the burst).
 
 The window is per coach: a coach whose recompute is costly gets a wider one, so no single
 coach holds more than `coach_share` of a worker (setting `COACH_SHARE`). Each drain, on
-release, charges its recompute time, divided by its coaches, to each of them (`coach_cost`:
-an EWMA in µs, weight 1/4), and a coach's window is `max(window_ms, cost / coach_share)`, at
-most `stale_ms`: ordinary coaches (1 to 3 ms) keep `window_ms`; a whale (say 20 ms a recompute)
+release, charges its recompute time to its coaches in proportion to the bytes of their stored
+values (a set-based drain has no per-coach timer; what it reads for a coach is bounded by the
+rows it returns for it), each coach's cost an EWMA in µs, weight 1/4 (`coach_cost`), and a
+coach's window is `max(window_ms, cost / coach_share)`, at most `stale_ms`: ordinary coaches
+(1 to 3 ms) keep `window_ms`; a whale (say 20 ms a recompute)
 is recomputed at most every 200 ms, so its staleness stays bounded by about cost / share plus
 one recompute. A claim that meets a coach one recompute of which takes longer than the window
 (cost > `window_ms`) takes it alone and only when it is the oldest due coach of the shard
