@@ -46,14 +46,14 @@ class Change:
     coaches: tuple[UUID, ...]
     commit_ms: float
     """Epoch ms by which the commit was visible: with `track_commit_timestamp` on, the database
-    clock at the writer's next statement (the server runs it only once the COMMIT is done);
-    otherwise the wall clock right after the commit returned."""
+    clock of a statement pipelined right behind the COMMIT (the server runs it as soon as the
+    COMMIT is done); otherwise the wall clock right after the commit returned."""
     sent_ms: float
     """Epoch ms before which the commit was not visible: with `track_commit_timestamp` on, the
     commit timestamp Postgres recorded (`pg_xact_commit_timestamp`); otherwise the wall clock
     right before the change's statement was sent. The commit became visible somewhere in
-    [sent_ms, commit_ms]: with the server's clocks a fraction of a millisecond wide, with the
-    client's as wide as the statement plus any wait for the writer's thread to run again
+    [sent_ms, commit_ms]: with the server's clocks about a WAL flush wide, with the client's
+    as wide as the statement plus any wait for the writer's thread to run again
     (hundreds of ms in a busy bench process)."""
 
 
@@ -133,27 +133,32 @@ class ChangeWriter:
                 if not self.commit_timestamps:
                     table, coaches = getattr(self, f"_{kind}")(chosen)
                     return Change(kind, table, coaches, time.time() * 1000, sent_ms)
-                with self.conn.transaction():
+                self.conn.execute("BEGIN")
+                try:
                     table, coaches = getattr(self, f"_{kind}")(chosen)
-                    xid = self._one("SELECT pg_current_xact_id()::text")
-                return Change(kind, table, coaches, *self._committed(xid))
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+                return Change(kind, table, coaches, *self._commit())
             except (psycopg.errors.IntegrityError, _Gone):
                 self.conflicts += 1
         raise RuntimeError(f"no change possible after {MAX_ATTEMPTS} attempts")
 
-    def _one(self, sql: str, params: tuple[object, ...] = ()) -> str:
-        row = self.conn.execute(sql, params).fetchone()
-        assert row is not None
-        return str(row[0])
-
-    def _committed(self, xid: str) -> tuple[float, float]:
-        """(visible by, not visible before) in epoch ms, from the server's clocks: the clock
-        at this statement, which runs after the COMMIT, and the commit timestamp of `xid`."""
-        row = self.conn.execute(
-            "SELECT extract(epoch FROM clock_timestamp()) * 1000, extract(epoch FROM"
-            " pg_xact_commit_timestamp((%s::numeric %% 4294967296)::text::xid)) * 1000",
-            (xid,),
-        ).fetchone()
+    def _commit(self) -> tuple[float, float]:
+        """Commit the open transaction; return (visible by, not visible before) in epoch ms
+        from the server's clocks: the clock of a statement pipelined right behind the COMMIT
+        (the server runs it as soon as the COMMIT is done, whatever the client's thread is
+        doing), and the transaction's commit timestamp."""
+        found = self.conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+        assert found is not None
+        with self.conn.pipeline():
+            self.conn.execute("COMMIT")
+            clocks = self.conn.execute(
+                "SELECT extract(epoch FROM clock_timestamp()) * 1000, extract(epoch FROM"
+                " pg_xact_commit_timestamp((%s::numeric %% 4294967296)::text::xid)) * 1000",
+                (found[0],),
+            )
+        row = clocks.fetchone()
         assert row is not None and row[1] is not None, "track_commit_timestamp was turned off"
         return float(row[0]), float(row[1])
 

@@ -253,6 +253,9 @@ def fairness(stack: Stack, whale: UUID, others: list[UUID], seconds: float) -> d
         stack.reset_pipeline()
         stack.worker()
         stack.listener("postgres")
+        # A new slot starts with a catch-up refresh of every coach (the whale's included): the
+        # runs compare steady loads, so it is done before either starts.
+        stack.quiesce()
         collector = stack.notices()
         start = time.time()
         runs: dict[str, Any] = {}
