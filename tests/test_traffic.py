@@ -74,10 +74,11 @@ def test_a_change_names_the_coaches_its_statement_touched(database_url: str) -> 
 def test_a_change_is_bracketed_by_the_servers_clocks(database_url: str) -> None:
     """With `track_commit_timestamp` on (the tests' and the bench's Postgres), a change's
     bracket is the commit timestamp Postgres recorded and the server clock of a statement
-    pipelined behind the COMMIT, not the writer's wall clock: in the whale bench, brackets taken by a writer thread
-    of a busy bench process were 20-360 ms wide, a drain's snapshot inside one could not be
-    told to include the change, and the change was judged answered only by its coach's next
-    write, 30-54 s later, though the pipeline had stored it within milliseconds."""
+    pipelined behind the COMMIT, not the writer's wall clock: in the whale bench, brackets
+    taken by a writer thread of a busy bench process were 20-360 ms wide, a drain's snapshot
+    inside one could not be told to include the change, and the change was judged answered
+    only by its coach's next write, 30-54 s later, though the pipeline had stored it within
+    milliseconds."""
     seed.load(database_url, PLAN)
     with psycopg.connect(database_url, autocommit=True) as conn:
         coaches = [row[0] for row in conn.execute("SELECT id FROM users WHERE role = 'coach'")]
