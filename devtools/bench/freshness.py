@@ -16,12 +16,13 @@ host, same clock). The rule:
   after the commit became visible, so the latest one includes it.
 
 So a latency is never shorter than the truth; it is longer only when a snapshot fell inside a
-bracket and included the change. The bench's Postgres runs with `track_commit_timestamp` on, so
-a bracket is the server's commit timestamp to its clock in a statement pipelined behind the
-COMMIT (about a WAL flush; `coachpipe.traffic.Change`). Taken by the writer thread's wall clock, brackets
-were 20-360 ms wide beside the whale (the bench process busy parsing notices), a change's own
-drain often snapshotted inside one, and the change counted as answered only by its coach's
-next write, 30-54 s later: most of the whale-fairness tail was that.
+bracket and included the change. The bench's Postgres runs with `track_commit_timestamp` on,
+so a bracket is the server's commit timestamp to its clock in a statement pipelined behind the
+COMMIT (about a WAL flush; `coachpipe.traffic.Change`). Taken by the writer thread's wall
+clock, brackets were 20-360 ms wide beside the whale (the bench process busy parsing
+notices), a change's own drain often snapshotted inside one, and the change counted as
+answered only by its coach's next write, 30-54 s later: most of the whale-fairness tail was
+that.
 """
 
 from __future__ import annotations
