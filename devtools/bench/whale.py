@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 
 from devtools.bench.freshness import per_change
 from devtools.bench.measure import percentiles
+from devtools.bench.scenarios import FloorProbe
 from devtools.bench.stack import Stack
 from pipeline.aggregates import CRITICAL, Aggregate
 from pipeline.aggregates.base import compute_all
@@ -256,6 +257,7 @@ def fairness(stack: Stack, whale: UUID, others: list[UUID], seconds: float) -> d
         # A new slot starts with a catch-up refresh of every coach (the whale's included): the
         # runs compare steady loads, so it is done before either starts.
         stack.quiesce()
+        floor = FloorProbe(stack, "postgres").start()  # commit → received: the database's part
         collector = stack.notices()
         start = time.time()
         runs: dict[str, Any] = {}
@@ -280,6 +282,8 @@ def fairness(stack: Stack, whale: UUID, others: list[UUID], seconds: float) -> d
             }
             for name, written in runs.items()
         }
+        results[label]["floor_commit_to_listener_ms"] = percentiles(floor.since(start))
+        floor.stop()
         stack.stop_processes()
     return results
 
@@ -322,12 +326,20 @@ def fairness_scenario(stack: Stack, profile_name: str) -> dict[str, Any]:
 
 
 def fairness_rows(load: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """Report lines of the load runs: the whale's latency, the others' alone and beside it."""
+    """Report lines of the load runs: the whale's latency, the others' alone and beside it,
+    and the floor (commit → a second consumer of the slot received it) in both runs."""
     alone = load["without_whale"]["others"]["commit_to_all_stored_ms"]
     beside = load["with_whale"]["others"]["commit_to_all_stored_ms"]
     whale = load["with_whale"].get("whale", {}).get("commit_to_all_stored_ms", {})
     ratio = beside["p99"] / alone["p99"] if alone.get("p99") and beside.get("p99") else None
+    floors = [load[run].get("floor_commit_to_listener_ms", {}) for run in load]
     return [
+        (
+            "floor, commit → received by a second slot consumer p50/p99, alone | beside (ms)",
+            " | ".join(f"{floor.get('p50')} / {floor.get('p99')}" for floor in floors),
+            "",
+            "-",
+        ),
         (
             "whale 100/s: its commit → every routed aggregate p50/p99 (ms)",
             f"{whale.get('p50')} / {whale.get('p99')}",
