@@ -17,6 +17,7 @@ from typing import TypeVar
 from uuid import UUID, uuid4
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import TupleRow
 
 from config import Settings
@@ -45,16 +46,17 @@ class Change:
     table: str
     coaches: tuple[UUID, ...]
     commit_ms: float
-    """Epoch ms by which the commit was visible: with `track_commit_timestamp` on, the database
-    clock of a statement pipelined right behind the COMMIT (the server runs it as soon as the
-    COMMIT is done); otherwise the wall clock right after the commit returned."""
+    """Epoch ms by which the commit was visible: from a `ChangeWriter(server_clock=True)` on a
+    server with `track_commit_timestamp` on, the database clock of a SELECT sent in the same
+    message as the COMMIT (the server runs it as soon as the COMMIT is done); otherwise the
+    wall clock right after the commit returned."""
     sent_ms: float
-    """Epoch ms before which the commit was not visible: with `track_commit_timestamp` on, the
-    commit timestamp Postgres recorded (`pg_xact_commit_timestamp`); otherwise the wall clock
-    right before the change's statement was sent. The commit became visible somewhere in
-    [sent_ms, commit_ms]: with the server's clocks about a WAL flush wide, with the client's
-    as wide as the statement plus any wait for the writer's thread to run again
-    (hundreds of ms in a busy bench process)."""
+    """Epoch ms before which the commit was not visible: with the server's clock (above), the
+    commit timestamp Postgres recorded (`pg_xact_commit_timestamp`); otherwise the wall clock right
+    before the change's statement was sent. The commit became visible somewhere in [sent_ms,
+    commit_ms]: with the server's clocks as wide as the COMMIT's work on the server, with the
+    client's as wide as the statement plus any wait for the writer's thread to run again (hundreds
+    of ms in a busy bench process)."""
 
 
 class _Gone(Exception):
@@ -75,7 +77,12 @@ class ChangeWriter:
     transaction)."""
 
     def __init__(
-        self, conn: psycopg.Connection[TupleRow], coaches: list[UUID], seed: int = 7
+        self,
+        conn: psycopg.Connection[TupleRow],
+        coaches: list[UUID],
+        seed: int = 7,
+        *,
+        server_clock: bool = False,
     ) -> None:
         if not coaches:
             raise ValueError("no coaches to write changes for; run `coachpipe seed` first")
@@ -85,8 +92,13 @@ class ChangeWriter:
         self.books: dict[UUID, _Book] = defaultdict(_Book)
         self.conflicts = 0
         setting = conn.execute("SHOW track_commit_timestamp").fetchone()
-        self.commit_timestamps = setting is not None and setting[0] == "on"
-        """Whether `Change` brackets come from the server's clocks (see `Change.sent_ms`)."""
+        self.commit_timestamps = server_clock and setting is not None and setting[0] == "on"
+        """Whether `Change` brackets come from the server's clocks (see `Change.sent_ms`):
+        asked for with `server_clock` (the bench), and possible with `track_commit_timestamp`
+        on. It costs two more round trips a change (the transaction id; BEGIN), so the CLI and
+        the demo keep one autocommit statement a change."""
+        self.last_xid: str | None = None
+        """The transaction id of the last change, when `commit_timestamps`."""
         self._load()
 
     def _load(self) -> None:
@@ -146,19 +158,21 @@ class ChangeWriter:
 
     def _commit(self) -> tuple[float, float]:
         """Commit the open transaction; return (visible by, not visible before) in epoch ms
-        from the server's clocks: the clock of a statement pipelined right behind the COMMIT
-        (the server runs it as soon as the COMMIT is done, whatever the client's thread is
-        doing), and the transaction's commit timestamp."""
+        from the server's clocks: the clock of a SELECT sent in the same message as the COMMIT
+        (simple query protocol: the server runs it as soon as the COMMIT is done, whatever the
+        client's thread is doing), and the transaction's commit timestamp."""
         found = self.conn.execute("SELECT pg_current_xact_id()::text").fetchone()
         assert found is not None
-        with self.conn.pipeline():
-            self.conn.execute("COMMIT")
-            clocks = self.conn.execute(
-                "SELECT extract(epoch FROM clock_timestamp()) * 1000, extract(epoch FROM"
-                " pg_xact_commit_timestamp((%s::numeric %% 4294967296)::text::xid)) * 1000",
-                (found[0],),
-            )
-        row = clocks.fetchone()
+        self.last_xid = str(found[0])
+        xid = sql.Literal(str(int(self.last_xid) % 2**32))
+        cursor = self.conn.execute(
+            sql.SQL(
+                "COMMIT; SELECT extract(epoch FROM clock_timestamp()) * 1000,"
+                " extract(epoch FROM pg_xact_commit_timestamp({}::text::xid)) * 1000"
+            ).format(xid)
+        )
+        cursor.nextset()
+        row = cursor.fetchone()
         assert row is not None and row[1] is not None, "track_commit_timestamp was turned off"
         return float(row[0]), float(row[1])
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
+import orjson
 import structlog
 from sqlalchemy import Connection, Engine
 
@@ -38,9 +39,11 @@ class RecomputeResult:
     versions: Mapping[UUID, int]
     seconds: float
     weights: Mapping[UUID, int] = field(default_factory=dict)
-    """Per coach, the bytes of its stored values: the scheduler charges `seconds` to the
-    coaches in proportion to them (a set-based recompute has no per-coach timer; its statements
-    are bounded by the rows they return, and those rows are what a coach's values hold)."""
+    """Per coach, the bytes (JSON) of every value the snapshot computed for it, stored or not
+    (each aggregate's statements run for every coach of the batch): the scheduler charges
+    `seconds` to the coaches in proportion to them (a set-based recompute has no per-coach
+    timer; its statements are bounded by the rows they return, and those rows are what a
+    coach's values hold)."""
 
 
 def compute_snapshot(
@@ -149,6 +152,10 @@ def recompute_due(
     )
     seconds = time.perf_counter() - started
     freshness.completed(int(stored_ms), written.after)
+    weights = {
+        coach: sum(len(orjson.dumps(by_coach.get(coach))) for by_coach in computed.values())
+        for coach in coaches
+    }
     for aggregate, due_coaches in due:
         metrics.RECOMPUTE_SECONDS.labels(aggregate.name).observe(seconds)
         metrics.RECOMPUTED_COACHES.labels(aggregate.name).inc(len(due_coaches))
@@ -164,7 +171,7 @@ def recompute_due(
         stale=written.stale,
         versions=versions,
         seconds=seconds,
-        weights=written.bytes_by_coach,
+        weights=weights,
     )
 
 

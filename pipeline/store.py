@@ -69,8 +69,6 @@ class WriteResult:
     stale_by_aggregate: Mapping[str, int] = field(default_factory=dict)
     after: tuple[Any, ...] = ()
     """The results of the `after` calls of `write_many`, in order."""
-    bytes_by_coach: Mapping[UUID, int] = field(default_factory=dict)
-    """Bytes of JSON written per coach, every aggregate together (`write_many`)."""
 
 
 ScriptCall = tuple[Lua, Sequence[Any], Sequence[Any]]
@@ -143,7 +141,6 @@ class AggregateStore:
         as_of = snapshot_at.isoformat()
         order = []
         calls = []
-        sizes: dict[UUID, int] = {}
         for aggregate, schema_version, values in results:
             for coach_id, value in values.items():
                 coach_version = version if isinstance(version, int) else version[coach_id]
@@ -164,7 +161,6 @@ class AggregateStore:
                     schema_version=schema_version,
                     value_json=orjson.dumps(value),
                 )
-                sizes[coach_id] = sizes.get(coach_id, 0) + len(stored.value_json)
                 fields = [part for pair in stored.to_hash().items() for part in pair]
                 calls.append(
                     (
@@ -193,5 +189,4 @@ class AggregateStore:
             stale=stale,
             stale_by_aggregate=stale_by_aggregate,
             after=tuple(results[len(calls) :]),
-            bytes_by_coach=sizes,
         )

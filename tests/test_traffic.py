@@ -72,9 +72,10 @@ def test_a_change_names_the_coaches_its_statement_touched(database_url: str) -> 
 
 
 def test_a_change_is_bracketed_by_the_servers_clocks(database_url: str) -> None:
-    """With `track_commit_timestamp` on (the tests' and the bench's Postgres), a change's
-    bracket is the commit timestamp Postgres recorded and the server clock of a statement
-    pipelined behind the COMMIT, not the writer's wall clock: in the whale bench, brackets
+    """With `track_commit_timestamp` on (the tests' and the bench's Postgres) and
+    `server_clock` asked for (the bench), a change's bracket is the commit timestamp Postgres
+    recorded and the server clock of a SELECT sent with the COMMIT, not the writer's wall
+    clock: in the whale bench, brackets
     taken by a writer thread of a busy bench process were 20-360 ms wide, a drain's snapshot
     inside one could not be told to include the change, and the change was judged answered
     only by its coach's next write, 30-54 s later, though the pipeline had stored it within
@@ -82,13 +83,16 @@ def test_a_change_is_bracketed_by_the_servers_clocks(database_url: str) -> None:
     seed.load(database_url, PLAN)
     with psycopg.connect(database_url, autocommit=True) as conn:
         coaches = [row[0] for row in conn.execute("SELECT id FROM users WHERE role = 'coach'")]
-        writer = ChangeWriter(conn, coaches, seed=3)
+        writer = ChangeWriter(conn, coaches, seed=3, server_clock=True)
         assert writer.commit_timestamps
         for _ in range(20):
             change = writer.write()
-            last = conn.execute(
-                "SELECT extract(epoch FROM timestamp) * 1000 FROM pg_last_committed_xact()"
+            found = conn.execute(
+                "SELECT extract(epoch FROM pg_xact_commit_timestamp("
+                "(%s::numeric %% 4294967296)::text::xid)) * 1000",
+                (writer.last_xid,),
             ).fetchone()
-            assert last is not None
-            assert change.sent_ms == float(last[0]), "the commit timestamp of its transaction"
+            assert found is not None
+            assert change.sent_ms == float(found[0]), "the commit timestamp of its transaction"
             assert change.sent_ms <= change.commit_ms
+        assert not ChangeWriter(conn, coaches).commit_timestamps, "the CLI's: one statement"

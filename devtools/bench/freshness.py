@@ -2,12 +2,11 @@
 
 A change is seen once, for each aggregate routed from it (`TABLE_AGGREGATES[table]` x its
 coaches), a stored write's snapshot includes it; its latency is the latest of those first
-writes minus its commit time (`Change.commit_ms`, when COMMIT returned to the writer).
+writes minus its commit time (`Change.commit_ms`: by when the commit was visible).
 
-Whether a snapshot includes a change is decided from the writer's bracket: the commit became
-visible somewhere between the statement being sent (`sent_ms`) and COMMIT returning
-(`commit_ms`), and a write's `snapshot_at` is the database clock as its snapshot began (same
-host, same clock). The rule:
+Whether a snapshot includes a change is decided from the writer's bracket: the commit became visible
+somewhere between `sent_ms` and `commit_ms` (see `Change`), and a write's `snapshot_at` is the
+database clock as its snapshot began (same host, same clock). The rule:
 
 - snapshot at or after `commit_ms`: includes the change (certain);
 - snapshot before `sent_ms`: does not (certain);
@@ -16,13 +15,12 @@ host, same clock). The rule:
   after the commit became visible, so the latest one includes it.
 
 So a latency is never shorter than the truth; it is longer only when a snapshot fell inside a
-bracket and included the change. The bench's Postgres runs with `track_commit_timestamp` on,
-so a bracket is the server's commit timestamp to its clock in a statement pipelined behind the
-COMMIT (about a WAL flush; `coachpipe.traffic.Change`). Taken by the writer thread's wall
-clock, brackets were 20-360 ms wide beside the whale (the bench process busy parsing
-notices), a change's own drain often snapshotted inside one, and the change counted as
-answered only by its coach's next write, 30-54 s later: most of the whale-fairness tail was
-that.
+bracket and included the change. The bench's Postgres runs with `track_commit_timestamp` on, so a
+bracket is the server's commit timestamp to its clock in a SELECT sent in the COMMIT's message (the
+COMMIT's own time on the server; `coachpipe.traffic.Change`). Taken by the writer thread's wall
+clock, brackets were 20-360 ms wide beside the whale (the bench process busy parsing notices), a
+change's own drain often snapshotted inside one, and the change counted as answered only by its
+coach's next write, 30-54 s later: most of the whale-fairness tail was that.
 """
 
 from __future__ import annotations

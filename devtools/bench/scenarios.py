@@ -117,7 +117,7 @@ def write_paced(
 
     def one(index: int) -> None:
         with psycopg.connect(stack.pg.url, autocommit=True) as conn:
-            writer = ChangeWriter(conn, [hot] if hot else coaches, seed + index)
+            writer = ChangeWriter(conn, [hot] if hot else coaches, seed + index, server_clock=True)
 
             def record(change: Change) -> None:
                 with lock:

@@ -11,21 +11,20 @@ recompute started more than a window ago is due at once (leading edge, no added 
 otherwise it is due when the window since that start has passed (trailing edge, one recompute
 absorbs the burst).
 
-The window is per coach: a coach whose recompute is costly gets a wider one, so no single
-coach holds more than `coach_share` of a worker (setting `COACH_SHARE`). Each drain, on
-release, charges its recompute time to its coaches in proportion to the bytes of their stored
-values (a set-based drain has no per-coach timer; what it reads for a coach is bounded by the
-rows it returns for it), each coach's cost an EWMA in µs, weight 1/4 (`coach_cost`), and a
-coach's window is `max(window_ms, cost / coach_share)`, at most `stale_ms`: ordinary coaches
-(1 to 3 ms) keep `window_ms`; a whale (say 20 ms a recompute)
-is recomputed at most every 200 ms, so its staleness stays bounded by about cost / share plus
-one recompute. A claim that meets a coach one recompute of which takes longer than the window
-(cost > `window_ms`) takes it alone and only when it is the oldest due coach of the shard
-(otherwise it leaves it to the follow-up drain): a whale's drain never holds the shard's other
-coaches behind it, and its time measures it alone, while coaches merely widened keep being
-batched (drained one by one, a shard's coaches would cost a task each).
-Widening and restoring are logged (`coach_window_widened`, `coach_window_restored`) and
-counted (`coachpipe_scheduler_widened_windows_total`).
+The window is per coach: a coach whose recompute is costly gets a wider one, so no single coach
+holds more than `coach_share` of a worker (setting `COACH_SHARE`). Each drain, on release, charges
+its recompute time to its coaches in proportion to the bytes of the values it computed for them (a
+set-based drain has no per-coach timer; what it reads for a coach is bounded by the rows it returns
+for it), each coach's cost an EWMA in µs, weight 1/4 (`coach_cost`), and a coach's window is
+`max(window_ms, cost / coach_share)`, at most `stale_ms`: ordinary coaches (1 to 3 ms) keep
+`window_ms`; a whale (say 20 ms a recompute) is recomputed at most every 200 ms, so its staleness
+stays bounded by about cost / share plus one recompute. A claim that meets a coach one recompute of
+which takes longer than the window (cost > `window_ms`) takes it alone and only when it is the
+oldest due coach of the shard (otherwise it leaves it to the follow-up drain): a whale's drain never
+holds the shard's other coaches behind it, and its time measures it alone, while coaches merely
+widened keep being batched (drained one by one, a shard's coaches would cost a task each). Widening
+and restoring are logged (`coach_window_widened`, `coach_window_restored`) and counted
+(`coachpipe_scheduler_widened_windows_total`).
 
 A *drain* task of a shard claims up to a batch of due coaches, each with **every** pair of it
 that is due, and removes them from the set **before** it reads Postgres, so a change committed
