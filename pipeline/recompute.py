@@ -43,7 +43,7 @@ class RecomputeResult:
     (each aggregate's statements run for every coach of the batch): the scheduler charges
     `seconds` to the coaches in proportion to them (a set-based recompute has no per-coach
     timer; its statements are bounded by the rows they return, and those rows are what a
-    coach's values hold)."""
+    coach's values hold). Empty unless `recompute_due(..., weigh=True)`."""
 
 
 def compute_snapshot(
@@ -114,6 +114,7 @@ def recompute_due(
     due: Sequence[tuple[Aggregate, Sequence[UUID]]],
     *,
     commit_ms: Mapping[tuple[str, UUID], int | None] | None = None,
+    weigh: bool = False,
 ) -> RecomputeResult:
     """Recompute each aggregate of `due` ((aggregate, its coaches) pairs) for its own coaches,
     all from one snapshot, and store them at one version (a drain's claim: the due aggregates
@@ -123,7 +124,8 @@ def recompute_due(
     many statements as aggregates however the due sets differ between coaches); only the due
     pairs are stored. `commit_ms`, per (aggregate name, coach), is the commit time of the change
     behind it, for the commit → stored histogram; a write notice carries the oldest commit of
-    its coach.
+    its coach. `weigh`: also measure each coach's share of the work (`RecomputeResult.weights`,
+    for the scheduler's cost; a drain asks, bulk refreshes need not).
     """
     started = time.perf_counter()
     coaches = sorted({coach for _, due_coaches in due for coach in due_coaches})
@@ -152,9 +154,9 @@ def recompute_due(
     )
     seconds = time.perf_counter() - started
     freshness.completed(int(stored_ms), written.after)
-    weights = {
+    weights = {  # only a drain's scheduler charges costs: bulk refreshes skip the work
         coach: sum(len(orjson.dumps(by_coach.get(coach))) for by_coach in computed.values())
-        for coach in coaches
+        for coach in (coaches if weigh else ())
     }
     for aggregate, due_coaches in due:
         metrics.RECOMPUTE_SECONDS.labels(aggregate.name).observe(seconds)

@@ -83,7 +83,9 @@ def drain(task: PipelineTask, shard: int) -> dict[str, Any]:
     if claim.commit_ms:
         due = [(get(name), coaches) for name, coaches in claim.by_aggregate().items()]
         with scheduler.lease(shard, task.request.id):
-            result = recompute_due(runtime.engine, runtime.store, due, commit_ms=claim.commit_ms)
+            result = recompute_due(
+                runtime.engine, runtime.store, due, commit_ms=claim.commit_ms, weigh=True
+            )
     # The recompute's time, charged to its coaches by the size of their values, widens the
     # window of a costly one.
     scheduler.release(
