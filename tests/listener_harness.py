@@ -19,7 +19,7 @@ from devtools.processes import Proc, wait_for
 from devtools.realtime_standin import RealtimeStandIn
 from devtools.scrape import scrape
 from pipeline import seed
-from pipeline.health import HealthBoard, ListenerState
+from pipeline.health import HealthBoard, ListenerHealth, ListenerState
 
 SMALL = seed.SeedPlan(coaches=4, clients_per_coach=3, sessions_per_client=2)
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2lnbmF0dXJl"
@@ -57,11 +57,16 @@ class Listener:
             log_dir / f"{name}.log",
         ).start()
 
-    def state(self, client: redis.Redis) -> ListenerState | None:
+    def health(self, client: redis.Redis) -> ListenerHealth | None:
+        """This listener's last heartbeat report, or None before the first."""
         for health in HealthBoard(client, stale_after_s=3).listeners():
             if health.listener_id.split(":")[1] == str(self.proc.pid):
-                return health.state
+                return health
         return None
+
+    def state(self, client: redis.Redis) -> ListenerState | None:
+        health = self.health(client)
+        return None if health is None else health.state
 
     def connected(self, client: redis.Redis) -> bool:
         return self.state(client) is ListenerState.CONNECTED
