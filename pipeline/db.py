@@ -44,11 +44,15 @@ def make_engine(
     a status filter and guesses badly. The aggregates' statements, which have only the batch
     and the clock as parameters, switch to generic plans per transaction (pipeline.aggregates).
 
+    JIT compilation is off: the pipeline's statements are index-bounded reads and small
+    writes, and a whale skews the planner's estimates past `jit_above_cost`, where each
+    statement spent 25-30 ms compiling (measured at 1M sessions; `tests/test_jit.py`).
+
     Read with `engine.begin()`, not `engine.connect()`: a block of the latter ends in ROLLBACK,
     which pg_stat_database counts in `xact_rollback` like a failure (one per read, tens of
     thousands an hour); a committed read keeps that counter for real aborts.
     """
-    options = "-c TimeZone=UTC -c plan_cache_mode=force_custom_plan"
+    options = "-c TimeZone=UTC -c plan_cache_mode=force_custom_plan -c jit=off"
     if snapshots:
         options += " -c default_transaction_read_only=on"
     return create_engine(
