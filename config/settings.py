@@ -193,7 +193,8 @@ class Settings(BaseSettings):
     )
     clock_tick_s: float = Field(
         default=30.0, gt=0, le=3600,
-        description="How often time-dependent fields (upcoming, last 30 days) follow the clock.",
+        description="How often time-dependent fields (upcoming, last 30 days) follow the clock, "
+        "and the summaries' next sessions that have begun are read again.",
     )  # fmt: skip
     fallback_poll_s: float = Field(
         default=60.0, gt=0, le=3600,

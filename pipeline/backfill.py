@@ -19,8 +19,13 @@ from sqlalchemy import Engine, text
 
 from pipeline.db import psycopg_connection
 from pipeline.recompute import batches
-from pipeline.summaries import SCHEMA, SOURCES, anchor
-from pipeline.summary_sql import STATE_TABLE, rebuild_statements
+from pipeline.summaries import CLOCKED, SCHEMA, SOURCES, anchor
+from pipeline.summary_sql import (
+    STATE_TABLE,
+    advance_statements,
+    passed_coaches,
+    rebuild_statements,
+)
 
 log = structlog.get_logger("pipeline.backfill")
 
@@ -56,6 +61,30 @@ def rebuild(engine: Engine, coach_ids: Sequence[UUID]) -> None:
                 log.warning("backfill_deadlock", table=source, attempt=attempt + 1)
                 if attempt == DEADLOCK_RETRIES:
                     raise
+
+
+def advance(engine: Engine, batch_size: int, max_batches: int = 100) -> int:
+    """Read again every clock-relative summary value the clock has passed (a client's next
+    session, once it has begun), `batch_size` coaches a transaction, at most `max_batches`
+    transactions a call; returns the coaches advanced. Until then the readers probe those
+    keys themselves, so this keeps recomputes cheap, never correct: a call that fails (a
+    deadlock, the database away) is logged and counted by its caller and retried at the next.
+
+    `engine` must be able to write (not a `snapshots=True` engine)."""
+    advanced = 0
+    for summary in CLOCKED:
+        for _ in range(max_batches):
+            with engine.connect() as connection, connection.begin():
+                driver = psycopg_connection(connection)
+                coaches = [
+                    row[0] for row in driver.execute(passed_coaches(summary), {"limit": batch_size})
+                ]
+                if not coaches:
+                    break
+                for statement in advance_statements(summary):
+                    driver.execute(statement, {"coach_ids": coaches})
+            advanced += len(coaches)
+    return advanced
 
 
 def mark_ready(engine: Engine) -> None:

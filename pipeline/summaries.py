@@ -19,8 +19,16 @@ and the backfill of a coach takes the same lock, so the two never race.
 
 Sums are kept as deltas; a latest value (a client's last completed session) is read again by
 index for the keys a statement touched. Anything relative to the clock ("upcoming", "last 30
-days", a client's next session) is read at recompute time from the summaries plus a bounded
-read of base rows by index (see `pipeline.aggregates.windows`).
+days") is read at recompute time from the summaries plus a bounded read of base rows by index
+(see `pipeline.aggregates.windows`).
+
+A client's next session is relative to the clock too, but one index probe per listed client
+was 70 % of a whale's recompute. So `client_schedules` keeps, per (coach, client), the
+earliest scheduled session after the moment it was read (`next_checked_at`, the writer's
+`now()`). That answer stays right as the clock moves for as long as it is still ahead: a
+reader whose clock is at or after `next_checked_at` and before `next_scheduled_at` takes it
+(and NULL, "none ahead", stays true for ever); otherwise it probes, as before. The beat task
+`advance_summaries` reads again the keys whose next session has passed (`pipeline.backfill`).
 """
 
 from __future__ import annotations
@@ -80,6 +88,15 @@ session_client_counts = Table(
     *_counters("completed"),
     Column("last_completed_at", DateTime(timezone=True)),
 )
+client_schedules = Table(
+    "client_schedules",
+    metadata,
+    _coach_key(),
+    _client_key(),
+    *_counters("scheduled"),
+    Column("next_scheduled_at", DateTime(timezone=True)),
+    Column("next_checked_at", DateTime(timezone=True)),
+)
 completed_hours = Table(
     "completed_hours", metadata, _coach_key(), _hour_key(), *_counters("sessions", "revenue")
 )
@@ -120,6 +137,20 @@ def _bucket(moment: str) -> str:
 
 
 @dataclass(frozen=True)
+class Latest:
+    """A key's latest (`max`) or earliest (`min`) `source_column` among the source rows matching
+    the summary's `where` and `condition`: not a sum, so read again, by index, for the keys a
+    statement touched. A `condition` that reads the clock (`now()`) needs `checked_at`, the
+    column that records when the value was read; the reader trusts it only from then on."""
+
+    column: str
+    source_column: str
+    function: str = "max"
+    condition: str = "true"
+    checked_at: str | None = None
+
+
+@dataclass(frozen=True)
 class Summary:
     """One summary table: the rows of `source` matching `where` summed by `keys`.
 
@@ -132,9 +163,7 @@ class Summary:
     keys: dict[str, str]
     values: dict[str, str]
     where: str = "true"
-    latest: tuple[str, str] | None = None
-    """(column, source column): the key's latest source value among the rows matching
-    `where`. Not a sum: after a statement it is read again, by index, for the keys touched."""
+    latest: Latest | None = None
 
     @property
     def is_anchor(self) -> bool:
@@ -144,6 +173,7 @@ class Summary:
 _COACH = {"coach_id": "coach_id"}
 _CLIENT = {"coach_id": "coach_id", "client_id": "client_id"}
 _COMPLETED = "status = 'completed'"
+_SCHEDULED = "status = 'scheduled'"
 _ACTIVE_GOAL = "status = 'active'"
 
 SUMMARIES: tuple[Summary, ...] = (
@@ -174,7 +204,21 @@ SUMMARIES: tuple[Summary, ...] = (
         _CLIENT,
         {"completed": "1"},
         _COMPLETED,
-        latest=("last_completed_at", "scheduled_at"),
+        latest=Latest("last_completed_at", "scheduled_at"),
+    ),
+    Summary(
+        client_schedules,
+        "sessions",
+        _CLIENT,
+        {"scheduled": "1"},
+        _SCHEDULED,
+        latest=Latest(
+            "next_scheduled_at",
+            "scheduled_at",
+            "min",
+            "scheduled_at > now()",
+            checked_at="next_checked_at",
+        ),
     ),
     Summary(
         completed_hours,
@@ -188,7 +232,7 @@ SUMMARIES: tuple[Summary, ...] = (
         "sessions",
         {**_COACH, "hour": _bucket("scheduled_at")},
         {"sessions": "1"},
-        "status = 'scheduled'",
+        _SCHEDULED,
     ),
     Summary(
         rating_counts,
@@ -231,6 +275,11 @@ SOURCES: tuple[str, ...] = tuple(dict.fromkeys(summary.source for summary in SUM
 
 SOURCE_OF: dict[str, str] = {summary.table.name: summary.source for summary in SUMMARIES}
 """Summary table name → the watched table it sums (routing treats a read of one as the other)."""
+
+CLOCKED: tuple[Summary, ...] = tuple(
+    summary for summary in SUMMARIES if summary.latest and summary.latest.checked_at
+)
+"""The summaries whose latest value is relative to the clock (read again once it has passed)."""
 
 
 def of_source(source: str) -> tuple[Summary, ...]:

@@ -61,23 +61,55 @@ def delta_upsert(summary: Summary, rows: str) -> str:
     """
 
 
+def _latest_value(summary: Summary) -> str:
+    """The SET list that reads `summary.latest` again for the summary row `s` (one index probe:
+    unqualified names in the subquery are the source row's)."""
+    latest = summary.latest
+    assert latest is not None
+    match = " AND ".join(f"{key} = s.{key}" for key in summary.keys)
+    value = f"""{latest.column} = (
+        SELECT {latest.function}({latest.source_column}) FROM public.{summary.source}
+        WHERE {match} AND ({summary.where}) AND ({latest.condition}))"""
+    return value + (f", {latest.checked_at} = now()" if latest.checked_at else "")
+
+
 def latest_update(summary: Summary, rows: str) -> str:
     """Read `summary.latest` again (one index probe a key) for the keys `rows` touched."""
     if summary.latest is None:
         return ""
-    column, source_column = summary.latest
     keys = list(summary.keys)
-    # Unqualified names in the subquery are the source row's; `s.` is the summary's.
-    match = " AND ".join(f"{key} = s.{key}" for key in keys)
     touched = " AND ".join(f"s.{key} = t.{key}" for key in keys)
     return f"""
-    UPDATE {SCHEMA}.{summary.table.name} AS s SET {column} = (
-        SELECT max({source_column}) FROM public.{summary.source}
-        WHERE {match} AND ({summary.where}))
+    UPDATE {SCHEMA}.{summary.table.name} AS s SET {_latest_value(summary)}
     FROM (SELECT DISTINCT {", ".join(summary.keys.values())} FROM {rows} AS r
           WHERE coach_id IS NOT NULL AND ({summary.where})) AS t ({", ".join(keys)})
     WHERE {touched};
     """
+
+
+def passed_coaches(summary: Summary) -> str:
+    """Up to `%(limit)s` coaches, in order, with a clock-relative latest value that the clock
+    has passed (`summary` is one of `CLOCKED`)."""
+    latest = summary.latest
+    assert latest is not None
+    return (
+        f"SELECT DISTINCT coach_id FROM {SCHEMA}.{summary.table.name}"
+        f" WHERE {latest.column} <= now() ORDER BY coach_id LIMIT %(limit)s"
+    )
+
+
+def advance_statements(summary: Summary) -> list[str]:
+    """Read again the passed clock-relative values of the coaches in `%(coach_ids)s`, in one
+    READ COMMITTED transaction: lock the coaches' anchor rows first (as every trigger does), so
+    the read after the lock sees every writer that held them."""
+    latest = summary.latest
+    assert latest is not None
+    main = f"{SCHEMA}.{anchor(summary.source).table.name}"
+    return [
+        f"SELECT 1 FROM {main} WHERE coach_id = ANY(%(coach_ids)s) ORDER BY coach_id FOR UPDATE",
+        f"UPDATE {SCHEMA}.{summary.table.name} AS s SET {_latest_value(summary)}"
+        f" WHERE coach_id = ANY(%(coach_ids)s) AND {latest.column} <= now()",
+    ]
 
 
 def _statements(summary: Summary, rows: str) -> list[str]:

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import func, select
 
 from config import Settings
-from pipeline import audit, keys
+from pipeline import audit, backfill, keys
 from pipeline.aggregates import CRITICAL, NAMES, get
 from pipeline.clock import Marker, tick_window
 from pipeline.coaches import active_coach_batches, coaches_crossing
@@ -274,6 +274,13 @@ def _audit_confirm(task: PipelineTask, inspection: audit.Inspection) -> dict[str
     return {"mismatches": len(report.mismatches), "repaired": report.repaired}
 
 
+def advance_summaries(task: PipelineTask) -> dict[str, Any]:
+    """Read again the summaries' next sessions that have begun (`pipeline.backfill.advance`):
+    until then each recompute of those coaches probes them itself. Transient database errors
+    (a deadlock with a writer included) retry like every task's."""
+    return {"coaches": backfill.advance(task.runtime.writer, task.settings.refresh_batch_size)}
+
+
 TASKS: dict[str, Callable[..., dict[str, Any]]] = {
     names.DRAIN: drain,
     names.REFRESH_BATCH: refresh_batch,
@@ -285,6 +292,7 @@ TASKS: dict[str, Callable[..., dict[str, Any]]] = {
     names.RECONCILE: reconcile,
     names.AUDIT_SAMPLE: audit_sample,
     names.AUDIT_CONFIRM: audit_confirm,
+    names.ADVANCE_SUMMARIES: advance_summaries,
 }
 
 

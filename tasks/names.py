@@ -23,6 +23,7 @@ SWEEP = "tasks.jobs.sweep"
 RECONCILE = "tasks.jobs.reconcile"
 AUDIT_SAMPLE = "tasks.jobs.audit_sample"
 AUDIT_CONFIRM = "tasks.jobs.audit_confirm"
+ADVANCE_SUMMARIES = "tasks.jobs.advance_summaries"
 
 REALTIME_TASKS = (DRAIN,)
 """Tasks routed to `REALTIME_QUEUE`; every other task goes to `REFRESH_QUEUE`."""

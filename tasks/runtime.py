@@ -1,4 +1,4 @@
-"""Per-process resources of a worker or beat: engine, Redis client, store, scheduler, health board.
+"""Per-process resources of a worker or beat: engines, Redis client, store, scheduler, health board.
 
 Created lazily on first use and dropped after a fork, so prefork children never share a
 connection with their parent.
@@ -33,6 +33,15 @@ class Runtime:
         )
 
     @cached_property
+    def writer(self) -> Engine:
+        """For the few writes of the workers (`advance_summaries`); one connection."""
+        return make_engine(
+            self.settings.require_database_url(),
+            application_name="coachpipe-summaries",
+            pool_size=1,
+        )
+
+    @cached_property
     def redis(self) -> RedisClient:
         return connect(
             self.settings.require_redis_url(), health_check_interval=30, socket_keepalive=True
@@ -52,7 +61,8 @@ class Runtime:
 
     def reset_after_fork(self) -> None:
         """Forget inherited connections; the child opens its own on first use."""
-        if "engine" in self.__dict__:
-            self.engine.dispose(close=False)
-        for name in ("engine", "redis", "store", "scheduler", "board"):
+        for engine in ("engine", "writer"):
+            if engine in self.__dict__:
+                self.__dict__[engine].dispose(close=False)
+        for name in ("engine", "writer", "redis", "store", "scheduler", "board"):
             self.__dict__.pop(name, None)

@@ -35,5 +35,6 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "sweep-lost-markers": _entry(names.SWEEP, SWEEP_S),
         "reconcile-all": _entry(names.RECONCILE, settings.reconcile_s),
         "audit-sample": _entry(names.AUDIT_SAMPLE, settings.audit_interval_s),
+        "advance-summaries": _entry(names.ADVANCE_SUMMARIES, settings.clock_tick_s),
     }
     return schedule

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
+from devtools.processes import wait_for
 from pipeline import backfill
 from pipeline.aggregates import REGISTRY
 from pipeline.aggregates.base import compute_all
@@ -52,11 +53,15 @@ def assert_equals_oracle(
 
 
 def summary_rows(conn: psycopg.Connection[Any]) -> dict[str, set[tuple[Any, ...]]]:
-    """Every summary's rows, without the rows whose sums are all zero (they read as none)."""
+    """Every summary's rows, without the rows whose sums are all zero (they read as none), nor
+    the clock-relative columns (read at a writer's `now()`: a rebuild reads them again later)."""
     rows = {}
     for summary in SUMMARIES:
         keys = len(summary.keys)
-        found = conn.execute(f"SELECT * FROM {SCHEMA}.{summary.table.name}").fetchall()
+        latest = summary.latest
+        clocked = (latest.column, latest.checked_at) if latest and latest.checked_at else ()
+        columns = ", ".join(c.name for c in summary.table.columns if c.name not in clocked)
+        found = conn.execute(f"SELECT {columns} FROM {SCHEMA}.{summary.table.name}").fetchall()
         rows[summary.table.name] = {row for row in found if any(row[keys:])}
     return rows
 
@@ -309,6 +314,128 @@ def test_backfill_beside_live_writes_loses_no_delta(database_url: str, engine: E
     assert errors == []
     with psycopg.connect(database_url) as conn:
         assert_equals_oracle(engine, conn, now, summaries=True)
+
+
+def database_now(conn: psycopg.Connection[Any]) -> datetime:
+    row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+NOT_AS_READ = """
+SELECT s.coach_id, s.client_id, s.next_scheduled_at, (
+    SELECT min(scheduled_at) FROM public.sessions
+    WHERE coach_id = s.coach_id AND client_id = s.client_id AND status = 'scheduled'
+      AND scheduled_at > s.next_checked_at)
+FROM coachpipe.client_schedules AS s
+WHERE s.next_scheduled_at IS DISTINCT FROM (
+    SELECT min(scheduled_at) FROM public.sessions
+    WHERE coach_id = s.coach_id AND client_id = s.client_id AND status = 'scheduled'
+      AND scheduled_at > s.next_checked_at)
+"""
+"""The rows whose next session is not the earliest scheduled one after the moment it was read."""
+
+
+def test_a_next_session_that_has_begun_is_probed_until_advanced(
+    database_url: str, engine: Engine
+) -> None:
+    """The summary's next session is taken while it is ahead of the clock; once the session
+    has begun each recompute probes that client (right, if slower), until `advance` reads it
+    again; a recompute at a clock before the summary was read probes too."""
+    coach, client, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO users (id, role, full_name) VALUES (%s, 'coach', 'C')", (coach,))
+        for someone in (client, other):
+            conn.execute(
+                "INSERT INTO users (id, role, coach_id, full_name) VALUES (%s, 'client', %s, 'x')",
+                (someone, coach),
+            )
+        soon = database_now(conn) + timedelta(milliseconds=300)
+        later = soon + timedelta(hours=1)
+        for at in (soon, later, soon - DAY):  # and one left scheduled in the past
+            conn.execute(
+                "INSERT INTO sessions (coach_id, client_id, status, scheduled_at)"
+                " VALUES (%s, %s, 'scheduled', %s)",
+                (coach, client, at),
+            )
+        row = conn.execute(
+            "SELECT next_scheduled_at, next_checked_at FROM coachpipe.client_schedules"
+            " WHERE client_id = %s",
+            (client,),
+        ).fetchone()
+        assert row is not None and row[0] == soon and row[1] < soon
+        assert_equals_oracle(engine, conn, database_now(conn), summaries=True)  # read as kept
+        assert_equals_oracle(engine, conn, soon - 2 * DAY, summaries=True)  # before it was read
+        wait_for(lambda: database_now(conn) > soon, 10, interval=0.05, message="soon to begin")
+        assert_equals_oracle(engine, conn, database_now(conn), summaries=True)  # probed
+        assert backfill.advance(engine, batch_size=10) == 1
+        assert backfill.advance(engine, batch_size=10) == 0
+        row = conn.execute(
+            "SELECT next_scheduled_at FROM coachpipe.client_schedules WHERE client_id = %s",
+            (client,),
+        ).fetchone()
+        assert row == (later,)
+        assert_equals_oracle(engine, conn, database_now(conn), summaries=True)
+        assert conn.execute(NOT_AS_READ).fetchall() == []
+
+
+def test_advance_beside_live_writes_keeps_every_next_session(
+    database_url: str, engine: Engine
+) -> None:
+    """Writers book, flip and move sessions a few seconds around the clock (so next sessions
+    keep beginning) while `advance` runs again and again: every kept next session is the
+    earliest after the moment it was read, and recomputes equal the oracle."""
+    coaches = [uuid.uuid4(), uuid.uuid4()]
+    clients = [uuid.uuid4() for _ in range(4)]
+    with psycopg.connect(database_url) as conn:
+        for coach in coaches:
+            conn.execute(
+                "INSERT INTO users (id, role, full_name) VALUES (%s, 'coach', 'C')", (coach,)
+            )
+        for i, client in enumerate(clients):
+            conn.execute(
+                "INSERT INTO users (id, role, coach_id, full_name) VALUES (%s, 'client', %s, 'x')",
+                (client, coaches[i % 2]),
+            )
+        conn.commit()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    conn.execute(
+                        "INSERT INTO sessions (coach_id, client_id, status, scheduled_at)"
+                        " VALUES (%s, %s, 'scheduled', clock_timestamp() + %s)",
+                        (coaches[i % 2], clients[i % 4], timedelta(milliseconds=i % 7 * 150)),
+                    )
+                    conn.execute(
+                        "UPDATE sessions SET status = %s, scheduled_at = clock_timestamp() + %s"
+                        " WHERE id = (SELECT id FROM sessions ORDER BY random() LIMIT 1)",
+                        (STATUSES[i % 4], timedelta(milliseconds=i % 5 * 200)),
+                    )
+        except BaseException as error:  # reported by the test, not swallowed
+            errors.append(error)
+
+    writers = [threading.Thread(target=write) for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    advanced = 0
+    try:
+        for _ in range(40):
+            advanced += backfill.advance(engine, batch_size=1)
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join()
+    assert errors == []
+    assert advanced > 0
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute(NOT_AS_READ).fetchall() == []
+        assert_equals_oracle(engine, conn, database_now(conn), summaries=True)
 
 
 def test_summaries_are_in_no_publication_and_truncate_empties_them(

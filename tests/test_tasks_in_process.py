@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 
@@ -118,6 +119,26 @@ def test_fallback_polls_while_red_and_stops_once_green(
         "polled": False,
     }
     settle(database_url, redis_client, coaches)
+
+
+@pytest.mark.usefixtures("celery_worker")
+def test_advance_summaries_reads_again_the_next_sessions_that_began(
+    database_url: str, celery_app: PipelineApp, results: Results
+) -> None:
+    """Beat's `advance-summaries` on a worker: a client's kept next session has begun; the
+    task reads it again (the worker's engines are read-only; it writes with its own)."""
+    seed.load(database_url, SMALL)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE coachpipe.client_schedules SET next_scheduled_at = now() - interval '1 hour'"
+            " WHERE client_id = (SELECT min(client_id::text)::uuid FROM coachpipe.client_schedules)"
+        )
+        celery_app.send_task(names.ADVANCE_SUMMARIES)
+        assert wait_for_result(results, names.ADVANCE_SUMMARIES, 1) == [{"coaches": 1}]
+        passed = conn.execute(
+            "SELECT count(*) FROM coachpipe.client_schedules WHERE next_scheduled_at <= now()"
+        ).fetchone()
+        assert passed == (0,)
 
 
 def wait_for_result(results: Results, name: str, count: int) -> list[Any]:

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Numeric, Text, and_, cast, func, select, true
+from sqlalchemy import Numeric, Text, and_, case, cast, func, or_, select, true
 
 from pipeline.aggregates.base import (
     AS_OF,
@@ -22,7 +22,12 @@ from pipeline.aggregates.base import (
     iso_text,
     number,
 )
-from pipeline.summaries import client_counts, goal_client_counts, session_client_counts
+from pipeline.summaries import (
+    client_counts,
+    client_schedules,
+    goal_client_counts,
+    session_client_counts,
+)
 from pipeline.tables import goals, sessions, users
 
 MAX_CLIENTS = 500
@@ -111,22 +116,21 @@ _first = (
 )
 
 
-def _one_session(aggregate: Any, status: str, *after: Any) -> Any:
-    """A probe of sessions_coach_client_idx: one index descent per client (the next session
-    depends on the clock, so no summary can hold it)."""
+def _next_session_probe() -> Any:
+    """The listed client's next session by one probe of sessions_coach_client_idx: what the
+    summary cannot answer (its value has passed, or was read after this recompute's clock)."""
     return (
-        select(aggregate(sessions.c.scheduled_at).label("at"))
+        select(func.min(sessions.c.scheduled_at))
         .where(
             sessions.c.coach_id == _coach.c.coach_id,
             sessions.c.client_id == _first.c.id,
-            sessions.c.status == status,
-            *after,
+            sessions.c.status == "scheduled",
+            sessions.c.scheduled_at > AS_OF,
         )
-        .lateral(f"{status}_probe")
+        .scalar_subquery()
     )
 
 
-_next = _one_session(func.min, "scheduled", sessions.c.scheduled_at > AS_OF)
 _client_counts = coach_summary(client_counts, _coach)
 
 
@@ -145,6 +149,20 @@ def _coach_rows(table: Any, *columns: str) -> Any:
 
 _session_client_counts = _coach_rows(session_client_counts, "completed", "last_completed_at")
 _goal_client_counts = _coach_rows(goal_client_counts, "active", "active_progress")
+_client_schedules = _coach_rows(client_schedules, "next_scheduled_at", "next_checked_at")
+_known_next = _client_schedules.c.next_scheduled_at
+_next = case(
+    (
+        and_(
+            _client_schedules.c.next_checked_at <= AS_OF,
+            or_(_known_next.is_(None), _known_next > AS_OF),
+        ),
+        _known_next,
+    ),
+    else_=_next_session_probe(),
+)
+"""The summary's next session while it is still ahead of the clock (`pipeline.summaries`),
+else a probe: only the clients whose next session began since it was last read."""
 
 STATEMENT = (
     select(
@@ -154,7 +172,7 @@ STATEMENT = (
         _first.c.status,
         func.coalesce(_session_client_counts.c.completed, 0).label("completed_sessions"),
         iso_text(_session_client_counts.c.last_completed_at).label("last_session_at"),
-        iso_text(_next.c.at).label("next_session_at"),
+        iso_text(_next).label("next_session_at"),
         func.coalesce(_goal_client_counts.c.active, 0).label("active_goals"),
         func.round(
             _goal_client_counts.c.active_progress.cast(Numeric)
@@ -169,12 +187,12 @@ STATEMENT = (
     .outerjoin(_client_counts, true())
     .outerjoin(_session_client_counts, _session_client_counts.c.client_id == _first.c.id)
     .outerjoin(_goal_client_counts, _goal_client_counts.c.client_id == _first.c.id)
-    .join(_next, true())
+    .outerjoin(_client_schedules, _client_schedules.c.client_id == _first.c.id)
     .order_by(_coach.c.coach_id, _first.c.rank)
 )
-"""The first clients by name (index order), their counts and last session from the summaries
-(one range scan each, hash-joined), their next session by an index probe each: bounded by the
-coach's clients, not by the history."""
+"""The first clients by name (index order); their counts, last and next session from the
+summaries (one range scan each, hash-joined), a next session that has begun since by an index
+probe: bounded by the coach's clients, not by the history."""
 
 
 def _client(row: Any) -> JSONValue:
