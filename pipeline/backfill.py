@@ -63,28 +63,42 @@ def rebuild(engine: Engine, coach_ids: Sequence[UUID]) -> None:
                     raise
 
 
-def advance(engine: Engine, batch_size: int, max_batches: int = 100) -> int:
+ADVANCE_BATCH = 100
+"""Coaches whose passed next sessions `advance` reads again in one transaction."""
+ADVANCE_LOCK_TIMEOUT = "2s"
+"""The longest `advance` waits for a lock (a TRUNCATE of sessions, say): then the next call."""
+
+
+def advance(engine: Engine, batch_size: int = ADVANCE_BATCH, max_batches: int = 100) -> int:
     """Read again every clock-relative summary value the clock has passed (a client's next
     session, once it has begun), `batch_size` coaches a transaction, at most `max_batches`
-    transactions a call; returns the coaches advanced. Until then the readers probe those
-    keys themselves, so this keeps recomputes cheap, never correct: a call that fails (a
-    deadlock, the database away) is logged and counted by its caller and retried at the next.
+    transactions a summary; returns the number of coaches advanced.
 
-    `engine` must be able to write (not a `snapshots=True` engine)."""
-    advanced = 0
+    Until then the readers probe those keys themselves: this keeps recomputes cheap, and
+    correctness never waits for it. So it never waits for a writer either: a coach whose
+    anchor row a writer holds is skipped (`FOR UPDATE SKIP LOCKED`) and left for the next
+    call, and any other lock is given up after `ADVANCE_LOCK_TIMEOUT`
+    (`psycopg.errors.LockNotAvailable`, raised). `engine` must be able to write (not a
+    `snapshots=True` engine)."""
+    advanced: set[UUID] = set()
     for summary in CLOCKED:
+        lock, read_again = advance_statements(summary)
+        skipped: list[UUID] = []
         for _ in range(max_batches):
             with engine.connect() as connection, connection.begin():
                 driver = psycopg_connection(connection)
-                coaches = [
-                    row[0] for row in driver.execute(passed_coaches(summary), {"limit": batch_size})
-                ]
+                driver.execute(f"SET LOCAL lock_timeout = '{ADVANCE_LOCK_TIMEOUT}'")
+                found = passed_coaches(summary)
+                params = {"limit": batch_size, "skipped": skipped}
+                coaches = [row[0] for row in driver.execute(found, params)]
                 if not coaches:
                     break
-                for statement in advance_statements(summary):
-                    driver.execute(statement, {"coach_ids": coaches})
-            advanced += len(coaches)
-    return advanced
+                locked = [row[0] for row in driver.execute(lock, {"coach_ids": coaches})]
+                skipped += sorted(set(coaches) - set(locked))
+                if locked:
+                    driver.execute(read_again, {"coach_ids": locked})
+            advanced.update(locked)
+    return len(advanced)
 
 
 def mark_ready(engine: Engine) -> None:

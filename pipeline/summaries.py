@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Literal
 
 from sqlalchemy import BigInteger, Column, DateTime, MetaData, Table, Uuid
 
@@ -138,15 +139,16 @@ def _bucket(moment: str) -> str:
 
 @dataclass(frozen=True)
 class Latest:
-    """A key's latest (`max`) or earliest (`min`) `source_column` among the source rows matching
+    """A key's greatest (`max`) or least (`min`) `source_column` among the source rows matching
     the summary's `where` and `condition`: not a sum, so read again, by index, for the keys a
     statement touched. A `condition` that reads the clock (`now()`) needs `checked_at`, the
     column that records when the value was read; the reader trusts it only from then on."""
 
     column: str
     source_column: str
-    function: str = "max"
+    function: Literal["max", "min"] = "max"
     condition: str = "true"
+    """SQL over the source row's columns."""
     checked_at: str | None = None
 
 
@@ -213,10 +215,10 @@ SUMMARIES: tuple[Summary, ...] = (
         {"scheduled": "1"},
         _SCHEDULED,
         latest=Latest(
-            "next_scheduled_at",
-            "scheduled_at",
-            "min",
-            "scheduled_at > now()",
+            column="next_scheduled_at",
+            source_column="scheduled_at",
+            function="min",
+            condition="scheduled_at > now()",
             checked_at="next_checked_at",
         ),
     ),

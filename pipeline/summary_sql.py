@@ -1,7 +1,8 @@
 """The SQL that keeps `pipeline.summaries` exact: tables, triggers, backfill, readiness.
 
 Everything is generated from the declarations in `pipeline.summaries`, so a summary's trigger,
-its backfill and its reader can never disagree about what a row adds.
+its backfill, its fill by a migration and its `advance` can never disagree about what a row
+adds or what a latest value is.
 
 **One delta statement serves all.** A statement's effect on a summary is the sum over its new
 rows minus the sum over its old rows, grouped by the summary's keys. An INSERT has only new
@@ -89,26 +90,41 @@ def latest_update(summary: Summary, rows: str) -> str:
 
 def passed_coaches(summary: Summary) -> str:
     """Up to `%(limit)s` coaches, in order, with a clock-relative latest value that the clock
-    has passed (`summary` is one of `CLOCKED`)."""
+    has passed (`summary` is one of `CLOCKED`), leaving out `%(skipped)s`."""
     latest = summary.latest
-    assert latest is not None
+    assert latest is not None and latest.checked_at is not None
     return (
         f"SELECT DISTINCT coach_id FROM {SCHEMA}.{summary.table.name}"
-        f" WHERE {latest.column} <= now() ORDER BY coach_id LIMIT %(limit)s"
+        f" WHERE {latest.column} <= now() AND coach_id <> ALL(%(skipped)s)"
+        " ORDER BY coach_id LIMIT %(limit)s"
     )
 
 
-def advance_statements(summary: Summary) -> list[str]:
-    """Read again the passed clock-relative values of the coaches in `%(coach_ids)s`, in one
-    READ COMMITTED transaction: lock the coaches' anchor rows first (as every trigger does), so
-    the read after the lock sees every writer that held them."""
+def advance_statements(summary: Summary) -> tuple[str, str]:
+    """(lock, read again): in one READ COMMITTED transaction, lock the anchor rows of the
+    coaches in `%(coach_ids)s` that no one holds (in coach order, as every trigger does; a
+    coach a writer holds is skipped, never waited for), then, in a second statement whose
+    snapshot follows the locks, read again the passed values of the coaches locked, passed as
+    `%(coach_ids)s` again."""
     latest = summary.latest
-    assert latest is not None
+    assert latest is not None and latest.checked_at is not None
     main = f"{SCHEMA}.{anchor(summary.source).table.name}"
-    return [
-        f"SELECT 1 FROM {main} WHERE coach_id = ANY(%(coach_ids)s) ORDER BY coach_id FOR UPDATE",
+    return (
+        f"SELECT coach_id FROM {main} WHERE coach_id = ANY(%(coach_ids)s)"
+        " ORDER BY coach_id FOR UPDATE SKIP LOCKED",
         f"UPDATE {SCHEMA}.{summary.table.name} AS s SET {_latest_value(summary)}"
         f" WHERE coach_id = ANY(%(coach_ids)s) AND {latest.column} <= now()",
+    )
+
+
+def fill_statements(summary: Summary) -> list[str]:
+    """Empty `summary` and fill it from every base row: for a migration that adds a summary to
+    a database with data. The caller keeps writers out (its `CREATE TRIGGER` on the source
+    holds a lock that blocks them until it commits)."""
+    rows = f"(SELECT 1 AS {SIGN}, * FROM public.{summary.source})"
+    return [
+        f"TRUNCATE {SCHEMA}.{summary.table.name}",
+        *(sql for sql in _statements(summary, rows) if sql),
     ]
 
 

@@ -276,9 +276,10 @@ def _audit_confirm(task: PipelineTask, inspection: audit.Inspection) -> dict[str
 
 def advance_summaries(task: PipelineTask) -> dict[str, Any]:
     """Read again the summaries' next sessions that have begun (`pipeline.backfill.advance`):
-    until then each recompute of those coaches probes them itself. Transient database errors
-    (a deadlock with a writer included) retry like every task's."""
-    return {"coaches": backfill.advance(task.runtime.writer, task.settings.refresh_batch_size)}
+    until then each recompute of those coaches probes them itself. A lock it gives up on
+    (`LockNotAvailable`) retries like every task's transient errors; the next tick would
+    do the same work."""
+    return {"coaches": backfill.advance(task.runtime.writer)}
 
 
 TASKS: dict[str, Callable[..., dict[str, Any]]] = {

@@ -34,7 +34,8 @@ class Runtime:
 
     @cached_property
     def writer(self) -> Engine:
-        """For the few writes of the workers (`advance_summaries`); one connection."""
+        """For the few writes of the workers (`advance_summaries`): a pool of one connection
+        (and one overflow) per process."""
         return make_engine(
             self.settings.require_database_url(),
             application_name="coachpipe-summaries",

@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from devtools.processes import wait_for
-from pipeline import backfill
+from pipeline import backfill, seed
 from pipeline.aggregates import REGISTRY
 from pipeline.aggregates.base import compute_all
 from pipeline.db import make_engine
+from pipeline.migrate import VERSION_TABLE, upgrade
 from pipeline.summaries import SCHEMA, SUMMARIES
 from pipeline.tables import WATCHED_TABLES
 from tests import oracle
@@ -377,6 +378,71 @@ def test_a_next_session_that_has_begun_is_probed_until_advanced(
         assert row == (later,)
         assert_equals_oracle(engine, conn, database_now(conn), summaries=True)
         assert conn.execute(NOT_AS_READ).fetchall() == []
+
+
+def test_advance_skips_a_coach_a_writer_holds_and_never_waits(
+    database_url: str, engine: Engine
+) -> None:
+    """A writer holds the coach's anchor (a long transaction, an import): `advance` leaves the
+    coach for its next call instead of waiting, so it never stalls a writer behind it nor
+    meets one in a deadlock; once the writer commits, the coach is advanced."""
+    coach, client = uuid.uuid4(), uuid.uuid4()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO users (id, role, full_name) VALUES (%s, 'coach', 'C')", (coach,))
+        conn.execute(
+            "INSERT INTO users (id, role, coach_id, full_name) VALUES (%s, 'client', %s, 'x')",
+            (client, coach),
+        )
+        conn.execute(
+            "INSERT INTO sessions (coach_id, client_id, status, scheduled_at)"
+            " VALUES (%s, %s, 'scheduled', now() + interval '1 day')",
+            (coach, client),
+        )
+        conn.execute(  # its next session has begun (as the clock would make it)
+            "UPDATE coachpipe.client_schedules SET next_scheduled_at = now() - interval '1 hour'"
+        )
+    with psycopg.connect(database_url) as writer:
+        writer.execute(
+            "INSERT INTO sessions (coach_id, client_id, status, scheduled_at)"
+            " VALUES (%s, %s, 'completed', now() - interval '1 day')",
+            (coach, client),
+        )
+        assert backfill.advance(engine) == 0  # skipped, not waited for
+        writer.commit()
+    assert backfill.advance(engine) == 1
+
+
+def test_migration_0004_fills_client_schedules_of_a_database_with_data(
+    fresh_database: str,
+) -> None:
+    """A database at 0003 with sessions, an empty `client_schedules` (or rows a downgrade left
+    behind): upgrading fills it from the sessions, leaves the summaries ready, and the
+    aggregates equal the oracle."""
+    engine = make_engine(fresh_database)
+    try:
+        upgrade(engine, "coachpipe")
+        seed.load(
+            fresh_database, seed.SeedPlan(coaches=3, clients_per_coach=4, sessions_per_client=6)
+        )
+        with psycopg.connect(fresh_database, autocommit=True) as conn:
+            expected = summary_rows(conn)["client_schedules"]
+            assert expected
+            conn.execute("TRUNCATE coachpipe.client_schedules")
+            conn.execute(  # left behind: a next session that no longer exists
+                "INSERT INTO coachpipe.client_schedules (coach_id, client_id, scheduled,"
+                " next_scheduled_at, next_checked_at) SELECT coach_id, id, 1,"
+                " now() + interval '1 day', now() - interval '1 day' FROM users"
+                " WHERE role = 'client' LIMIT 1"
+            )
+            conn.execute(f"UPDATE {VERSION_TABLE} SET version_num = '0003'")
+        upgrade(engine, "coachpipe")
+        assert backfill.is_ready(engine)
+        with psycopg.connect(fresh_database) as conn:
+            assert summary_rows(conn)["client_schedules"] == expected
+            assert conn.execute(NOT_AS_READ).fetchall() == []
+            assert_equals_oracle(engine, conn, database_now(conn), summaries=True)
+    finally:
+        engine.dispose()
 
 
 def test_advance_beside_live_writes_keeps_every_next_session(

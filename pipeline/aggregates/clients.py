@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Numeric, Text, and_, case, cast, func, or_, select, true
+from sqlalchemy import Numeric, Text, and_, case, cast, func, null, or_, select, true
 
 from pipeline.aggregates.base import (
     AS_OF,
@@ -152,6 +152,7 @@ _goal_client_counts = _coach_rows(goal_client_counts, "active", "active_progress
 _client_schedules = _coach_rows(client_schedules, "next_scheduled_at", "next_checked_at")
 _known_next = _client_schedules.c.next_scheduled_at
 _next = case(
+    (_client_schedules.c.client_id.is_(None), null()),  # no scheduled session at all
     (
         and_(
             _client_schedules.c.next_checked_at <= AS_OF,
@@ -162,7 +163,9 @@ _next = case(
     else_=_next_session_probe(),
 )
 """The summary's next session while it is still ahead of the clock (`pipeline.summaries`),
-else a probe: only the clients whose next session began since it was last read."""
+none for a client without a row (every client with a scheduled session has one), else a
+probe: only the clients whose next session began since it was last read, or all of them at a
+clock before it was read."""
 
 STATEMENT = (
     select(

@@ -1,9 +1,12 @@
 """`client_schedules`: each client's next session, so a recompute probes only those that began.
 
-Creates the summary and replaces the sessions trigger (`pipeline.summary_sql.schema_ddl`, as
-0003; idempotent). On a database with scheduled sessions the new summary starts empty, so the
-summaries are marked not ready: the aggregates read the base tables until `coachpipe backfill`
-has rebuilt every coach (the README's "Upgrading a database with data").
+Creates the summary and replaces the trigger functions and triggers
+(`pipeline.summary_sql.schema_ddl`, as 0003; idempotent), then fills the new summary from the
+sessions: `CREATE OR REPLACE TRIGGER` has locked the source tables against writes until this
+migration commits, so no write is missed, and the readiness of the other summaries is left as
+it is (a whale does not fall back to reading its whole history on deploy). On a database
+0003 created with this code the summary exists already; it is filled again all the same,
+which also replaces rows a downgrade left behind.
 
 Revision ID: 0004
 Revises: 0003
@@ -11,8 +14,8 @@ Revises: 0003
 
 from alembic import op
 
-from pipeline.summaries import SCHEMA
-from pipeline.summary_sql import STATE_TABLE, schema_ddl
+from pipeline.summaries import client_schedules, of_source
+from pipeline.summary_sql import fill_statements, schema_ddl
 
 revision = "0004"
 down_revision = "0003"
@@ -20,12 +23,10 @@ down_revision = "0003"
 
 def upgrade() -> None:
     op.execute(schema_ddl())
-    op.execute(
-        f"UPDATE {STATE_TABLE} SET ready = false"
-        " WHERE EXISTS (SELECT FROM public.sessions WHERE status = 'scheduled')"
-        f" AND NOT EXISTS (SELECT FROM {SCHEMA}.client_schedules)"
-    )
+    (summary,) = (s for s in of_source("sessions") if s.table is client_schedules)
+    for statement in fill_statements(summary):
+        op.execute(statement)
 
 
 def downgrade() -> None:
-    """The sessions trigger of 0003 cannot be told apart from this one's: keep the summary."""
+    """Nothing: 0003 runs the current `schema_ddl()`, which creates this summary too."""
