@@ -246,11 +246,19 @@ def _paced(stack: Stack, runs: dict[str, Any], name: str, seconds: float, **kwar
     runs[name] = write_paced(stack, rate=100, duration=seconds, **kwargs)
 
 
-def fairness(stack: Stack, whale: UUID, others: list[UUID], seconds: float) -> dict[str, Any]:
-    """Commit → every routed aggregate stored, for the whale's and the others' changes, with
-    100/s to the whale beside 100/s over the others, and the others alone at 100/s."""
+RUNS = ("without_whale", "with_hot_coach", "with_whale")
+"""The load runs: the others alone at 100/s; beside 100/s to one ordinary coach (the control:
+the whale's event rate without its cost); beside 100/s to the whale."""
+
+
+def fairness(
+    stack: Stack, whale: UUID, hot: UUID, others: list[UUID], seconds: float
+) -> dict[str, Any]:
+    """Commit → every routed aggregate stored, for the others' changes (100/s over `others`)
+    alone, beside 100/s to the ordinary coach `hot`, and beside 100/s to `whale` (`RUNS`),
+    and for the hot coach's and the whale's own changes."""
     results: dict[str, Any] = {}
-    for label, with_whale in (("without_whale", False), ("with_whale", True)):
+    for label in RUNS:
         stack.reset_pipeline()
         stack.worker()
         stack.listener("postgres")
@@ -261,9 +269,11 @@ def fairness(stack: Stack, whale: UUID, others: list[UUID], seconds: float) -> d
         collector = stack.notices()
         start = time.time()
         runs: dict[str, Any] = {}
-        loads = [{"name": "others", "coaches": others, "seed": 11}]
-        if with_whale:
+        loads: list[dict[str, Any]] = [{"name": "others", "coaches": others, "seed": 11}]
+        if label == "with_whale":
             loads.append({"name": "whale", "coaches": [whale], "hot": whale, "seed": 13})
+        elif label == "with_hot_coach":
+            loads.append({"name": "hot", "coaches": [hot], "hot": hot, "seed": 13})
         writers = [
             threading.Thread(target=_paced, args=(stack, runs), kwargs={"seconds": seconds, **load})
             for load in loads
@@ -297,10 +307,10 @@ def whale_scenario(stack: Stack, profile_name: str) -> dict[str, Any]:
     seeded = curve.pop("coaches")
     whale = seeded[-1]
     everyone = bench_coaches(stack, stack.coaches + len(seeded))
-    others = [coach for coach in everyone if coach not in seeded][: stack.coaches]
+    hot, *others = [coach for coach in everyone if coach not in seeded][: stack.coaches]
     return {
         "curve": curve,
-        "load": fairness(stack, whale, others, LOAD_SECONDS[profile_name]),
+        "load": fairness(stack, whale, hot, others, LOAD_SECONDS[profile_name]),
         "whale_sessions": SIZES[profile_name][-1],
         "other_coaches": len(others),
     }
@@ -315,10 +325,10 @@ def fairness_scenario(stack: Stack, profile_name: str) -> dict[str, Any]:
     started = time.monotonic()
     whale = seed_whale(stack.pg.url, size)
     seeded = time.monotonic() - started
-    others = [coach for coach in bench_coaches(stack, stack.coaches + 1) if coach != whale]
-    others = others[: stack.coaches]
+    everyone = [coach for coach in bench_coaches(stack, stack.coaches + 1) if coach != whale]
+    hot, *others = everyone[: stack.coaches]
     return {
-        "load": fairness(stack, whale, others, LOAD_SECONDS[profile_name]),
+        "load": fairness(stack, whale, hot, others, LOAD_SECONDS[profile_name]),
         "whale_sessions": size,
         "seed_seconds": round(seeded, 1),
         "other_coaches": len(others),
@@ -330,13 +340,20 @@ def fairness_rows(load: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     and the floor (commit → a second consumer of the slot received it) in both runs."""
     alone = load["without_whale"]["others"]["commit_to_all_stored_ms"]
     beside = load["with_whale"]["others"]["commit_to_all_stored_ms"]
+    control = load.get("with_hot_coach", {}).get("others", {}).get("commit_to_all_stored_ms", {})
     whale = load["with_whale"].get("whale", {}).get("commit_to_all_stored_ms", {})
     ratio = beside["p99"] / alone["p99"] if alone.get("p99") and beside.get("p99") else None
-    floors = [load[run].get("floor_commit_to_listener_ms", {}) for run in load]
+    floors = [load[run].get("floor_commit_to_listener_ms", {}) for run in RUNS if run in load]
     return [
         (
-            "floor, commit → received by a second slot consumer p50/p99, alone | beside (ms)",
+            "floor, commit → received by a second slot consumer p50/p99, each run (ms)",
             " | ".join(f"{floor.get('p50')} / {floor.get('p99')}" for floor in floors),
+            "",
+            "-",
+        ),
+        (
+            "others 100/s: p50/p99 beside 100/s to one ordinary coach (control, ms)",
+            f"{control.get('p50')} / {control.get('p99')}",
             "",
             "-",
         ),
