@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -246,12 +246,10 @@ def test_backfill_fills_summaries_of_existing_rows(
         assert summary_rows(conn) == kept
 
 
-def test_backfill_beside_live_writes_loses_no_delta(database_url: str, engine: Engine) -> None:
-    """Writers keep inserting, flipping and moving sessions between two coaches while the
-    backfill rebuilds them again and again; at the end the sums are exact."""
+def two_coaches(database_url: str) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """Two coaches and four clients, two each (client i belongs to coach i % 2)."""
     coaches = [uuid.uuid4(), uuid.uuid4()]
     clients = [uuid.uuid4() for _ in range(4)]
-    now = datetime.now().astimezone()
     with psycopg.connect(database_url) as conn:
         for coach in coaches:
             conn.execute(
@@ -262,7 +260,17 @@ def test_backfill_beside_live_writes_loses_no_delta(database_url: str, engine: E
                 "INSERT INTO users (id, role, coach_id, full_name) VALUES (%s, 'client', %s, 'x')",
                 (client, coaches[i % 2]),
             )
-        conn.commit()
+    return coaches, clients
+
+
+def beside_writers(
+    database_url: str,
+    step: Callable[[psycopg.Connection[Any], int], None],
+    work: Callable[[], None],
+    writers: int = 2,
+) -> None:
+    """Run `work()` while `writers` threads each call `step(conn, i)` for i = 1, 2, … on an
+    autocommit connection of their own; a writer's error fails the test."""
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -272,47 +280,62 @@ def test_backfill_beside_live_writes_loses_no_delta(database_url: str, engine: E
                 i = 0
                 while not stop.is_set():
                     i += 1
-                    conn.execute(
-                        "INSERT INTO sessions (coach_id, client_id, status, scheduled_at,"
-                        " completed_at, price_cents) VALUES (%s, %s, %s, %s, %s, %s)",
-                        (
-                            coaches[i % 2],
-                            clients[i % 4],
-                            STATUSES[i % 4],
-                            now - (i % 50) * DAY,
-                            now - (i % 40) * DAY,
-                            i,
-                        ),
-                    )
-                    # Two coaches in one transaction, in either order: two such writers can
-                    # deadlock on the coaches' summary rows (README, "Write cost"); Postgres
-                    # aborts one, which retries like an application would.
-                    with contextlib.suppress(psycopg.errors.DeadlockDetected), conn.transaction():
-                        conn.execute(
-                            "UPDATE sessions SET coach_id = %s, status = %s"
-                            " WHERE id = (SELECT id FROM sessions ORDER BY random() LIMIT 1)",
-                            (coaches[i % 2], STATUSES[(i + 1) % 4]),
-                        )
-                        conn.execute(
-                            "DELETE FROM sessions"
-                            " WHERE id = (SELECT id FROM sessions ORDER BY random() LIMIT 1)"
-                            " AND %s",
-                            (i % 3 == 0,),
-                        )
+                    step(conn, i)
         except BaseException as error:  # reported by the test, not swallowed
             errors.append(error)
 
-    writers = [threading.Thread(target=write) for _ in range(2)]
-    for writer in writers:
-        writer.start()
+    threads = [threading.Thread(target=write) for _ in range(writers)]
+    for thread in threads:
+        thread.start()
     try:
-        for _ in range(15):
-            backfill.rebuild(engine, coaches)
+        work()
     finally:
         stop.set()
-        for writer in writers:
-            writer.join()
+        for thread in threads:
+            thread.join()
     assert errors == []
+
+
+def test_backfill_beside_live_writes_loses_no_delta(database_url: str, engine: Engine) -> None:
+    """Writers keep inserting, flipping and moving sessions between two coaches while the
+    backfill rebuilds them again and again; at the end the sums are exact."""
+    coaches, clients = two_coaches(database_url)
+    now = datetime.now().astimezone()
+
+    def step(conn: psycopg.Connection[Any], i: int) -> None:
+        conn.execute(
+            "INSERT INTO sessions (coach_id, client_id, status, scheduled_at,"
+            " completed_at, price_cents) VALUES (%s, %s, %s, %s, %s, %s)",
+            (
+                coaches[i % 2],
+                clients[i % 4],
+                STATUSES[i % 4],
+                now - (i % 50) * DAY,
+                now - (i % 40) * DAY,
+                i,
+            ),
+        )
+        # Two coaches in one transaction, in either order: two such writers can
+        # deadlock on the coaches' summary rows (README, "Write cost"); Postgres
+        # aborts one, which retries like an application would.
+        with contextlib.suppress(psycopg.errors.DeadlockDetected), conn.transaction():
+            conn.execute(
+                "UPDATE sessions SET coach_id = %s, status = %s"
+                " WHERE id = (SELECT id FROM sessions ORDER BY random() LIMIT 1)",
+                (coaches[i % 2], STATUSES[(i + 1) % 4]),
+            )
+            conn.execute(
+                "DELETE FROM sessions"
+                " WHERE id = (SELECT id FROM sessions ORDER BY random() LIMIT 1)"
+                " AND %s",
+                (i % 3 == 0,),
+            )
+
+    def rebuild() -> None:
+        for _ in range(15):
+            backfill.rebuild(engine, coaches)
+
+    beside_writers(database_url, step, rebuild)
     with psycopg.connect(database_url) as conn:
         assert_equals_oracle(engine, conn, now, summaries=True)
 
@@ -451,53 +474,28 @@ def test_advance_beside_live_writes_keeps_every_next_session(
     """Writers book, flip and move sessions a few seconds around the clock (so next sessions
     keep beginning) while `advance` runs again and again: every kept next session is the
     earliest after the moment it was read, and recomputes equal the oracle."""
-    coaches = [uuid.uuid4(), uuid.uuid4()]
-    clients = [uuid.uuid4() for _ in range(4)]
-    with psycopg.connect(database_url) as conn:
-        for coach in coaches:
-            conn.execute(
-                "INSERT INTO users (id, role, full_name) VALUES (%s, 'coach', 'C')", (coach,)
-            )
-        for i, client in enumerate(clients):
-            conn.execute(
-                "INSERT INTO users (id, role, coach_id, full_name) VALUES (%s, 'client', %s, 'x')",
-                (client, coaches[i % 2]),
-            )
-        conn.commit()
-    stop = threading.Event()
-    errors: list[BaseException] = []
+    coaches, clients = two_coaches(database_url)
 
-    def write() -> None:
-        try:
-            with psycopg.connect(database_url, autocommit=True) as conn:
-                i = 0
-                while not stop.is_set():
-                    i += 1
-                    conn.execute(
-                        "INSERT INTO sessions (coach_id, client_id, status, scheduled_at)"
-                        " VALUES (%s, %s, 'scheduled', clock_timestamp() + %s)",
-                        (coaches[i % 2], clients[i % 4], timedelta(milliseconds=i % 7 * 150)),
-                    )
-                    conn.execute(
-                        "UPDATE sessions SET status = %s, scheduled_at = clock_timestamp() + %s"
-                        " WHERE id = (SELECT id FROM sessions ORDER BY random() LIMIT 1)",
-                        (STATUSES[i % 4], timedelta(milliseconds=i % 5 * 200)),
-                    )
-        except BaseException as error:  # reported by the test, not swallowed
-            errors.append(error)
+    def step(conn: psycopg.Connection[Any], i: int) -> None:
+        conn.execute(
+            "INSERT INTO sessions (coach_id, client_id, status, scheduled_at)"
+            " VALUES (%s, %s, 'scheduled', clock_timestamp() + %s)",
+            (coaches[i % 2], clients[i % 4], timedelta(milliseconds=i % 7 * 150)),
+        )
+        conn.execute(
+            "UPDATE sessions SET status = %s, scheduled_at = clock_timestamp() + %s"
+            " WHERE id = (SELECT id FROM sessions ORDER BY random() LIMIT 1)",
+            (STATUSES[i % 4], timedelta(milliseconds=i % 5 * 200)),
+        )
 
-    writers = [threading.Thread(target=write) for _ in range(2)]
-    for writer in writers:
-        writer.start()
     advanced = 0
-    try:
+
+    def advance() -> None:
+        nonlocal advanced
         for _ in range(40):
             advanced += backfill.advance(engine, batch_size=1)
-    finally:
-        stop.set()
-        for writer in writers:
-            writer.join()
-    assert errors == []
+
+    beside_writers(database_url, step, advance)
     assert advanced > 0
     with psycopg.connect(database_url) as conn:
         assert conn.execute(NOT_AS_READ).fetchall() == []
