@@ -19,7 +19,12 @@ from config.logging import redact_text
 from pipeline import keys
 from pipeline.changelog import SIGNAL_TABLE
 from pipeline.db import libpq_dsn
-from pipeline.migrate import PUBLICATION_MEMBERS, SUPABASE_PUBLICATION, VERSION_TABLE
+from pipeline.migrate import (
+    PUBLICATION_MEMBERS,
+    SUPABASE_PUBLICATION,
+    UNINDEXED_FOREIGN_KEYS,
+    VERSION_TABLE,
+)
 from pipeline.redis_client import connect, is_cluster
 from pipeline.redis_values import as_text
 from pipeline.summaries import SCHEMA, SOURCES
@@ -157,6 +162,8 @@ def _postgres_checks(settings: Settings, conn: psycopg.Connection[Any]) -> list[
         checks.append(_change_log_check(conn))
     if revision and not missing:
         checks.append(_summaries_check(conn))
+    if not missing:
+        checks.append(_foreign_key_index_check(conn))
     privileged = one("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user")
     user = one("SELECT current_user")
     if settings.listener_source is SourceName.POSTGRES and not privileged:
@@ -310,6 +317,27 @@ def _summaries_check(conn: psycopg.Connection[Any]) -> Check:
         "" if state[1] is None else f", backfilled {state[1].astimezone(UTC):%Y-%m-%d %H:%M} UTC"
     )
     return ok("summaries", f"ready, kept by triggers on all five tables{since}")
+
+
+def _foreign_key_index_check(conn: psycopg.Connection[Any]) -> Check:
+    """Foreign keys of the five tables whose columns lead no index (`UNINDEXED_FOREIGN_KEYS`):
+    each delete of a referenced row (a session, a client) scans the whole referencing table,
+    under the delete's row locks. A warning: nothing is wrong, only slow, and slower as the
+    tables grow."""
+    found = conn.execute(UNINDEXED_FOREIGN_KEYS, {"tables": list(WATCHED_TABLES)}).fetchall()
+    if not found:
+        return ok("foreign key indexes", "every foreign key of the five tables is indexed")
+    return Check(
+        "foreign key indexes",
+        Severity.WARN,
+        "no index leads with "
+        + ", ".join(f"{table}({columns})" for table, _, columns in found)
+        + ": deleting a row they reference scans the whole table",
+        "coachpipe migrate (it builds them CONCURRENTLY), or: "
+        + " ".join(
+            f"CREATE INDEX CONCURRENTLY ON {table} ({columns});" for table, _, columns in found
+        ),
+    )
 
 
 def _size(size: int | None) -> str:

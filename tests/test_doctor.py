@@ -80,6 +80,27 @@ def test_summaries_awaiting_backfill_and_missing_triggers(
     assert check.severity is Severity.OK and "backfilled" in check.message
 
 
+def test_an_unindexed_foreign_key(fresh_database: str, redis_url: str) -> None:
+    """A foreign key whose columns lead no index makes each delete of the row it references
+    scan the whole table: a warning naming the column and the statement that builds it."""
+    migrated(fresh_database)
+    assert checks_for(fresh_database, redis_url)["foreign key indexes"].severity is Severity.OK
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute("DROP INDEX public.sessions_client_idx")
+        # A partial index does not serve the foreign key's lookups.
+        conn.execute(
+            "CREATE INDEX partial_idx ON public.sessions (client_id) WHERE price_cents > 0"
+        )
+    check = checks_for(fresh_database, redis_url)["foreign key indexes"]
+    assert check.severity is Severity.WARN
+    assert (
+        "public.sessions(client_id)" in check.message and "scans the whole table" in check.message
+    )
+    assert "CREATE INDEX CONCURRENTLY ON public.sessions (client_id);" in check.fix
+    migrated(fresh_database)
+    assert checks_for(fresh_database, redis_url)["foreign key indexes"].severity is Severity.OK
+
+
 def test_replica_identity_not_full(fresh_database: str, redis_url: str) -> None:
     migrated(fresh_database)
     with psycopg.connect(fresh_database, autocommit=True) as conn:

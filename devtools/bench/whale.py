@@ -176,6 +176,43 @@ def trigger_cost_ms(url: str, coach: UUID, samples: int) -> dict[str, Any]:
             result[label] = percentiles(times)
         for op in ("insert", "update", "delete", "truncate"):
             conn.execute(f"ALTER TABLE sessions ENABLE TRIGGER coachpipe_summarize_{op}")
+    result.update(delete_cost_ms(url, coach, samples))
+    return result
+
+
+def delete_cost_ms(url: str, coach: UUID, samples: int) -> dict[str, Any]:
+    """Deleting one of `coach`'s completed sessions (its rating and feedback cascade), and one
+    of its clients (their sessions, goals, ratings and feedback cascade; a fifth as many
+    samples), each in a transaction rolled back: the cost of the foreign keys' lookups on the
+    referencing tables, beside the summary triggers'."""
+    with psycopg.connect(url) as conn:
+        sessions = [
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM sessions WHERE coach_id = %s AND status = 'completed' LIMIT %s",
+                (coach, samples),
+            )
+        ]
+        clients = [
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM users WHERE coach_id = %s AND role = 'client' LIMIT %s",
+                (coach, max(samples // 5, 2)),
+            )
+        ]
+        conn.rollback()
+        result = {}
+        for label, table, ids in (
+            ("delete_session", "sessions", sessions),
+            ("delete_client", "users", clients),
+        ):
+            times = []
+            for row_id in ids:
+                started = time.perf_counter()
+                conn.execute(f"DELETE FROM {table} WHERE id = %s", (row_id,))
+                times.append((time.perf_counter() - started) * 1000)
+                conn.rollback()
+            result[label] = percentiles(times)
     return result
 
 
@@ -402,5 +439,15 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"{inserts['with_triggers']['p50']} | {inserts['without_triggers']['p50']}",
             "",
             "-",
+        ),
+        *(
+            (
+                f"DELETE of one {what} of the whale p50/p99 (ms), cascades and triggers included",
+                f"{inserts[key]['p50']} / {inserts[key]['p99']}",
+                "",
+                "-",
+            )
+            for key, what in (("delete_session", "session"), ("delete_client", "client"))
+            if key in inserts
         ),
     ]
