@@ -8,7 +8,17 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, DateTime, Engine, Select, bindparam, select, text, union
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Engine,
+    Select,
+    bindparam,
+    func,
+    select,
+    text,
+    union_all,
+)
 
 from pipeline.aggregates import Aggregate
 from pipeline.errors import NotACoachError
@@ -56,7 +66,8 @@ def active_coach_batches(engine: Engine, size: int) -> Iterator[list[UUID]]:
 
 
 def crossing_statement(aggregate: Aggregate) -> Select[Any] | None:
-    """Coaches with a row whose `column + offset` falls in (:since, :until], for any boundary.
+    """(coach_id, crossed_at): per coach with a row whose `column + offset` falls in
+    (:since, :until] for any boundary, the latest such `column + offset`.
 
     `column + offset` in (since, until] is rewritten `column` in (since - offset, until - offset]
     so the time indexes of pipeline.migrations serve it.
@@ -66,7 +77,7 @@ def crossing_statement(aggregate: Aggregate) -> Select[Any] | None:
         table = BY_NAME[boundary.table]
         column = table.c[boundary.column]
         for offset in boundary.offsets:
-            part = select(table.c.coach_id).where(
+            part = select(table.c.coach_id, (column + offset).label("crossed_at")).where(
                 column > SINCE - offset,
                 column <= UNTIL - offset,
             )
@@ -75,18 +86,25 @@ def crossing_statement(aggregate: Aggregate) -> Select[Any] | None:
             parts.append(part)
     if not parts:
         return None
-    return select(union(*parts).subquery().c.coach_id)
+    crossings = union_all(*parts).subquery()
+    return select(crossings.c.coach_id, func.max(crossings.c.crossed_at)).group_by(
+        crossings.c.coach_id
+    )
 
 
 def coaches_crossing(
     connection: Connection, aggregate: Aggregate, since: datetime, until: datetime
-) -> set[UUID]:
-    """Coaches whose `aggregate` value may differ between `since` and `until` by the clock alone."""
+) -> dict[UUID, datetime]:
+    """Coaches whose `aggregate` value may differ between `since` and `until` by the clock
+    alone, each with the latest moment in (since, until] at which one of its rows crosses a
+    boundary."""
     statement = crossing_statement(aggregate)
     if statement is None or until <= since:
-        return set()
-    rows = connection.execute(statement, {"since": since, "until": until}).scalars()
-    return set(rows)
+        return {}
+    return {
+        coach: crossed_at
+        for coach, crossed_at in connection.execute(statement, {"since": since, "until": until})
+    }
 
 
 CHANGED_SINCE = text(

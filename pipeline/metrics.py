@@ -143,6 +143,12 @@ CHANGE_FRESHNESS_SECONDS = Histogram(
     "(pipeline.freshness).",
     buckets=FRESHNESS_BUCKETS,
 )
+CLOCK_TICK_COACHES = Counter(
+    "coachpipe_clock_tick_coaches_total",
+    "Coaches with a time-boundary crossing found by the clock tick, by outcome: recomputed, or "
+    "current (their stored value was computed at a clock past the crossing).",
+    ["aggregate", "outcome"],
+)
 AUDIT_CHECKED = Counter(
     "coachpipe_audit_checked_total", "Stored coach aggregates the audit compared.", ["aggregate"]
 )

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from pipeline import keys
 from pipeline.aggregates import NAMES, get
 from pipeline.redis_client import RedisClient
-from pipeline.stored import HASH_FIELDS, StoredAggregate
+from pipeline.redis_values import as_text
+from pipeline.stored import AS_OF_FIELD, HASH_FIELDS, StoredAggregate
 
 
 def read_aggregate(client: RedisClient, coach_id: UUID, aggregate: str) -> StoredAggregate | None:
@@ -41,3 +43,18 @@ def stored_by_name(
         if stored is not None:
             found[name] = stored
     return found
+
+
+def stored_as_of(
+    client: RedisClient, aggregate: str, coach_ids: Iterable[UUID]
+) -> dict[UUID, datetime | None]:
+    """Coach → the clock (`as_of`) of its stored `aggregate`, None when nothing is stored; one
+    round trip (a pipeline, split by slot on a Cluster)."""
+    wanted = list(coach_ids)
+    pipe = client.pipeline(transaction=False)
+    for coach in wanted:
+        pipe.hget(keys.aggregate(aggregate, coach), AS_OF_FIELD)
+    return {
+        coach: None if raw is None else datetime.fromisoformat(as_text(raw))
+        for coach, raw in zip(wanted, pipe.execute(), strict=True)
+    }

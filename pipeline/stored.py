@@ -18,7 +18,9 @@ import orjson
 from pipeline.aggregates import JSONValue
 from pipeline.redis_values import as_text
 
-HASH_FIELDS = ("version", "computed_at", "schema", "value", "as_of")
+AS_OF_FIELD = "as_of"
+"""The field holding the database clock of the value's snapshot (`StoredAggregate.as_of`)."""
+HASH_FIELDS = ("version", "computed_at", "schema", "value", AS_OF_FIELD)
 """The hash's fields, `version` first: the store's script compares it before writing."""
 
 

@@ -25,11 +25,12 @@ from sqlalchemy import func, select
 from config import Settings
 from pipeline import audit, backfill, keys
 from pipeline.aggregates import CRITICAL, NAMES, get
-from pipeline.clock import Marker, tick_window
+from pipeline.clock import Marker, behind_the_clock, tick_window
 from pipeline.coaches import active_coach_batches, coaches_crossing
 from pipeline.errors import TRANSIENT_ERRORS
 from pipeline.fallback import Announcement, on_transition, poll_due
-from pipeline.metrics import EPOCH_CHECK_ERRORS
+from pipeline.metrics import CLOCK_TICK_COACHES, EPOCH_CHECK_ERRORS
+from pipeline.read import stored_as_of
 from pipeline.recompute import recompute, recompute_due
 from pipeline.redis_client import MASTER_CHECK_S
 from pipeline.redis_epoch import record_epoch
@@ -161,10 +162,13 @@ def tick_clock(task: PipelineTask, aggregate: str) -> dict[str, Any]:
             log.warning("clock_tick_marker_unusable", aggregate=aggregate, marker=window.marker,
                         since=window.since.isoformat())  # fmt: skip
         crossing = coaches_crossing(connection, definition, window.since, until)
-    if crossing:
-        runtime.scheduler.request([(aggregate, coach) for coach in crossing])
+    behind = behind_the_clock(crossing, stored_as_of(runtime.redis, aggregate, crossing))
+    if behind:
+        runtime.scheduler.request([(aggregate, coach) for coach in behind])
+    CLOCK_TICK_COACHES.labels(aggregate, "recomputed").inc(len(behind))
+    CLOCK_TICK_COACHES.labels(aggregate, "current").inc(len(crossing) - len(behind))
     runtime.redis.set(key, until.isoformat())
-    return {"aggregate": aggregate, "coaches": len(crossing)}
+    return {"aggregate": aggregate, "coaches": len(behind), "crossing": len(crossing)}
 
 
 def _fallback_refresh(task: PipelineTask, reason: str) -> int:
