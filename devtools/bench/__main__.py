@@ -55,6 +55,13 @@ def bench(
             "rabbitmq; store: redis or cluster (a private 3+3 Redis Cluster)."
         ),
     ] = "",
+    beat: Annotated[
+        bool,
+        typer.Option(
+            help="Run celery beat beside the worker, as deployed: its clock ticks, refreshes "
+            "and audits share the worker with the realtime drains."
+        ),
+    ] = False,
 ) -> None:
     """Measure the pipeline on private services; write JSON, Markdown and plots."""
     try:
@@ -73,6 +80,7 @@ def bench(
             duration=duration,
             rate=rate,
             stacks=combinations,
+            beat=beat,
         )
     )
 

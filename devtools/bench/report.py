@@ -38,9 +38,11 @@ def _quartet(latency: dict[str, Any]) -> str:
 
 
 def _noise(meta: dict[str, Any]) -> str:
-    """How the latency rows are labelled: quiet, or with the noisy neighbour's share."""
+    """How the latency rows are labelled: quiet, or with the noisy neighbour's share; with beat
+    beside the worker or not."""
     noisy = meta.get("noisy_neighbour")
-    return f", noisy neighbour {noisy['share']:g} core" if noisy else ""
+    beat = ", beat running" if meta.get("beat") else ""
+    return (f", noisy neighbour {noisy['share']:g} core" if noisy else "") + beat
 
 
 def _link_fault_rows(run: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
@@ -501,11 +503,16 @@ def _soak_audit_rows(soak: dict[str, Any] | None) -> list[tuple[str, str, str, s
 
 def _load_line(meta: dict[str, Any]) -> str:
     noisy = meta.get("noisy_neighbour")
+    beat = (
+        " Celery beat ran beside the worker (`--beat`), as deployed."
+        if meta.get("beat")
+        else " No celery beat (without `--beat`): no clock ticks, refreshes or audits."
+    )
     if not noisy:
-        return "Foreign load: none started by the bench (no `--noisy-neighbour`)."
+        return "Foreign load: none started by the bench (no `--noisy-neighbour`)." + beat
     return (
         f"Foreign load: a noisy neighbour burning {noisy['share']:g} of one core all run long "
-        f"(it got {noisy['achieved_share']:g})."
+        f"(it got {noisy['achieved_share']:g})." + beat
     )
 
 

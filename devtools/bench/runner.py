@@ -181,6 +181,7 @@ def run_bench(
     duration: float | None = None,
     rate: float | None = None,
     stacks: Sequence[Services] = (),
+    beat: bool = False,
 ) -> int:
     """Run `scenario` (a name, `a,b`, or `all`) and write the results; the exit status.
 
@@ -236,6 +237,7 @@ def run_bench(
                     console,
                     rabbitmq=rabbitmq if services.broker == "rabbitmq" else None,
                     store_url=cluster.url if cluster and services.store == "cluster" else None,
+                    beat=beat,
                 )
                 if stacks:
                     results[services.id] = found
@@ -250,7 +252,7 @@ def run_bench(
     finally:
         if noisy is not None:
             noisy.stop()
-    extra: dict[str, Any] = {"noisy_neighbour": noisy.as_json() if noisy else None}
+    extra: dict[str, Any] = {"noisy_neighbour": noisy.as_json() if noisy else None, "beat": beat}
     if stacks:
         extra["stacks"] = [services.id for services in stacks]
     else:
@@ -280,9 +282,10 @@ def _run_stacks(
     *,
     rabbitmq: PrivateRabbitMQ | None = None,
     store_url: str | None = None,
+    beat: bool = False,
 ) -> dict[str, Any]:
     """Each stack on the shared Redis; with `rabbitmq`, each on a vhost of its own there;
-    with `store_url` (a cluster's), its data there."""
+    with `store_url` (a cluster's), its data there; with `beat`, beat beside each worker."""
     results: dict[str, Any] = {}
 
     def broker_url() -> str | None:
@@ -294,6 +297,7 @@ def _run_stacks(
             redis_server=redis_server,
             broker_url=broker_url(),
             redis_url=store_url,
+            beat=beat,
         ).start()
         console.print(f"{profile.coaches:,} coaches seeded in {stack.seed_seconds:.0f} s")
         try:
@@ -307,6 +311,7 @@ def _run_stacks(
             redis_server=redis_server,
             broker_url=broker_url(),
             redis_url=store_url,
+            beat=beat,
         ).start()
         console.print(f"{profile.big_coaches:,} coaches seeded in {stack.seed_seconds:.0f} s")
         results["seed"] = {"coaches": profile.big_coaches, "seconds": round(stack.seed_seconds, 1)}
@@ -317,7 +322,7 @@ def _run_stacks(
     whale_runs = {"whale": whale_scenario, "whale-fairness": fairness_scenario}
     for name in (name for name in whale_runs if name in names):  # a stack of its own each
         stack = Stack(
-            coaches=profile.coaches, redis_server=redis_server, broker_url=broker_url()
+            coaches=profile.coaches, redis_server=redis_server, broker_url=broker_url(), beat=beat
         ).start()
         try:
             stack.refresh_now()

@@ -24,7 +24,7 @@ from coachpipe.embedded import PrivatePostgres, PrivateRedis, free_port
 from config import Settings, load_settings
 from devtools.bench.broker import BrokerQueues
 from devtools.bench.measure import NoticeCollector
-from devtools.processes import Proc, listener_connected, start_worker, wait_for
+from devtools.processes import Proc, listener_connected, start_beat, start_worker, wait_for
 from pipeline import keys, seed
 from pipeline.aggregates import NAMES
 from pipeline.coaches import active_coach_batches
@@ -70,6 +70,10 @@ class Stack:
     redis_url: str | None = None
     """The data store (a private Redis Cluster's `redis+cluster://` URL, say); the shared
     Redis's database 0 unless given."""
+    beat: bool = False
+    """Run celery beat beside the worker, as deployed: its clock ticks, refreshes and audits
+    share the worker's pool with the realtime drains."""
+    running_beat: Proc | None = None
 
     def start(self) -> Stack:
         self.root.chmod(0o755)
@@ -168,12 +172,15 @@ class Stack:
             broker_url=self.env["BROKER_URL"],
         )
         self.worker_config = config
+        if self.beat:
+            self.running_beat = start_beat({**self.env, **env}, self.root / "logs")
         return self.running_worker
 
     def stop_worker(self) -> None:
-        if self.running_worker is not None:
-            self.running_worker.terminate(timeout=5)
-            self.running_worker = None
+        for proc in (self.running_beat, self.running_worker):
+            if proc is not None:
+                proc.terminate(timeout=5)
+        self.running_worker = self.running_beat = None
 
     def listener(self, source: str = "postgres", *, naive: bool = False, **env: str) -> Proc:
         port = free_port()
