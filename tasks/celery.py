@@ -94,6 +94,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
+QUEUE_ORDER = "sorted"
+"""kombu's Redis transport polls a worker's queues with one `BRPOP` whose keys come in this
+order, and Redis pops from the first non-empty one. Its default, `round_robin`, rotates the
+queue it just took from to the end, so a worker serving both queues alternates between them:
+with beat's refresh batches waiting, each realtime drain waited for one. `sorted` polls them in
+name order every time, and `realtime` sorts before `refresh` (`tasks.names`, tested): waiting
+drains go first, a refresh batch runs when none waits. (RabbitMQ has no such order across
+queues: run separate workers per queue there, see README.)"""
+
+
 def redis_transport_options(settings: Settings) -> dict[str, Any]:
     """kombu's Redis transport options for BROKER_URL (also what a bare `kombu.Connection` to
     that broker needs: `coachpipe doctor`, the test helpers).
@@ -108,6 +118,8 @@ def redis_transport_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "visibility_timeout": settings.visibility_timeout_s,
         "unacked_restore_throttle": 1,  # restore lost messages every 10 s, not every ~100 s
+        # A worker serving both queues takes a waiting realtime drain before waiting bulk work.
+        "queue_order_strategy": QUEUE_ORDER,
     }
     if settings.require_broker_url().startswith(f"{SENTINEL_BROKER}://"):
         options["master_name"] = settings.broker_master_name
