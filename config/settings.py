@@ -184,7 +184,11 @@ class Settings(BaseSettings):
         description="Most coaches one realtime drain recomputes at once.",
     )
     refresh_batch_size: int = Field(
-        default=500, ge=1, le=10_000, description="Coaches per batch in beat's bulk refreshes."
+        default=50,
+        ge=1,
+        le=10_000,
+        description="Coaches per batch in beat's bulk refreshes: a batch holds a pool process "
+        "from start to end, so smaller batches let realtime drains in sooner.",
     )
 
     # Beat.
