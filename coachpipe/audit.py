@@ -18,6 +18,11 @@ from pipeline.recompute import batches
 from pipeline.redis_client import connect
 from pipeline.store import AggregateStore
 
+BATCH = 500
+"""Coaches per audited snapshot. Each batch with suspects waits `AUDIT_GRACE_S` before
+confirming, so this stays large; it is not `REFRESH_BATCH_SIZE`, which bounds how long one of
+beat's tasks holds a worker's pool process."""
+
 
 def run_audit(
     settings: Settings,
@@ -37,11 +42,11 @@ def run_audit(
     try:
         if coach_ids is not None:
             require_coaches(engine, coach_ids)
-            chosen: list[Sequence[UUID]] = list(batches(coach_ids, settings.refresh_batch_size))
+            chosen: list[Sequence[UUID]] = list(batches(coach_ids, BATCH))
         elif sample is not None:
             chosen = [next_sample(engine, client, sample)]
         else:
-            chosen = list(active_coach_batches(engine, settings.refresh_batch_size))
+            chosen = list(active_coach_batches(engine, BATCH))
         reports = [
             audit(
                 engine,

@@ -24,6 +24,7 @@ from pipeline.migrate import (
     SUPABASE_PUBLICATION,
     UNINDEXED_FOREIGN_KEYS,
     VERSION_TABLE,
+    foreign_key_index,
 )
 from pipeline.redis_client import connect, is_cluster
 from pipeline.redis_values import as_text
@@ -330,13 +331,11 @@ def _foreign_key_index_check(conn: psycopg.Connection[Any]) -> Check:
     return Check(
         "foreign key indexes",
         Severity.WARN,
-        "no index leads with "
-        + ", ".join(f"{table}({columns})" for table, _, columns in found)
+        "no valid index leads with "
+        + ", ".join(f"{table}({columns})" for table, _, columns, _ in found)
         + ": deleting a row they reference scans the whole table",
-        "coachpipe migrate (it builds them CONCURRENTLY), or: "
-        + " ".join(
-            f"CREATE INDEX CONCURRENTLY ON {table} ({columns});" for table, _, columns in found
-        ),
+        "coachpipe migrate (it builds them, CONCURRENTLY where the table is not partitioned), "
+        "or: " + " ".join(f"{foreign_key_index(*row)};" for row in found),
     )
 
 

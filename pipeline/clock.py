@@ -62,7 +62,8 @@ def behind_the_clock(
     crossings: Mapping[UUID, datetime], stored_as_of: Mapping[UUID, datetime | None]
 ) -> list[UUID]:
     """The coaches of `crossings` (coach → its latest crossing) whose stored value was computed
-    at a clock before that crossing, or who have none stored; sorted.
+    at a clock before that crossing, or who have none stored (None in `stored_as_of`: also a
+    coach with a recompute in flight, `pipeline.read.settled_as_of`); sorted.
 
     A value computed from a snapshot whose clock (`as_of`) is at or past a crossing already
     counts the row on the far side of it, so recomputing it changes nothing. Most crossings

@@ -87,31 +87,17 @@ CONCURRENT_INDEXES: dict[str, str] = {
     " WHERE status = 'scheduled'",
     "sessions_coach_client_idx": "public.sessions (coach_id, client_id, status, scheduled_at)"
     " WHERE status IN ('completed', 'scheduled')",
-    # Foreign keys: the referencing side of every ON DELETE CASCADE / SET NULL.
-    "session_ratings_session_idx": "public.session_ratings (session_id)",
-    "session_feedback_session_idx": "public.session_feedback (session_id)",
-    "sessions_client_idx": "public.sessions (client_id)",
-    "goals_client_idx": "public.goals (client_id)",
-    "session_ratings_client_idx": "public.session_ratings (client_id)",
-    "session_feedback_client_idx": "public.session_feedback (client_id)",
-    "users_coach_idx": "public.users (coach_id)",
 }
 """Indexes added after the tables held data, by name. The first two bound the edges of the
 time windows (pipeline.aggregates.windows) and the first also serves coach-trends' retention
 (clients with a completed session in 56 days, by an index-only range scan); the third serves
 the summary trigger's read of a client's last completed session and coach-clients' probe of a
-client's next session.
-
-The rest index the referencing column of each foreign key that no index led with
-(`UNINDEXED_FOREIGN_KEYS`; Supabase's linter reports the same as lint 0001
-"unindexed_foreign_keys"). Postgres indexes only the referenced side: without them, deleting
-one session scanned all of `session_ratings` and `session_feedback` for its rows (121 ms p50
-on a database of 1.1M sessions and 320k ratings, 3.2 ms with them), and deleting a client
-scanned all of `sessions`, `goals` and both, each under the row locks of the delete."""
+client's next session. The foreign keys' indexes are built from `UNINDEXED_FOREIGN_KEYS`."""
 
 UNINDEXED_FOREIGN_KEYS = """
 SELECT format('%%I.%%I', r.relnamespace::regnamespace, r.relname) AS tbl, c.conname,
-       string_agg(quote_ident(a.attname), ', ' ORDER BY k.n) AS columns
+       string_agg(quote_ident(a.attname), ', ' ORDER BY k.n) AS columns,
+       r.relkind = 'p' AS partitioned
 FROM pg_constraint c
 JOIN pg_class r ON r.oid = c.conrelid
 CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, n)
@@ -120,16 +106,32 @@ WHERE c.contype = 'f' AND c.conrelid = ANY(
         SELECT to_regclass('public.' || quote_ident(t)) FROM unnest(%(tables)s::text[]) AS t)
   AND NOT EXISTS (
         SELECT FROM pg_index i
-        WHERE i.indrelid = c.conrelid AND i.indpred IS NULL
-          AND (string_to_array(i.indkey::text, ' ')::int2[])[1:cardinality(c.conkey)]
-              = c.conkey)
-GROUP BY r.relnamespace, r.relname, c.conname
+        CROSS JOIN LATERAL (
+            SELECT (string_to_array(i.indkey::text, ' ')::int2[])[1:cardinality(c.conkey)] AS lead
+        ) AS l
+        WHERE i.indrelid = c.conrelid AND i.indisvalid AND i.indpred IS NULL
+          AND cardinality(c.conkey) <= i.indnkeyatts
+          AND l.lead @> c.conkey AND l.lead <@ c.conkey)
+GROUP BY r.relnamespace, r.relname, r.relkind, c.conname
 ORDER BY 1, 2
 """
-"""(table, constraint, its columns) of each foreign key of `%(tables)s` (names in `public`)
-whose columns lead no index: a delete of the referenced row scans the whole table for them. A
-partial index does not count (the foreign key's lookups have no WHERE to match it). psycopg
+"""(table, constraint, its columns, whether the table is partitioned) of each foreign key of
+`%(tables)s` (names in `public`) whose columns, in any order, are not the leading key
+columns of a valid, non-partial index: a delete of the referenced row scans the whole table
+for its rows, under the delete's row locks. Postgres indexes only the referenced side of a
+foreign key; Supabase's database linter reports the same (lint 0001,
+"unindexed_foreign_keys"). A partial index does not count (the key's lookups have no WHERE to
+match it), nor an INVALID one (a `CREATE INDEX CONCURRENTLY` that was interrupted). psycopg
 parameter style, like `PUBLICATION_MEMBERS`."""
+
+
+def foreign_key_index(table: str, constraint: str, columns: str, partitioned: bool) -> str:
+    """The statement that indexes one row of `UNINDEXED_FOREIGN_KEYS`: named after the
+    constraint, built `CONCURRENTLY` (not possible on a partitioned table: built plainly)."""
+    how = "" if partitioned else " CONCURRENTLY"
+    name = f"{constraint[:59]}_idx"  # identifiers are cut at 63 bytes
+    return f'CREATE INDEX{how} IF NOT EXISTS "{name}" ON {table} ({columns})'
+
 
 RETIRED_INDEXES: dict[str, str] = {
     "sessions_coach_completed_idx": "public.sessions",
@@ -148,7 +150,9 @@ PARTITIONED = text("SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass(:
 
 
 def ensure_concurrent_indexes(engine: Engine) -> list[str]:
-    """Build the missing `CONCURRENT_INDEXES` without blocking writers, then drop the
+    """Build the missing `CONCURRENT_INDEXES` and an index for each foreign key of the five
+    tables that no index serves (`UNINDEXED_FOREIGN_KEYS`: on a database whose tables were
+    adopted with such an index already, none is added) without blocking writers, then drop the
     `RETIRED_INDEXES` they replace; returns the names built.
 
     An index left invalid by an interrupted earlier build is dropped and built again. Postgres
@@ -171,6 +175,18 @@ def ensure_concurrent_indexes(engine: Engine) -> list[str]:
                 if state is not None:
                     autocommit.execute(text(f"DROP INDEX{how} IF EXISTS public.{name}"))
                 autocommit.execute(text(f"CREATE INDEX{how} IF NOT EXISTS {name} ON {definition}"))
+                built.append(name)
+            unindexed = autocommit.exec_driver_sql(
+                UNINDEXED_FOREIGN_KEYS, {"tables": list(WATCHED_TABLES)}
+            ).all()
+            for table, constraint, columns, partitioned in unindexed:
+                name = f"{constraint[:59]}_idx"
+                how = "" if partitioned else " CONCURRENTLY"
+                # An index of that name that does not serve (an interrupted build) goes first.
+                autocommit.execute(text(f'DROP INDEX{how} IF EXISTS public."{name}"'))
+                autocommit.exec_driver_sql(
+                    foreign_key_index(table, constraint, columns, partitioned)
+                )
                 built.append(name)
             for name, table in RETIRED_INDEXES.items():
                 partitioned = autocommit.execute(PARTITIONED, {"table": table}).scalar()

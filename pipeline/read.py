@@ -45,16 +45,25 @@ def stored_by_name(
     return found
 
 
-def stored_as_of(
+def settled_as_of(
     client: RedisClient, aggregate: str, coach_ids: Iterable[UUID]
 ) -> dict[UUID, datetime | None]:
-    """Coach → the clock (`as_of`) of its stored `aggregate`, None when nothing is stored; one
-    round trip (a pipeline, split by slot on a Cluster)."""
+    """Coach → the clock (`as_of`) of its stored `aggregate`, when no recompute of the coach has
+    taken a version since (the stored version is the coach's version counter); None when
+    nothing is stored or one has. One round trip (a pipeline, split by slot on a Cluster: each
+    coach's keys share its slot).
+
+    A recompute in flight may store a value from a snapshot older than the one stored now (its
+    version was taken first, its snapshot later; the newer version wins whatever its clock), so
+    a stored clock says what the coach's value will be only while none is in flight."""
     wanted = list(coach_ids)
     pipe = client.pipeline(transaction=False)
     for coach in wanted:
-        pipe.hget(keys.aggregate(aggregate, coach), AS_OF_FIELD)
-    return {
-        coach: None if raw is None else datetime.fromisoformat(as_text(raw))
-        for coach, raw in zip(wanted, pipe.execute(), strict=True)
-    }
+        pipe.hmget(keys.aggregate(aggregate, coach), [HASH_FIELDS[0], AS_OF_FIELD])
+        pipe.get(keys.version(coach))
+    replies = pipe.execute()
+    settled: dict[UUID, datetime | None] = {}
+    for coach, (version, as_of), counter in zip(wanted, replies[::2], replies[1::2], strict=True):
+        current = version is not None and as_of is not None and version == counter
+        settled[coach] = datetime.fromisoformat(as_text(as_of)) if current else None
+    return settled

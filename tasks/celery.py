@@ -100,7 +100,9 @@ order, and Redis pops from the first non-empty one. Its default, `round_robin`, 
 queue it just took from to the end, so a worker serving both queues alternates between them:
 with beat's refresh batches waiting, each realtime drain waited for one. `sorted` polls them in
 name order every time, and `realtime` sorts before `refresh` (`tasks.names`, tested): waiting
-drains go first, a refresh batch runs when none waits. (RabbitMQ has no such order across
+drains go first, a refresh batch runs when none waits. While drains never stop waiting (a
+lasting overload), beat's tasks wait too and expire after their interval; the clock tick's
+next run covers the window since the last one that ran. (RabbitMQ has no such order across
 queues: run separate workers per queue there, see README.)"""
 
 

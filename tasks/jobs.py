@@ -30,7 +30,7 @@ from pipeline.coaches import active_coach_batches, coaches_crossing
 from pipeline.errors import TRANSIENT_ERRORS
 from pipeline.fallback import Announcement, on_transition, poll_due
 from pipeline.metrics import CLOCK_TICK_COACHES, EPOCH_CHECK_ERRORS
-from pipeline.read import stored_as_of
+from pipeline.read import settled_as_of
 from pipeline.recompute import recompute, recompute_due
 from pipeline.redis_client import MASTER_CHECK_S
 from pipeline.redis_epoch import record_epoch
@@ -162,7 +162,7 @@ def tick_clock(task: PipelineTask, aggregate: str) -> dict[str, Any]:
             log.warning("clock_tick_marker_unusable", aggregate=aggregate, marker=window.marker,
                         since=window.since.isoformat())  # fmt: skip
         crossing = coaches_crossing(connection, definition, window.since, until)
-    behind = behind_the_clock(crossing, stored_as_of(runtime.redis, aggregate, crossing))
+    behind = behind_the_clock(crossing, settled_as_of(runtime.redis, aggregate, crossing))
     if behind:
         runtime.scheduler.request([(aggregate, coach) for coach in behind])
     CLOCK_TICK_COACHES.labels(aggregate, "recomputed").inc(len(behind))

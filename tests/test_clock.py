@@ -19,7 +19,7 @@ from pipeline.aggregates import CRITICAL, REGISTRY
 from pipeline.clock import LONGEST_BOUNDARY, Marker, TickWindow, behind_the_clock, tick_window
 from pipeline.coaches import coaches_crossing
 from pipeline.db import make_engine
-from pipeline.read import read_aggregate
+from pipeline.read import read_aggregate, settled_as_of
 from tasks import names
 from tasks.pipeline_app import PipelineApp
 from tests.datasets import datasets
@@ -203,3 +203,23 @@ def test_the_tick_leaves_alone_a_change_its_own_recompute_answered(
         interval=0.1,
         message="the coach without a stored value recomputed",
     )
+
+
+def test_a_stored_clock_counts_only_while_no_recompute_is_in_flight(
+    redis_client: redis.Redis,
+) -> None:
+    """A recompute takes its version before its snapshot, and the newer version wins whatever
+    its clock: while one is in flight (the coach's counter past the stored version), the
+    stored clock says nothing of what will be stored, and the tick must recompute."""
+    coach, name = UUID(int=7), "coach-insights"
+    redis_client.hset(
+        keys.aggregate(name, coach), mapping={"version": 6, "as_of": UNTIL.isoformat()}
+    )
+    redis_client.set(keys.version(coach), 7)
+    assert settled_as_of(redis_client, name, [coach]) == {coach: None}
+    assert behind_the_clock({coach: UNTIL - SECOND}, {coach: None}) == [coach]
+    redis_client.set(keys.version(coach), 6)
+    assert settled_as_of(redis_client, name, [coach, UUID(int=8)]) == {
+        coach: UNTIL,
+        UUID(int=8): None,
+    }

@@ -86,7 +86,7 @@ def test_an_unindexed_foreign_key(fresh_database: str, redis_url: str) -> None:
     migrated(fresh_database)
     assert checks_for(fresh_database, redis_url)["foreign key indexes"].severity is Severity.OK
     with psycopg.connect(fresh_database, autocommit=True) as conn:
-        conn.execute("DROP INDEX public.sessions_client_idx")
+        conn.execute("DROP INDEX public.sessions_client_id_fkey_idx")
         # A partial index does not serve the foreign key's lookups.
         conn.execute(
             "CREATE INDEX partial_idx ON public.sessions (client_id) WHERE price_cents > 0"
@@ -96,7 +96,10 @@ def test_an_unindexed_foreign_key(fresh_database: str, redis_url: str) -> None:
     assert (
         "public.sessions(client_id)" in check.message and "scans the whole table" in check.message
     )
-    assert "CREATE INDEX CONCURRENTLY ON public.sessions (client_id);" in check.fix
+    assert (
+        'CREATE INDEX CONCURRENTLY IF NOT EXISTS "sessions_client_id_fkey_idx"'
+        " ON public.sessions (client_id);" in check.fix
+    )
     migrated(fresh_database)
     assert checks_for(fresh_database, redis_url)["foreign key indexes"].severity is Severity.OK
 

@@ -162,6 +162,8 @@ class Stack:
         config = (concurrency, tuple(sorted(env.items())))
         worker = self.running_worker
         if worker is not None and self.worker_config == config and worker.alive() and not fresh:
+            if self.beat and (self.running_beat is None or not self.running_beat.alive()):
+                self.running_beat = start_beat({**self.env, **env}, self.root / "logs")
             return worker
         self.stop_worker()
         self.running_worker = start_worker(

@@ -115,9 +115,9 @@ def text_id(value: UUID | None) -> str | None:
 class TimeBoundary:
     """A row starts or stops counting when `as_of` passes `column + offset` (for some offset).
 
-    The clock tick (`pipeline.coaches.coaches_crossing`) recomputes exactly the coaches with such
-    a crossing, so time-dependent fields ("upcoming", "last 30 days") stay right without any row
-    changing.
+    The clock tick (`pipeline.coaches.coaches_crossing`) recomputes the coaches with such a
+    crossing whose stored value was computed before it (`pipeline.clock.behind_the_clock`), so
+    time-dependent fields ("upcoming", "last 30 days") stay right without any row changing.
     """
 
     table: str
