@@ -125,11 +125,17 @@ match it), nor an INVALID one (a `CREATE INDEX CONCURRENTLY` that was interrupte
 parameter style, like `PUBLICATION_MEMBERS`."""
 
 
+def foreign_key_index_name(constraint: str) -> str:
+    """The index `migrate` builds for a foreign key: named after its constraint (identifiers
+    are cut at 63 bytes)."""
+    return f"{constraint[:59]}_idx"
+
+
 def foreign_key_index(table: str, constraint: str, columns: str, partitioned: bool) -> str:
-    """The statement that indexes one row of `UNINDEXED_FOREIGN_KEYS`: named after the
-    constraint, built `CONCURRENTLY` (not possible on a partitioned table: built plainly)."""
+    """The statement that indexes one row of `UNINDEXED_FOREIGN_KEYS`, built `CONCURRENTLY`
+    (not possible on a partitioned table: built plainly)."""
     how = "" if partitioned else " CONCURRENTLY"
-    name = f"{constraint[:59]}_idx"  # identifiers are cut at 63 bytes
+    name = foreign_key_index_name(constraint)
     return f'CREATE INDEX{how} IF NOT EXISTS "{name}" ON {table} ({columns})'
 
 
@@ -180,7 +186,7 @@ def ensure_concurrent_indexes(engine: Engine) -> list[str]:
                 UNINDEXED_FOREIGN_KEYS, {"tables": list(WATCHED_TABLES)}
             ).all()
             for table, constraint, columns, partitioned in unindexed:
-                name = f"{constraint[:59]}_idx"
+                name = foreign_key_index_name(constraint)
                 how = "" if partitioned else " CONCURRENTLY"
                 # An index of that name that does not serve (an interrupted build) goes first.
                 autocommit.execute(text(f'DROP INDEX{how} IF EXISTS public."{name}"'))
