@@ -29,7 +29,7 @@ from typing import Any, cast
 
 import structlog
 from redis.crc import key_slot
-from redis.exceptions import RedisError
+from redis.exceptions import ReadOnlyError, RedisError
 
 from pipeline import keys
 from pipeline.metrics import EPOCH_CHECK_ERRORS
@@ -38,6 +38,10 @@ from pipeline.redis_values import as_text
 
 MAX_TAGS_TRIED = 16_384 * 8
 """Enough to find a tag in the slots of even a master that serves a single slot."""
+
+SLOT_MAP_READS = 3
+"""Reads of a Cluster's slot map in one check before a shard whose supposed master answers as
+a replica is left for the next check (the nodes agree on a failover within a few pings)."""
 
 log = structlog.get_logger("pipeline.redis_epoch")
 
@@ -49,7 +53,7 @@ def current_epoch(client: RedisClient) -> str:
         return ", ".join(
             f"{node_name} {epoch}" for node_name, (epoch, _) in _shard_epochs(client).values()
         )
-    return _epochs(client.info("replication"))[0]
+    return _epochs(_master_replication(client))[0]
 
 
 def record_epoch(client: RedisClient) -> str | None:
@@ -60,6 +64,8 @@ def record_epoch(client: RedisClient) -> str | None:
     does not answer is logged (`redis_epoch_master_unreachable`), counted
     (`coachpipe_redis_epoch_check_errors_total`) and left for the next check, so one dead
     master never hides another's failover; on one server or Sentinel a RedisError is raised.
+    The masters are the ones that say so themselves, not the client's slot map as it was at
+    the last redirection (`_shard_epochs`).
 
     The remembered epoch is a write like any other, so a failover can lose it too: a new
     master that never received it holds none. Nothing remembered on a promoted master then
@@ -68,7 +74,7 @@ def record_epoch(client: RedisClient) -> str | None:
     pipeline first ran gets one refresh more, at its first check.
     """
     if not is_cluster(client):
-        return _record(client, keys.REDIS_EPOCH, _epochs(client.info("replication")))
+        return _record(client, keys.REDIS_EPOCH, _epochs(_master_replication(client)))
     changed = []
     for key, (node_name, epochs) in _shard_epochs(client).items():
         try:
@@ -91,6 +97,16 @@ def _record(client: RedisClient, key: str, epochs: tuple[str, str | None]) -> st
     return as_text(previous)
 
 
+def _master_replication(client: RedisClient) -> dict[str, Any]:
+    """INFO replication of one server or a Sentinel-guarded master; a ReadOnlyError when the
+    server answering is a replica (a pooled connection to a demoted master): its replication
+    id is its new master's, and recording it would hide the failover."""
+    replication: dict[str, Any] = client.info("replication")
+    if replication.get("role") != "master":
+        raise ReadOnlyError(f"the store's master answered as a {replication.get('role')}")
+    return replication
+
+
 def _epochs(replication: dict[str, Any]) -> tuple[str, str | None]:
     """A server's epoch, and the one before it when the server itself knows it: a promoted
     replica keeps its former master's replication id as `master_replid2` (a master that
@@ -106,8 +122,34 @@ def _shard_epochs(client: RedisClient) -> dict[str, tuple[str, tuple[str, str | 
     """For each master of a Cluster, in node order: its epoch key (`keys.shard_epoch` with
     the first tag `epoch-0`, `epoch-1`, … whose slot it serves) → (its `host:port`, its
     epochs). The tags are found again at every call, so a resharding moves them along; a
-    master that gains a tag reads it as a first sight; a master serving no slot has none."""
+    master that gains a tag reads it as a first sight; a master serving no slot has none.
+
+    The client's slot map is only as fresh as its last redirection: when the check is the
+    first command after a failover, the map still names the demoted master, which now
+    answers as a replica with its new master's replication id. Recording that would store
+    the promoted master's own epoch as the remembered one and hide the failover. So a server
+    the map takes for a master must say so itself (`role:master`); when one does not, the map
+    is read again from the nodes (up to `SLOT_MAP_READS` times). A shard still misnamed after
+    that is logged (`redis_epoch_stale_slot_map`), counted
+    (`coachpipe_redis_epoch_check_errors_total`) and left for the next check."""
     cluster = cast(Any, client)
+    for read in range(1, SLOT_MAP_READS + 1):
+        found, stale = _read_shards(cluster)
+        if not stale:
+            return found
+        if read < SLOT_MAP_READS:
+            cluster.nodes_manager.initialize()
+    for name in stale:
+        EPOCH_CHECK_ERRORS.inc()
+        log.warning("redis_epoch_stale_slot_map", node=name, reads=SLOT_MAP_READS)
+    return found
+
+
+def _read_shards(
+    cluster: Any,
+) -> tuple[dict[str, tuple[str, tuple[str, str | None]]], list[str]]:
+    """One pass of `_shard_epochs` over the client's slot map as it is: the shards read, and
+    the names of the servers the map takes for masters that answered as replicas."""
     primaries = {node.name: node for node in cluster.get_primaries()}
     tags: dict[str, str] = {}
     for index in itertools.count():
@@ -117,14 +159,18 @@ def _shard_epochs(client: RedisClient) -> dict[str, tuple[str, tuple[str, str | 
         owner = cluster.nodes_manager.get_node_from_slot(key_slot(key.encode())).name
         tags.setdefault(owner, key)
     found: dict[str, tuple[str, tuple[str, str | None]]] = {}
+    stale: list[str] = []
     for name in sorted(tags):
         try:
             replication = cluster.info("replication", target_nodes=primaries[name])
         except RedisError as error:  # one master down must not hide the others' failovers
             _unreachable(name, error)
             continue
+        if replication.get("role") != "master":
+            stale.append(name)
+            continue
         found[tags[name]] = (name, _epochs(replication))
-    return found
+    return found, stale
 
 
 def _unreachable(node_name: str, error: RedisError) -> None:

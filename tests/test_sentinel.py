@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import redis
+from redis.exceptions import ReadOnlyError
 
 from devtools.processes import (
     wait_for,
@@ -71,3 +73,21 @@ def test_a_failover_that_lost_the_remembered_epoch_still_reads_as_one(
     client.delete(keys.REDIS_EPOCH)  # the write that had not reached the replica
     assert record_epoch(client) == before
     assert record_epoch(client) is None  # seen once
+
+
+def test_a_server_that_answers_as_a_replica_records_no_epoch(
+    sentinel_redis: PrivateSentinel,
+) -> None:
+    """A pooled connection to a demoted master reads its new master's replication id; taking
+    that as the epoch would hide the failover. The check refuses it (a ReadOnlyError, counted
+    by beat's check as an epoch check error) and the next check, on the master, decides."""
+    assert sentinel_redis.master is not None and sentinel_redis.replica is not None
+    master = sentinel_redis.master_port()
+    replica = next(
+        server.port
+        for server in (sentinel_redis.master, sentinel_redis.replica)
+        if server.port != master
+    )
+    wait_for(lambda: sentinel_redis.demoted(replica), 30, message="the other server to follow")
+    with pytest.raises(ReadOnlyError, match="answered as a slave"):
+        record_epoch(redis.Redis(port=replica))
