@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from coachpipe.embedded import PrivateRedis, free_port
+from pipeline.redis_values import as_text
 
 NODE_TIMEOUT_MS = 1000
 SENTINEL_DOWN_MS = 1000
@@ -139,15 +140,42 @@ class PrivateRedisCluster:
                 if time.monotonic() > deadline:
                     raise
         wait_until(self.healthy, 30, "the cluster to settle after the failover")
-        # every node's slot map names the new master (the bus spreads it over a moment), so a
-        # client that reads the map from any node after this sees the failover
-        wait_until(lambda: self._seen_as_master(replica), 30, "every node to see the promotion")
+        # every node's slot map names the new master and no longer the old one (the bus
+        # spreads it over a moment), so a client that reads the map from any node after this
+        # sees the failover
+        try:
+            wait_until(
+                lambda: self._seen_as_master(replica) and not self._serves_a_slot(master_port),
+                30,
+                "every node to see the promotion",
+            )
+        except RuntimeError as error:  # which node lags, and how it sees the two servers
+            raise RuntimeError(f"{error}: {self._views_of(replica, master_port)}") from error
         return replica
+
+    def _views_of(self, *ports: int) -> str:
+        """How each node's `CLUSTER NODES` shows the servers on `ports` (flags, epoch, slots)."""
+        views = []
+        for node in self.nodes:
+            text = as_text(server(node.port).execute_command("CLUSTER", "NODES"))
+            for line in text.splitlines():
+                fields = line.split()
+                if any(f":{port}@" in fields[1] for port in ports):
+                    address = fields[1].split("@")[0]
+                    views.append(f"{node.port} sees {address} {fields[2]} {' '.join(fields[6:])}")
+        return "; ".join(views)
+
+    def _serves_a_slot(self, port: int) -> bool:
+        """Whether any node's `CLUSTER SLOTS` still gives the server on `port` a slot."""
+        for node in self.nodes:
+            for entry in server(node.port).execute_command("CLUSTER", "SLOTS"):
+                if int(entry[2][1]) == port:
+                    return True
+        return False
 
     def _seen_as_master(self, port: int) -> bool:
         for node in self.nodes:
-            view = server(node.port).execute_command("CLUSTER", "NODES")
-            text = view.decode() if isinstance(view, bytes) else str(view)
+            text = as_text(server(node.port).execute_command("CLUSTER", "NODES"))
             line = next(line for line in text.splitlines() if f":{port}@" in line)
             if "master" not in line.split()[2].split(","):
                 return False

@@ -25,11 +25,12 @@ master was promoted.
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any, cast
 
 import structlog
 from redis.crc import key_slot
-from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import ReadOnlyError, RedisClusterException, RedisError
 
 from pipeline import keys
 from pipeline.metrics import EPOCH_CHECK_ERRORS
@@ -41,7 +42,14 @@ MAX_TAGS_TRIED = 16_384 * 8
 
 SLOT_MAP_READS = 3
 """Reads of a Cluster's slot map in one check before a shard whose supposed master answers as
-a replica is left for the next check (the nodes agree on a failover within a few pings)."""
+a replica is left for the next check."""
+
+SLOT_MAP_PAUSE_S = 0.2
+"""Seconds between two reads of the slot map: the nodes learn of a promotion from its pings
+(every 100 ms or so), so a read at once may meet a node that has not yet."""
+
+REPLICA = "answered as a replica"
+"""The reason a server the slot map took for a master was skipped (`_shard_epochs`)."""
 
 log = structlog.get_logger("pipeline.redis_epoch")
 
@@ -51,7 +59,7 @@ def current_epoch(client: RedisClient) -> str:
     joined by `, ` in node order."""
     if is_cluster(client):
         return ", ".join(
-            f"{node_name} {epoch}" for node_name, (epoch, _) in _shard_epochs(client).values()
+            f"{node.name} {epoch}" for node, (epoch, _) in _shard_epochs(client).values()
         )
     return _epochs(_master_replication(client))[0]
 
@@ -60,12 +68,14 @@ def record_epoch(client: RedisClient) -> str | None:
     """Remember the current epoch; return the one remembered before if it differs (None when
     it is the same). GETSET makes exactly one caller see each change. On a Cluster every
     master's epoch is recorded on that master, and the changed ones are returned
-    (`<node> replid:<id>`, joined by `, `); None when no master changed. A master that
-    does not answer is logged (`redis_epoch_master_unreachable`), counted
+    (`<node> replid:<id>`, joined by `, `); None when no master changed. A master that does
+    not answer, or that the client's slot map still names after a failover, is logged
+    (`redis_epoch_master_skipped`, with the reason), counted
     (`coachpipe_redis_epoch_check_errors_total`) and left for the next check, so one dead
     master never hides another's failover; on one server or Sentinel a RedisError is raised.
-    The masters are the ones that say so themselves, not the client's slot map as it was at
-    the last redirection (`_shard_epochs`).
+    On a Cluster the GETSET goes to the very node whose INFO was read, not wherever the slot
+    map routes the key: a failover between the two fails the write (MOVED: skipped) instead of
+    recording one server's epochs on another.
 
     The remembered epoch is a write like any other, so a failover can lose it too: a new
     master that never received it holds none. Nothing remembered on a promoted master then
@@ -75,15 +85,16 @@ def record_epoch(client: RedisClient) -> str | None:
     """
     if not is_cluster(client):
         return _record(client, keys.REDIS_EPOCH, _epochs(_master_replication(client)))
+    cluster = cast(Any, client)
     changed = []
-    for key, (node_name, epochs) in _shard_epochs(client).items():
+    for key, (node, epochs) in _shard_epochs(client).items():
         try:
-            previous = _record(client, key, epochs)
+            previous = _record(cluster.get_redis_connection(node), key, epochs)
         except RedisError as error:
-            _unreachable(node_name, error)
+            _skipped(node.name, type(error).__name__)
             continue
         if previous is not None:
-            changed.append(f"{node_name} {previous}")
+            changed.append(f"{node.name} {previous}")
     return ", ".join(changed) or None
 
 
@@ -118,38 +129,49 @@ def _epochs(replication: dict[str, Any]) -> tuple[str, str | None]:
     )
 
 
-def _shard_epochs(client: RedisClient) -> dict[str, tuple[str, tuple[str, str | None]]]:
+ShardEpochs = dict[str, tuple[Any, tuple[str, str | None]]]
+"""Epoch key → (the `redis.cluster.ClusterNode` serving it as master, its epochs)."""
+
+
+def _shard_epochs(client: RedisClient) -> ShardEpochs:
     """For each master of a Cluster, in node order: its epoch key (`keys.shard_epoch` with
-    the first tag `epoch-0`, `epoch-1`, … whose slot it serves) → (its `host:port`, its
-    epochs). The tags are found again at every call, so a resharding moves them along; a
-    master that gains a tag reads it as a first sight; a master serving no slot has none.
+    the first tag `epoch-0`, `epoch-1`, … whose slot it serves) → (its node, its epochs).
+    The tags are found again at every call, so a resharding moves them along; a master that
+    gains a tag reads it as a first sight; a master serving no slot has none.
 
     The client's slot map is only as fresh as its last redirection: when the check is the
     first command after a failover, the map still names the demoted master, which now
     answers as a replica with its new master's replication id. Recording that would store
     the promoted master's own epoch as the remembered one and hide the failover. So a server
     the map takes for a master must say so itself (`role:master`); when one does not, the map
-    is read again from the nodes (up to `SLOT_MAP_READS` times). A shard still misnamed after
-    that is logged (`redis_epoch_stale_slot_map`), counted
-    (`coachpipe_redis_epoch_check_errors_total`) and left for the next check."""
+    is read again from the nodes, `SLOT_MAP_PAUSE_S` apart, up to `SLOT_MAP_READS` times.
+    What is still skipped after that (a replica, an error) is reported once
+    (`_skipped`) and left for the next check; a slot map that cannot be read at all leaves
+    every shard of it for the next check."""
     cluster = cast(Any, client)
+    found: ShardEpochs = {}
+    skipped: dict[str, str] = {}
     for read in range(1, SLOT_MAP_READS + 1):
-        found, stale = _read_shards(cluster)
-        if not stale:
-            return found
-        if read < SLOT_MAP_READS:
-            cluster.nodes_manager.initialize()
-    for name in stale:
-        EPOCH_CHECK_ERRORS.inc()
-        log.warning("redis_epoch_stale_slot_map", node=name, reads=SLOT_MAP_READS)
+        if read > 1:
+            time.sleep(SLOT_MAP_PAUSE_S)
+        try:
+            if read > 1:
+                cluster.nodes_manager.initialize()
+            found, skipped = _read_shards(cluster)
+        except RedisClusterException as error:  # no node gave a whole map: next check
+            _skipped("slot map", type(error).__name__)
+            return {}
+        if REPLICA not in skipped.values():
+            break
+    for name, reason in skipped.items():
+        _skipped(name, reason)
     return found
 
 
-def _read_shards(
-    cluster: Any,
-) -> tuple[dict[str, tuple[str, tuple[str, str | None]]], list[str]]:
+def _read_shards(cluster: Any) -> tuple[ShardEpochs, dict[str, str]]:
     """One pass of `_shard_epochs` over the client's slot map as it is: the shards read, and
-    the names of the servers the map takes for masters that answered as replicas."""
+    the servers it takes for masters that were not read → why (`REPLICA`, or the error's
+    type). Raises RedisClusterException when the map leaves a slot uncovered."""
     primaries = {node.name: node for node in cluster.get_primaries()}
     tags: dict[str, str] = {}
     for index in itertools.count():
@@ -158,23 +180,23 @@ def _read_shards(
         key = keys.shard_epoch(f"epoch-{index}")
         owner = cluster.nodes_manager.get_node_from_slot(key_slot(key.encode())).name
         tags.setdefault(owner, key)
-    found: dict[str, tuple[str, tuple[str, str | None]]] = {}
-    stale: list[str] = []
+    found: ShardEpochs = {}
+    skipped: dict[str, str] = {}
     for name in sorted(tags):
         try:
             replication = cluster.info("replication", target_nodes=primaries[name])
         except RedisError as error:  # one master down must not hide the others' failovers
-            _unreachable(name, error)
+            skipped[name] = type(error).__name__
             continue
         if replication.get("role") != "master":
-            stale.append(name)
+            skipped[name] = REPLICA
             continue
-        found[tags[name]] = (name, _epochs(replication))
-    return found, stale
+        found[tags[name]] = (primaries[name], _epochs(replication))
+    return found, skipped
 
 
-def _unreachable(node_name: str, error: RedisError) -> None:
-    """A master that did not answer is left out of this check; the next check reads it (and,
-    if it was replaced meanwhile, its successor's `master_replid2` shows the failover)."""
+def _skipped(node_name: str, reason: str) -> None:
+    """A master left out of this check; the next check reads it (and, if it was replaced
+    meanwhile, its successor's `master_replid2` shows the failover)."""
     EPOCH_CHECK_ERRORS.inc()
-    log.warning("redis_epoch_master_unreachable", node=node_name, error_type=type(error).__name__)
+    log.warning("redis_epoch_master_skipped", node=node_name, reason=reason)

@@ -19,7 +19,7 @@ from uuid import UUID
 
 import structlog
 from celery import Task
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from sqlalchemy import func, select
 
 from config import Settings
@@ -186,7 +186,7 @@ def check_realtime(task: PipelineTask) -> dict[str, Any]:
     data store's failovers too: after one, refresh everything (`pipeline.redis_epoch`)."""
     try:
         previous_epoch = record_epoch(task.runtime.redis)
-    except RedisError as error:  # the status below must still be followed
+    except (RedisError, RedisClusterException) as error:  # the status must still be followed
         EPOCH_CHECK_ERRORS.inc()
         log.warning("redis_epoch_check_failed", error_type=type(error).__name__)
         previous_epoch = None

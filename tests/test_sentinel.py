@@ -89,5 +89,5 @@ def test_a_server_that_answers_as_a_replica_records_no_epoch(
         if server.port != master
     )
     wait_for(lambda: sentinel_redis.demoted(replica), 30, message="the other server to follow")
-    with pytest.raises(ReadOnlyError, match="answered as a slave"):
-        record_epoch(redis.Redis(port=replica))
+    with redis.Redis(port=replica) as client, pytest.raises(ReadOnlyError, match="as a slave"):
+        record_epoch(client)
