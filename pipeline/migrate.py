@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 
+import structlog
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, text
@@ -18,6 +19,8 @@ from pipeline.changelog import LOG_TRIGGERS, SIGNAL_TABLE
 from pipeline.summaries import SCHEMA, SOURCES, of_source
 from pipeline.summary_sql import STATE_TABLE, trigger_function, triggers
 from pipeline.tables import WATCHED_TABLES
+
+log = structlog.get_logger("pipeline.migrate")
 
 VERSION_TABLE = "coachpipe_schema_version"
 SUPABASE_PUBLICATION = "supabase_realtime"
@@ -126,9 +129,9 @@ parameter style, like `PUBLICATION_MEMBERS`."""
 
 
 def foreign_key_index_name(constraint: str) -> str:
-    """The index `migrate` builds for a foreign key: named after its constraint (identifiers
-    are cut at 63 bytes)."""
-    return f"{constraint[:59]}_idx"
+    """The index `migrate` builds for a foreign key: named after its constraint, cut so that
+    the name fits Postgres's 63 bytes (NAMEDATALEN - 1) whole characters and all."""
+    return f"{constraint.encode()[:59].decode(errors='ignore')}_idx"
 
 
 def foreign_key_index(table: str, constraint: str, columns: str, partitioned: bool) -> str:
@@ -188,8 +191,14 @@ def ensure_concurrent_indexes(engine: Engine) -> list[str]:
             for table, constraint, columns, partitioned in unindexed:
                 name = foreign_key_index_name(constraint)
                 how = "" if partitioned else " CONCURRENTLY"
-                # An index of that name that does not serve (an interrupted build) goes first.
-                autocommit.execute(text(f'DROP INDEX{how} IF EXISTS public."{name}"'))
+                state = autocommit.execute(INDEX_STATE, {"name": name}).first()
+                if state is not None and state.indisvalid:
+                    # A valid index of that name serves something else (partial, other
+                    # columns or table): not ours to drop. `coachpipe doctor` still warns.
+                    log.warning("foreign_key_index_name_taken", index=name, table=table)
+                    continue
+                if state is not None:  # left invalid by an interrupted build: built again
+                    autocommit.execute(text(f'DROP INDEX{how} IF EXISTS public."{name}"'))
                 autocommit.exec_driver_sql(
                     foreign_key_index(table, constraint, columns, partitioned)
                 )

@@ -16,6 +16,7 @@ from pipeline.migrate import (
     RETIRED_INDEXES,
     UNINDEXED_FOREIGN_KEYS,
     current_revision,
+    foreign_key_index_name,
     upgrade,
 )
 from pipeline.tables import WATCHED_TABLES, metadata
@@ -224,3 +225,37 @@ def test_migrate_adds_no_foreign_key_index_where_one_serves(fresh_database: str)
         ).fetchall()
         assert on_coach == [("my_users_by_coach",)]
         assert conn.execute(UNINDEXED_FOREIGN_KEYS, {"tables": list(REFERENCING)}).fetchall() == []
+
+
+def test_migrate_drops_no_valid_index_that_holds_the_name_it_would_use(
+    fresh_database: str,
+) -> None:
+    """An index of the name `migrate` would give a foreign key's index that is valid but does
+    not serve the key (a user's partial one) is not `migrate`'s to drop: it stays, the key
+    stays unindexed (what `coachpipe doctor` warns of), and migrate goes on. It used to be
+    dropped and replaced at every run."""
+    engine = make_engine(fresh_database)
+    upgrade(engine, "coachpipe")
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute("DROP INDEX public.session_ratings_session_id_fkey_idx")
+        conn.execute(
+            "CREATE INDEX session_ratings_session_id_fkey_idx ON session_ratings (session_id)"
+            " WHERE rating = 5"
+        )
+    upgrade(engine, "coachpipe")
+    engine.dispose()
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        predicate = conn.execute(
+            "SELECT pg_get_expr(indpred, indrelid) FROM pg_index"
+            " WHERE indexrelid = 'public.session_ratings_session_id_fkey_idx'::regclass"
+        ).fetchone()
+        assert predicate == ("(rating = 5)",)
+        assert conn.execute(UNINDEXED_FOREIGN_KEYS, {"tables": list(REFERENCING)}).fetchall() == [
+            ("public.session_ratings", "session_ratings_session_id_fkey", "session_id", False)
+        ]
+
+
+def test_a_foreign_key_index_name_fits_postgres_whole_characters_and_all() -> None:
+    assert foreign_key_index_name("a" * 70) == "a" * 59 + "_idx"
+    name = foreign_key_index_name("é" * 40)  # two bytes each: cut between characters
+    assert len(name.encode()) <= 63 and name == "é" * 29 + "_idx"
