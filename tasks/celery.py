@@ -101,9 +101,11 @@ queue it just took from to the end, so a worker serving both queues alternates b
 with beat's refresh batches waiting, each realtime drain waited for one. `sorted` polls them in
 name order every time, and `realtime` sorts before `refresh` (`tasks.names`, tested): waiting
 drains go first, a refresh batch runs when none waits. While drains never stop waiting (a
-lasting overload), beat's tasks wait too and expire after their interval; the clock tick's
-next run covers the window since the last one that ran. (RabbitMQ has no such order across
-queues: run separate workers per queue there, see README.)"""
+lasting overload), beat's tasks wait too and expire after their interval: the clock tick's
+next run covers the window since the last one that ran, and the realtime status check (its
+fallback poll, its failover check) runs at the first gap between drains. The lease sweep does
+not wait: every worker runs it on its event loop's timer (`tasks.sweeper`). (RabbitMQ has no
+such order across queues: run separate workers per queue there, see README.)"""
 
 
 def redis_transport_options(settings: Settings) -> dict[str, Any]:
