@@ -11,7 +11,7 @@ import contextlib
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,15 +164,18 @@ class PrivateRedisCluster:
 
     def _views_of(self, *ports: int) -> str:
         """How each node's `CLUSTER NODES` shows the servers on `ports` (flags, epoch, slots)."""
-        views = []
+        return "; ".join(
+            f"{node} sees {fields[1].split('@')[0]} {fields[2]} {' '.join(fields[6:])}"
+            for node, fields in self._cluster_nodes()
+            if any(f":{port}@" in fields[1] for port in ports)
+        )
+
+    def _cluster_nodes(self) -> Iterator[tuple[int, list[str]]]:
+        """Every node's `CLUSTER NODES`, one (the node's port, a line's fields) per line."""
         for node in self.nodes:
             text = as_text(server(node.port).execute_command("CLUSTER", "NODES"))
             for line in text.splitlines():
-                fields = line.split()
-                if any(f":{port}@" in fields[1] for port in ports):
-                    address = fields[1].split("@")[0]
-                    views.append(f"{node.port} sees {address} {fields[2]} {' '.join(fields[6:])}")
-        return "; ".join(views)
+                yield node.port, line.split()
 
     def _serves_a_slot(self, port: int) -> bool:
         """Whether any node's `CLUSTER SLOTS` still gives the server on `port` a slot."""
@@ -183,12 +186,12 @@ class PrivateRedisCluster:
         return False
 
     def _seen_as_master(self, port: int) -> bool:
-        for node in self.nodes:
-            text = as_text(server(node.port).execute_command("CLUSTER", "NODES"))
-            line = next(line for line in text.splitlines() if f":{port}@" in line)
-            if "master" not in line.split()[2].split(","):
-                return False
-        return True
+        """Whether every node's `CLUSTER NODES` flags the server on `port` as a master."""
+        return all(
+            "master" in fields[2].split(",")
+            for _, fields in self._cluster_nodes()
+            if f":{port}@" in fields[1]
+        )
 
     def stop(self) -> None:
         for node in self.nodes:
