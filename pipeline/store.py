@@ -7,6 +7,8 @@ writers finish in. Compare-and-set needs versions ordered in time *per key* only
 has its own counter in its own slot: no script reaches across slots on a Redis Cluster, no
 single key takes every recompute's increment, and a failover that loses the last writes of a
 coach loses its counter's increments with them (they share the slot's replication stream).
+A write also raises the counter to its own version: one taken on another server (a master
+being replaced) or before a restart can never leave the counter below what is stored.
 
 On one Redis (or Sentinel's master) the notice is `PUBLISH`ed; on a Cluster it is `SPUBLISH`ed
 to the coach's shard channel, which only the coach's slot's nodes carry.
@@ -29,8 +31,13 @@ from pipeline.redis_client import RedisClient, is_cluster
 from pipeline.stored import StoredAggregate
 
 STORE_IF_NEWER = """
-local current = redis.call('HGET', KEYS[1], ARGV[3])
-if current and tonumber(current) >= tonumber(ARGV[4]) then
+local version = tonumber(ARGV[4])
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[3]) or '0')
+local top = math.max(current, version)
+if tonumber(redis.call('GET', KEYS[3]) or '0') < top then
+    redis.call('SET', KEYS[3], top)
+end
+if current >= version then
     return 0
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
@@ -38,8 +45,15 @@ redis.call(ARGV[1], KEYS[2], ARGV[2])
 return 1
 """
 """KEYS: the aggregate's hash, the coach's updates channel (a key too: a shard channel must be
-in the script's slot). ARGV: `PUBLISH` or `SPUBLISH`, the notice, then the hash's field, value
-pairs (`StoredAggregate.to_hash`), the version first."""
+in the script's slot), the coach's version counter. ARGV: `PUBLISH` or `SPUBLISH`, the notice,
+then the hash's field, value pairs (`StoredAggregate.to_hash`), the version first.
+
+The counter is raised to the version written (or, when the write is rejected, to the one
+stored) if it is below: a version can be taken on one server and written on another (on the
+master that was being replaced, then on the new one whose counter never saw those increments)
+or before a restart that brought back an older counter. A counter below a stored version would
+have every later recompute of the coach rejected as stale until it caught up; raised, the next
+version taken is above everything stored (`tests/test_store.py`)."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +178,11 @@ class AggregateStore:
                 fields = [part for pair in stored.to_hash().items() for part in pair]
                 calls.append(
                     (
-                        [keys.aggregate(aggregate, coach_id), keys.updates_channel(coach_id)],
+                        [
+                            keys.aggregate(aggregate, coach_id),
+                            keys.updates_channel(coach_id),
+                            keys.version(coach_id),
+                        ],
                         [self._publish, notice.encode(), *fields],
                     )
                 )

@@ -50,6 +50,40 @@ def test_an_older_version_never_overwrites_a_newer_one(redis_client: redis.Redis
     assert stored is not None and stored.value == {"n": 5}
 
 
+def test_a_version_taken_from_a_server_ahead_of_this_one_leaves_later_versions_above_it(
+    redis_client: redis.Redis,
+) -> None:
+    """A version taken on a master that was being replaced, written once the process follows
+    the new master (whose counter never saw those increments), or taken before a restart that
+    brought back an older counter: the write raises the coach's counter to its version, so a
+    recompute that takes one afterwards is stored. Before, every recompute of the coach was
+    rejected as stale until the counter caught up (seen in the Sentinel failover test: a coach
+    wrong for over 30 s while the audit's repairs were rejected)."""
+    store = AggregateStore(redis_client)
+    coach = uuid.uuid4()
+    assert store.next_version(coach) == 1
+    assert write(store, coach, 10, {"n": "from the other server"}) == 1
+    after = store.next_version(coach)
+    assert after > 10
+    assert write(store, coach, after, {"n": "recomputed after"}) == 1
+    stored = read_aggregate(redis_client, coach, "coach-stats")
+    assert stored is not None and stored.value == {"n": "recomputed after"}
+
+
+def test_a_counter_left_behind_its_stored_versions_catches_up_at_the_first_rejected_write(
+    redis_client: redis.Redis,
+) -> None:
+    """A store that got there before the counter was raised by its writes (a counter lost or
+    rolled back on its own): one rejected write lifts it above what is stored, and the next
+    recompute is stored."""
+    store = AggregateStore(redis_client)
+    coach = uuid.uuid4()
+    assert write(store, coach, 10, {"n": 10}) == 1
+    redis_client.set(keys.version(coach), 2)
+    assert write(store, coach, store.next_version(coach), {"n": 3}) == 0
+    assert write(store, coach, store.next_version(coach), {"n": "next"}) == 1
+
+
 def test_each_stored_write_publishes_a_notice(redis_client: redis.Redis) -> None:
     store = AggregateStore(redis_client)
     coach = uuid.uuid4()
