@@ -128,6 +128,11 @@ REDIS_EPOCH = f"{PREFIX}:redis:epoch"
 """The data store's failover epoch beat saw last (pipeline.redis_epoch)."""
 
 
+FAILOVER_FENCE = f"{PREFIX}:redis:failover-fence"
+"""Set while beat waits for a failover of the data store to be fenced: when it was seen (Unix
+seconds; pipeline.redis_fencing)."""
+
+
 def shard_epoch(tag: str) -> str:
     """On a Redis Cluster: the epoch beat saw last of the master that serves `{tag}`'s slot
     (one such key on each master, `pipeline.redis_epoch`)."""

@@ -21,6 +21,7 @@ from pipeline.freshness import Freshness, summary
 from pipeline.health import HealthBoard, ListenerHealth, ListenerState
 from pipeline.read import read_aggregate, read_all
 from pipeline.redis_client import connect, connect_async, is_cluster, topology
+from pipeline.redis_fencing import unfenced
 from pipeline.routing import TABLE_AGGREGATES
 from pipeline.scheduler import RecomputeScheduler
 from pipeline.store import AggregateStore, Notice
@@ -116,6 +117,21 @@ def test_versioned_writes_on_the_cluster(cluster_client: redis.RedisCluster) -> 
             "coach-stats": {"n": 2},
             "coach-insights": {"n": 2},
         }
+
+
+def test_a_write_raises_each_coach_counter_in_its_own_slot(
+    cluster_client: redis.RedisCluster,
+) -> None:
+    """The store script's third key (the coach's counter) shares the coach's slot; a Cluster
+    has no former master to wait for after a failover (its demoted masters redirect writes)."""
+    store = AggregateStore(cluster_client)
+    coaches = [uuid.uuid4() for _ in range(30)]
+    ahead = {coach: version + 10 for coach, version in store.next_versions(coaches).items()}
+    written = store.write("coach-stats", 1, ahead, {c: {"n": 1} for c in coaches},
+                          snapshot_at=NOW, computed_at=NOW)  # fmt: skip
+    assert written.stored == 30
+    assert all(version > ahead[c] for c, version in store.next_versions(coaches).items())
+    assert unfenced(cluster_client) == []
 
 
 def test_scripts_are_reloaded_on_every_primary_when_a_node_forgot_them(
