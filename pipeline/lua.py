@@ -7,8 +7,9 @@ loaded again and the call (or the whole pipeline) is replayed.
 
 On a Redis Cluster, `SCRIPT LOAD` goes to every primary (redis-py routes it so), a pipeline is
 split by node and sent to each, and a replica promoted by a failover, which has no scripts,
-answers NOSCRIPT once: the scripts are loaded on every primary again and the pipeline replayed.
-Every script here is idempotent for a replay (compare-and-set, marks, `ZADD GT`).
+answers NOSCRIPT once: the scripts are loaded on every primary again and the pipeline replayed,
+the other primaries' first answers kept (`run_pipeline`). Every script here is idempotent for a
+replay (compare-and-set, marks, `ZADD GT`).
 """
 
 from __future__ import annotations
@@ -47,16 +48,27 @@ class Lua:
 def run_pipeline(
     client: RedisClient, scripts: Sequence[Lua], build: Callable[[Any], None]
 ) -> list[Any]:
-    """Build and execute a non-transactional pipeline, loading `scripts` and replaying once
-    if Redis did not know one of them."""
-    for attempt in range(2):
-        pipe = client.pipeline(transaction=False)
-        build(pipe)
-        try:
-            return list(pipe.execute())
-        except NoScriptError:
-            if attempt:
-                raise
-            for script in scripts:
-                script.load()
-    raise AssertionError("unreachable")
+    """Build and execute a non-transactional pipeline; if Redis did not know one of `scripts`
+    (NOSCRIPT), load them and replay the pipeline once. The replay runs every call again, but
+    only the answers of the calls refused the first time are taken from it: a call that ran
+    keeps its first answer (run twice, a compare-and-set answers "not newer" and a request
+    "already pending", which would report stored writes as stale and leave drains unsent).
+    Raises the first error among the answers kept, as redis-py's `execute` does."""
+    answers = _execute(client, build)
+    refused = [index for index, answer in enumerate(answers) if isinstance(answer, NoScriptError)]
+    if refused:
+        for script in scripts:
+            script.load()
+        replayed = _execute(client, build)
+        for index in refused:
+            answers[index] = replayed[index]
+    for answer in answers:
+        if isinstance(answer, Exception):
+            raise answer
+    return answers
+
+
+def _execute(client: RedisClient, build: Callable[[Any], None]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    build(pipe)
+    return list(pipe.execute(raise_on_error=False))

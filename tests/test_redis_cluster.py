@@ -150,6 +150,25 @@ def test_scripts_are_reloaded_on_every_primary_when_a_node_forgot_them(
     assert stored is not None and stored.value == {"n": 1}
 
 
+def test_a_replay_after_one_primary_forgot_the_scripts_keeps_what_the_others_answered(
+    cluster_client: redis.RedisCluster,
+) -> None:
+    """After a failover only the promoted replica answers NOSCRIPT; the other primaries ran
+    their part of the pipeline. The replay runs it all again, and a compare-and-set run twice
+    answers "not newer" the second time: those writes were reported stale (and a recompute
+    request "already pending", its drain never sent). Each call keeps its first answer."""
+    store = AggregateStore(cluster_client)
+    coaches = [uuid.uuid4() for _ in range(30)]
+    assert len(nodes_holding(cluster_client, coaches)) == 3
+    store.write("coach-stats", 1, 1, {c: {} for c in coaches}, snapshot_at=NOW, computed_at=NOW)
+    forgetful = cluster_client.get_primaries()[0]
+    cluster_client.execute_command("SCRIPT", "FLUSH", target_nodes=forgetful)
+    written = store.write(
+        "coach-stats", 1, 2, {c: {"n": 1} for c in coaches}, snapshot_at=NOW, computed_at=NOW
+    )
+    assert (written.stored, written.stale) == (30, 0)
+
+
 def test_a_stored_write_is_announced_on_the_coach_shard_channel(
     cluster_client: redis.RedisCluster,
 ) -> None:
