@@ -289,6 +289,18 @@ class PrivateSentinel:
         wait_until(lambda: info(after, "replication")["role"] == "master", 30, "the promotion")
         return before, after
 
+    @contextlib.contextmanager
+    def demotion_held(self, port: int) -> Iterator[None]:
+        """While inside, the server on `port` refuses `REPLICAOF` (an ACL rule of its default
+        user), so after a failover the sentinels cannot demote it: a former master that goes
+        on taking writes for as long as a test needs. On exit they demote it at their next
+        look (up to 10 s)."""
+        server(port).execute_command("ACL", "SETUSER", "default", "-replicaof", "-slaveof")
+        try:
+            yield
+        finally:
+            server(port).execute_command("ACL", "SETUSER", "default", "+replicaof", "+slaveof")
+
     def demoted(self, port: int) -> bool:
         """Whether the server on `port` now follows the current master."""
         fields = info(port, "replication")

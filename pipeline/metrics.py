@@ -119,6 +119,11 @@ EPOCH_CHECK_ERRORS = Counter(
     "coachpipe_redis_epoch_check_errors_total",
     "A failover epoch check could not read or record a master's epoch (master unreachable).",
 )
+FENCE_CHECK_ERRORS = Counter(
+    "coachpipe_redis_fence_check_errors_total",
+    "A check of whether a failover of the data store is fenced failed (store or every "
+    "sentinel unreachable); tried again next check.",
+)
 RECOMPUTE_SECONDS = Histogram(
     "coachpipe_recompute_duration_seconds", "One batch recompute: version, snapshot, store.",
     ["aggregate"], buckets=LATENCY_BUCKETS,

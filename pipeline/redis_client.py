@@ -30,8 +30,11 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 RedisClient: TypeAlias = redis.Redis | RedisCluster
@@ -45,6 +48,8 @@ SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 """scheme → TLS"""
 MASTER_CHECK_S = 1.0
 """A Sentinel client asks the sentinels which server is the master at most this often."""
+SENTINEL_TIMEOUT_S = 2.0
+"""Socket timeouts of a question to one sentinel, when the URL's client sets none."""
 DEFAULT_SENTINEL_PORT = 26379
 DEFAULT_REDIS_PORT = 6379
 
@@ -142,7 +147,7 @@ def connect(url: str, **options: Any) -> RedisClient:
         )
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         list(found.nodes),
-        sentinel_kwargs=_sentinel_options(found, options),
+        sentinel_kwargs=_sentinel_options(found, options, Retry(NoBackoff(), 0)),
         **options,
     )
     assert found.master is not None
@@ -186,18 +191,25 @@ def connect_async(url: str, **options: Any) -> AsyncRedisClient:
             **options,
         )
     sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
-        list(found.nodes), sentinel_kwargs=_sentinel_options(found, options), **options
+        list(found.nodes),
+        sentinel_kwargs=_sentinel_options(found, options, AsyncRetry(NoBackoff(), 0)),
+        **options,
     )
     assert found.master is not None
     master = sentinel.master_for(found.master, db=found.db, **found.auth())
     return cast(aioredis.Redis, master)
 
 
-def _sentinel_options(found: Topology, options: dict[str, Any]) -> dict[str, Any]:
-    """Sentinels are asked with the same timeouts as the data server, and their own password."""
+def _sentinel_options(found: Topology, options: dict[str, Any], retry: Any) -> dict[str, Any]:
+    """Sentinels are asked with the data server's timeouts (`SENTINEL_TIMEOUT_S` where it sets
+    none), their own password, and `retry` (one attempt: redis-py's `discover_master` moves on
+    to the next sentinel by itself, so a sentinel that does not answer costs one timeout, not
+    redis-py's default of retries with backoff on every master check)."""
     sentinel: dict[str, Any] = {
-        key: options[key] for key in ("socket_timeout", "socket_connect_timeout") if key in options
+        key: options.get(key) or SENTINEL_TIMEOUT_S
+        for key in ("socket_timeout", "socket_connect_timeout")
     }
+    sentinel["retry"] = retry
     if found.sentinel_password:
         sentinel["password"] = found.sentinel_password
     if found.tls:

@@ -23,18 +23,18 @@ from redis.exceptions import RedisClusterException, RedisError
 from sqlalchemy import func, select
 
 from config import Settings
-from pipeline import audit, backfill, keys
+from pipeline import audit, backfill, keys, redis_fencing
 from pipeline.aggregates import CRITICAL, NAMES, get
 from pipeline.clock import Marker, behind_the_clock, tick_window
 from pipeline.coaches import active_coach_batches, coaches_crossing
 from pipeline.errors import TRANSIENT_ERRORS
 from pipeline.fallback import Announcement, on_transition, poll_due
-from pipeline.metrics import CLOCK_TICK_COACHES, EPOCH_CHECK_ERRORS
+from pipeline.metrics import CLOCK_TICK_COACHES, EPOCH_CHECK_ERRORS, FENCE_CHECK_ERRORS
 from pipeline.read import settled_as_of
 from pipeline.recompute import recompute, recompute_due
 from pipeline.redis_client import MASTER_CHECK_S
 from pipeline.redis_epoch import record_epoch
-from pipeline.redis_fencing import unfenced
+from pipeline.redis_fencing import Fence
 from pipeline.redis_values import as_text
 from pipeline.refresh import count_active_coaches
 from tasks import names
@@ -46,10 +46,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("tasks.jobs")
 FAILOVER_REFRESH_DELAY_S = 2 * MASTER_CHECK_S
-FENCE_WAIT_MAX_S = 120.0
-"""After a failover, beat refreshes once more when no former master takes writes any longer
-(`pipeline.redis_fencing`), or after this many seconds if one still does (one the sentinels
-cannot reach and so cannot demote): Sentinel demotes a reachable one within about 20 s."""
 
 RETRY: dict[str, Any] = {
     "acks_late": True,
@@ -189,11 +185,7 @@ def _fallback_refresh(task: PipelineTask, reason: str) -> int:
 def check_realtime(task: PipelineTask) -> dict[str, Any]:
     """Follow the realtime status; on a transition, start or stop polling at once. Follow the
     data store's failovers too: after one, refresh everything (`pipeline.redis_epoch`)."""
-    try:
-        _follow_failovers(task)
-    except (RedisError, RedisClusterException) as error:  # the status must still be followed
-        EPOCH_CHECK_ERRORS.inc()
-        log.warning("redis_epoch_check_failed", error_type=type(error).__name__)
+    _follow_failovers(task)
     board = task.runtime.board
     status = board.status()
     previous = board.record_transition(status)
@@ -216,30 +208,34 @@ def _follow_failovers(task: PipelineTask) -> None:
     `FAILOVER_REFRESH_DELAY_S` later, once every process follows the new master
     (`MASTER_CHECK_S`), so that the refresh is not itself written to a demoted one; and, when
     a former master still takes writes then, once more as soon as it no longer does
-    (`pipeline.redis_fencing`): what was written to it in between is lost."""
+    (`pipeline.redis_fencing`): what was written to it in between is lost. The fence is
+    armed before the first refresh is sent, so a refresh sent is never left unfenced."""
     client = task.runtime.redis
-    previous_epoch = record_epoch(client)
-    if previous_epoch is not None:
-        log.warning("redis_failover_detected", previous_epoch=previous_epoch)
-        task.sender.send_reconcile(countdown_s=FAILOVER_REFRESH_DELAY_S)
-        client.set(keys.FAILOVER_FENCE, time.time())
-    raw = client.get(keys.FAILOVER_FENCE)
-    if raw is None:
+    try:
+        previous_epoch = record_epoch(client)
+        if previous_epoch is not None:
+            log.warning("redis_failover_detected", previous_epoch=previous_epoch)
+            redis_fencing.arm(client, time.time())
+            task.sender.send_reconcile(countdown_s=FAILOVER_REFRESH_DELAY_S)
+    except (RedisError, RedisClusterException) as error:  # the status must still be followed
+        EPOCH_CHECK_ERRORS.inc()
+        log.warning("redis_epoch_check_failed", error_type=type(error).__name__)
+        previous_epoch = None
+    try:
+        found = redis_fencing.check(client, time.time(), just_seen=previous_epoch is not None)
+    except (RedisError, RedisClusterException) as error:
+        FENCE_CHECK_ERRORS.inc()
+        log.warning("redis_fence_check_failed", error_type=type(error).__name__)
         return
-    waited = time.time() - float(raw)
-    waiting = unfenced(client)
-    if waiting and waited < FENCE_WAIT_MAX_S:
-        log.info("redis_failover_not_fenced", waiting=waiting, seconds=round(waited, 1))
-        return
-    if not client.delete(keys.FAILOVER_FENCE):  # an overlapping check took it
-        return
-    if previous_epoch is not None and not waiting:
-        return  # fenced already: the delayed refresh comes after the fence
-    if waiting:
-        log.warning("redis_failover_fence_timeout", waiting=waiting, seconds=round(waited, 1))
-    else:
-        log.warning("redis_failover_fenced", seconds=round(waited, 1))
-    task.sender.send_reconcile()
+    waited = round(found.waited_s, 1)
+    if found.fence is Fence.WAITING:
+        log.info("redis_failover_not_fenced", waiting=list(found.waiting), seconds=waited)
+    elif found.fence is Fence.FENCED:
+        log.warning("redis_failover_fenced", seconds=waited)
+        task.sender.send_reconcile()
+    elif found.fence is Fence.TIMED_OUT:
+        log.warning("redis_failover_fence_timeout", seconds=waited)
+        task.sender.send_reconcile()
 
 
 def fallback_poll(task: PipelineTask) -> dict[str, Any]:
