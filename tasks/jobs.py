@@ -215,8 +215,10 @@ def _follow_failovers(task: PipelineTask) -> None:
         previous_epoch = record_epoch(client)
         if previous_epoch is not None:
             log.warning("redis_failover_detected", previous_epoch=previous_epoch)
-            redis_fencing.arm(client, time.time())
-            task.sender.send_reconcile(countdown_s=FAILOVER_REFRESH_DELAY_S)
+            try:
+                redis_fencing.arm(client, time.time())
+            finally:  # the change is seen only once: the refresh goes out even if arming failed
+                task.sender.send_reconcile(countdown_s=FAILOVER_REFRESH_DELAY_S)
     except (RedisError, RedisClusterException) as error:  # the status must still be followed
         EPOCH_CHECK_ERRORS.inc()
         log.warning("redis_epoch_check_failed", error_type=type(error).__name__)
