@@ -23,6 +23,7 @@ from api.services import Services
 from api.status_watch import STATUS_POLL_S
 from config import Settings
 from pipeline import metrics
+from pipeline.cancellation import cancel_and_wait
 
 __all__ = ["STATUS_POLL_S", "create_app"]
 log = structlog.get_logger("api")
@@ -62,9 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await shared.broadcaster.start()
     watcher = asyncio.create_task(shared.status.run(), name="status-watch")
     yield
-    watcher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watcher
+    await cancel_and_wait(watcher)
     await shared.broadcaster.stop()
     await shared.close()
 

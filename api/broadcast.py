@@ -24,6 +24,7 @@ import structlog
 from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 
 from pipeline import keys
+from pipeline.cancellation import cancel_and_wait
 from pipeline.redis_client import AsyncRedisClient, is_cluster
 from pipeline.redis_values import as_text
 
@@ -57,9 +58,7 @@ class Broadcaster:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     @property
     def subscribers(self) -> int:

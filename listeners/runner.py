@@ -28,6 +28,7 @@ from listeners.invalidation import Invalidation, ScheduledInvalidation
 from listeners.source import Batch, Resync, Source
 from pipeline import keys, metrics
 from pipeline.aggregates import CRITICAL
+from pipeline.cancellation import cancel_and_wait
 from pipeline.changelog import changes_after
 from pipeline.changelog import prune as prune_change_log
 from pipeline.coaches import coaches_changed_since
@@ -274,8 +275,7 @@ class Listener:
                     self.batches += 1
                 await self.source.confirm(item.position)
         finally:
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            await cancel_and_wait(heartbeat)
             self.source.status.on_change = None
             await self._blocking(self._report)
             self._executor.shutdown(wait=True)

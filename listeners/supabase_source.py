@@ -66,6 +66,7 @@ from listeners.backoff import reconnect_delay
 from listeners.realtime_payload import SOURCE, parse_change, server_error
 from listeners.source import Batch, Resync, Source, SourceStatus
 from pipeline import metrics
+from pipeline.cancellation import cancel_and_wait
 from pipeline.changelog import (
     CANARY_PREFIX,
     SIGNAL_TABLE,
@@ -652,9 +653,7 @@ class SupabaseSource(Source):
     async def _teardown(self, link: _Link) -> None:
         if self._link is link:
             self._link = None  # from here on, whatever the old client reports is stale
-        for task in link.tasks:
-            task.cancel()
-        await asyncio.gather(*link.tasks, return_exceptions=True)
+        await cancel_and_wait(*link.tasks)
         client = link.client
         if client is None:
             return
