@@ -27,6 +27,8 @@ from pipeline.cancellation import cancel_and_wait
 
 __all__ = ["STATUS_POLL_S", "create_app"]
 log = structlog.get_logger("api")
+CLOSE_TIMEOUT_S = 5.0
+"""Seconds the API's shutdown waits for its Redis connections to close."""
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -65,7 +67,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     await cancel_and_wait(watcher)
     await shared.broadcaster.stop()
-    await shared.close()
+    try:  # closing connections never holds the shutdown of the process for long
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await shared.close()
+    except TimeoutError:
+        log.warning("api_close_timeout", timeout_s=CLOSE_TIMEOUT_S)
 
 
 async def auth_failed(request: Request, error: AuthError) -> JSONResponse:
