@@ -25,12 +25,13 @@ def test_a_task_that_swallowed_cancellations_is_cancelled_again_until_it_ends() 
     async def scenario() -> list[str]:
         ran: list[str] = []
         stubborn = asyncio.create_task(_swallows_cancellations(2, ran))
-        failed = asyncio.create_task(asyncio.sleep(0, result=None))
+        finished = asyncio.create_task(asyncio.sleep(0, result=None))
         await asyncio.sleep(0)
         stubborn_once = asyncio.create_task(_swallows_cancellations(0, []))
         await asyncio.sleep(0)
-        await asyncio.wait_for(cancel_and_wait(stubborn, failed, stubborn_once, repeat_s=0.01), 5)
-        assert stubborn.cancelled() and stubborn_once.cancelled() and failed.done()
+        stopping = cancel_and_wait(stubborn, finished, stubborn_once, grace_s=0.01, repeat_s=0.01)
+        await asyncio.wait_for(stopping, 5)
+        assert stubborn.cancelled() and stubborn_once.cancelled() and finished.done()
         return ran
 
     assert asyncio.run(scenario()) == ["swallowed", "swallowed", "cancelled"]
@@ -49,6 +50,28 @@ def test_a_plain_cancel_leaves_such_a_task_running() -> None:
         return running
 
     assert asyncio.run(scenario())
+
+
+def test_a_cleanup_that_awaits_gets_its_grace() -> None:
+    """psycopg cancels a running query on a connection of its own when its task is cancelled:
+    a second cancellation at once would cut that short."""
+
+    async def scenario() -> list[str]:
+        ran: list[str] = []
+
+        async def cleans_up() -> None:
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                await asyncio.sleep(0.05)
+                ran.append("cleaned up")
+
+        task = asyncio.create_task(cleans_up())
+        await asyncio.sleep(0)
+        await cancel_and_wait(task, grace_s=5)
+        return ran
+
+    assert asyncio.run(scenario()) == ["cleaned up"]
 
 
 def test_an_error_a_task_ended_with_is_retrieved_not_raised() -> None:
