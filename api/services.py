@@ -41,8 +41,8 @@ class Services:
         )
 
     async def close(self) -> None:
+        self.board_client.close()  # first: closing the asyncio client may be cut short
         await self.client.aclose()
-        self.board_client.close()
 
 
 def services(request: Request) -> Services:
