@@ -215,10 +215,8 @@ def _follow_failovers(task: PipelineTask) -> None:
         previous_epoch = record_epoch(client)
         if previous_epoch is not None:
             log.warning("redis_failover_detected", previous_epoch=previous_epoch)
-            try:
-                redis_fencing.arm(client, time.time())
-            finally:  # the change is seen only once: the refresh goes out even if arming failed
-                task.sender.send_reconcile(countdown_s=FAILOVER_REFRESH_DELAY_S)
+            _arm_fence(task)
+            task.sender.send_reconcile(countdown_s=FAILOVER_REFRESH_DELAY_S)
     except (RedisError, RedisClusterException) as error:  # the status must still be followed
         EPOCH_CHECK_ERRORS.inc()
         log.warning("redis_epoch_check_failed", error_type=type(error).__name__)
@@ -238,6 +236,17 @@ def _follow_failovers(task: PipelineTask) -> None:
     elif found.fence is Fence.TIMED_OUT:
         log.warning("redis_failover_fence_timeout", seconds=waited)
         task.sender.send_reconcile()
+
+
+def _arm_fence(task: PipelineTask) -> None:
+    """Arm the fence of a failover just seen; when that fails (the change is seen only once),
+    send the second refresh for when the fence would have timed out instead."""
+    try:
+        redis_fencing.arm(task.runtime.redis, time.time())
+    except (RedisError, RedisClusterException) as error:
+        FENCE_CHECK_ERRORS.inc()
+        log.warning("redis_fence_arm_failed", error_type=type(error).__name__)
+        task.sender.send_reconcile(countdown_s=redis_fencing.FENCE_WAIT_MAX_S)
 
 
 def fallback_poll(task: PipelineTask) -> dict[str, Any]:
