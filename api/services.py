@@ -28,7 +28,11 @@ class Services:
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
         client = connect_async(settings.require_redis_url(), health_check_interval=30)
-        board_client = connect(settings.require_redis_url())
+        # bounded: a read stuck on a dead link would hold the status watch's thread, and on
+        # 3.11 the loop's shutdown waits for its executor threads without a limit
+        board_client = connect(
+            settings.require_redis_url(), socket_timeout=5, socket_connect_timeout=5
+        )
         board = HealthBoard.from_settings(board_client, settings)
         broadcaster = Broadcaster(client)
         return cls(
