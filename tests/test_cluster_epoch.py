@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import redis
 
 from devtools.redis_topologies import PrivateRedisCluster, server
 from pipeline import keys
 from pipeline.metrics import EPOCH_CHECK_ERRORS
 from pipeline.redis_client import connect
-from pipeline.redis_epoch import current_epoch, record_epoch
+from pipeline.redis_epoch import SLOT_MAP_READS, current_epoch, record_epoch
 
 
 def epoch_key_on(cluster: PrivateRedisCluster, port: int) -> str:
@@ -130,3 +131,28 @@ def test_a_master_that_does_not_answer_hides_no_other_failover(
         assert record_epoch(client) is None  # the silent master answers again: no change
     finally:
         client.close()
+
+
+def test_a_slot_map_still_stale_after_every_reread_leaves_the_shard_for_the_next_check(
+    cluster_client: redis.RedisCluster,
+    redis_cluster: PrivateRedisCluster,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client's slot map still names the demoted master after all `SLOT_MAP_READS`
+    readings (the nodes' own maps lag, held here by a map reading that changes nothing).
+    The check must not record the replica's replication id (the promoted master's own
+    epoch) as the shard's: it counts the shard as skipped, reports the other shards'
+    state, and the next check, with a fresh map, still reports the failover."""
+    record_epoch(cluster_client)
+    assert record_epoch(cluster_client) is None
+    promoted = promote_a_replica(redis_cluster, cluster_client, tell_the_client=False)
+    errors = EPOCH_CHECK_ERRORS._value.get()
+    rereads: list[None] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(cluster_client.nodes_manager, "initialize", lambda: rereads.append(None))
+        assert record_epoch(cluster_client) is None  # the other two shards: unchanged
+    assert len(rereads) == SLOT_MAP_READS - 1
+    assert EPOCH_CHECK_ERRORS._value.get() == errors + 1
+    assert cluster_client.get(epoch_key_on(redis_cluster, promoted)) is not None
+    cluster_client.nodes_manager.initialize()  # what the next MOVED does
+    assert_seen_once(cluster_client, promoted)
