@@ -170,8 +170,10 @@ class Settings(BaseSettings):
         "then a sweep gives the work to another worker.",
     )  # fmt: skip
     scheduler_shards: int = Field(
-        default=8, ge=1, le=1024,
-        description="Shards of the recompute scheduler (one drain task answers one shard).",
+        default=1, ge=1, le=1024,
+        description="Shards of the recompute scheduler (one drain task answers one shard); "
+        "more spread its scripts over a Redis Cluster's masters. Lowering it strands nothing: "
+        "every worker sweeps the most shards any process used.",
     )  # fmt: skip
     worker_sweep_s: float = Field(
         default=1.0, ge=0, le=300,

@@ -99,6 +99,11 @@ def claims(shard: int) -> str:
     return f"{PREFIX}:claims:{_shard_tag(shard)}"
 
 
+SHARDS_SEEN = f"{PREFIX}:shards-seen"
+"""String: the most scheduler shards any process has swept with (`SCHEDULER_SHARDS`), so a
+deployment that lowers the setting still sweeps and drains the shards it no longer uses."""
+
+
 def wide_pending(name: str) -> str:
     """Marker of a pending refresh of every coach's aggregate (events without a coach id)."""
     return f"{PREFIX}:wide:{{{name}}}"

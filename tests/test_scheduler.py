@@ -12,7 +12,13 @@ import redis
 
 from devtools.processes import wait_for
 from pipeline import keys
-from pipeline.scheduler import RecomputeScheduler, shard_of
+from pipeline.scheduler import (
+    FORMER_DEFAULT_SHARDS,
+    RecomputeScheduler,
+    backlog,
+    idle,
+    shard_of,
+)
 from tests.recording_sender import RecordingSender
 
 WINDOW_MS = 200
@@ -25,6 +31,7 @@ def scheduler_for(
     stale_ms: int = 30_000,
     late_ms: int = 60_000,
     lease_ms: int = 60_000,
+    shards: int = SHARDS,
 ) -> tuple[RecomputeScheduler, RecordingSender]:
     """A scheduler whose drains nobody runs (the sender records them): `late_ms` and
     `lease_ms` are long by default, so a slow test machine does not presume them lost."""
@@ -37,7 +44,7 @@ def scheduler_for(
         stale_ms=stale_ms,
         late_ms=late_ms,
         lease_ms=lease_ms,
-        shards=SHARDS,
+        shards=shards,
     )
     return scheduler, sender
 
@@ -193,6 +200,47 @@ def test_claims_of_dead_tasks_are_swept_back_once_their_lease_expires(redis_url:
         wait_for(lambda: lease.lost, 10, interval=0.05, message="its keeper to find it lost")
     claim = scheduler.claim(shard, "new-task", 10)
     assert claim.commit_ms == {("coach-stats", coach): 1234}
+
+
+@pytest.mark.parametrize(
+    ("former_shards", "former_swept"),
+    [(FORMER_DEFAULT_SHARDS, False), (16, True)],
+    ids=["former-default-never-recorded", "recorded-by-a-sweep"],
+)
+def test_work_left_in_a_shard_no_longer_used_is_counted_swept_and_drained(
+    redis_url: str, former_shards: int, former_swept: bool
+) -> None:
+    """`SCHEDULER_SHARDS` lowered under a running pipeline: a drain of the former count
+    claimed a pair in a shard the new processes no longer use, then died. That pair still
+    counts as backlog, and the new processes' sweep gives it back with a drain of that shard
+    (a drain task answers any shard). Work left in the former default's 8 shards is found
+    though no release before this one recorded its count; beyond 8, through the count a
+    sweep of the former processes recorded (`keys.SHARDS_SEEN`)."""
+    client = redis.Redis.from_url(redis_url)
+    client.delete(keys.SHARDS_SEEN)
+    former, _ = scheduler_for(redis_url, lease_ms=300, shards=former_shards)
+    if former_swept:
+        former.sweep()
+    coach = next(c for c in iter(uuid.uuid4, None) if shard_of(c, former_shards) >= 1)
+    left = shard_of(coach, former_shards)
+    former.request([("coach-stats", coach)], {("coach-stats", coach): 1234})
+    assert former.claim(left, "dead-task", 10).pairs == [("coach-stats", coach)]
+
+    current, sender = scheduler_for(redis_url, shards=1)
+    assert not idle(client, 1)
+    assert backlog(client, 1).claimed == {"coach-stats": 1}
+    wait_for(
+        lambda: current.sweep() == {left: 1},
+        10,
+        interval=0.01,
+        message="the former shard's expired claim is swept back",
+    )
+    assert sender.drains == [(left, 0.0)]
+    assert current.due_pairs() == {("coach-stats", coach)}
+    claim = current.claim(left, "drain-of-the-former-shard", 10)
+    assert claim.commit_ms == {("coach-stats", coach): 1234}
+    current.release(left, "drain-of-the-former-shard")
+    assert idle(client, 1)
 
 
 def test_a_renewed_lease_outlives_its_first_expiry(redis_url: str) -> None:

@@ -47,6 +47,7 @@ from pipeline.aggregates import CRITICAL
 from pipeline.audit import inspect, last_audit
 from pipeline.db import make_engine
 from pipeline.freshness import summary as freshness_summary
+from pipeline.scheduler import shards_in_use
 
 RATE = 200.0
 CONVERGE_TIMEOUT_S = 300.0
@@ -497,7 +498,7 @@ def worker_kill(stack: Stack, profile: Profile) -> dict[str, Any]:
     time.sleep(profile.fault_load_s / 2)
 
     def claimed() -> int:
-        shards = range(stack.settings.scheduler_shards)
+        shards = range(shards_in_use(client, stack.settings.scheduler_shards))
         return sum(int(client.zcard(keys.claims(shard))) for shard in shards)
 
     held = wait_for(claimed, profile.fault_load_s * 3, interval=0.002, message="a drain's claim")

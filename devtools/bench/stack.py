@@ -32,7 +32,7 @@ from pipeline.db import make_engine
 from pipeline.migrate import upgrade
 from pipeline.redis_client import connect
 from pipeline.refresh import refresh_everything
-from pipeline.scheduler import idle
+from pipeline.scheduler import idle, shards_in_use
 from pipeline.store import AggregateStore
 
 BROKER_DB = 1
@@ -262,7 +262,7 @@ class Stack:
         self.drop_queued()  # follow-up drains the last tasks enqueued (they now find nothing)
 
     def clear_pipeline_state(self) -> None:
-        shards = range(self.settings.scheduler_shards)
+        shards = range(shards_in_use(self.redis, self.settings.scheduler_shards))
         per_shard = [
             keys.due,
             keys.commits,

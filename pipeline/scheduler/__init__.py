@@ -95,6 +95,10 @@ State table, per shard (key names in `pipeline.keys`; one hash tag `{s<shard>}` 
     written  `request_wide` (set only if absent)
     read     `request_wide` (sends the refresh only if it set the marker)
     expires  deleted by `start_wide` when the refresh begins; PX `stale_ms`
+`keys.SHARDS_SEEN` — string, one for all shards: the most shards any process swept with.
+    written  `sweep` (raised to the sweeping process's `shards`, never lowered)
+    read     `sweep`, `shards_in_use`: shards past this process's count that may hold work
+    expires  never
 
 Callers: listeners `request` (routed changes, catch-up) and `request_wide` (changes without a
 coach id); beat's clock tick `request`s; every worker (about every second) and beat's sweep task
@@ -139,6 +143,7 @@ __all__ = [
     "coach_window_ms",
     "idle",
     "shard_of",
+    "shards_in_use",
     "widened_costs",
 ]
 
@@ -149,8 +154,18 @@ holds it prefetched) and sends another: an extra drain claims only what is due, 
 alarm costs one empty task."""
 DEFAULT_LEASE_MS = 3000
 """How long a claim stays with its drain without being renewed (setting `CLAIM_LEASE_S`)."""
-DEFAULT_SHARDS = 8
-"""Scheduler shards (setting `SCHEDULER_SHARDS`)."""
+DEFAULT_SHARDS = 1
+"""Scheduler shards (setting `SCHEDULER_SHARDS`). One by default: shards do not bound how many
+drains run at once (a claim that leaves pairs due sends the follow-up drain, a request after a
+claim sends the next), but each shard with work keeps a drain queued, so more shards than
+worker processes queue more, smaller drains for the same changes. Measured on 2 cores at 200
+changes/s with beat (`make bench`, README "Scheduler shards"): commit → every routed
+aggregate p50 / p99 67.5 to 81.2 / 318 to 349 ms with 8 shards, 34.6 / 154 ms with 2, 20.7 /
+121 ms with 1. More shards spread the scheduler's scripts over a Redis Cluster's masters."""
+FORMER_DEFAULT_SHARDS = 8
+"""The shard count of every release before `DEFAULT_SHARDS` became 1: always swept and
+counted (`shards_in_use`), so work those releases left in shards 1 to 7 is drained after an
+upgrade."""
 DEFAULT_COACH_SHARE = 0.1
 """Share of one worker a single coach's recomputes may hold (setting `COACH_SHARE`)."""
 
@@ -189,9 +204,19 @@ class Backlog:
     claimed: dict[str, int]
 
 
+def shards_in_use(client: RedisClient, shards: int) -> int:
+    """How many shards may hold work (shards 0 … n-1): this process's `shards`, the former
+    default (`FORMER_DEFAULT_SHARDS`) and the most any process has swept with
+    (`keys.SHARDS_SEEN`), so lowering `SCHEDULER_SHARDS` strands nothing. One round trip."""
+    seen = client.get(keys.SHARDS_SEEN)
+    return max(shards, FORMER_DEFAULT_SHARDS, int(seen) if seen is not None else 0)
+
+
 def backlog(client: RedisClient, shards: int) -> Backlog:
     """Count the scheduler's pending and claimed pairs by aggregate, for `coachpipe status`:
-    reads every due member and claim (a few round trips, O(pairs)); not for a hot path."""
+    reads every due member and claim of every shard in use (`shards_in_use`; a few round
+    trips, O(pairs)); not for a hot path."""
+    shards = shards_in_use(client, shards)
     pipe = client.pipeline(transaction=False)
     for shard in range(shards):
         pipe.zrange(keys.due(shard), 0, -1)
@@ -223,10 +248,10 @@ def coach_window_ms(cost_us: int | None, window_ms: int, stale_ms: int, coach_sh
 
 
 def widened_costs(client: RedisClient, shards: int) -> dict[UUID, int]:
-    """Coach → measured recompute cost (µs), for every coach whose cost widens its window
-    (one round trip, O(such coaches): for `coachpipe status` and tests)."""
+    """Coach → measured recompute cost (µs), for every coach whose cost widens its window, in
+    every shard in use (two round trips, O(such coaches): for `coachpipe status` and tests)."""
     pipe = client.pipeline(transaction=False)
-    for shard in range(shards):
+    for shard in range(shards_in_use(client, shards)):
         pipe.hgetall(keys.coach_cost(shard))
     return {
         UUID(as_text(coach)): int(cost) for costs in pipe.execute() for coach, cost in costs.items()
@@ -234,9 +259,9 @@ def widened_costs(client: RedisClient, shards: int) -> dict[UUID, int]:
 
 
 def idle(client: RedisClient, shards: int) -> bool:
-    """No pair is due or claimed in any shard (one round trip)."""
+    """No pair is due or claimed in any shard in use (two round trips)."""
     pipe = client.pipeline(transaction=False)
-    for shard in range(shards):
+    for shard in range(shards_in_use(client, shards)):
         pipe.exists(keys.due(shard), keys.claims(shard))
     return not any(pipe.execute())
 
@@ -302,6 +327,8 @@ class RecomputeScheduler:
         self._renew = _script(client, "renew")
         self._release = _script(client, "release")
         self._sweep = _script(client, "sweep")
+        self._shards_seen = _script(client, "shards_seen")
+        self._swept: int | None = None  # shards_in_use, learnt at the first sweep
         self._request_wide = _script(client, "request_wide")
         self._keeper = LeaseKeeper(client, self._renew, lease_ms)
 
@@ -325,10 +352,10 @@ class RecomputeScheduler:
         return shard_of(coach, self.shards)
 
     def due_pairs(self) -> set[Key]:
-        """Every pair marked due, in every shard (one round trip, O(pairs): for tools and
-        tests, not a hot path)."""
+        """Every pair marked due, in every shard in use (two round trips, O(pairs): for tools
+        and tests, not a hot path)."""
         pipe = self._redis.pipeline(transaction=False)
-        for shard in range(self.shards):
+        for shard in range(shards_in_use(self._redis, self.shards)):
             pipe.zrange(keys.due(shard), 0, -1)
         return {_pair(as_text(member)) for members in pipe.execute() for member in members}
 
@@ -483,9 +510,13 @@ class RecomputeScheduler:
 
     def sweep(self, shards: Iterable[int] | None = None) -> dict[int, int]:
         """In one round trip: requeue the pairs of expired leases and send a drain where none
-        is scheduled or the scheduled one is `late_ms` overdue, for `shards` (default: all).
-        Returns shard → pairs requeued, for the shards where some were."""
-        chosen = list(range(self.shards) if shards is None else shards)
+        is scheduled or the scheduled one is `late_ms` overdue, for `shards` (default: every
+        shard in use, `shards_in_use`: a drain task answers any shard, so what a former shard
+        count left is drained like the rest). Returns shard → pairs requeued, for the shards
+        where some were."""
+        if shards is None and self._swept is None:
+            self._swept = shards_in_use(self._redis, self.shards)
+        chosen = list(range(self._swept or self.shards) if shards is None else shards)
 
         def build(pipe: Any) -> None:
             for shard in chosen:
@@ -499,8 +530,10 @@ class RecomputeScheduler:
                     ],
                     args=[self.stale_ms, self.late_ms, keys.claim(shard, "")],
                 )
+            self._shards_seen.queue(pipe, keys=[keys.SHARDS_SEEN], args=[self.shards])
 
-        outcomes = run_pipeline(self._redis, [self._sweep], build)
+        *outcomes, seen = run_pipeline(self._redis, [self._sweep, self._shards_seen], build)
+        self._swept = max(self.shards, FORMER_DEFAULT_SHARDS, int(seen))
         requeued: dict[int, int] = {}
         for shard, (count, countdown_ms) in zip(chosen, outcomes, strict=True):
             countdown = _seconds(int(countdown_ms))
