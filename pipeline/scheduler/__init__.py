@@ -155,13 +155,15 @@ alarm costs one empty task."""
 DEFAULT_LEASE_MS = 3000
 """How long a claim stays with its drain without being renewed (setting `CLAIM_LEASE_S`)."""
 DEFAULT_SHARDS = 1
-"""Scheduler shards (setting `SCHEDULER_SHARDS`). One by default: shards do not bound how many
-drains run at once (a claim that leaves pairs due sends the follow-up drain, a request after a
-claim sends the next), but each shard with work keeps a drain queued, so more shards than
-worker processes queue more, smaller drains for the same changes. Measured on 2 cores at 200
-changes/s with beat (`make bench`, README "Scheduler shards"): commit → every routed
-aggregate p50 / p99 67.5 to 81.2 / 318 to 349 ms with 8 shards, 34.6 / 154 ms with 2, 20.7 /
-121 ms with 1. More shards spread the scheduler's scripts over a Redis Cluster's masters."""
+"""Scheduler shards (setting `SCHEDULER_SHARDS`). One by default. Shards do not bound how many
+drains run at once (a claim that leaves pairs due sends the follow-up drain, and the first
+request after a claim sends the next), but a change waits for a drain of its own shard: with
+several, that drain queues behind the other shards' drains in the one `realtime` queue, each
+with its fixed cost, while with one shard the next drain to run takes every due coach.
+Measured on 2 cores at 200 changes/s with beat (`make bench`, README "Scheduler shards"),
+same code, back to back: commit → every routed aggregate p50 / p99 87.6 / 339.5 ms with 8
+shards (63 drains a second), 18.5 / 81.1 ms with 1 (87 drains a second). More shards spread
+the scheduler's scripts over a Redis Cluster's masters."""
 FORMER_DEFAULT_SHARDS = 8
 """The shard count of every release before `DEFAULT_SHARDS` became 1: always swept and
 counted (`shards_in_use`), so work those releases left in shards 1 to 7 is drained after an
