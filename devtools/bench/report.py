@@ -523,6 +523,7 @@ def _heading(meta: dict[str, Any]) -> list[str]:
         f"commit `{meta['commit']}` · {meta['machine']['cpus']} CPUs "
         f"({meta['machine']['cpu_model']}), "
         f"{meta['machine']['memory_gb']} GB · DEBOUNCE_MS={meta['settings']['debounce_ms']} · "
+        f"SCHEDULER_SHARDS={meta['settings'].get('scheduler_shards', 8)} · "
         f"run took {meta['seconds']:.0f} s",
         "",
         _load_line(meta),

@@ -348,7 +348,11 @@ def report_and_print(
         "commit": _commit(),
         "profile": profile.name,
         "machine": machine(),
-        "settings": {"debounce_ms": settings.debounce_ms, "batch": settings.recompute_batch_size},
+        "settings": {
+            "debounce_ms": settings.debounce_ms,
+            "batch": settings.recompute_batch_size,
+            "scheduler_shards": settings.scheduler_shards,
+        },
         "seconds": round(time.monotonic() - started, 1),
         **extra,
     }
