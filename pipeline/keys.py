@@ -100,8 +100,9 @@ def claims(shard: int) -> str:
 
 
 SHARDS_SEEN = f"{PREFIX}:shards-seen"
-"""String: the most scheduler shards any process has swept with (`SCHEDULER_SHARDS`), so a
-deployment that lowers the setting still sweeps and drains the shards it no longer uses."""
+"""String: the most scheduler shards any process has used (`SCHEDULER_SHARDS`, recorded at its
+first request or sweep), so a deployment that lowers the setting still sweeps and drains the
+shards it no longer uses."""
 
 
 def wide_pending(name: str) -> str:

@@ -203,28 +203,31 @@ def test_claims_of_dead_tasks_are_swept_back_once_their_lease_expires(redis_url:
 
 
 @pytest.mark.parametrize(
-    ("former_shards", "former_swept"),
+    ("former_shards", "recorded"),
     [(FORMER_DEFAULT_SHARDS, False), (16, True)],
-    ids=["former-default-never-recorded", "recorded-by-a-sweep"],
+    ids=["former-default-never-recorded", "recorded-by-the-former-request"],
 )
 def test_work_left_in_a_shard_no_longer_used_is_counted_swept_and_drained(
-    redis_url: str, former_shards: int, former_swept: bool
+    redis_url: str, former_shards: int, recorded: bool
 ) -> None:
     """`SCHEDULER_SHARDS` lowered under a running pipeline: a drain of the former count
     claimed a pair in a shard the new processes no longer use, then died. That pair still
     counts as backlog, and the new processes' sweep gives it back with a drain of that shard
     (a drain task answers any shard). Work left in the former default's 8 shards is found
-    though no release before this one recorded its count; beyond 8, through the count a
-    sweep of the former processes recorded (`keys.SHARDS_SEEN`)."""
+    though no release before this one recorded its count; beyond 8, through the count the
+    former process recorded at its first request (`keys.SHARDS_SEEN`)."""
     client = redis.Redis.from_url(redis_url)
     client.delete(keys.SHARDS_SEEN)
     former, _ = scheduler_for(redis_url, lease_ms=300, shards=former_shards)
-    if former_swept:
-        former.sweep()
-    coach = next(c for c in iter(uuid.uuid4, None) if shard_of(c, former_shards) >= 1)
+    beyond = FORMER_DEFAULT_SHARDS if recorded else 1  # a shard only the record can tell
+    coach = next(c for c in iter(uuid.uuid4, None) if shard_of(c, former_shards) >= beyond)
     left = shard_of(coach, former_shards)
     former.request([("coach-stats", coach)], {("coach-stats", coach): 1234})
     assert former.claim(left, "dead-task", 10).pairs == [("coach-stats", coach)]
+    if recorded:
+        assert client.get(keys.SHARDS_SEEN) == str(former_shards).encode()
+    else:
+        client.delete(keys.SHARDS_SEEN)  # a release before this one recorded nothing
 
     current, sender = scheduler_for(redis_url, shards=1)
     assert not idle(client, 1)
@@ -241,6 +244,7 @@ def test_work_left_in_a_shard_no_longer_used_is_counted_swept_and_drained(
     assert claim.commit_ms == {("coach-stats", coach): 1234}
     current.release(left, "drain-of-the-former-shard")
     assert idle(client, 1)
+    client.delete(keys.SHARDS_SEEN)
 
 
 def test_a_renewed_lease_outlives_its_first_expiry(redis_url: str) -> None:

@@ -95,8 +95,9 @@ State table, per shard (key names in `pipeline.keys`; one hash tag `{s<shard>}` 
     written  `request_wide` (set only if absent)
     read     `request_wide` (sends the refresh only if it set the marker)
     expires  deleted by `start_wide` when the refresh begins; PX `stale_ms`
-`keys.SHARDS_SEEN` — string, one for all shards: the most shards any process swept with.
-    written  `sweep` (raised to the sweeping process's `shards`, never lowered)
+`keys.SHARDS_SEEN` — string, one for all shards: the most shards any process used.
+    written  a process's first `request` or `sweep`, then every `sweep` (raised to its
+             `shards`, never lowered; delete it once the former shards are empty)
     read     `sweep`, `shards_in_use`: shards past this process's count that may hold work
     expires  never
 
@@ -208,8 +209,9 @@ class Backlog:
 
 def shards_in_use(client: RedisClient, shards: int) -> int:
     """How many shards may hold work (shards 0 … n-1): this process's `shards`, the former
-    default (`FORMER_DEFAULT_SHARDS`) and the most any process has swept with
-    (`keys.SHARDS_SEEN`), so lowering `SCHEDULER_SHARDS` strands nothing. One round trip."""
+    default (`FORMER_DEFAULT_SHARDS`) and the most any process of this release has used
+    (`keys.SHARDS_SEEN`, recorded at its first request or sweep), so lowering
+    `SCHEDULER_SHARDS` strands nothing. One round trip."""
     seen = client.get(keys.SHARDS_SEEN)
     return max(shards, FORMER_DEFAULT_SHARDS, int(seen) if seen is not None else 0)
 
@@ -250,10 +252,12 @@ def coach_window_ms(cost_us: int | None, window_ms: int, stale_ms: int, coach_sh
 
 
 def widened_costs(client: RedisClient, shards: int) -> dict[UUID, int]:
-    """Coach → measured recompute cost (µs), for every coach whose cost widens its window, in
-    every shard in use (two round trips, O(such coaches): for `coachpipe status` and tests)."""
+    """Coach → measured recompute cost (µs), for every coach whose cost widens its window
+    (one round trip, O(such coaches): for `coachpipe status` and tests). Only the `shards`
+    this process uses: a former shard's costs are no longer updated (nothing releases there
+    once its last claim has), so they would show coaches widened long after the fact."""
     pipe = client.pipeline(transaction=False)
-    for shard in range(shards_in_use(client, shards)):
+    for shard in range(shards):
         pipe.hgetall(keys.coach_cost(shard))
     return {
         UUID(as_text(coach)): int(cost) for costs in pipe.execute() for coach, cost in costs.items()
@@ -331,6 +335,7 @@ class RecomputeScheduler:
         self._sweep = _script(client, "sweep")
         self._shards_seen = _script(client, "shards_seen")
         self._swept: int | None = None  # shards_in_use, learnt at the first sweep
+        self._recorded = False  # this count is in keys.SHARDS_SEEN (first request or sweep)
         self._request_wide = _script(client, "request_wide")
         self._keeper = LeaseKeeper(client, self._renew, lease_ms)
 
@@ -338,8 +343,10 @@ class RecomputeScheduler:
     def from_settings(
         cls, client: RedisClient, sender: TaskSender, settings: Settings
     ) -> RecomputeScheduler:
-        """The scheduler every process builds the same way: listeners and workers must agree
-        on the shard count, or drains would look for pairs in the wrong shard."""
+        """The scheduler every process builds the same way. Listeners and workers should agree
+        on the shard count: a request is deduplicated within its coach's shard, so two counts
+        at once may recompute a change twice (harmless) while both run. Nothing is stranded:
+        a drain carries its shard, and every sweep covers every shard in use."""
         return cls(
             client,
             sender,
@@ -383,6 +390,8 @@ class RecomputeScheduler:
         if not by_shard:
             return RequestOutcome()
 
+        record = not self._recorded
+
         def build(pipe: Any) -> None:
             for shard, pairs in by_shard.items():
                 self._request.queue(
@@ -395,8 +404,13 @@ class RecomputeScheduler:
                     ],
                     args=[self.stale_ms, self.late_ms, *pairs],
                 )
+            if record:  # a listener never sweeps: its first request records its shard count
+                self._shards_seen.queue(pipe, keys=[keys.SHARDS_SEEN], args=[self.shards])
 
-        outcomes = run_pipeline(self._redis, [self._request], build)
+        outcomes = run_pipeline(self._redis, [self._request, self._shards_seen], build)
+        if record:
+            outcomes.pop()
+            self._recorded = True
         enqueued = suppressed = 0
         drains: dict[int, float] = {}
         for shard, (added, skipped, countdown_ms) in zip(by_shard, outcomes, strict=True):
@@ -511,7 +525,8 @@ class RecomputeScheduler:
         }
 
     def sweep(self, shards: Iterable[int] | None = None) -> dict[int, int]:
-        """In one round trip: requeue the pairs of expired leases and send a drain where none
+        """In one round trip (two at a process's first sweep, which reads `keys.SHARDS_SEEN`
+        first): requeue the pairs of expired leases and send a drain where none
         is scheduled or the scheduled one is `late_ms` overdue, for `shards` (default: every
         shard in use, `shards_in_use`: a drain task answers any shard, so what a former shard
         count left is drained like the rest). Returns shard → pairs requeued, for the shards
@@ -536,6 +551,7 @@ class RecomputeScheduler:
 
         *outcomes, seen = run_pipeline(self._redis, [self._sweep, self._shards_seen], build)
         self._swept = max(self.shards, FORMER_DEFAULT_SHARDS, int(seen))
+        self._recorded = True
         requeued: dict[int, int] = {}
         for shard, (count, countdown_ms) in zip(chosen, outcomes, strict=True):
             countdown = _seconds(int(countdown_ms))
