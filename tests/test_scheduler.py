@@ -406,28 +406,6 @@ def test_a_slow_batch_is_charged_by_weight_not_in_equal_parts(redis_url: str) ->
     assert windows[pair[0]] == windows[pair[1]], "weights summing to 0: equal parts"
 
 
-def test_a_widened_coach_is_batched_only_with_widened_ones(redis_url: str) -> None:
-    """The whale-fairness bench: a whale whose recompute (about 10 ms) is below the window, so
-    not drained alone, was batched with ordinary coaches, and their changes waited in its
-    snapshot for its statements (others' p99 19 ms alone, 141 ms beside it). A claim now
-    takes coaches of one kind, that of the oldest due one: widened or not; the others go to
-    the follow-up drain, sent at once."""
-    scheduler, sender = scheduler_for(redis_url, window_ms=50)
-    coaches = sorted(coaches_in_one_shard(5), key=str)  # equal due times: by member
-    shard = scheduler.shard_of(coaches[0])
-    whales = [coaches[0], coaches[3]]
-    for whale in whales:
-        widen(scheduler, whale, 0.01, 20)  # 10 ms: a 100 ms window, not alone
-    assert set(scheduler.widened()) == set(whales)
-    ordinary = [coach for coach in coaches if coach not in whales]
-    scheduler.request([("coach-stats", coach) for coach in coaches])
-    sent = len(sender.drains)
-    first = scheduler.claim(shard, "t1", 10)
-    assert first.coaches == whales, "the oldest due is widened: the widened ones, batched"
-    assert sender.drains[sent:] == [(shard, 0.0)], "a follow-up at once for what was left"
-    assert scheduler.claim(shard, "t2", 10).coaches == ordinary
-
-
 def test_a_costly_coach_gets_a_window_of_its_cost_over_its_share(redis_url: str) -> None:
     """The window widens to max(window, cost / coach_share) for a costly coach (EWMA of its
     drains' time), stays at the window for a cheap one, and narrows back once the costly one

@@ -9,9 +9,7 @@
 -- that is due (so one drain answers the whole change). A coach one recompute of which takes
 -- longer than the window (measured cost > window_ms) is taken alone, and only when it is the
 -- oldest due: met behind others it is left to the follow-up drain, so it never holds them
--- behind it. The others are batched only with coaches of their own kind, widened (a measured
--- cost) or not, the kind of the oldest due one: an ordinary coach never waits in one snapshot
--- for a costly coach's statements. Each
+-- behind it. Each
 -- pair taken may run again no earlier than now + its coach's window (not_before). The pairs
 -- returned are the task's whole claim: those taken now plus any an earlier delivery of the
 -- same task id took.
@@ -21,36 +19,29 @@ local batch, window, stale, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumb
     tonumber(ARGV[4])
 local share = tonumber(ARGV[5])
 local function window_of(coach)  -- {max(window, cost / share), at most stale (whole ms),
-    -- whether one recompute of it takes longer than the window, whether it is widened}
+    -- whether one recompute of it takes longer than the window}
     local cost = tonumber(redis.call('HGET', KEYS[7], coach) or '')
     if not cost then
-        return window, false, false
+        return window, false
     end
-    return math.floor(math.min(stale, math.max(window, cost / 1000 / share))),
-        cost > window * 1000, true
+    return math.floor(math.min(stale, math.max(window, cost / 1000 / share))), cost > window * 1000
 end
 local coaches, windows, seen, offset, alone = {}, {}, {}, 0, -1
-local kind = nil  -- whether this batch is of widened coaches (the oldest due one's kind)
 while #coaches < batch and alone < 0 do  -- oldest due first
     local chunk = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', offset, batch)
     for _, member in ipairs(chunk) do
         local coach = string.match(member, '^[^|]+')
         if not seen[coach] then
             seen[coach] = true
-            local coach_window, alone_only, widened = window_of(coach)
+            local coach_window, alone_only = window_of(coach)
             if alone_only then
                 if #coaches == 0 then
                     coaches[1], windows[coach], alone = coach, coach_window, coach_window
                     break
                 end
             elseif #coaches < batch then
-                if kind == nil then
-                    kind = widened
-                end
-                if widened == kind then
-                    coaches[#coaches + 1] = coach
-                    windows[coach] = coach_window
-                end
+                coaches[#coaches + 1] = coach
+                windows[coach] = coach_window
             end
         end
     end
@@ -58,9 +49,6 @@ while #coaches < batch and alone < 0 do  -- oldest due first
         break
     end
     offset = offset + #chunk
-    if offset >= 10 * batch then  -- skipped coaches of the other kind: theirs is the next drain
-        break
-    end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local taken = {}
