@@ -163,7 +163,7 @@ several, that drain queues behind the other shards' drains in the one `realtime`
 with its fixed cost, while with one shard the next drain to run takes every due coach.
 Measured on 2 cores at 200 changes/s with beat (`make bench`, README "Scheduler shards"),
 same code, back to back: commit → every routed aggregate p50 / p99 87.6 / 339.5 ms with 8
-shards (63 drains a second), 18.5 / 81.1 ms with 1 (87 drains a second). More shards spread
+shards (63 task messages a second), 18.5 / 81.1 ms with 1 (87 a second). More shards spread
 the scheduler's scripts over a Redis Cluster's masters."""
 FORMER_DEFAULT_SHARDS = 8
 """The shard count of every release before `DEFAULT_SHARDS` became 1: always swept and
@@ -212,7 +212,11 @@ def shards_in_use(client: RedisClient, shards: int) -> int:
     default (`FORMER_DEFAULT_SHARDS`) and the most any process of this release has used
     (`keys.SHARDS_SEEN`, recorded at its first request or sweep), so lowering
     `SCHEDULER_SHARDS` strands nothing. One round trip."""
-    seen = client.get(keys.SHARDS_SEEN)
+    return _in_use(shards, client.get(keys.SHARDS_SEEN))
+
+
+def _in_use(shards: int, seen: bytes | str | int | None) -> int:
+    """`shards_in_use` from the value of `keys.SHARDS_SEEN` (None: never recorded)."""
     return max(shards, FORMER_DEFAULT_SHARDS, int(seen) if seen is not None else 0)
 
 
@@ -531,9 +535,12 @@ class RecomputeScheduler:
         shard in use, `shards_in_use`: a drain task answers any shard, so what a former shard
         count left is drained like the rest). Returns shard → pairs requeued, for the shards
         where some were."""
-        if shards is None and self._swept is None:
-            self._swept = shards_in_use(self._redis, self.shards)
-        chosen = list(range(self._swept or self.shards) if shards is None else shards)
+        if shards is not None:
+            chosen = list(shards)
+        else:
+            if self._swept is None:
+                self._swept = shards_in_use(self._redis, self.shards)
+            chosen = list(range(self._swept))
 
         def build(pipe: Any) -> None:
             for shard in chosen:
@@ -550,7 +557,7 @@ class RecomputeScheduler:
             self._shards_seen.queue(pipe, keys=[keys.SHARDS_SEEN], args=[self.shards])
 
         *outcomes, seen = run_pipeline(self._redis, [self._sweep, self._shards_seen], build)
-        self._swept = max(self.shards, FORMER_DEFAULT_SHARDS, int(seen))
+        self._swept = _in_use(self.shards, seen)
         self._recorded = True
         requeued: dict[int, int] = {}
         for shard, (count, countdown_ms) in zip(chosen, outcomes, strict=True):
