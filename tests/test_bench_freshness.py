@@ -11,6 +11,7 @@ from coachpipe.traffic import Change
 from devtools.bench.freshness import (
     every_change_stored_after_last_commit,
     per_change,
+    tail_seconds,
 )
 from devtools.bench.measure import Observed
 from pipeline.routing import TABLE_AGGREGATES
@@ -95,3 +96,25 @@ def test_the_slowest_changes_come_with_their_late_keys_writes() -> None:
     }
     assert second["keys"][f"{RATED[0]}|{COACH}"]["stored_after_ms"] == 20.0
     assert second["bracket_ms"] == 2.0
+
+
+def test_the_tail_is_counted_by_the_second_of_the_run_it_committed_in() -> None:
+    """A stall holds every coach at once: the changes slower than the p99 committed in a few
+    seconds of the run. 200 changes 10 ms apart (2 s), each stored 5 ms after its commit,
+    except the last two (1.98 and 1.99 s) stored 300 ms after: the p99 (nearest rank) is 5 ms, so both are
+    above it, and both committed in second 1."""
+    changes = [ratings(10 * i - 1, 10 * i) for i in range(200)]
+    late = {198, 199}
+    notices = [
+        write(name, 10 * i + 1, 10 * i + (300 if i in late else 5))
+        for i in range(200)
+        for name in RATED
+    ]
+    found = per_change(changes, notices)
+    assert (found["count"], found["p99"], found["max"]) == (200, 5.0, 300.0)
+    assert found["tail"] == {"above_ms": 5.0, "changes": 2, "seconds": {"1": 2}}
+    assert per_change([], notices)["tail"] is None
+
+
+def test_tail_seconds_of_nothing_counts_nothing() -> None:
+    assert tail_seconds([], 10.0) == {"above_ms": 10.0, "changes": 0, "seconds": {}}

@@ -96,12 +96,35 @@ SLOWEST = 10
 """How many of the slowest (or missing) changes `per_change` details."""
 
 
+def tail_seconds(timed: Sequence[tuple[float, float]], above_ms: float) -> dict[str, Any]:
+    """When the tail happened: of `timed` (commit ms, latency ms) pairs, those slower than
+    `above_ms` (the run's p99), counted by the whole second of the run they committed in
+    (from the first commit). A few seconds holding them all is a stall that held every
+    coach at once (a pause of a process, a burst of other work); many seconds with one or
+    two each is a tail spread over the run. Shape: `{"above_ms", "changes", "seconds":
+    {second: count}}`, seconds in order."""
+    if not timed:
+        return {"above_ms": above_ms, "changes": 0, "seconds": {}}
+    first = min(commit for commit, _ in timed)
+    seconds: dict[int, int] = defaultdict(int)
+    for commit, latency in timed:
+        if latency > above_ms:
+            seconds[int((commit - first) // 1000)] += 1
+    return {
+        "above_ms": above_ms,
+        "changes": sum(seconds.values()),
+        "seconds": {str(second): seconds[second] for second in sorted(seconds)},
+    }
+
+
 def per_change(changes: Sequence[Change], notices: Sequence[Observed]) -> dict[str, Any]:
     """p50/p95/p99/max and count of commit → every routed aggregate stored (ms), how many
-    changes had an aggregate never stored including them (`missing`), and the `SLOWEST`
-    slowest or missing changes (`slowest`, `late_keys`) with the writes of their late keys."""
+    changes had an aggregate never stored including them (`missing`), when the changes
+    slower than the p99 committed (`tail`, see `tail_seconds`), and the `SLOWEST` slowest or
+    missing changes (`slowest`) with the writes of their late keys."""
     writes = key_writes(notices)
     latencies = []
+    timed: list[tuple[float, float]] = []
     missing = 0
     ranked: list[tuple[float, Change]] = []
     for change in changes:
@@ -111,11 +134,15 @@ def per_change(changes: Sequence[Change], notices: Sequence[Observed]) -> dict[s
             ranked.append((math.inf, change))
         else:
             latencies.append(stored - change.commit_ms)
+            timed.append((change.commit_ms, stored - change.commit_ms))
             ranked.append((stored - change.commit_ms, change))
     ranked.sort(key=lambda item: item[0], reverse=True)
+    found = percentiles(latencies)
+    p99 = found["p99"]
     return {
-        **percentiles(latencies),
+        **found,
         "missing": missing,
+        "tail": None if p99 is None else tail_seconds(timed, p99),
         "slowest": [_detail(change, writes) for _, change in ranked[:SLOWEST]],
     }
 
