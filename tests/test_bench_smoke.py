@@ -44,6 +44,10 @@ def test_bench_smoke_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     per_change = results["steady"]["postgres"]["commit_to_all_stored_ms"]
     assert per_change["count"] == results["steady"]["postgres"]["changes"]
     assert per_change["missing"] == 0
+    # When the tail happened, the pipeline's and the database's own (the floor's).
+    assert per_change["tail"]["changes"] <= per_change["count"]
+    floor = results["steady"]["postgres"]["commit_to_listener_ms"]
+    assert floor["count"] > 0 and floor["tail"]["above_ms"] == floor["p99"]
     for scenario in ("burst", "hot"):  # the naive sub-runs before them leave nothing to judge
         run = results[scenario]["pipeline"]
         assert run["correct"]["wrong"] == 0, run["correct"]["examples"]

@@ -28,6 +28,7 @@ from devtools.bench.freshness import (
     every_change_stored_after_last_commit,
     per_change,
     routed_keys,
+    tail_seconds,
 )
 from devtools.bench.measure import (
     NoticeCollector,
@@ -212,8 +213,14 @@ class FloorProbe:
                     "WHERE slot_name = 'bench_floor')"
                 )
 
-    def since(self, start: float) -> list[float]:
-        return [latency for at, latency in self.latencies if at >= start]
+    def figures(self, start: float) -> dict[str, Any]:
+        """p50/p95/p99/max of commit → received (ms) since `start` (wall clock, s), and when
+        its tail happened (`tail_seconds`, by second from the first commit): a stall of the
+        database's own delivery shows in the same seconds as the pipeline's."""
+        timed = [(at * 1000 - latency, latency) for at, latency in self.latencies if at >= start]
+        found = percentiles([latency for _, latency in timed])
+        p99 = found["p99"]
+        return {**found, "tail": None if p99 is None else tail_seconds(timed, p99)}
 
 
 # --- own drain and correctness -----------------------------------------------------------------
@@ -333,7 +340,7 @@ def steady(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
         "timeline": _timeline(notices, start),
     }
     if floor is not None:
-        result["commit_to_listener_ms"] = percentiles(floor.since(start))
+        result["commit_to_listener_ms"] = floor.figures(start)
         floor.stop()
     stack.stop_processes()
     return result

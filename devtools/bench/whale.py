@@ -329,7 +329,7 @@ def fairness(
             }
             for name, written in runs.items()
         }
-        results[label]["floor_commit_to_listener_ms"] = percentiles(floor.since(start))
+        results[label]["floor_commit_to_listener_ms"] = floor.figures(start)
         floor.stop()
         stack.stop_processes()
     return results
