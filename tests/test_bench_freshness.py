@@ -14,6 +14,7 @@ from devtools.bench.freshness import (
     tail_seconds,
 )
 from devtools.bench.measure import Observed
+from devtools.bench.scenarios import FloorProbe
 from pipeline.routing import TABLE_AGGREGATES
 from pipeline.store import Notice
 
@@ -101,8 +102,9 @@ def test_the_slowest_changes_come_with_their_late_keys_writes() -> None:
 def test_the_tail_is_counted_by_the_second_of_the_run_it_committed_in() -> None:
     """A stall holds every coach at once: the changes slower than the p99 committed in a few
     seconds of the run. 200 changes 10 ms apart (2 s), each stored 5 ms after its commit,
-    except the last two (1.98 and 1.99 s) stored 300 ms after: the p99 (nearest rank) is 5 ms, so both are
-    above it, and both committed in second 1."""
+    except the last two (1.98 and 1.99 s), stored 300 ms after: the p99 (nearest rank) is
+    5 ms, so both are above it, both committed in second 1 of the run counted from its first
+    commit, and in second 3 of a run that started 2 s before it (`origin_ms`)."""
     changes = [ratings(10 * i - 1, 10 * i) for i in range(200)]
     late = {198, 199}
     notices = [
@@ -112,9 +114,38 @@ def test_the_tail_is_counted_by_the_second_of_the_run_it_committed_in() -> None:
     ]
     found = per_change(changes, notices)
     assert (found["count"], found["p99"], found["max"]) == (200, 5.0, 300.0)
-    assert found["tail"] == {"above_ms": 5.0, "changes": 2, "seconds": {"1": 2}}
-    assert per_change([], notices)["tail"] is None
+    stall = {"changes": 2, "max_ms": 300.0}
+    assert found["tail"] == {"above_ms": 5.0, "changes": 2, "seconds": {"1": stall}}
+    started = per_change(changes, notices, origin_ms=MS0 - 2000)
+    assert started["tail"]["seconds"] == {"3": stall}
+
+
+def test_the_tail_is_the_one_percent_ranked_above_the_p99_ties_and_rounding_aside() -> None:
+    """1 % of the changes, whatever their rounding or ties: 100 changes of 5.0004 to 5.0994 ms
+    (p99 5.0984, 5.1 rounded) have one above it; 200 changes of 5 ms have two."""
+    timed = [(MS0 + i, 5.0 + i / 1000 + 0.0004) for i in range(100)]
+    assert tail_seconds(timed)["above_ms"] == 5.1
+    assert tail_seconds(timed)["changes"] == 1
+    assert tail_seconds([(MS0 + i, 5.0) for i in range(200)])["changes"] == 2
 
 
 def test_tail_seconds_of_nothing_counts_nothing() -> None:
-    assert tail_seconds([], 10.0) == {"above_ms": 10.0, "changes": 0, "seconds": {}}
+    assert tail_seconds([]) == {"above_ms": None, "changes": 0, "seconds": {}}
+    assert per_change([], [])["tail"]["changes"] == 0
+
+
+def test_the_floor_counts_its_tail_on_the_runs_seconds() -> None:
+    """The floor probe keeps (received, wall s; commit → received, ms): its commit is the one
+    and the other apart, counted from the run's start as the per-change figures are."""
+    floor = FloorProbe.__new__(FloorProbe)
+    start = MS0 / 1000
+    floor.latencies = [(start + 0.5 + i / 100, 2.0) for i in range(99)]
+    floor.latencies.append((start + 3.2, 400.0))  # committed at 2.8 s: second 2
+    floor.latencies.append((start - 1, 900.0))  # before the run: not counted
+    found = floor.figures(start)
+    assert (found["count"], found["p50"], found["max"]) == (100, 2.0, 400.0)
+    assert found["tail"] == {
+        "above_ms": 2.0,  # the 99th of 100 latencies, 2.0; the 100th, 400 ms, is above it
+        "changes": 1,
+        "seconds": {"2": {"changes": 1, "max_ms": 400.0}},
+    }

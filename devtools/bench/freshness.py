@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from coachpipe.traffic import Change
-from devtools.bench.measure import Observed, percentiles
+from devtools.bench.measure import Observed, nearest_rank, percentiles
 from pipeline.routing import TABLE_AGGREGATES
 
 Key = tuple[str, str]
@@ -96,32 +96,43 @@ SLOWEST = 10
 """How many of the slowest (or missing) changes `per_change` details."""
 
 
-def tail_seconds(timed: Sequence[tuple[float, float]], above_ms: float) -> dict[str, Any]:
-    """When the tail happened: of `timed` (commit ms, latency ms) pairs, those slower than
-    `above_ms` (the run's p99), counted by the whole second of the run they committed in
-    (from the first commit). A few seconds holding them all is a stall that held every
-    coach at once (a pause of a process, a burst of other work); many seconds with one or
-    two each is a tail spread over the run. Shape: `{"above_ms", "changes", "seconds":
-    {second: count}}`, seconds in order."""
+def tail_seconds(
+    timed: Sequence[tuple[float, float]], origin_ms: float | None = None
+) -> dict[str, Any]:
+    """When the tail happened: of `timed` (commit ms, latency ms) pairs, the 1 % ranked above
+    the p99 (nearest rank, as `percentiles`: 120 of 12,000), by the whole second of the run
+    they committed in, counted from `origin_ms` (wall clock ms: the run's start, so that every
+    figure of a run counts the same seconds; the first commit when None). A few seconds
+    holding them all is a stall that held every coach at once (a pause of a process, a burst
+    of other work); many seconds with one or two each is a tail spread over the run. Shape:
+    `{"above_ms": p99, "changes", "seconds": {second: {"changes", "max_ms"}}}`, seconds in
+    order; `above_ms` None when `timed` is empty."""
     if not timed:
-        return {"above_ms": above_ms, "changes": 0, "seconds": {}}
-    first = min(commit for commit, _ in timed)
-    seconds: dict[int, int] = defaultdict(int)
-    for commit, latency in timed:
-        if latency > above_ms:
-            seconds[int((commit - first) // 1000)] += 1
+        return {"above_ms": None, "changes": 0, "seconds": {}}
+    first = min(commit for commit, _ in timed) if origin_ms is None else origin_ms
+    ordered = sorted(timed, key=lambda pair: pair[1])
+    at = nearest_rank(len(ordered), 0.99)
+    seconds: dict[int, list[float]] = defaultdict(list)
+    for commit, latency in ordered[at + 1 :]:
+        seconds[int((commit - first) // 1000)].append(latency)
     return {
-        "above_ms": above_ms,
-        "changes": sum(seconds.values()),
-        "seconds": {str(second): seconds[second] for second in sorted(seconds)},
+        "above_ms": round(ordered[at][1], 2),
+        "changes": len(ordered) - at - 1,
+        "seconds": {
+            str(second): {"changes": len(seconds[second]), "max_ms": round(max(seconds[second]), 2)}
+            for second in sorted(seconds)
+        },
     }
 
 
-def per_change(changes: Sequence[Change], notices: Sequence[Observed]) -> dict[str, Any]:
+def per_change(
+    changes: Sequence[Change], notices: Sequence[Observed], origin_ms: float | None = None
+) -> dict[str, Any]:
     """p50/p95/p99/max and count of commit → every routed aggregate stored (ms), how many
     changes had an aggregate never stored including them (`missing`), when the changes
-    slower than the p99 committed (`tail`, see `tail_seconds`), and the `SLOWEST` slowest or
-    missing changes (`slowest`) with the writes of their late keys."""
+    slower than the p99 committed (`tail`, see `tail_seconds`; seconds from `origin_ms`),
+    and the `SLOWEST` slowest or missing changes (`slowest`) with the writes of their late
+    keys."""
     writes = key_writes(notices)
     latencies = []
     timed: list[tuple[float, float]] = []
@@ -137,12 +148,10 @@ def per_change(changes: Sequence[Change], notices: Sequence[Observed]) -> dict[s
             timed.append((change.commit_ms, stored - change.commit_ms))
             ranked.append((stored - change.commit_ms, change))
     ranked.sort(key=lambda item: item[0], reverse=True)
-    found = percentiles(latencies)
-    p99 = found["p99"]
     return {
-        **found,
+        **percentiles(latencies),
         "missing": missing,
-        "tail": None if p99 is None else tail_seconds(timed, p99),
+        "tail": tail_seconds(timed, origin_ms),
         "slowest": [_detail(change, writes) for _, change in ranked[:SLOWEST]],
     }
 

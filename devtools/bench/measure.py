@@ -18,6 +18,12 @@ from pipeline.redis_client import connect, is_cluster
 from pipeline.store import Notice
 
 
+def nearest_rank(count: int, q: float) -> int:
+    """The index of the `q` quantile (0 < q <= 1) in `count` values sorted ascending, by the
+    nearest-rank rule; `count` > 0."""
+    return min(count - 1, max(0, math.ceil(q * count) - 1))
+
+
 def percentiles(values: list[float]) -> dict[str, float | int | None]:
     """p50/p95/p99/max (nearest rank) and the count; None when there is nothing to rank."""
     if not values:
@@ -25,7 +31,7 @@ def percentiles(values: list[float]) -> dict[str, float | int | None]:
     ordered = sorted(values)
 
     def rank(q: float) -> float:
-        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+        return ordered[nearest_rank(len(ordered), q)]
 
     return {
         "count": len(ordered),

@@ -215,12 +215,14 @@ class FloorProbe:
 
     def figures(self, start: float) -> dict[str, Any]:
         """p50/p95/p99/max of commit → received (ms) since `start` (wall clock, s), and when
-        its tail happened (`tail_seconds`, by second from the first commit): a stall of the
-        database's own delivery shows in the same seconds as the pipeline's."""
+        its tail happened (`tail_seconds`, by second from `start`, as the run's per-change
+        figures count them): a stall of the database's own delivery shows in the same seconds
+        as the pipeline's."""
         timed = [(at * 1000 - latency, latency) for at, latency in self.latencies if at >= start]
-        found = percentiles([latency for _, latency in timed])
-        p99 = found["p99"]
-        return {**found, "tail": None if p99 is None else tail_seconds(timed, p99)}
+        return {
+            **percentiles([latency for _, latency in timed]),
+            "tail": tail_seconds(timed, start * 1000),
+        }
 
 
 # --- own drain and correctness -----------------------------------------------------------------
@@ -329,7 +331,7 @@ def steady(stack: Stack, profile: Profile, source: str, naive: bool) -> dict[str
         "seconds": duration,
         "changes": len(written.changes),
         "writer_behind_s": round(written.behind_s, 3),
-        "commit_to_all_stored_ms": per_change(written.changes, notices),
+        "commit_to_all_stored_ms": per_change(written.changes, notices, start * 1000),
         "commit_to_stored_ms": percentiles(_latencies(notices)),
         "recomputes": len(notices),
         "naive_recomputes": affected_keys(written.changes),
@@ -395,7 +397,7 @@ def burst(stack: Stack, profile: Profile, naive: bool, hot: bool = False) -> dic
         "visible_after_last_commit_s": every_change_stored_after_last_commit(
             written.changes, notices
         ),
-        "commit_to_all_stored_ms": per_change(written.changes, notices),
+        "commit_to_all_stored_ms": per_change(written.changes, notices, start * 1000),
         "commit_to_stored_ms": percentiles(_latencies(notices)),
         "worker_rss_mb_max": max(rss, default=0.0),
         "worker_pss_mb_max": max(pss, default=0.0),

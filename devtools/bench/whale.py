@@ -325,7 +325,7 @@ def fairness(
         results[label] = {
             name: {
                 "changes": len(written.changes),
-                "commit_to_all_stored_ms": per_change(written.changes, notices),
+                "commit_to_all_stored_ms": per_change(written.changes, notices, start * 1000),
             }
             for name, written in runs.items()
         }
