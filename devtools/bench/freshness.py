@@ -134,8 +134,7 @@ def per_change(
     and the `SLOWEST` slowest or missing changes (`slowest`) with the writes of their late
     keys."""
     writes = key_writes(notices)
-    latencies = []
-    timed: list[tuple[float, float]] = []
+    timed: list[tuple[float, float]] = []  # (commit ms, latency ms)
     missing = 0
     ranked: list[tuple[float, Change]] = []
     for change in changes:
@@ -144,12 +143,11 @@ def per_change(
             missing += 1
             ranked.append((math.inf, change))
         else:
-            latencies.append(stored - change.commit_ms)
             timed.append((change.commit_ms, stored - change.commit_ms))
             ranked.append((stored - change.commit_ms, change))
     ranked.sort(key=lambda item: item[0], reverse=True)
     return {
-        **percentiles(latencies),
+        **percentiles([latency for _, latency in timed]),
         "missing": missing,
         "tail": tail_seconds(timed, origin_ms),
         "slowest": [_detail(change, writes) for _, change in ranked[:SLOWEST]],
