@@ -239,6 +239,7 @@ def _stop_leftovers(settings: Settings, console: Console) -> None:
         os.kill(demo, signal.SIGTERM)
         if not wait_gone(demo, 30):
             os.kill(demo, signal.SIGKILL)
+            wait_gone(demo, 10)
     for pid in recorded.get("children", []):
         if isinstance(pid, int) and _cmdline(pid):
             console.print(
@@ -251,6 +252,7 @@ def _stop_leftovers(settings: Settings, console: Console) -> None:
             if not wait_gone(pid, 10):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
+                wait_gone(pid, 10)  # its sockets (the API's port) are free only once it is gone
     data = Path(settings.data_dir)
     if settings.database_url is None and PrivatePostgres(data / "pg").running():
         console.print(f"stopping a previous demo's Postgres in {data / 'pg'}")

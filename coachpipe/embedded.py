@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -31,7 +32,54 @@ class MissingBinaryError(RuntimeError):
     """A server binary is not installed; the message names the Debian package."""
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+EPHEMERAL_RANGE_DEFAULT = (32768, 60999)
+"""Linux's default ephemeral range (`ip_local_port_range`, see ip(7)) when the file is absent."""
+LISTEN_PORT_MIN = 10000
+"""The lowest port `free_port` hands out: above the well-known and most registered services."""
+
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return EPHEMERAL_RANGE_DEFAULT
+    return low, high
+
+
+def _listen_candidates() -> range:
+    """Ports a server may be told to listen on later: outside the ephemeral range, where the
+    kernel picks the local port of every outgoing connection. A port picked from there (as
+    `bind(0)` does) can be taken by any connection of any process before the server binds it,
+    and the server then fails with EADDRINUSE."""
+    low, high = _ephemeral_range()
+    below = range(LISTEN_PORT_MIN, low)
+    above = range(high + 1, 65536)
+    return below if len(below) >= len(above) else above
+
+
+def _can_bind(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 for a server this process starts later: nothing is bound to it
+    now, it lies outside the kernel's ephemeral range (`_listen_candidates`) and this process
+    has not handed it out before. Falls back to a kernel-chosen port (`bind(0)`) when 200
+    random candidates are all taken."""
+    candidates = _listen_candidates()
+    for _ in range(200):
+        port = random.choice(candidates)
+        if port not in _handed_out and _can_bind(port):
+            _handed_out.add(port)
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

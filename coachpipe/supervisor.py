@@ -160,7 +160,10 @@ def _pump(component: Component) -> None:
 
 
 def wait_gone(pid: int, timeout: float) -> bool:
-    """True once no process has `pid` (polled every 0.1 s), False after `timeout` seconds."""
+    """True once no process runs as `pid` (polled every 0.1 s), False after `timeout` seconds.
+
+    A zombie counts as gone: it holds no socket or file any more, and an orphan whose new
+    parent never reaps it (a container's init that is not one) stays a zombie for good."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -169,5 +172,18 @@ def wait_gone(pid: int, timeout: float) -> bool:
             return True
         except PermissionError:
             return False
+        if _is_zombie(pid):
+            return True
         time.sleep(0.1)
     return False
+
+
+def _is_zombie(pid: int) -> bool:
+    """State `Z` in /proc/PID/stat (proc(5)); the state follows the parenthesised command name,
+    which may itself hold spaces and parentheses."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rpartition(")")[2].split()
+    return bool(fields) and fields[0] == "Z"

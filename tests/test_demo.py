@@ -79,6 +79,21 @@ def test_demo_runs_the_whole_pipeline_and_leaves_no_process(data_dir: Path) -> N
     assert ours(data_dir) == []
 
 
+def test_a_zombie_counts_as_gone() -> None:
+    """An orphan whose new parent never reaps it (this sandbox's init does not) stays a zombie:
+    the next demo waited its full grace period on each of a killed demo's processes."""
+    from coachpipe.supervisor import wait_gone
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    pid = child.pid
+    try:
+        assert wait_gone(pid, 30)  # exited but not yet reaped: a zombie
+        assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    finally:
+        child.wait()
+    assert not wait_gone(os.getpid(), 0.3)
+
+
 def _demo_env(data_dir: Path) -> dict[str, str]:
     env = {
         k: v
