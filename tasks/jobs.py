@@ -151,7 +151,15 @@ def refresh_all(task: PipelineTask, aggregate: str, reason: str = "manual") -> d
 
 
 def tick_clock(task: PipelineTask, aggregate: str) -> dict[str, Any]:
-    """Recompute the coaches whose `aggregate` changed by the clock alone since the last tick."""
+    """Recompute the coaches whose `aggregate` changed by the clock alone since the last tick.
+
+    They go as refresh batches (`REFRESH_BATCH_SIZE` coaches each) to the bulk queue, never
+    into the realtime scheduler: its drains take the oldest due coaches first, so a tick that
+    finds many coaches behind (its first run, with no marker: 60 days back; the first after
+    beat was down) put all of them in front of every change that came after, and every
+    coach's commit → stored waited for the lot (the whale-fairness runs: up to 0.4 s, in the
+    seconds after the first tick). On the bulk queue a worker takes them only while no drain
+    waits (`tasks.celery.QUEUE_ORDER`). They never expire: the marker has moved past them."""
     definition = get(aggregate)
     runtime = task.runtime
     key = keys.clock_last_tick(aggregate)
@@ -164,8 +172,9 @@ def tick_clock(task: PipelineTask, aggregate: str) -> dict[str, Any]:
                         since=window.since.isoformat())  # fmt: skip
         crossing = coaches_crossing(connection, definition, window.since, until)
     behind = behind_the_clock(crossing, settled_as_of(runtime.redis, aggregate, crossing))
-    if behind:
-        runtime.scheduler.request([(aggregate, coach) for coach in behind])
+    size = task.settings.refresh_batch_size
+    for start in range(0, len(behind), size):
+        task.sender.send_refresh_batch([aggregate], behind[start : start + size])
     CLOCK_TICK_COACHES.labels(aggregate, "recomputed").inc(len(behind))
     CLOCK_TICK_COACHES.labels(aggregate, "current").inc(len(crossing) - len(behind))
     runtime.redis.set(key, until.isoformat())

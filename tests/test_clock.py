@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
@@ -13,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
+from config import Settings
 from devtools.processes import Proc, wait_for
 from pipeline import keys, seed
 from pipeline.aggregates import CRITICAL, REGISTRY
@@ -223,3 +226,36 @@ def test_a_stored_clock_counts_only_while_no_recompute_is_in_flight(
         coach: UNTIL,
         UUID(int=8): None,
     }
+
+
+def test_a_tick_sends_its_coaches_to_the_bulk_queue_never_in_front_of_the_drains(
+    database_url: str, redis_client: redis.Redis, broker_url: str, settings: Settings
+) -> None:
+    """The first tick on a fresh stack (no marker: 60 days back) finds every coach behind.
+    Requested through the realtime scheduler they were due before any change that came after
+    them, and every coach's commit → stored waited for the lot (whale-fairness, 2026-12-03:
+    48 changes of the others up to 407 ms in the two seconds after the first tick). They go
+    to the refresh queue instead, `REFRESH_BATCH_SIZE` coaches a task."""
+    from tasks.celery import create_app
+
+    seed.load(database_url, seed.SeedPlan(coaches=5, clients_per_coach=2, sessions_per_client=3))
+    app = create_app(settings.model_copy(update={"refresh_batch_size": 2}))
+    try:
+        result = app.tasks[names.TICK_CLOCK]("coach-stats")
+        behind = result["coaches"]
+        assert behind == 5, result
+        assert app.runtime.scheduler.due_pairs() == set()
+    finally:
+        app.close()
+    broker = redis.Redis.from_url(broker_url)
+    assert broker.llen(names.REALTIME_QUEUE) == 0
+    batches: list[list[str]] = []
+    for raw in broker.lrange(names.REFRESH_QUEUE, 0, -1):
+        message = json.loads(raw)
+        assert message["headers"]["task"] == names.REFRESH_BATCH
+        (aggregates, coaches, _commit), _kwargs, _embed = json.loads(
+            base64.b64decode(message["body"])
+        )
+        assert aggregates == ["coach-stats"]
+        batches.append(coaches)
+    assert sorted(len(batch) for batch in batches) == [1, 2, 2]
