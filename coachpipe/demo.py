@@ -252,7 +252,7 @@ def _stop_leftovers(settings: Settings, console: Console) -> None:
             if not wait_gone(pid, 10):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
-                wait_gone(pid, 10)  # its sockets (the API's port) are free only once it is gone
+                wait_gone(pid, 10)  # the leader's sockets (the API's port) close when it is gone
     data = Path(settings.data_dir)
     if settings.database_url is None and PrivatePostgres(data / "pg").running():
         console.print(f"stopping a previous demo's Postgres in {data / 'pg'}")

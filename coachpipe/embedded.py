@@ -39,6 +39,7 @@ LISTEN_PORT_MIN = 10000
 """The lowest port `free_port` hands out: above the well-known and most registered services."""
 
 _handed_out: set[int] = set()
+_random = random.SystemRandom()  # not the global generator, which a test may have seeded
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -73,10 +74,10 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 for a server this process starts later: nothing is bound to it
     now, it lies outside the kernel's ephemeral range (`_listen_candidates`) and this process
     has not handed it out before. Falls back to a kernel-chosen port (`bind(0)`) when 200
-    random candidates are all taken."""
+    random candidates are all taken, or when the ephemeral range leaves none."""
     candidates = _listen_candidates()
-    for _ in range(200):
-        port = random.choice(candidates)
+    for _ in range(200 if candidates else 0):  # an ephemeral range of 10000-65535: none
+        port = _random.choice(candidates)
         if port not in _handed_out and _can_bind(port):
             _handed_out.add(port)
             return port

@@ -9,7 +9,8 @@ the same idea for the dashboard aggregates. An audit of some coaches runs in two
    is newer than what the audit knows. A different, older value is a *suspect*: the pipeline
    may be refreshing it right now. A value that only differs because the clock moved (the same
    recompute at the stored value's own `as_of` reproduces it) is counted as `clock`: the clock
-   tick (`CLOCK_TICK_S`) bounds that staleness by design, and it is not a data mismatch.
+   tick bounds that staleness by design (`CLOCK_TICK_S`, plus the wait of its refresh batches
+   on the bulk queue), and it is not a data mismatch.
 2. `confirm`, `grace_s` later (the freshness SLO): each suspect's stored value is read again.
    If a write from a snapshot at or after the audit's has replaced it, the pipeline kept its
    promise (`settled`). Otherwise the value was stale for longer than the SLO: a *mismatch*,

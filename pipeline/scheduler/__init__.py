@@ -102,7 +102,7 @@ State table, per shard (key names in `pipeline.keys`; one hash tag `{s<shard>}` 
     expires  never
 
 Callers: listeners `request` (routed changes, catch-up) and `request_wide` (changes without a
-coach id); beat's clock tick `request`s; every worker (about every second) and beat's sweep task
+coach id); every worker (about every second) and beat's sweep task
 call `sweep`; a drain task calls `claim`, recomputes while a `Lease` renews its claim, then
 `release`; a wide refresh task calls `start_wide`.
 """
