@@ -601,6 +601,9 @@ class Lease:
         self.shard = shard
         self.task_id = task_id
         self.lost = False
+        self.held_since = time.monotonic()
+        self.renewed_at = self.held_since
+        """`time.monotonic()` of the last renewal that found the lease held (or of the hold)."""
 
     def __enter__(self) -> Lease:
         self._keeper.hold(self)
@@ -666,8 +669,19 @@ class LeaseKeeper:
                     pipe, keys=[keys.claims(lease.shard)], args=[self._lease_ms, lease.task_id]
                 )
 
+        asked = time.monotonic()
         renewed = run_pipeline(self._redis, [self._renew], build)
         for lease, held_still in zip(held, renewed, strict=True):
-            if not held_still and not lease.lost:
+            if held_still:
+                lease.renewed_at = asked
+            elif not lease.lost:
                 lease.lost = True
-                log.warning("claim_lease_lost", shard=lease.shard, task_id=lease.task_id)
+                # How long the drain had held it, and since when nothing renewed it: a gap
+                # past the lease says this process (or its keeper thread) stalled that long.
+                log.warning(
+                    "claim_lease_lost",
+                    shard=lease.shard,
+                    task_id=lease.task_id,
+                    held_s=round(asked - lease.held_since, 3),
+                    since_renewal_s=round(asked - lease.renewed_at, 3),
+                )
