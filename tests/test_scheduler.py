@@ -270,6 +270,29 @@ def test_a_renewed_lease_outlives_its_first_expiry(redis_url: str) -> None:
     scheduler.release(shard, "busy-task")
 
 
+def test_a_lease_released_while_its_renewal_was_on_the_way_is_not_lost(redis_url: str) -> None:
+    """The keeper lists the held leases, the drain ends (drops its lease, releases its claim),
+    then the renewal reaches Redis and finds no claim: a drain that ended, not a lost lease
+    (whale-fairness, 2026-12-03: `claim_lease_lost` 4 ms into a drain). A claim a sweep took
+    back while the drain still holds it is lost."""
+    scheduler, _ = scheduler_for(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    coaches = coaches_in_one_shard(2)
+    shard = scheduler.shard_of(coaches[0])
+    scheduler.request([("coach-stats", coach) for coach in coaches])
+    scheduler.claim(shard, "ended", 1)
+    scheduler.claim(shard, "swept", 1)
+    with scheduler.lease(shard, "ended") as ended, scheduler.lease(shard, "swept") as swept:
+        keeper = ended._keeper
+        listed = [ended, swept]
+        client.zrem(keys.claims(shard), "swept")  # what a sweep of its lapsed lease does
+    scheduler.release(shard, "ended")
+    keeper.hold(swept)  # still recomputing
+    keeper.renew(listed)
+    assert (ended.lost, swept.lost) == (False, True)
+    keeper.drop(swept)
+
+
 def test_a_stale_marker_is_rescheduled_instead_of_suppressing_forever(redis_url: str) -> None:
     scheduler, sender = scheduler_for(redis_url, stale_ms=100)
     coach = uuid.uuid4()

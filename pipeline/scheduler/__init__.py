@@ -671,10 +671,15 @@ class LeaseKeeper:
 
         asked = time.monotonic()
         renewed = run_pipeline(self._redis, [self._renew], build)
+        with self._lock:
+            # A drain drops its lease before it releases the claim: a lease dropped since
+            # `held` was listed may have been released before this renewal reached Redis, and
+            # that is a drain that ended, not a lease lost (seen 4 ms into a fast drain).
+            dropped = {id(lease) for lease in held} - set(self._held)
         for lease, held_still in zip(held, renewed, strict=True):
             if held_still:
                 lease.renewed_at = asked
-            elif not lease.lost:
+            elif not lease.lost and id(lease) not in dropped:
                 lease.lost = True
                 # How long the drain had held it, and since when nothing renewed it: a gap
                 # past the lease says this process (or its keeper thread) stalled that long.
