@@ -31,7 +31,7 @@ from pipeline.errors import TRANSIENT_ERRORS
 from pipeline.fallback import Announcement, on_transition, poll_due
 from pipeline.metrics import CLOCK_TICK_COACHES, EPOCH_CHECK_ERRORS, FENCE_CHECK_ERRORS
 from pipeline.read import settled_as_of
-from pipeline.recompute import recompute, recompute_due
+from pipeline.recompute import batches, recompute, recompute_due
 from pipeline.redis_client import MASTER_CHECK_S
 from pipeline.redis_epoch import record_epoch
 from pipeline.redis_fencing import Fence
@@ -172,9 +172,8 @@ def tick_clock(task: PipelineTask, aggregate: str) -> dict[str, Any]:
                         since=window.since.isoformat())  # fmt: skip
         crossing = coaches_crossing(connection, definition, window.since, until)
     behind = behind_the_clock(crossing, settled_as_of(runtime.redis, aggregate, crossing))
-    size = task.settings.refresh_batch_size
-    for start in range(0, len(behind), size):
-        task.sender.send_refresh_batch([aggregate], behind[start : start + size])
+    for batch in batches(behind, task.settings.refresh_batch_size):
+        task.sender.send_refresh_batch([aggregate], batch)
     CLOCK_TICK_COACHES.labels(aggregate, "recomputed").inc(len(behind))
     CLOCK_TICK_COACHES.labels(aggregate, "current").inc(len(crossing) - len(behind))
     runtime.redis.set(key, until.isoformat())
