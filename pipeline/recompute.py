@@ -45,6 +45,17 @@ class RecomputeResult:
     timer; its statements are bounded by the rows they return, and those rows are what a
     coach's values hold). Empty unless `recompute_due(..., weigh=True)`."""
 
+    def charged_us(self) -> dict[UUID, int]:
+        """Each weighed coach's share of `seconds`, in µs: in proportion to `weights`, in
+        equal parts when they sum to 0 (what the scheduler charges to its cost). Empty when
+        not weighed."""
+        elapsed_us = self.seconds * 1_000_000
+        total = sum(self.weights.values())
+        return {
+            coach: int(elapsed_us * weight / total if total else elapsed_us / len(self.weights))
+            for coach, weight in self.weights.items()
+        }
+
 
 def compute_snapshot(
     engine: Engine, aggregates: Sequence[Aggregate], coach_ids: Sequence[UUID]

@@ -31,7 +31,7 @@ from pipeline.errors import TRANSIENT_ERRORS
 from pipeline.fallback import Announcement, on_transition, poll_due
 from pipeline.metrics import CLOCK_TICK_COACHES, EPOCH_CHECK_ERRORS, FENCE_CHECK_ERRORS
 from pipeline.read import settled_as_of
-from pipeline.recompute import batches, recompute, recompute_due
+from pipeline.recompute import RecomputeResult, batches, recompute, recompute_due
 from pipeline.redis_client import MASTER_CHECK_S
 from pipeline.redis_epoch import record_epoch
 from pipeline.redis_fencing import Fence
@@ -81,27 +81,31 @@ def drain(task: PipelineTask, shard: int) -> dict[str, Any]:
     runtime = task.runtime
     scheduler = runtime.scheduler
     claim = scheduler.claim(shard, task.request.id, task.settings.recompute_batch_size)
-    result = None
+    results: list[RecomputeResult] = []
     if claim.commit_ms:
-        due = [(get(name), coaches) for name, coaches in claim.by_aggregate().items()]
         with scheduler.lease(shard, task.request.id):
-            result = recompute_due(
-                runtime.engine, runtime.store, due, commit_ms=claim.commit_ms, weigh=True
-            )
-    # The recompute's time, charged to its coaches by the size of their values, widens the
-    # window of a costly one.
+            # Cheap coaches first, stored before a costly one's recompute starts.
+            for part in claim.cheap_first():
+                due = [(get(name), coaches) for name, coaches in part.by_aggregate().items()]
+                results.append(
+                    recompute_due(
+                        runtime.engine, runtime.store, due, commit_ms=part.commit_ms, weigh=True
+                    )
+                )
+    # Each part's time, charged to its coaches by the size of their values (µs each), widens
+    # the window of a costly one.
     scheduler.release(
         shard,
         task.request.id,
         claim.coaches,
-        result.seconds if result is not None else None,
-        result.weights if result is not None else None,
+        sum(result.seconds for result in results) if results else None,
+        {coach: us for result in results for coach, us in result.charged_us().items()},
     )
     return {
         "shard": shard,
         "coaches": len(claim.coaches),
         "pairs": len(claim.commit_ms),
-        "stale": result and result.stale,
+        "stale": sum(result.stale for result in results),
     }
 
 

@@ -12,6 +12,7 @@ import redis
 
 from devtools.processes import wait_for
 from pipeline import keys
+from pipeline.recompute import RecomputeResult
 from pipeline.scheduler import (
     FORMER_DEFAULT_SHARDS,
     RecomputeScheduler,
@@ -463,6 +464,53 @@ def test_a_costly_coach_gets_a_window_of_its_cost_over_its_share(redis_url: str)
     assert not_before[whale] - after_ms - 1 <= countdown_ms <= not_before[whale] - before_ms + 1
     widen(scheduler, whale, 0.0005, 60)  # the whale got cheap
     assert scheduler.widened() == {}
+
+
+def test_a_claim_names_its_costly_coaches_and_a_drain_takes_them_last(redis_url: str) -> None:
+    """A whale widened by its cost but cheaper than the window (10 ms: a 100 ms window) stays
+    batched with the others; the claim names it costly, so the drain recomputes the others
+    first (`cheap_first`). Its costly set holds only coaches that have pairs in it."""
+    scheduler, _ = scheduler_for(redis_url, window_ms=50)
+    whale, *ordinary, later = coaches_in_one_shard(4)
+    shard = scheduler.shard_of(whale)
+    widen(scheduler, whale, 0.01, 30)
+    assert list(scheduler.widened()) == [whale]
+    pairs = [(name, c) for c in (whale, *ordinary) for name in ("coach-stats", "coach-clients")]
+    scheduler.request(pairs)
+    claim = scheduler.claim(shard, "t1", 10)
+    assert claim.coaches == sorted([whale, *ordinary]) and claim.costly == {whale}
+    cheap, costly = claim.cheap_first()
+    assert (cheap.coaches, costly.coaches) == (sorted(ordinary), [whale])
+    assert (cheap.costly, costly.costly) == (frozenset(), {whale})
+    assert sorted([*cheap.pairs, *costly.pairs]) == claim.pairs
+    scheduler.request([("coach-stats", later)])
+    only_cheap = scheduler.claim(shard, "t2", 10)  # the whale is not due: no costly part
+    assert only_cheap.costly == frozenset()
+    assert [part.coaches for part in only_cheap.cheap_first()] == [[later]]
+
+
+def test_a_recompute_is_charged_to_its_coaches_in_microseconds_by_weight() -> None:
+    """What a drain passes to `release` for each part it recomputed: its time split by the
+    bytes of each coach's values, in equal parts when they weigh nothing."""
+    coaches = coaches_in_one_shard(3)
+
+    def result(weights: dict[uuid.UUID, int]) -> RecomputeResult:
+        return RecomputeResult(
+            aggregates=("coach-stats",),
+            coaches=len(weights),
+            stored=0,
+            stale=0,
+            versions={},
+            seconds=0.03,
+            weights=weights,
+        )
+
+    assert result({coaches[0]: 8, coaches[1]: 2}).charged_us() == {
+        coaches[0]: 24_000,
+        coaches[1]: 6_000,
+    }
+    assert result(dict.fromkeys(coaches, 0)).charged_us() == dict.fromkeys(coaches, 10_000)
+    assert result({}).charged_us() == {}
 
 
 def test_a_widened_coach_is_claimed_alone_and_never_holds_others_behind_it(

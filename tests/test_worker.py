@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from devtools.processes import Proc, start_worker, wait_for
 from pipeline import seed
 from pipeline.events import ChangeEvent, ChangeType
+from pipeline.read import read_all
 from pipeline.routing import route
 from tasks.pipeline_app import PipelineApp
 from tests.conftest import reset_database
@@ -45,6 +46,32 @@ def test_a_requested_recompute_stores_what_the_oracle_computes(
         pipeline_app, [*coaches, uuid.uuid4()]
     )  # an unknown coach gets a well-formed empty value
     settle(database_url, redis_client, coaches)
+
+
+@pytest.mark.stacks
+def test_a_costly_coach_claimed_with_cheap_ones_is_recomputed_after_they_are_stored(
+    database_url: str, redis_client: redis.Redis, worker: Proc, pipeline_app: PipelineApp
+) -> None:
+    """One drain claims a whale (widened by its measured cost, 10 ms a recompute, but cheaper
+    than the window: batched) and an ordinary coach. The ordinary one's values come from an
+    earlier snapshot, stored before the whale's snapshot was taken; both equal the oracle."""
+    reset_database(database_url)
+    redis_client.flushdb()
+    seed.load(database_url, seed.SeedPlan(coaches=2, clients_per_coach=3, sessions_per_client=2))
+    whale, ordinary = coach_ids(database_url)
+    scheduler = pipeline_app.runtime.scheduler
+    shard = scheduler.shard_of(whale)
+    for n in range(30):
+        scheduler.release(shard, f"measured-{n}", [whale], 0.01)
+    assert list(scheduler.widened()) == [whale]
+    assert scheduler.shard_of(ordinary) == shard  # one claim can hold both
+    request_all(pipeline_app, [whale, ordinary])
+    settle(database_url, redis_client, [whale, ordinary])
+    stored = {coach: read_all(redis_client, coach, CRITICAL_NAMES) for coach in (whale, ordinary)}
+    assert stored[whale] and stored[ordinary]
+    for name in CRITICAL_NAMES:
+        cheap, costly = stored[ordinary][name], stored[whale][name]
+        assert cheap.as_of < costly.as_of and cheap.computed_at <= costly.as_of, name
 
 
 def worker_blocked(database_url: str) -> bool:

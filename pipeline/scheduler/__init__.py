@@ -29,12 +29,12 @@ and restoring are logged (`coach_window_widened`, `coach_window_restored`) and c
 A *drain* task of a shard claims up to a batch of due coaches, each with **every** pair of it
 that is due, and removes them from the set **before** it reads Postgres, so a change committed
 during the recompute makes the pair due again and gets one more recompute: nothing is lost. The
-drain recomputes all those aggregates in one snapshot and stores them at one version, so one
-change (routed to several aggregates of a coach) is answered by one task, not one per
-aggregate. A pair can therefore sit in two live claims, but only if it was requested again
-after the first claim took it. Requests only send a drain when none is scheduled early enough,
-so a burst over many coaches sends a few tasks, not one per change; a claim that leaves pairs
-due sends the follow-up drain.
+drain recomputes every aggregate of a coach in one snapshot and stores them at one version (its
+cheap coaches in one, its costly ones in a second), so one change (routed to several aggregates
+of a coach) is answered by one task, not one per aggregate. A pair can therefore sit in two
+live claims, but only if it was requested again after the first claim took it. Requests only
+send a drain when none is scheduled early enough, so a burst over many coaches sends a few
+tasks, not one per change; a claim that leaves pairs due sends the follow-up drain.
 
 A claim is a **lease**: kept under its task id with an expiry `lease_ms` ahead, renewed by the
 drain while it recomputes (`renew`, from a background thread: `Lease`), forgotten once the
@@ -75,7 +75,8 @@ State table, per shard (key names in `pipeline.keys`; one hash tag `{s<shard>}` 
 `keys.coach_cost` — hash: coach → measured recompute cost (µs), only while it widens the
     coach's window (cost / `coach_share` > `window_ms`).
     written  `release` (EWMA of the drain's time per coach; deleted once below the threshold)
-    read     `claim` (the coach's window; alone if costlier than `window_ms`), `widened`
+    read     `claim` (the coach's window; alone if costlier than `window_ms`; named costly in
+             the claim), `widened`
     expires  no TTL: deleted when the cost falls below the threshold
 `keys.drain_scheduled` — string: when the earliest drain sent will run (ms).
     written  `request`, `claim`, `sweep` set it with each drain they send; `claim` deletes it
@@ -288,9 +289,11 @@ class RequestOutcome:
 @dataclass(frozen=True)
 class Claim:
     """The (aggregate, coach) pairs a drain task holds, with the commit time (ms, None when
-    unknown) of the change behind each."""
+    unknown) of the change behind each, and which of its coaches are costly (a measured cost
+    widens their window, `keys.coach_cost`) when it was claimed."""
 
     commit_ms: dict[Key, int | None]
+    costly: frozenset[UUID] = frozenset()
 
     @property
     def pairs(self) -> list[Key]:
@@ -307,6 +310,15 @@ class Claim:
         for aggregate, coach in self.pairs:
             grouped.setdefault(aggregate, []).append(coach)
         return grouped
+
+    def cheap_first(self) -> list[Claim]:
+        """The claim in the order a drain recomputes it: its cheap coaches, then its costly
+        ones (each part present only if it holds a pair), so the recompute of a costly coach
+        batched with cheap ones never delays theirs."""
+        cheap = {key: at for key, at in self.commit_ms.items() if key[1] not in self.costly}
+        costly = {key: at for key, at in self.commit_ms.items() if key[1] in self.costly}
+        parts = (Claim(commit_ms=cheap), Claim(commit_ms=costly, costly=self.costly))
+        return [part for part in parts if part.commit_ms]
 
 
 class RecomputeScheduler:
@@ -459,11 +471,15 @@ class RecomputeScheduler:
             self._send_drain(shard, follow_up, "follow_up")
         if int(raw[1]) >= 0:
             metrics.WIDENED_CLAIMS.inc()
-        held = raw[2:]
+        costly = int(raw[2])
+        held = raw[3 + costly :]
         commit_ms: dict[Key, int | None] = {}
         for member, commit in zip(held[::2], held[1::2], strict=True):
             commit_ms[_pair(as_text(member))] = int(commit) if commit else None
-        return Claim(commit_ms=commit_ms)
+        return Claim(
+            commit_ms=commit_ms,
+            costly=frozenset(UUID(as_text(coach)) for coach in raw[3 : 3 + costly]),
+        )
 
     def renew(self, shard: int, task_id: str) -> bool:
         """Extend the lease of `task_id`'s claim to `lease_ms` from now; False when a sweep

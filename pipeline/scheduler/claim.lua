@@ -4,7 +4,8 @@
 -- ARGV: batch (coaches), window_ms, stale_ms, lease_ms, coach_share, task_id, then every
 --       aggregate name
 -- Returns {countdown_ms of a follow-up drain to send (-1: none), window_ms of the coach taken
--- alone (-1: none), member, commit, ...}
+-- alone (-1: none), n, n costly coaches (a measured cost: their window is widened), member,
+-- commit, ...}
 -- Members are "coach|aggregate". Up to `batch` coaches are taken, each with every pair of it
 -- that is due (so one drain answers the whole change). A coach one recompute of which takes
 -- longer than the window (measured cost > window_ms) is taken alone, and only when it is the
@@ -87,8 +88,21 @@ if nxt[1] then
         countdown = at - now
     end
 end
-local result = {countdown, math.floor(alone)}
 local held = redis.call('HGETALL', KEYS[5])
+local costly, checked = {}, {}
+for i = 1, #held, 2 do
+    local coach = string.match(held[i], '^[^|]+')
+    if not checked[coach] then
+        checked[coach] = true
+        if redis.call('HEXISTS', KEYS[7], coach) == 1 then
+            costly[#costly + 1] = coach
+        end
+    end
+end
+local result = {countdown, math.floor(alone), #costly}
+for _, coach in ipairs(costly) do
+    result[#result + 1] = coach
+end
 for i = 1, #held do
     result[#result + 1] = held[i]
 end
