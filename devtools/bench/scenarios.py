@@ -110,15 +110,29 @@ def write_paced(
     threads: int = 1,
     seed: int = 7,
     stop: threading.Event | None = None,
+    ready: threading.Barrier | None = None,
 ) -> Written:
     """`rate` changes/s for `duration` s (or until `stop` is set) from `threads` connections
-    (one ChangeWriter each)."""
-    written = Written(started=time.time())
+    (one ChangeWriter each). Every writer loads its book of rows first, and the pacing starts
+    once all have (`ready`: a barrier shared with other calls, one party per writer thread):
+    loading a whale's book (a million sessions, seconds of the bench process's CPU) inside
+    another writer's paced window held that writer back, which then caught up in a burst."""
+    written = Written()
     lock = threading.Lock()
+    loaded = ready or threading.Barrier(threads)
 
     def one(index: int) -> None:
         with psycopg.connect(stack.pg.url, autocommit=True) as conn:
-            writer = ChangeWriter(conn, [hot] if hot else coaches, seed + index, server_clock=True)
+            try:
+                writer = ChangeWriter(
+                    conn, [hot] if hot else coaches, seed + index, server_clock=True
+                )
+            except BaseException:
+                loaded.abort()  # the other writers stop waiting (BrokenBarrierError)
+                raise
+            loaded.wait(timeout=600)
+            with lock:
+                written.started = written.started or time.time()
 
             def record(change: Change) -> None:
                 with lock:
