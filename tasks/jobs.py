@@ -77,7 +77,8 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type informat
 
 def drain(task: PipelineTask, shard: int) -> dict[str, Any]:
     """Recompute the due pairs of scheduler shard `shard`: every due aggregate of up to a batch
-    of coaches, in one snapshot, stored at one version, while a lease keeps the claim ours."""
+    of coaches, while a lease keeps the claim ours; its cheap coaches in one snapshot stored at
+    one version, then its costly ones in another (`Claim.cheap_first`)."""
     runtime = task.runtime
     scheduler = runtime.scheduler
     claim = scheduler.claim(shard, task.request.id, task.settings.recompute_batch_size)

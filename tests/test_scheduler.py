@@ -469,7 +469,8 @@ def test_a_costly_coach_gets_a_window_of_its_cost_over_its_share(redis_url: str)
 def test_a_claim_names_its_costly_coaches_and_a_drain_takes_them_last(redis_url: str) -> None:
     """A whale widened by its cost but cheaper than the window (10 ms: a 100 ms window) stays
     batched with the others; the claim names it costly, so the drain recomputes the others
-    first (`cheap_first`). Its costly set holds only coaches that have pairs in it."""
+    first (`cheap_first`); a redelivery of the task names it again. Its costly set holds only
+    coaches that have pairs in it."""
     scheduler, _ = scheduler_for(redis_url, window_ms=50)
     whale, *ordinary, later = coaches_in_one_shard(4)
     shard = scheduler.shard_of(whale)
@@ -483,6 +484,8 @@ def test_a_claim_names_its_costly_coaches_and_a_drain_takes_them_last(redis_url:
     assert (cheap.coaches, costly.coaches) == (sorted(ordinary), [whale])
     assert (cheap.costly, costly.costly) == (frozenset(), {whale})
     assert sorted([*cheap.pairs, *costly.pairs]) == claim.pairs
+    again = scheduler.claim(shard, "t1", 10)  # a redelivery gets its claim back, named alike
+    assert (again.pairs, again.costly) == (claim.pairs, {whale})
     scheduler.request([("coach-stats", later)])
     only_cheap = scheduler.claim(shard, "t2", 10)  # the whale is not due: no costly part
     assert only_cheap.costly == frozenset()

@@ -120,36 +120,43 @@ def write_paced(
     written = Written()
     lock = threading.Lock()
     loaded = ready or threading.Barrier(threads)
+    failures: list[BaseException] = []
 
     def one(index: int) -> None:
-        with psycopg.connect(stack.pg.url, autocommit=True) as conn:
-            try:
+        try:
+            with psycopg.connect(stack.pg.url, autocommit=True) as conn:
                 writer = ChangeWriter(
                     conn, [hot] if hot else coaches, seed + index, server_clock=True
                 )
-            except BaseException:
-                loaded.abort()  # the other writers stop waiting (BrokenBarrierError)
-                raise
-            loaded.wait(timeout=600)
-            with lock:
-                written.started = written.started or time.time()
-
-            def record(change: Change) -> None:
+                loaded.wait(timeout=600)
                 with lock:
-                    written.changes.append(change)
+                    written.started = written.started or time.time()
 
-            stats = pace(
-                writer.write, rate=rate / threads, duration=duration, on_change=record, stop=stop
-            )
-            with lock:
-                written.behind_s = max(written.behind_s, stats.behind_s)
-                written.conflicts += writer.conflicts
+                def record(change: Change) -> None:
+                    with lock:
+                        written.changes.append(change)
+
+                stats = pace(
+                    writer.write,
+                    rate=rate / threads,
+                    duration=duration,
+                    on_change=record,
+                    stop=stop,
+                )
+                with lock:
+                    written.behind_s = max(written.behind_s, stats.behind_s)
+                    written.conflicts += writer.conflicts
+        except BaseException as error:  # re-raised by the caller's thread below
+            loaded.abort()  # writers waiting at the barrier stop waiting (BrokenBarrierError)
+            failures.append(error)
 
     workers = [threading.Thread(target=one, args=(i,)) for i in range(threads)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
+    if failures:
+        raise failures[0]
     written.finished = time.time()
     return written
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -277,12 +278,6 @@ def plot_curve(curve: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _paced(stack: Stack, runs: dict[str, Any], name: str, seconds: float, **kwargs: Any) -> None:
-    from devtools.bench.scenarios import write_paced
-
-    runs[name] = write_paced(stack, rate=100, duration=seconds, **kwargs)
-
-
 RUNS = ("without_whale", "with_hot_coach", "with_whale")
 """The load runs: the others alone at 100/s; beside 100/s to one ordinary coach (the control:
 the whale's event rate without its cost); beside 100/s to the whale."""
@@ -294,6 +289,8 @@ def fairness(
     """Commit → every routed aggregate stored, for the others' changes (100/s over `others`)
     alone, beside 100/s to the ordinary coach `hot`, and beside 100/s to `whale` (`RUNS`),
     and for the hot coach's and the whale's own changes."""
+    from devtools.bench.scenarios import write_paced
+
     results: dict[str, Any] = {}
     for label in RUNS:
         stack.reset_pipeline()
@@ -305,25 +302,20 @@ def fairness(
         floor = FloorProbe(stack, "postgres").start()  # commit → received: the database's part
         collector = stack.notices()
         start = time.time()
-        runs: dict[str, Any] = {}
-        loads: list[dict[str, Any]] = [{"name": "others", "coaches": others, "seed": 11}]
+        loads: dict[str, dict[str, Any]] = {"others": {"coaches": others, "seed": 11}}
         if label == "with_whale":
-            loads.append({"name": "whale", "coaches": [whale], "hot": whale, "seed": 13})
+            loads["whale"] = {"coaches": [whale], "hot": whale, "seed": 13}
         elif label == "with_hot_coach":
-            loads.append({"name": "hot", "coaches": [hot], "hot": hot, "seed": 13})
+            loads["hot"] = {"coaches": [hot], "hot": hot, "seed": 13}
         ready = threading.Barrier(len(loads))  # every writer's book loaded before any paces
-        writers = [
-            threading.Thread(
-                target=_paced,
-                args=(stack, runs),
-                kwargs={"seconds": seconds, "ready": ready, **load},
-            )
-            for load in loads
-        ]
-        for writer in writers:
-            writer.start()
-        for writer in writers:
-            writer.join()
+        with ThreadPoolExecutor(len(loads)) as pool:
+            paced = {
+                name: pool.submit(
+                    write_paced, stack, rate=100, duration=seconds, ready=ready, **load
+                )
+                for name, load in loads.items()
+            }
+        runs = {name: future.result() for name, future in paced.items()}  # re-raises a failure
         time.sleep(3)  # the last changes' recomputes; a bench figure, not a test wait
         notices = collector.since(start)
         collector.stop()
@@ -336,7 +328,7 @@ def fairness(
             }
             for name, written in runs.items()
         }
-        results[label]["floor_commit_to_listener_ms"] = floor.figures(start)
+        results[label]["floor_commit_to_listener_ms"] = floor.figures(paced_from)
         floor.stop()
         stack.stop_processes()
     return results
