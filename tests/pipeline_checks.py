@@ -13,6 +13,7 @@ from devtools.processes import wait_for
 from pipeline import scheduler
 from pipeline.aggregates import CRITICAL
 from pipeline.read import read_aggregate
+from pipeline.scheduler import RecomputeScheduler
 from tests import oracle
 from tests.datasets import read_back
 
@@ -77,3 +78,10 @@ def settle(
 def coach_ids(database_url: str) -> list[UUID]:
     with psycopg.connect(database_url) as conn:
         return [row[0] for row in conn.execute("SELECT id FROM users WHERE role = 'coach'")]
+
+
+def widen(chosen: RecomputeScheduler, coach: UUID, seconds: float, drains: int) -> None:
+    """`drains` drains of `coach` alone, each `seconds` long, charged to it on release."""
+    shard = chosen.shard_of(coach)
+    for n in range(drains):
+        chosen.release(shard, f"cost-{coach}-{n}", [coach], seconds)

@@ -20,6 +20,7 @@ from pipeline.scheduler import (
     idle,
     shard_of,
 )
+from tests.pipeline_checks import widen
 from tests.recording_sender import RecordingSender
 
 WINDOW_MS = 200
@@ -395,13 +396,6 @@ def test_a_drain_lost_with_its_worker_is_sent_again_by_the_sweep_after_late_ms(
     )
     assert sender.drains[1] == (shard, 0.0)
     assert scheduler.claim(shard, "task-2", 10).coaches == [coach]
-
-
-def widen(scheduler: RecomputeScheduler, coach: uuid.UUID, seconds: float, drains: int) -> None:
-    """`drains` drains of `coach` alone, each `seconds` long, charged to it on release."""
-    shard = scheduler.shard_of(coach)
-    for n in range(drains):
-        scheduler.release(shard, f"cost-{coach}-{n}", [coach], seconds)
 
 
 def test_a_slow_batch_is_charged_by_weight_not_in_equal_parts(redis_url: str) -> None:

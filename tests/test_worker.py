@@ -22,7 +22,7 @@ from pipeline.read import read_all
 from pipeline.routing import route
 from tasks.pipeline_app import PipelineApp
 from tests.conftest import reset_database
-from tests.pipeline_checks import CRITICAL_NAMES, coach_ids, settle
+from tests.pipeline_checks import CRITICAL_NAMES, coach_ids, settle, widen
 from tests.stacks import Stack
 
 SMALL = seed.SeedPlan(coaches=3, clients_per_coach=4, sessions_per_client=3)
@@ -60,11 +60,9 @@ def test_a_costly_coach_claimed_with_cheap_ones_is_recomputed_after_they_are_sto
     seed.load(database_url, seed.SeedPlan(coaches=2, clients_per_coach=3, sessions_per_client=2))
     whale, ordinary = coach_ids(database_url)
     scheduler = pipeline_app.runtime.scheduler
-    shard = scheduler.shard_of(whale)
-    for n in range(30):
-        scheduler.release(shard, f"measured-{n}", [whale], 0.01)
+    widen(scheduler, whale, 0.01, 30)
     assert list(scheduler.widened()) == [whale]
-    assert scheduler.shard_of(ordinary) == shard  # one claim can hold both
+    assert scheduler.shard_of(ordinary) == scheduler.shard_of(whale)  # one claim holds both
     request_all(pipeline_app, [whale, ordinary])
     settle(database_url, redis_client, [whale, ordinary])
     stored = {coach: read_all(redis_client, coach, CRITICAL_NAMES) for coach in (whale, ordinary)}
