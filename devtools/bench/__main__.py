@@ -45,7 +45,12 @@ def bench(
         typer.Option(min=1.0, help="Load seconds of `chaos` and `soak-audit` (profile's else)."),
     ] = None,
     rate: Annotated[
-        float | None, typer.Option(min=1.0, help="Changes/s of `chaos` and `soak-audit`.")
+        float | None,
+        typer.Option(
+            min=1.0,
+            help="Changes/s of `chaos` and `soak-audit`; of each stream of `whale` and "
+            "`whale-fairness` (100 else).",
+        ),
     ] = None,
     stacks: Annotated[
         str,

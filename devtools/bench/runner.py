@@ -205,7 +205,7 @@ def run_bench(
     if duration is not None:
         profile = replace(profile, chaos_s=duration, soak_audit_s=duration)
     if rate is not None:
-        profile = replace(profile, chaos_rate=rate)
+        profile = replace(profile, chaos_rate=rate, whale_rate=rate)
     configure_logging(load_settings(_env_file=None, log_level="WARNING", log_format="console"))
     started = time.monotonic()
     results: dict[str, Any] = {}
@@ -329,7 +329,7 @@ def _run_stacks(
         ).start()
         try:
             stack.refresh_now()
-            results[name.replace("-", "_")] = whale_runs[name](stack, profile.name)
+            results[name.replace("-", "_")] = whale_runs[name](stack, profile)
         finally:
             stack.close()
     return results

@@ -75,6 +75,9 @@ class Profile:
     """Load time of the `soak-audit` scenario: `chaos` with beat's audit running."""
     chaos_rate: float = 200
     """Changes/s of `chaos` and `soak-audit`."""
+    whale_rate: float = 100
+    """Changes/s of each stream of `whale` and `whale-fairness`: the others', the hot coach's
+    and the whale's (the issue's load: 100 each)."""
 
 
 PROFILES = {

@@ -5,7 +5,8 @@ take seconds, no Python loop). `history_curve` measures all critical aggregates 
 after one change, the old way (scan statements: whole histories) and the new (summaries),
 for coaches of 1k, 10k, 100k and 1M sessions, plus the write cost of the summary triggers.
 `fairness` (scenario `whale`) runs 100 changes/s to a whale beside 100/s over ordinary
-coaches through the real listener and worker, and again without the whale.
+coaches through the real listener and worker, and again without the whale (`--rate` sets
+both streams' rate: the same comparison at a lighter or heavier load).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sqlalchemy import Engine
 
 from devtools.bench.freshness import per_change
 from devtools.bench.measure import percentiles
-from devtools.bench.scenarios import FloorProbe
+from devtools.bench.scenarios import FloorProbe, Profile
 from devtools.bench.stack import Stack
 from pipeline.aggregates import CRITICAL, Aggregate
 from pipeline.aggregates.base import compute_all
@@ -279,16 +280,22 @@ def plot_curve(curve: dict[str, Any], path: Path) -> Path:
 
 
 RUNS = ("without_whale", "with_hot_coach", "with_whale")
-"""The load runs: the others alone at 100/s; beside 100/s to one ordinary coach (the control:
-the whale's event rate without its cost); beside 100/s to the whale."""
+"""The load runs: the others alone (100/s); beside as many changes/s to one ordinary coach (the
+control: the whale's event rate without its cost); beside as many to the whale."""
 
 
 def fairness(
-    stack: Stack, whale: UUID, hot: UUID, others: list[UUID], seconds: float
+    stack: Stack,
+    whale: UUID,
+    hot: UUID,
+    others: list[UUID],
+    seconds: float,
+    *,
+    rate: float = 100,
 ) -> dict[str, Any]:
-    """Commit → every routed aggregate stored, for the others' changes (100/s over `others`)
-    alone, beside 100/s to the ordinary coach `hot`, and beside 100/s to `whale` (`RUNS`),
-    and for the hot coach's and the whale's own changes."""
+    """Commit → every routed aggregate stored, for the others' changes (`rate` changes/s over
+    `others`) alone, beside `rate`/s to the ordinary coach `hot`, and beside `rate`/s to
+    `whale` (`RUNS`), and for the hot coach's and the whale's own changes."""
     from devtools.bench.scenarios import write_paced
 
     results: dict[str, Any] = {}
@@ -311,7 +318,7 @@ def fairness(
         with ThreadPoolExecutor(len(loads)) as pool:
             paced = {
                 name: pool.submit(
-                    write_paced, stack, rate=100, duration=seconds, ready=ready, **load
+                    write_paced, stack, rate=rate, duration=seconds, ready=ready, **load
                 )
                 for name, load in loads.items()
             }
@@ -329,42 +336,47 @@ def fairness(
             for name, written in runs.items()
         }
         results[label]["floor_commit_to_listener_ms"] = floor.figures(paced_from)
+        results[label]["rate"] = rate
         floor.stop()
         stack.stop_processes()
     return results
 
 
-def whale_scenario(stack: Stack, profile_name: str) -> dict[str, Any]:
+def whale_scenario(stack: Stack, profile: Profile) -> dict[str, Any]:
     """`python -m devtools.bench whale`: the curve (old and new way), then the load runs."""
     from devtools.bench.scenarios import bench_coaches
 
-    new_samples, old_samples = SAMPLES[profile_name]
-    curve = history_curve(stack.pg.url, SIZES[profile_name], new_samples, old_samples)
+    new_samples, old_samples = SAMPLES[profile.name]
+    curve = history_curve(stack.pg.url, SIZES[profile.name], new_samples, old_samples)
     seeded = curve.pop("coaches")
     whale = seeded[-1]
     everyone = bench_coaches(stack, stack.coaches + len(seeded))
     hot, *others = [coach for coach in everyone if coach not in seeded][: stack.coaches]
     return {
         "curve": curve,
-        "load": fairness(stack, whale, hot, others, LOAD_SECONDS[profile_name]),
-        "whale_sessions": SIZES[profile_name][-1],
+        "load": fairness(
+            stack, whale, hot, others, LOAD_SECONDS[profile.name], rate=profile.whale_rate
+        ),
+        "whale_sessions": SIZES[profile.name][-1],
         "other_coaches": len(others),
     }
 
 
-def fairness_scenario(stack: Stack, profile_name: str) -> dict[str, Any]:
+def fairness_scenario(stack: Stack, profile: Profile) -> dict[str, Any]:
     """`python -m devtools.bench whale-fairness`: the load runs only, beside a whale of the
     profile's largest size (seeded alone: no curve, about a minute at 1M sessions)."""
     from devtools.bench.scenarios import bench_coaches
 
-    size = SIZES[profile_name][-1]
+    size = SIZES[profile.name][-1]
     started = time.monotonic()
     whale = seed_whale(stack.pg.url, size)
     seeded = time.monotonic() - started
     everyone = [coach for coach in bench_coaches(stack, stack.coaches + 1) if coach != whale]
     hot, *others = everyone[: stack.coaches]
     return {
-        "load": fairness(stack, whale, hot, others, LOAD_SECONDS[profile_name]),
+        "load": fairness(
+            stack, whale, hot, others, LOAD_SECONDS[profile.name], rate=profile.whale_rate
+        ),
         "whale_sessions": size,
         "seed_seconds": round(seeded, 1),
         "other_coaches": len(others),
@@ -380,6 +392,9 @@ def fairness_rows(load: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     whale = load["with_whale"].get("whale", {}).get("commit_to_all_stored_ms", {})
     ratio = beside["p99"] / alone["p99"] if alone.get("p99") and beside.get("p99") else None
     floors = [load[run].get("floor_commit_to_listener_ms", {}) for run in RUNS if run in load]
+    rate = f"{load['with_whale'].get('rate', 100):g}/s"  # results before `--rate`: 100
+    judged = rate == "100/s"  # the issue's goal is for 100/s; other rates are diagnostics
+    met = "-" if ratio is None else ("yes" if ratio <= 1.2 else "no")
     return [
         (
             "floor, commit → received by a second slot consumer p50/p99, each run (ms)",
@@ -388,22 +403,22 @@ def fairness_rows(load: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "-",
         ),
         (
-            "others 100/s: p50/p99 beside 100/s to one ordinary coach (control, ms)",
+            f"others {rate}: p50/p99 beside {rate} to one ordinary coach (control, ms)",
             f"{control.get('p50')} / {control.get('p99')}",
             "",
             "-",
         ),
         (
-            "whale 100/s: its commit → every routed aggregate p50/p99 (ms)",
+            f"whale {rate}: its commit → every routed aggregate p50/p99 (ms)",
             f"{whale.get('p50')} / {whale.get('p99')}",
             "",
             "-",
         ),
         (
-            "others 100/s: commit → every routed aggregate p99 alone | beside the whale (ms)",
+            f"others {rate}: commit → every routed aggregate p99 alone | beside the whale (ms)",
             f"{alone.get('p99')} | {beside.get('p99')}",
-            "≤ +20%",
-            "-" if ratio is None else ("yes" if ratio <= 1.2 else "no"),
+            "≤ +20%" if judged else "(goal at 100/s)",
+            met if judged else "-",
         ),
     ]
 
