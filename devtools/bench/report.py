@@ -517,6 +517,12 @@ def _load_line(meta: dict[str, Any]) -> str:
     )
 
 
+def table_row(*cells: str) -> str:
+    """One Markdown table row; a `|` inside a cell (`alone | beside`) is escaped, so it stays
+    in its cell instead of starting a column of its own."""
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
 def _heading(meta: dict[str, Any]) -> list[str]:
     return [
         f"# coachpipe benchmark — {meta['date']} ({meta['profile']})",
@@ -550,13 +556,11 @@ def stacks_markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
         "private RabbitMQ node (quorum queues); cluster = a private Redis Cluster, 3 masters "
         "and 3 replicas (sharded notices). Same machine, same run, one after the other.",
         "",
-        "| scenario / measure | goal | " + " | ".join(ids) + " |",
+        table_row("scenario / measure", "goal", *ids),
         "|---|---|" + "---|" * len(ids),
     ]
     lines += [
-        f"| {measure} | {goals[measure]} | "
-        + " | ".join(values.get(stack, "-") for stack in ids)
-        + " |"
+        table_row(measure, goals[measure], *(values.get(stack, "-") for stack in ids))
         for measure, values in measured.items()
     ]
     return "\n".join(lines) + "\n"
@@ -570,7 +574,7 @@ def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
         "| scenario / measure | measured | goal | met |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(results, meta)]
+    lines += [table_row(*row) for row in rows(results, meta)]
     naive = naive_rows(results)
     if naive:
         lines += [
@@ -581,7 +585,7 @@ def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
             "| scenario | measure | pipeline | naive | naive / pipeline |",
             "|---|---|---|---|---|",
         ]
-        lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in naive]
+        lines += [table_row(*row) for row in naive]
     return "\n".join(lines) + "\n"
 
 
