@@ -48,8 +48,8 @@ def bench(
         float | None,
         typer.Option(
             min=1.0,
-            help="Changes/s of `chaos` and `soak-audit`; of each stream of `whale` and "
-            "`whale-fairness` (100 else).",
+            help="Changes/s of `chaos` and `soak-audit` (200 else), and of each stream of "
+            "`whale` and `whale-fairness` (100 else).",
         ),
     ] = None,
     stacks: Annotated[

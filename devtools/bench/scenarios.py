@@ -77,7 +77,7 @@ class Profile:
     """Changes/s of `chaos` and `soak-audit`."""
     whale_rate: float = 100
     """Changes/s of each stream of `whale` and `whale-fairness`: the others', the hot coach's
-    and the whale's (the issue's load: 100 each)."""
+    and the whale's (the issue's load: 100 each, `devtools.bench.whale.ISSUE_RATE`)."""
 
 
 PROFILES = {

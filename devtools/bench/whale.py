@@ -280,8 +280,12 @@ def plot_curve(curve: dict[str, Any], path: Path) -> Path:
 
 
 RUNS = ("without_whale", "with_hot_coach", "with_whale")
-"""The load runs: the others alone (100/s); beside as many changes/s to one ordinary coach (the
-control: the whale's event rate without its cost); beside as many to the whale."""
+"""The load runs: the others alone (`rate` changes/s, `ISSUE_RATE` by default); beside as many
+changes/s to one ordinary coach (the control: the whale's event rate without its cost); beside
+as many to the whale."""
+ISSUE_RATE = 100.0
+"""Changes/s of each stream in issue 18's fairness goal (+20 % at most); the goal is judged at
+this rate only, other rates (`--rate`) are diagnostics."""
 
 
 def fairness(
@@ -291,7 +295,7 @@ def fairness(
     others: list[UUID],
     seconds: float,
     *,
-    rate: float = 100,
+    rate: float = ISSUE_RATE,
 ) -> dict[str, Any]:
     """Commit → every routed aggregate stored, for the others' changes (`rate` changes/s over
     `others`) alone, beside `rate`/s to the ordinary coach `hot`, and beside `rate`/s to
@@ -385,15 +389,17 @@ def fairness_scenario(stack: Stack, profile: Profile) -> dict[str, Any]:
 
 def fairness_rows(load: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """Report lines of the load runs: the whale's latency, the others' alone and beside it,
-    and the floor (commit → a second consumer of the slot received it) in both runs."""
+    and the floor (commit → a second consumer of the slot received it) in both runs. The +20 %
+    goal is judged at `ISSUE_RATE` only; results written before `--rate` (no "rate") ran at it."""
     alone = load["without_whale"]["others"]["commit_to_all_stored_ms"]
     beside = load["with_whale"]["others"]["commit_to_all_stored_ms"]
     control = load.get("with_hot_coach", {}).get("others", {}).get("commit_to_all_stored_ms", {})
     whale = load["with_whale"].get("whale", {}).get("commit_to_all_stored_ms", {})
     ratio = beside["p99"] / alone["p99"] if alone.get("p99") and beside.get("p99") else None
     floors = [load[run].get("floor_commit_to_listener_ms", {}) for run in RUNS if run in load]
-    rate = f"{load['with_whale'].get('rate', 100):g}/s"  # results before `--rate`: 100
-    judged = rate == "100/s"  # the issue's goal is for 100/s; other rates are diagnostics
+    changes_per_s = float(load["with_whale"].get("rate", ISSUE_RATE))
+    rate = f"{changes_per_s:g}/s"
+    judged = changes_per_s == ISSUE_RATE
     met = "-" if ratio is None else ("yes" if ratio <= 1.2 else "no")
     return [
         (
