@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 
 from devtools.bench.freshness import per_change
 from devtools.bench.measure import percentiles
-from devtools.bench.scenarios import FloorProbe, Profile
+from devtools.bench.scenarios import FloorProbe, Profile, bench_coaches, write_paced
 from devtools.bench.stack import Stack
 from pipeline.aggregates import CRITICAL, Aggregate
 from pipeline.aggregates.base import compute_all
@@ -300,8 +300,6 @@ def fairness(
     """Commit → every routed aggregate stored, for the others' changes (`rate` changes/s over
     `others`) alone, beside `rate`/s to the ordinary coach `hot`, and beside `rate`/s to
     `whale` (`RUNS`), and for the hot coach's and the whale's own changes."""
-    from devtools.bench.scenarios import write_paced
-
     results: dict[str, Any] = {}
     for label in RUNS:
         stack.reset_pipeline()
@@ -348,8 +346,6 @@ def fairness(
 
 def whale_scenario(stack: Stack, profile: Profile) -> dict[str, Any]:
     """`python -m devtools.bench whale`: the curve (old and new way), then the load runs."""
-    from devtools.bench.scenarios import bench_coaches
-
     new_samples, old_samples = SAMPLES[profile.name]
     curve = history_curve(stack.pg.url, SIZES[profile.name], new_samples, old_samples)
     seeded = curve.pop("coaches")
@@ -369,8 +365,6 @@ def whale_scenario(stack: Stack, profile: Profile) -> dict[str, Any]:
 def fairness_scenario(stack: Stack, profile: Profile) -> dict[str, Any]:
     """`python -m devtools.bench whale-fairness`: the load runs only, beside a whale of the
     profile's largest size (seeded alone: no curve, about a minute at 1M sessions)."""
-    from devtools.bench.scenarios import bench_coaches
-
     size = SIZES[profile.name][-1]
     started = time.monotonic()
     whale = seed_whale(stack.pg.url, size)
