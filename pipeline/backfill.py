@@ -21,6 +21,7 @@ from pipeline.db import psycopg_connection
 from pipeline.recompute import batches
 from pipeline.summaries import CLOCKED, SCHEMA, SOURCES, anchor
 from pipeline.summary_sql import (
+    FORGET_SNAPSHOTS,
     STATE_TABLE,
     advance_statements,
     passed_coaches,
@@ -105,6 +106,7 @@ def mark_ready(engine: Engine) -> None:
     """From now on the aggregates read the summaries (every coach has been rebuilt once)."""
     with engine.begin() as connection:
         connection.execute(text(f"UPDATE {STATE_TABLE} SET ready = true, backfilled_at = now()"))
+        connection.execute(text(FORGET_SNAPSHOTS))
 
 
 def is_ready(engine: Engine) -> bool:

@@ -131,6 +131,17 @@ RECOMPUTE_SECONDS = Histogram(
 RECOMPUTED_COACHES = Counter(
     "coachpipe_recomputed_coaches_total", "Coach aggregates recomputed.", ["aggregate"]
 )
+INCREMENTAL_RECOMPUTES = Counter(
+    "coachpipe_incremental_recomputes_total",
+    "Values a drain had a stored base for (pipeline.aggregates.delta), by how they were read:"
+    " incremental (changed lines only) or full (the roster or the summaries changed wholesale).",
+    ["aggregate", "way"],
+)
+INCREMENTAL_LINES = Histogram(
+    "coachpipe_incremental_lines",
+    "Lines an incremental recompute read again (changed since its base, or passed by the clock).",
+    ["aggregate"], buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500),
+)  # fmt: skip
 STALE_WRITES = Counter(
     "coachpipe_stale_writes_rejected_total",
     "Writes rejected because a newer version was already stored.", ["aggregate"],

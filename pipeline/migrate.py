@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, text
 
 from pipeline.changelog import LOG_TRIGGERS, SIGNAL_TABLE
 from pipeline.summaries import SCHEMA, SOURCES, of_source
-from pipeline.summary_sql import STATE_TABLE, trigger_function, triggers
+from pipeline.summary_sql import FORGET_SNAPSHOTS, STATE_TABLE, trigger_function, triggers
 from pipeline.tables import WATCHED_TABLES
 
 log = structlog.get_logger("pipeline.migrate")
@@ -74,6 +74,7 @@ def ensure_summary_triggers(connection: Connection) -> list[str]:
         if connection.execute(SUMMARY_TRIGGERS, {"table": table}).scalar_one() == 4:
             continue
         connection.exec_driver_sql(trigger_function(source) + triggers(source))
+        connection.execute(text(FORGET_SNAPSHOTS))
         if connection.execute(text(f"SELECT EXISTS (SELECT FROM {table})")).scalar_one():
             connection.execute(text(f"UPDATE {STATE_TABLE} SET ready = false"))
         else:

@@ -11,9 +11,10 @@ Order matters and is the whole point of this module:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 from uuid import UUID
 
 import orjson
@@ -23,6 +24,16 @@ from sqlalchemy import Connection, Engine
 from pipeline import metrics
 from pipeline.aggregates import Aggregate, JSONValue
 from pipeline.aggregates.base import SUMMARIES_READY, compute_all
+from pipeline.aggregates.delta import (
+    MIN_LINES,
+    Base,
+    Reading,
+    merged,
+    plan,
+    send_checks,
+    send_lines,
+    served_coaches,
+)
 from pipeline.db import psycopg_connection
 from pipeline.freshness import Freshness
 from pipeline.store import AggregateStore
@@ -57,47 +68,96 @@ class RecomputeResult:
         }
 
 
+class SnapshotStart(NamedTuple):
+    at: datetime
+    """The database clock at the snapshot's first statement (`clock_timestamp()`)."""
+    summaries_ready: bool
+    snapshot: str
+    """`pg_current_snapshot()` as text: the transaction's snapshot (REPEATABLE READ)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one REPEATABLE READ, read-only transaction computed: values by aggregate name (by
+    coach), the database clock they are for, and the snapshot (`SnapshotStart.snapshot`)."""
+
+    at: datetime
+    values: dict[str, dict[UUID, JSONValue]]
+    snapshot: str
+
+
 def compute_snapshot(
-    engine: Engine, aggregates: Sequence[Aggregate], coach_ids: Sequence[UUID]
-) -> tuple[datetime, dict[str, dict[UUID, JSONValue]]]:
-    """(snapshot time, values by aggregate) from one REPEATABLE READ read-only transaction.
+    engine: Engine,
+    aggregates: Sequence[Aggregate],
+    coach_ids: Sequence[UUID],
+    bases: Mapping[str, Mapping[UUID, Base]] | None = None,
+    *,
+    as_of: datetime | None = None,
+    min_lines: int = MIN_LINES,
+) -> Snapshot:
+    """Every value of `aggregates` for `coach_ids` from one REPEATABLE READ read-only
+    transaction.
 
     Use an engine made with `snapshots=True`. The snapshot time is the database clock at the
     snapshot's first statement; it is also the `as_of` the values are computed for, so every
-    host agrees on "now".
+    host agrees on "now". `bases`, by aggregate name and coach: stored values an incremental
+    aggregate may start from (`pipeline.aggregates.delta`) when it has `min_lines` lines or
+    more; the others are read in full. `as_of` replaces the snapshot's clock as the clock the
+    values are computed for (a value replayed at a stored clock, a test's moved clock).
     """
     with engine.connect() as connection, connection.begin():
-        snapshot_at, ready = snapshot_start(connection)
+        readings: list[Reading] = []
+
+        def checks() -> None:
+            readings.extend(send_checks(connection, aggregates, bases or {}, min_lines))
+
+        start = snapshot_start(connection, also=checks if bases else None)
+        clock = start.at if as_of is None else as_of
+        planned = plan(readings, clock) if start.summaries_ready else []
         values = compute_all(
             connection,
             aggregates,
             coach_ids,
-            snapshot_at,
-            end_transaction=True,
-            summaries_ready=ready,
+            clock,
+            end_transaction=not planned,
+            summaries_ready=start.summaries_ready,
+            served=served_coaches(planned),
+            also=lambda: send_lines(connection, planned, clock),
         )
-        return snapshot_at, values
+        if planned:
+            incremental, missed = merged(planned)
+            for name, by_coach in incremental.items():
+                values[name].update(by_coach)
+            for reading in missed:  # never expected: the roster's stamp tells a client gone
+                log.error("incremental_lines_missing", aggregate=reading.aggregate.name)
+                again = compute_all(connection, [reading.aggregate], [reading.coach], clock)
+                values[reading.aggregate.name].update(again[reading.aggregate.name])
+            psycopg_connection(connection).commit()
+        return Snapshot(clock, values, start.snapshot)
 
 
-SNAPSHOT_START = f"SELECT clock_timestamp(), ({SUMMARIES_READY})"
+SNAPSHOT_START = f"SELECT clock_timestamp(), ({SUMMARIES_READY}), pg_current_snapshot()::text"
 
 
-def snapshot_start(connection: Connection) -> tuple[datetime, bool]:
-    """(`clock_timestamp()`, summaries ready) in one round trip with the transaction's BEGIN.
+def snapshot_start(connection: Connection, also: Callable[[], None] | None = None) -> SnapshotStart:
+    """The clock, the summaries' readiness and the snapshot in one round trip with the
+    transaction's BEGIN; `also` is called inside that pipeline to send more statements.
 
-    Both come from the transaction's first statement, so the readiness is the snapshot's.
+    All come from the transaction's first statement, so they are the snapshot's.
     """
     driver = psycopg_connection(connection)
     with driver.pipeline():
         cursor = driver.execute(SNAPSHOT_START)
+        if also is not None:
+            also()
     row = cursor.fetchone()
     assert row is not None  # a SELECT without FROM returns one row
-    return row[0], row[1] is True
+    return SnapshotStart(row[0], row[1] is True, row[2])
 
 
 def database_clock(connection: Connection) -> datetime:
     """`clock_timestamp()` in one round trip with the transaction's BEGIN (pipelined)."""
-    return snapshot_start(connection)[0]
+    return snapshot_start(connection).at
 
 
 def recompute(
@@ -126,6 +186,7 @@ def recompute_due(
     *,
     commit_ms: Mapping[tuple[str, UUID], int | None] | None = None,
     weigh: bool = False,
+    incremental: bool = False,
 ) -> RecomputeResult:
     """Recompute each aggregate of `due` ((aggregate, its coaches) pairs) for its own coaches,
     all from one snapshot, and store them at one version (a drain's claim: the due aggregates
@@ -136,12 +197,18 @@ def recompute_due(
     pairs are stored. `commit_ms`, per (aggregate name, coach), is the commit time of the change
     behind it, for the commit → stored histogram; a write notice carries the oldest commit of
     its coach. `weigh`: also measure each coach's share of the work (`RecomputeResult.weights`,
-    for the scheduler's cost; a drain asks, bulk refreshes need not).
+    for the scheduler's cost; a drain asks, bulk refreshes need not). `incremental`: start
+    incremental aggregates from their stored values (`pipeline.aggregates.delta`; a drain
+    does; a bulk refresh reads everything in full, and so re-bases every value it writes).
     """
     started = time.perf_counter()
     coaches = sorted({coach for _, due_coaches in due for coach in due_coaches})
-    versions = store.next_versions(coaches)
-    snapshot_at, computed = compute_snapshot(engine, [a for a, _ in due], coaches)
+    versions, bases = store.versions_and_bases(
+        coaches,
+        [(a, of) for a, of in due if incremental and a.incremental is not None],
+    )
+    snapshot = compute_snapshot(engine, [a for a, _ in due], coaches, bases)
+    snapshot_at, computed = snapshot.at, snapshot.values
     values = {
         aggregate.name: {coach: computed[aggregate.name][coach] for coach in due_coaches}
         for aggregate, due_coaches in due
@@ -162,6 +229,7 @@ def recompute_due(
         computed_at=computed_at,
         commit_ms=oldest,
         after=[(freshness.script, call_keys, args) for call_keys, args in marks],
+        snapshot=snapshot.snapshot,
     )
     seconds = time.perf_counter() - started
     freshness.completed(int(stored_ms), written.after)

@@ -6,6 +6,7 @@ read API decode what HMGET of `HASH_FIELDS` returns with `from_hash()`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,12 +17,19 @@ from uuid import UUID
 import orjson
 
 from pipeline.aggregates import JSONValue
+from pipeline.aggregates.delta import Base
 from pipeline.redis_values import as_text
 
 AS_OF_FIELD = "as_of"
 """The field holding the database clock of the value's snapshot (`StoredAggregate.as_of`)."""
-HASH_FIELDS = ("version", "computed_at", "schema", "value", AS_OF_FIELD)
+SNAPSHOT_FIELD = "snapshot"
+"""The snapshot the value was computed from (`pg_current_snapshot()`, text; empty when unknown),
+for an incremental recompute to start from (`base_from_hash`)."""
+HASH_FIELDS = ("version", "computed_at", "schema", "value", AS_OF_FIELD, SNAPSHOT_FIELD)
 """The hash's fields, `version` first: the store's script compares it before writing."""
+BASE_FIELDS = ("schema", "value", AS_OF_FIELD, SNAPSHOT_FIELD)
+SNAPSHOT_TEXT = re.compile(r"[0-9]+:[0-9]+:(?:[0-9]+(?:,[0-9]+)*)?")
+"""`pg_snapshot`'s text form, `xmin:xmax:xip_list` (Postgres manual, "Snapshot Components")."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,8 @@ class StoredAggregate:
     schema_version: int
     value_json: bytes
     """The value as the worker wrote it (JSON), so the read API can send it without parsing."""
+    snapshot: str = ""
+    """`pg_current_snapshot()` of the value's transaction, as text; empty when unknown."""
 
     @cached_property
     def value(self) -> JSONValue:
@@ -42,13 +52,15 @@ class StoredAggregate:
         return parsed
 
     def to_hash(self) -> dict[str, str | int | bytes]:
-        """The hash fields and values, in `HASH_FIELDS` order."""
+        """The hash fields and values, in `HASH_FIELDS` order (the snapshot always written, so a
+        value never keeps the snapshot of the one it replaced)."""
         values = (
             self.version,
             self.computed_at.isoformat(),
             self.schema_version,
             self.value_json,
             self.as_of.isoformat(),
+            self.snapshot,
         )
         return dict(zip(HASH_FIELDS, values, strict=True))
 
@@ -59,7 +71,7 @@ class StoredAggregate:
         """Decode HMGET of `HASH_FIELDS`; None when nothing is stored."""
         if fields[0] is None:
             return None
-        version, computed_at, schema, value, as_of = fields
+        version, computed_at, schema, value, as_of, snapshot = fields
         return cls(
             coach_id=coach_id,
             aggregate=aggregate,
@@ -68,6 +80,7 @@ class StoredAggregate:
             as_of=datetime.fromisoformat(as_text(as_of)),
             schema_version=int(schema),
             value_json=value if isinstance(value, bytes) else as_text(value).encode(),
+            snapshot=as_text(snapshot) if snapshot is not None else "",
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -80,3 +93,15 @@ class StoredAggregate:
             "schema_version": self.schema_version,
             "value": self.value,
         }
+
+
+def base_from_hash(fields: Sequence[Any], schema_version: int) -> Base | None:
+    """Decode HMGET of `BASE_FIELDS`: a base for an incremental recompute, or None when nothing
+    is stored, its snapshot is unknown or its schema is not `schema_version`."""
+    schema, value, as_of, snapshot = fields
+    if value is None or snapshot is None or schema is None or int(schema) != schema_version:
+        return None
+    if not SNAPSHOT_TEXT.fullmatch(as_text(snapshot)):  # empty, or not Postgres's: no cast error
+        return None
+    parsed: JSONValue = orjson.loads(value)
+    return Base(parsed, datetime.fromisoformat(as_text(as_of)), as_text(snapshot))

@@ -38,6 +38,7 @@ from datetime import timedelta
 from typing import Literal
 
 from sqlalchemy import BigInteger, Column, DateTime, MetaData, Table, Uuid
+from sqlalchemy.types import UserDefinedType
 
 SCHEMA = "coachpipe"
 BUCKET = timedelta(hours=1)
@@ -46,6 +47,29 @@ BUCKET_ORIGIN = "2000-01-01 00:00:00+00"
 """Buckets are `date_bin(BUCKET, moment, BUCKET_ORIGIN)`: absolute, whatever the TimeZone."""
 
 metadata = MetaData(schema=SCHEMA)
+
+STAMP_COLUMN = "changed"
+STAMP = "pg_current_xact_id()"
+"""What a summary row's stamp (`STAMP_COLUMN`) is set to by every statement that writes the row: the
+writer's top-level transaction ID (`xid8`; a row's `xmin` would be a subtransaction's ID under a
+savepoint, which `pg_visible_in_snapshot` cannot judge, per the Postgres manual, "Transaction ID
+and Snapshot Information Functions"). A reader holding an earlier snapshot tells the rows
+written since by `NOT pg_visible_in_snapshot(changed, snapshot)` (`pipeline.aggregates.delta`)."""
+
+
+class Xid8(UserDefinedType[int]):
+    """Postgres `xid8`: a 64-bit transaction ID that never wraps around."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_: object) -> str:
+        return "xid8"
+
+
+def _changed() -> Column[int]:
+    """When the row was last written (`STAMP`); NULL for rows last written before migration
+    0005 added the column, which every snapshot a reader may compare with sees."""
+    return Column(STAMP_COLUMN, Xid8())
 
 
 def _counters(*names: str) -> list[Column[int]]:
@@ -65,7 +89,11 @@ def _hour_key() -> Column[object]:
 
 
 client_counts = Table(
-    "client_counts", metadata, _coach_key(), *_counters("total", "active", "paused", "archived")
+    "client_counts",
+    metadata,
+    _coach_key(),
+    *_counters("total", "active", "paused", "archived"),
+    _changed(),
 )
 session_counts = Table(
     "session_counts",
@@ -80,6 +108,7 @@ session_counts = Table(
         "completed_minutes",
         "completed_revenue",
     ),
+    _changed(),
 )
 session_client_counts = Table(
     "session_client_counts",
@@ -88,6 +117,7 @@ session_client_counts = Table(
     _client_key(),
     *_counters("completed"),
     Column("last_completed_at", DateTime(timezone=True)),
+    _changed(),
 )
 client_schedules = Table(
     "client_schedules",
@@ -97,28 +127,46 @@ client_schedules = Table(
     *_counters("scheduled"),
     Column("next_scheduled_at", DateTime(timezone=True)),
     Column("next_checked_at", DateTime(timezone=True)),
+    _changed(),
 )
 completed_hours = Table(
-    "completed_hours", metadata, _coach_key(), _hour_key(), *_counters("sessions", "revenue")
+    "completed_hours",
+    metadata,
+    _coach_key(),
+    _hour_key(),
+    *_counters("sessions", "revenue"),
+    _changed(),
 )
 scheduled_hours = Table(
-    "scheduled_hours", metadata, _coach_key(), _hour_key(), *_counters("sessions")
+    "scheduled_hours",
+    metadata,
+    _coach_key(),
+    _hour_key(),
+    *_counters("sessions"),
+    _changed(),
 )
 rating_counts = Table(
     "rating_counts",
     metadata,
     _coach_key(),
     *_counters("count", "total", *(f"stars_{stars}" for stars in range(1, 6))),
+    _changed(),
 )
 rating_hours = Table(
-    "rating_hours", metadata, _coach_key(), _hour_key(), *_counters("count", "total")
+    "rating_hours",
+    metadata,
+    _coach_key(),
+    _hour_key(),
+    *_counters("count", "total"),
+    _changed(),
 )
-feedback_counts = Table("feedback_counts", metadata, _coach_key(), *_counters("count"))
+feedback_counts = Table("feedback_counts", metadata, _coach_key(), *_counters("count"), _changed())
 goal_counts = Table(
     "goal_counts",
     metadata,
     _coach_key(),
     *_counters("total", "active", "completed", "abandoned", "active_progress"),
+    _changed(),
 )
 goal_client_counts = Table(
     "goal_client_counts",
@@ -126,6 +174,7 @@ goal_client_counts = Table(
     _coach_key(),
     _client_key(),
     *_counters("active", "active_progress"),
+    _changed(),
 )
 
 

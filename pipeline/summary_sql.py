@@ -23,9 +23,14 @@ from __future__ import annotations
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateTable
 
-from pipeline.summaries import SCHEMA, SOURCES, Summary, anchor, metadata, of_source
+from pipeline.summaries import SCHEMA, SOURCES, STAMP, Summary, anchor, metadata, of_source
 
 STATE_TABLE = f"{SCHEMA}.summary_state"
+FORGET_SNAPSHOTS = f"UPDATE {STATE_TABLE} SET changed = {STAMP}"
+"""Stamp the state row: no stored value computed from an earlier snapshot may serve as the base
+of an incremental recompute (`pipeline.aggregates.delta`). Run by whatever removes summary rows
+wholesale, which the rows' own stamps cannot tell: a TRUNCATE, a repair of lost triggers, the
+readiness flipping either way, migration 0005."""
 SIGN = "coachpipe_sign"
 """The column that says whether a row adds (+1) or takes away (-1)."""
 
@@ -50,15 +55,15 @@ def delta_upsert(summary: Summary, rows: str) -> str:
     sums = [f"sum({SIGN} * ({expression}))" for expression in summary.values.values()]
     having = "" if summary.is_anchor else "HAVING " + " OR ".join(f"{s} <> 0" for s in sums)
     updates = ", ".join(f'"{c}" = s."{c}" + excluded."{c}"' for c in summary.values)
-    columns = ", ".join(f'"{c}"' for c in [*keys, *summary.values])
+    columns = ", ".join(f'"{c}"' for c in [*keys, *summary.values, "changed"])
     return f"""
     INSERT INTO {SCHEMA}.{summary.table.name} AS s ({columns})
-    SELECT {", ".join(summary.keys.values())}, {", ".join(sums)}
+    SELECT {", ".join(summary.keys.values())}, {", ".join(sums)}, {STAMP}
     FROM {rows} AS r
     WHERE coach_id IS NOT NULL AND ({summary.where})
     GROUP BY {positions} {having}
     ORDER BY {positions}
-    ON CONFLICT ({", ".join(keys)}) DO UPDATE SET {updates};
+    ON CONFLICT ({", ".join(keys)}) DO UPDATE SET {updates}, "changed" = excluded."changed";
     """
 
 
@@ -71,7 +76,8 @@ def _latest_value(summary: Summary) -> str:
     value = f"""{latest.column} = (
         SELECT {latest.function}({latest.source_column}) FROM public.{summary.source}
         WHERE {match} AND ({summary.where}) AND ({latest.condition}))"""
-    return value + (f", {latest.checked_at} = now()" if latest.checked_at else "")
+    checked = f", {latest.checked_at} = now()" if latest.checked_at else ""
+    return f"{value}{checked}, changed = {STAMP}"
 
 
 def latest_update(summary: Summary, rows: str) -> str:
@@ -151,6 +157,7 @@ def trigger_function(source: str) -> str:
         ELSIF TG_OP = 'DELETE' THEN {_deltas(source, DELETED)}
         ELSE
             TRUNCATE {", ".join(f"{SCHEMA}.{s.table.name}" for s in of_source(source))};
+            {FORGET_SNAPSHOTS};
         END IF;
         RETURN NULL;
     END $$;
@@ -197,9 +204,15 @@ def schema_ddl() -> str:
         CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
             singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
             ready boolean NOT NULL,
-            backfilled_at timestamptz
+            backfilled_at timestamptz,
+            changed xid8 DEFAULT {STAMP}
         )
         """,
+        f"ALTER TABLE {STATE_TABLE} ADD COLUMN IF NOT EXISTS changed xid8 DEFAULT {STAMP}",
+        *(
+            f"ALTER TABLE {SCHEMA}.{table.name} ADD COLUMN IF NOT EXISTS changed xid8"
+            for table in metadata.sorted_tables
+        ),
         *(trigger_function(source) + triggers(source) for source in SOURCES),
         f"INSERT INTO {STATE_TABLE} (ready) SELECT {empty} ON CONFLICT DO NOTHING",
     ]
@@ -219,8 +232,8 @@ def rebuild_statements(source: str) -> list[str]:
     """Replace the summaries of one source for the coaches in `%(coach_ids)s`, in one transaction.
 
     Lock the coaches' anchor rows (creating them if missing) in coach order, zero the anchor,
-    drop the other summaries' rows, then add every base row once. Run in READ COMMITTED: each
-    statement's snapshot is taken after the locks are held.
+    clear the other summaries' rows (`_clear`), then add every base row once. Run in READ
+    COMMITTED: each statement's snapshot is taken after the locks are held.
     """
     main = anchor(source)
     table = f"{SCHEMA}.{main.table.name}"
@@ -230,11 +243,7 @@ def rebuild_statements(source: str) -> list[str]:
         " ORDER BY id ON CONFLICT DO NOTHING",
         f"SELECT 1 FROM {table} WHERE coach_id = ANY(%(coach_ids)s) ORDER BY coach_id FOR UPDATE",
         f"UPDATE {table} SET {zeros} WHERE coach_id = ANY(%(coach_ids)s)",
-        *(
-            f"DELETE FROM {SCHEMA}.{summary.table.name} WHERE coach_id = ANY(%(coach_ids)s)"
-            for summary in of_source(source)
-            if not summary.is_anchor
-        ),
+        *(_clear(summary) for summary in of_source(source) if not summary.is_anchor),
         *(
             sql
             for summary in of_source(source)
@@ -242,3 +251,21 @@ def rebuild_statements(source: str) -> list[str]:
             if sql
         ),
     ]
+
+
+def _clear(summary: Summary) -> str:
+    """Before a rebuild adds the base rows again: a summary keyed by client keeps its rows,
+    zeroed and stamped, so that a reader comparing stamps with an earlier snapshot reads every
+    client of the coach again (a deleted row leaves no stamp); the others' rows are deleted (a
+    zero row in an hourly summary would be an hour with nothing in it)."""
+    where = "WHERE coach_id = ANY(%(coach_ids)s)"
+    if "client_id" not in summary.keys:
+        return f"DELETE FROM {SCHEMA}.{summary.table.name} {where}"
+    latest = summary.latest
+    cleared = [f'"{column}" = 0' for column in summary.values]
+    if latest is not None:
+        cleared += [f"{latest.column} = NULL"]
+        cleared += [f"{latest.checked_at} = NULL"] if latest.checked_at else []
+    return (
+        f"UPDATE {SCHEMA}.{summary.table.name} SET {', '.join(cleared)}, changed = {STAMP} {where}"
+    )

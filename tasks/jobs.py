@@ -90,7 +90,12 @@ def drain(task: PipelineTask, shard: int) -> dict[str, Any]:
                 due = [(get(name), coaches) for name, coaches in part.by_aggregate().items()]
                 results.append(
                     recompute_due(
-                        runtime.engine, runtime.store, due, commit_ms=part.commit_ms, weigh=True
+                        runtime.engine,
+                        runtime.store,
+                        due,
+                        commit_ms=part.commit_ms,
+                        weigh=True,
+                        incremental=True,
                     )
                 )
     # Each part's time, charged to its coaches by the size of their values (µs each), widens

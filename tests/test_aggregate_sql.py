@@ -38,7 +38,7 @@ def test_repeated_recomputes_reuse_one_generic_plan_per_statement(
     seed.load(database_url, seed.SeedPlan(coaches=3))
     with psycopg.connect(database_url) as conn:
         coaches = [r[0] for r in conn.execute("SELECT id FROM users WHERE role = 'coach'")]
-    results = [compute_snapshot(engine, CRITICAL, coaches)[1] for _ in range(8)]
+    results = [compute_snapshot(engine, CRITICAL, coaches).values for _ in range(8)]
     assert all(values == results[0] for values in results[1:])  # same as the custom plans
     assert all(results[0]["coach-stats"][c]["sessions"]["total"] > 0 for c in coaches)
     statements = sum(len(a.statements) for a in CRITICAL)
@@ -61,4 +61,4 @@ def test_a_failing_statement_leaves_the_connection_usable(engine: Engine) -> Non
         driver = psycopg_connection(connection)
         with driver.pipeline():
             driver.execute("SELECT 1/0")
-    assert compute_snapshot(engine, CRITICAL, [uuid.uuid4()])[1]
+    assert compute_snapshot(engine, CRITICAL, [uuid.uuid4()]).values

@@ -27,7 +27,7 @@ def test_migrate_twice_is_a_no_op(fresh_database: str) -> None:
     first = upgrade(engine, "coachpipe")
     assert len(first) == 2 * len(WATCHED_TABLES) + 1  # Realtime also carries the signal table
     assert upgrade(engine, "coachpipe") == []
-    assert current_revision(engine) == "0004"
+    assert current_revision(engine) == "0005"
     engine.dispose()
 
 

@@ -10,9 +10,10 @@ import pytest
 import redis
 
 from pipeline import keys
+from pipeline.aggregates.delta import Base
 from pipeline.read import read_aggregate
 from pipeline.store import AggregateStore
-from pipeline.stored import HASH_FIELDS, StoredAggregate
+from pipeline.stored import HASH_FIELDS, StoredAggregate, base_from_hash
 
 COACH = uuid.UUID("00000000-0000-0000-0000-0000000000c1")
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -72,3 +73,27 @@ def test_the_store_writes_exactly_the_layout_and_readers_decode_it(
     assert stored is not None
     assert (stored.version, stored.schema_version, stored.as_of) == (12, 3, NOW)
     assert orjson.loads(stored.value_json) == {"completed": 4}
+
+
+BASE_REPLY = [b"3", b'{"completed":4}', NOW.isoformat().encode(), b"10:20:12,15"]
+
+
+def test_a_base_decodes_the_value_its_clock_and_its_snapshot() -> None:
+    base = base_from_hash(BASE_REPLY, schema_version=3)
+    assert base == Base({"completed": 4}, NOW, "10:20:12,15")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        [None, None, None, None],  # nothing stored
+        [b"2", *BASE_REPLY[1:]],  # another schema
+        [*BASE_REPLY[:3], b""],  # written without a snapshot
+        [*BASE_REPLY[:3], None],  # written before snapshots were
+        [*BASE_REPLY[:3], b"10:20:12,15'; DROP TABLE x"],  # not Postgres's: never cast
+        [*BASE_REPLY[:3], b"xmin:xmax:"],
+    ],
+    ids=["none", "schema", "empty", "missing", "injected", "garbage"],
+)
+def test_no_base_from_what_cannot_serve(reply: list[bytes | None]) -> None:
+    assert base_from_hash(reply, schema_version=3) is None

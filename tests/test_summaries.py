@@ -62,7 +62,8 @@ def summary_rows(conn: psycopg.Connection[Any]) -> dict[str, set[tuple[Any, ...]
         keys = len(summary.keys)
         latest = summary.latest
         clocked = (latest.column, latest.checked_at) if latest and latest.checked_at else ()
-        columns = ", ".join(c.name for c in summary.table.columns if c.name not in clocked)
+        left_out = {*clocked, "changed"}  # a stamp: the writer's transaction, not a sum
+        columns = ", ".join(c.name for c in summary.table.columns if c.name not in left_out)
         found = conn.execute(f"SELECT {columns} FROM {SCHEMA}.{summary.table.name}").fetchall()
         rows[summary.table.name] = {row for row in found if any(row[keys:])}
     return rows

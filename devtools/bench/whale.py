@@ -2,7 +2,8 @@
 
 `seed_whale` makes a coach with N sessions in set-based SQL (generate_series; a million rows
 take seconds, no Python loop). `history_curve` measures all critical aggregates of one coach
-after one change, the old way (scan statements: whole histories) and the new (summaries),
+after one change three ways (`WAYS`: as a drain reads, coach-clients incremental; every
+aggregate read in full from the summaries; the scan statements, whole histories, as before),
 for coaches of 1k, 10k, 100k and 1M sessions, plus the write cost of the summary triggers.
 `fairness` (scenario `whale`) runs 100 changes/s to a whale beside 100/s over ordinary
 coaches through the real listener and worker, and again without the whale (`--rate` sets
@@ -28,8 +29,9 @@ from devtools.bench.scenarios import FloorProbe, Profile, bench_coaches, write_p
 from devtools.bench.stack import Stack
 from pipeline.aggregates import CRITICAL, Aggregate
 from pipeline.aggregates.base import compute_all
+from pipeline.aggregates.delta import Base
 from pipeline.db import make_engine
-from pipeline.recompute import database_clock
+from pipeline.recompute import Snapshot, compute_snapshot, database_clock
 
 SEED_CLIENTS = """
 INSERT INTO users (id, role, coach_id, full_name, status)
@@ -130,29 +132,59 @@ def timed_recompute(
     return (time.perf_counter() - started) * 1000
 
 
+def drain_read(
+    engine: Engine, coach: UUID, previous: Snapshot | None, aggregates: Sequence[Aggregate]
+) -> tuple[float, Snapshot]:
+    """(ms, values) for `aggregates` of `coach` as a drain reads them after a change: one
+    snapshot, coach-clients from the value `previous` computed (`pipeline.aggregates.delta`)."""
+    bases = {
+        aggregate.name: {
+            coach: Base(previous.values[aggregate.name][coach], previous.at, previous.snapshot)
+        }
+        for aggregate in aggregates
+        if previous is not None and aggregate.name in previous.values
+    }
+    started = time.perf_counter()
+    snapshot = compute_snapshot(engine, aggregates, [coach], bases)
+    return (time.perf_counter() - started) * 1000, snapshot
+
+
 def per_aggregate_ms(url: str, engine: Engine, coach: UUID, samples: int) -> dict[str, Any]:
-    """After each of `samples` changes to `coach`, each critical aggregate alone (the new
-    way), in alternating order; p50/p99 by aggregate name."""
+    """After each of `samples` changes to `coach`, each critical aggregate alone, as a drain
+    reads it (`drain_read`), in alternating order; p50/p99 by aggregate name."""
     times: dict[str, list[float]] = {aggregate.name: [] for aggregate in CRITICAL}
+    previous: dict[str, Snapshot | None] = dict.fromkeys(times)
     with psycopg.connect(url, autocommit=True) as conn:
         for i in range(samples + 3):
             one_change(conn, coach, i)
             for aggregate in CRITICAL if i % 2 else CRITICAL[::-1]:
-                took = timed_recompute(engine, coach, summaries=True, aggregates=[aggregate])
+                took, previous[aggregate.name] = drain_read(
+                    engine, coach, previous[aggregate.name], [aggregate]
+                )
                 if i >= 3:
                     times[aggregate.name].append(took)
     return {name: percentiles(values) for name, values in times.items()}
 
 
-def per_change_ms(
-    url: str, engine: Engine, coach: UUID, samples: int, *, summaries: bool
-) -> list[float]:
-    """After each of `samples` changes to `coach`, the recompute time (warm: 3 discarded)."""
+WAYS = ("incremental", "summaries", "history")
+"""How a change's recompute reads: as a drain does (`drain_read`: summaries, coach-clients from
+its stored value), every aggregate in full from the summaries, or from the whole history (the
+scan statements, before issue 18)."""
+
+
+def per_change_ms(url: str, engine: Engine, coach: UUID, samples: int, way: str) -> list[float]:
+    """After each of `samples` changes to `coach`, all critical aggregates' recompute time, read
+    `way` (one of `WAYS`; warm: 3 discarded)."""
     times = []
+    previous = None
     with psycopg.connect(url, autocommit=True) as conn:
         for i in range(samples + 3):
             one_change(conn, coach, i)
-            times.append(timed_recompute(engine, coach, summaries=summaries))
+            if way == "incremental":
+                took, previous = drain_read(engine, coach, previous, CRITICAL)
+            else:
+                took = timed_recompute(engine, coach, summaries=way == "summaries")
+            times.append(took)
     return times[3:]
 
 
@@ -231,13 +263,15 @@ def history_curve(
             coach = seed_whale(url, size)
             coaches.append(coach)
             seeded = time.monotonic() - started
-            new = per_change_ms(url, engine, coach, samples, summaries=True)
-            old = per_change_ms(url, engine, coach, scan_samples, summaries=False)
+            new = per_change_ms(url, engine, coach, samples, "incremental")
+            full = per_change_ms(url, engine, coach, samples, "summaries")
+            old = per_change_ms(url, engine, coach, scan_samples, "history")
             points.append(
                 {
                     "sessions": size,
                     "seed_seconds": round(seeded, 1),
                     "new_ms": percentiles(new),
+                    "full_read_ms": percentiles(full),
                     "old_ms": percentiles(old),
                     "new_by_aggregate_ms": per_aggregate_ms(url, engine, coach, samples),
                 }
@@ -253,19 +287,26 @@ def history_curve(
     }
 
 
+CURVES = (
+    ("old_ms", "whole history (before)"),
+    ("full_read_ms", "summaries, read in full"),
+    ("new_ms", "summaries, coach-clients incremental"),
+)
+
+
 def plot_curve(curve: dict[str, Any], path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = [p["sessions"] for p in curve["points"]]
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for key, label in (("old_ms", "whole history (before)"), ("new_ms", "summaries (issue 18)")):
+    for key, label in CURVES:
+        points = [p for p in curve["points"] if key in p]  # results before full_read_ms
         for quantile, style in (("p50", "-o"), ("p99", "--x")):
             axes.plot(
-                sizes,
-                [p[key][quantile] for p in curve["points"]],
+                [p["sessions"] for p in points],
+                [p[key][quantile] for p in points],
                 style,
                 label=f"{label} {quantile}",
             )
@@ -441,6 +482,15 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "yes" if new["p99"] <= 10 else "no",
         ),
         *by_aggregate,
+        *(
+            (
+                "  same, every aggregate read in full from the summaries p50/p99 (ms)",
+                f"{full['p50']} / {full['p99']}",
+                "",
+                "-",
+            )
+            for full in [largest[key] for key in ("full_read_ms",) if key in largest]
+        ),
         (
             "  same, the old way (whole history) p50/p99 (ms)",
             f"{old['p50']} / {old['p99']}",

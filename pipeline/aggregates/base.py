@@ -11,7 +11,7 @@ serves a realtime recompute of three coaches and a beat refresh of five hundred.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -38,6 +38,7 @@ from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import BindParameter
 
 from pipeline.db import psycopg_connection
+from pipeline.summaries import STAMP_COLUMN
 
 JSONValue = dict[str, Any]
 Rows = Sequence[Any]
@@ -65,8 +66,10 @@ def coach_set(name: str = "c") -> TableValuedAlias:
 
 def summary_row(table: Any, name: str, *where: ColumnElement[bool]) -> Any:
     """A lateral lookup of one summary row by its key (`LIMIT 1` keeps it a per-row index probe:
-    a plain outer join lets a generic plan hash the whole summary table)."""
-    return select(table).where(*where).correlate_except(table).limit(1).lateral(f"{name}_row")
+    a plain outer join lets a generic plan hash the whole summary table). Its sums and keys,
+    not its stamp (`pipeline.summaries.STAMP_COLUMN`: when it was written, not a value)."""
+    sums = (column for column in table.c if column.name != STAMP_COLUMN)
+    return select(*sums).where(*where).correlate_except(table).limit(1).lateral(f"{name}_row")
 
 
 def coach_summary(table: Any, coach: TableValuedAlias) -> Any:
@@ -127,6 +130,26 @@ class TimeBoundary:
 
 
 @dataclass(frozen=True)
+class Incremental:
+    """How a stored value is brought to a later snapshot by reading again only its lines that
+    changed (`pipeline.aggregates.delta`): for a value whose size follows a coach's clients,
+    not its history, but whose full read still does (coach-clients: 500 lines).
+
+    `roster` is the summary keyed by coach whose stamp moves whenever the set or order of the
+    lines may have (then the value is read in full); `by_client` the summaries keyed by
+    (coach, client) whose stamps name the lines to read again; `lines` reads the lines of
+    `:client_ids`. `listed` gives a value's line IDs, `clocked` those of its lines the clock
+    alone has changed by `as_of`, and `merge` the value with the fresh lines put in place."""
+
+    roster: str
+    by_client: tuple[str, ...]
+    lines: Select[Any]
+    listed: Callable[[JSONValue], list[str]]
+    clocked: Callable[[JSONValue, datetime], set[str]]
+    merge: Callable[[JSONValue, Rows], JSONValue]
+
+
+@dataclass(frozen=True)
 class Aggregate:
     name: str
     kind: Kind
@@ -140,6 +163,7 @@ class Aggregate:
     scan_statements: Mapping[str, Select[Any]] | None = None
     """The same values from the base tables alone (whole histories), while summaries are not
     ready; None when `statements` read no summary."""
+    incremental: Incremental | None = None
 
     def compute(
         self, connection: Connection, coach_ids: Sequence[UUID], as_of: datetime
@@ -171,7 +195,7 @@ class Aggregate:
         return _COMPILED[key]
 
 
-PARAMETERS = frozenset({COACH_IDS.key, AS_OF.key})
+PARAMETERS = frozenset({COACH_IDS.key, AS_OF.key, "client_ids"})
 
 
 def driver_sql(statement: Select[Any], dialect: Dialect) -> str:
@@ -190,7 +214,7 @@ def driver_sql(statement: Select[Any], dialect: Dialect) -> str:
         return None
 
     inlined = cast(Select[Any], visitors.replacement_traverse(statement, {}, inline))
-    placeholders: dict[str, Any] = {COACH_IDS.key: [], AS_OF.key: None}
+    placeholders: dict[str, Any] = dict.fromkeys(PARAMETERS)
     expanded = inlined.compile(dialect=dialect).construct_expanded_state(placeholders)
     return str(expanded.statement)
 
@@ -209,6 +233,8 @@ def compute_all(
     *,
     end_transaction: bool = False,
     summaries_ready: bool | None = None,
+    served: Mapping[str, Collection[UUID]] | None = None,
+    also: Callable[[], None] | None = None,
 ) -> dict[str, dict[UUID, JSONValue]]:
     """Values by aggregate, every statement of every aggregate sent to Postgres at once.
 
@@ -221,29 +247,43 @@ def compute_all(
     ends it (a read-only snapshot has nothing to commit) in the same round trip.
     `summaries_ready` (read in the same snapshot, see `SUMMARIES_READY`) chooses between the
     statements that read summaries and the scan statements; None reads it first.
+    `served`: by aggregate name, coaches whose value the caller has already (an incremental
+    recompute's); they are left out of that aggregate's statements and of its values. `also`
+    is called inside the pipeline, before the commit, to send more statements in the same round
+    trip.
     """
     driver = psycopg_connection(connection)
     if summaries_ready is None:
         summaries_ready = bool(driver.execute(SUMMARIES_READY).fetchone() == (True,))
-    params = {"coach_ids": list(coach_ids), "as_of": as_of}
+    wanted = {
+        aggregate.name: [c for c in coach_ids if c not in (served or {}).get(aggregate.name, ())]
+        for aggregate in aggregates
+    }
     with driver.pipeline():
         driver.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         cursors = {
             aggregate.name: {
-                name: driver.cursor(row_factory=namedtuple_row).execute(sql, params)
+                name: driver.cursor(row_factory=namedtuple_row).execute(
+                    sql, {"coach_ids": wanted[aggregate.name], "as_of": as_of}
+                )
                 for name, sql in aggregate.compiled(
                     connection.dialect, summaries=summaries_ready
                 ).items()
             }
             for aggregate in aggregates
+            if wanted[aggregate.name]
         }
+        if also is not None:
+            also()
         if end_transaction:
             driver.commit()
     return {
         aggregate.name: aggregate.values(
             {name: cursor.fetchall() for name, cursor in cursors[aggregate.name].items()},
-            coach_ids,
+            wanted[aggregate.name],
             as_of,
         )
+        if wanted[aggregate.name]
+        else {}
         for aggregate in aggregates
     }
