@@ -28,6 +28,7 @@ from pipeline.aggregates.delta import (
     MIN_LINES,
     Base,
     Reading,
+    SnapshotId,
     merged,
     plan,
     send_checks,
@@ -37,6 +38,8 @@ from pipeline.aggregates.delta import (
 from pipeline.db import psycopg_connection
 from pipeline.freshness import Freshness
 from pipeline.store import AggregateStore
+from pipeline.summaries import STAMP_COLUMN
+from pipeline.summary_sql import STATE_TABLE
 
 log = structlog.get_logger("pipeline.recompute")
 
@@ -72,18 +75,26 @@ class SnapshotStart(NamedTuple):
     at: datetime
     """The database clock at the snapshot's first statement (`clock_timestamp()`)."""
     summaries_ready: bool
-    snapshot: str
-    """`pg_current_snapshot()` as text: the transaction's snapshot (REPEATABLE READ)."""
+    taken: SnapshotId
+    """The transaction's snapshot (REPEATABLE READ) and the server's run."""
+    stamps: bool
+    """Whether the summaries carry stamps (migration 0005, `pipeline.summaries.STAMP_COLUMN`)."""
 
 
 @dataclass(frozen=True)
 class Snapshot:
     """What one REPEATABLE READ, read-only transaction computed: values by aggregate name (by
-    coach), the database clock they are for, and the snapshot (`SnapshotStart.snapshot`)."""
+    coach), the database clock they are for, and the snapshot (`SnapshotStart.taken`)."""
 
     at: datetime
     values: dict[str, dict[UUID, JSONValue]]
-    snapshot: str
+    taken: SnapshotId
+
+
+_STAMPS_SEEN: dict[str, bool] = {}
+"""By database URL, whether this process's last snapshot there saw the summaries' stamps
+(migration 0005): until it has, no stamp check is sent, so a worker deployed before the
+migration reads in full instead of failing."""
 
 
 def compute_snapshot(
@@ -102,46 +113,52 @@ def compute_snapshot(
     snapshot's first statement; it is also the `as_of` the values are computed for, so every
     host agrees on "now". `bases`, by aggregate name and coach: stored values an incremental
     aggregate may start from (`pipeline.aggregates.delta`) when it has `min_lines` lines or
-    more; the others are read in full. `as_of` replaces the snapshot's clock as the clock the
-    values are computed for (a value replayed at a stored clock, a test's moved clock).
+    more; the others are read in full. `as_of`, when given, is the clock the values are
+    computed for instead (the property tests move it by days).
     """
+    database = engine.url.render_as_string()
     with engine.connect() as connection, connection.begin():
         readings: list[Reading] = []
 
         def checks() -> None:
             readings.extend(send_checks(connection, aggregates, bases or {}, min_lines))
 
-        start = snapshot_start(connection, also=checks if bases else None)
+        stamps = _STAMPS_SEEN.get(database, False)
+        start = snapshot_start(connection, also=checks if bases and stamps else None)
+        _STAMPS_SEEN[database] = start.stamps
         clock = start.at if as_of is None else as_of
-        planned = plan(readings, clock) if start.summaries_ready else []
+        ready = start.summaries_ready
+        planned = plan(readings, clock, start.taken.server) if ready else []
         values = compute_all(
             connection,
             aggregates,
             coach_ids,
             clock,
-            end_transaction=not planned,
-            summaries_ready=start.summaries_ready,
+            end_transaction=True,
+            summaries_ready=ready,
             served=served_coaches(planned),
             also=lambda: send_lines(connection, planned, clock),
         )
-        if planned:
-            incremental, missed = merged(planned)
-            for name, by_coach in incremental.items():
-                values[name].update(by_coach)
-            for reading in missed:  # never expected: the roster's stamp tells a client gone
-                log.error("incremental_lines_missing", aggregate=reading.aggregate.name)
-                again = compute_all(connection, [reading.aggregate], [reading.coach], clock)
-                values[reading.aggregate.name].update(again[reading.aggregate.name])
-            psycopg_connection(connection).commit()
-        return Snapshot(clock, values, start.snapshot)
+        incremental, missed = merged(planned)
+    if missed:  # never expected: the roster's stamp tells a listed client gone
+        log.error("incremental_read_incomplete", aggregates=[r.aggregate.name for r in missed])
+        return compute_snapshot(engine, aggregates, coach_ids, as_of=as_of)
+    for name, by_coach in incremental.items():
+        values[name].update(by_coach)
+    return Snapshot(clock, values, start.taken)
 
 
-SNAPSHOT_START = f"SELECT clock_timestamp(), ({SUMMARIES_READY}), pg_current_snapshot()::text"
+SNAPSHOT_START = f"""
+SELECT clock_timestamp(), ({SUMMARIES_READY}), pg_current_snapshot()::text,
+       pg_postmaster_start_time()::text,
+       EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('{STATE_TABLE}')
+               AND attname = '{STAMP_COLUMN}' AND NOT attisdropped)
+"""
 
 
 def snapshot_start(connection: Connection, also: Callable[[], None] | None = None) -> SnapshotStart:
-    """The clock, the summaries' readiness and the snapshot in one round trip with the
-    transaction's BEGIN; `also` is called inside that pipeline to send more statements.
+    """The clock, the summaries' readiness and stamps, and the snapshot in one round trip with
+    the transaction's BEGIN; `also` is called inside that pipeline to send more statements.
 
     All come from the transaction's first statement, so they are the snapshot's.
     """
@@ -152,7 +169,7 @@ def snapshot_start(connection: Connection, also: Callable[[], None] | None = Non
             also()
     row = cursor.fetchone()
     assert row is not None  # a SELECT without FROM returns one row
-    return SnapshotStart(row[0], row[1] is True, row[2])
+    return SnapshotStart(row[0], row[1] is True, SnapshotId(row[2], row[3]), row[4] is True)
 
 
 def database_clock(connection: Connection) -> datetime:
@@ -229,7 +246,7 @@ def recompute_due(
         computed_at=computed_at,
         commit_ms=oldest,
         after=[(freshness.script, call_keys, args) for call_keys, args in marks],
-        snapshot=snapshot.snapshot,
+        snapshots={a.name: snapshot.taken.encode() for a, _ in due if a.incremental is not None},
     )
     seconds = time.perf_counter() - started
     freshness.completed(int(stored_ms), written.after)

@@ -29,7 +29,7 @@ from pipeline.aggregates import Aggregate, JSONValue
 from pipeline.aggregates.delta import Base
 from pipeline.lua import Lua, run_pipeline
 from pipeline.redis_client import RedisClient, is_cluster
-from pipeline.stored import BASE_FIELDS, StoredAggregate, base_from_hash
+from pipeline.stored import HASH_FIELDS, StoredAggregate
 
 STORE_IF_NEWER = """
 local version = tonumber(ARGV[4])
@@ -110,29 +110,27 @@ class AggregateStore:
         """A new version for each coach, in one round trip (one per node on a Cluster)."""
         return self.versions_and_bases(coach_ids, ())[0]
 
-    def bases(self, aggregate: Aggregate, coach_ids: Sequence[UUID]) -> dict[UUID, Base]:
-        """The stored values of `aggregate` that can serve as bases of an incremental recompute
-        (`pipeline.aggregates.delta`), in one round trip (one per node on a Cluster)."""
-        return self.versions_and_bases((), [(aggregate, coach_ids)])[1].get(aggregate.name, {})
-
     def versions_and_bases(
         self, coach_ids: Iterable[UUID], wanted: Sequence[tuple[Aggregate, Sequence[UUID]]]
     ) -> tuple[dict[UUID, int], dict[str, dict[UUID, Base]]]:
-        """(`next_versions` of `coach_ids`, the `bases` of each (aggregate, its coaches) of
-        `wanted`, by aggregate name) in one round trip: a drain's first."""
+        """(`next_versions` of `coach_ids`, by aggregate name the stored values of each
+        (aggregate, its coaches) of `wanted` that can serve as bases of an incremental
+        recompute, `pipeline.aggregates.delta`) in one round trip: a drain's first."""
         coaches = list(dict.fromkeys(coach_ids))
         pipe = self._redis.pipeline(transaction=False)
         for coach_id in coaches:
             pipe.incr(keys.version(coach_id))
         for aggregate, of in wanted:
             for coach_id in of:
-                pipe.hmget(keys.aggregate(aggregate.name, coach_id), BASE_FIELDS)
+                pipe.hmget(keys.aggregate(aggregate.name, coach_id), HASH_FIELDS)
         replies = iter(pipe.execute())
         versions = {coach: int(next(replies)) for coach in coaches}
         bases: dict[str, dict[UUID, Base]] = {}
         for aggregate, of in wanted:
-            found = {coach: base_from_hash(next(replies), aggregate.schema_version) for coach in of}
-            bases[aggregate.name] = {c: base for c, base in found.items() if base is not None}
+            for coach in of:
+                base = _base(coach, aggregate, next(replies))
+                if base is not None:
+                    bases.setdefault(aggregate.name, {})[coach] = base
         return versions, bases
 
     def next_version(self, coach_id: UUID) -> int:
@@ -168,13 +166,14 @@ class AggregateStore:
         computed_at: datetime,
         commit_ms: Mapping[UUID, int | None] | None = None,
         after: Sequence[ScriptCall] = (),
-        snapshot: str = "",
+        snapshots: Mapping[str, str] | None = None,
     ) -> WriteResult:
         """Store several aggregates' values, each coach's at its version, in one round trip
         (one per node on a Cluster). `after`: script calls sent in the same pipeline behind the
         writes (a call whose keys share a slot with a write sees it: a node runs its part of a
-        pipeline in order); their results are `WriteResult.after`. `snapshot`: the snapshot the
-        values were computed from (`pg_current_snapshot()`), stored beside each."""
+        pipeline in order); their results are `WriteResult.after`. `snapshots`, by aggregate name:
+        the snapshot its values were computed from (`SnapshotId.encode`), stored beside each
+        (incremental aggregates'; the others store none)."""
         computed = computed_at.isoformat()
         as_of = snapshot_at.isoformat()
         order = []
@@ -198,7 +197,7 @@ class AggregateStore:
                     as_of=snapshot_at,
                     schema_version=schema_version,
                     value_json=orjson.dumps(value),
-                    snapshot=snapshot,
+                    snapshot=(snapshots or {}).get(aggregate, ""),
                 )
                 fields = [part for pair in stored.to_hash().items() for part in pair]
                 calls.append(
@@ -233,3 +232,12 @@ class AggregateStore:
             stale_by_aggregate=stale_by_aggregate,
             after=tuple(results[len(calls) :]),
         )
+
+
+def _base(coach: UUID, aggregate: Aggregate, fields: Sequence[Any]) -> Base | None:
+    """A stored value as a base (`StoredAggregate.as_base`); None when nothing can serve."""
+    try:
+        stored = StoredAggregate.from_hash(coach, aggregate.name, fields)
+    except (TypeError, ValueError):  # a hash this release did not write
+        return None
+    return None if stored is None else stored.as_base(aggregate.schema_version)

@@ -6,7 +6,6 @@ read API decode what HMGET of `HASH_FIELDS` returns with `from_hash()`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,19 +16,16 @@ from uuid import UUID
 import orjson
 
 from pipeline.aggregates import JSONValue
-from pipeline.aggregates.delta import Base
+from pipeline.aggregates.delta import Base, SnapshotId
 from pipeline.redis_values import as_text
 
 AS_OF_FIELD = "as_of"
 """The field holding the database clock of the value's snapshot (`StoredAggregate.as_of`)."""
 SNAPSHOT_FIELD = "snapshot"
-"""The snapshot the value was computed from (`pg_current_snapshot()`, text; empty when unknown),
-for an incremental recompute to start from (`base_from_hash`)."""
+"""The snapshot an incremental aggregate's value was computed from (`SnapshotId.encode`; empty
+for the others, and when unknown), for an incremental recompute to start from (`as_base`)."""
 HASH_FIELDS = ("version", "computed_at", "schema", "value", AS_OF_FIELD, SNAPSHOT_FIELD)
 """The hash's fields, `version` first: the store's script compares it before writing."""
-BASE_FIELDS = ("schema", "value", AS_OF_FIELD, SNAPSHOT_FIELD)
-SNAPSHOT_TEXT = re.compile(r"[0-9]+:[0-9]+:(?:[0-9]+(?:,[0-9]+)*)?")
-"""`pg_snapshot`'s text form, `xmin:xmax:xip_list` (Postgres manual, "Snapshot Components")."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +40,7 @@ class StoredAggregate:
     value_json: bytes
     """The value as the worker wrote it (JSON), so the read API can send it without parsing."""
     snapshot: str = ""
-    """`pg_current_snapshot()` of the value's transaction, as text; empty when unknown."""
+    """`SnapshotId.encode()` of the value's transaction; empty when not kept or unknown."""
 
     @cached_property
     def value(self) -> JSONValue:
@@ -83,6 +79,19 @@ class StoredAggregate:
             snapshot=as_text(snapshot) if snapshot is not None else "",
         )
 
+    def as_base(self, schema_version: int) -> Base | None:
+        """The value as the base of an incremental recompute (`pipeline.aggregates.delta`), or
+        None: its schema is not `schema_version`, its snapshot unknown or not one Postgres
+        would accept, or its JSON unreadable (then it is read in full, never failing)."""
+        taken = SnapshotId.decode(self.snapshot)
+        if taken is None or self.schema_version != schema_version:
+            return None
+        try:
+            value = self.value
+        except orjson.JSONDecodeError:
+            return None
+        return Base(value, self.as_of, taken) if isinstance(value, dict) else None
+
     def as_json(self) -> dict[str, Any]:
         return {
             "coach_id": str(self.coach_id),
@@ -93,15 +102,3 @@ class StoredAggregate:
             "schema_version": self.schema_version,
             "value": self.value,
         }
-
-
-def base_from_hash(fields: Sequence[Any], schema_version: int) -> Base | None:
-    """Decode HMGET of `BASE_FIELDS`: a base for an incremental recompute, or None when nothing
-    is stored, its snapshot is unknown or its schema is not `schema_version`."""
-    schema, value, as_of, snapshot = fields
-    if value is None or snapshot is None or schema is None or int(schema) != schema_version:
-        return None
-    if not SNAPSHOT_TEXT.fullmatch(as_text(snapshot)):  # empty, or not Postgres's: no cast error
-        return None
-    parsed: JSONValue = orjson.loads(value)
-    return Base(parsed, datetime.fromisoformat(as_text(as_of)), as_text(snapshot))

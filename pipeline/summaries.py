@@ -63,6 +63,7 @@ class Xid8(UserDefinedType[int]):
     cache_ok = True
 
     def get_col_spec(self, **_: object) -> str:
+        """The type's name in DDL."""
         return "xid8"
 
 

@@ -23,10 +23,21 @@ from __future__ import annotations
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateTable
 
-from pipeline.summaries import SCHEMA, SOURCES, STAMP, Summary, anchor, metadata, of_source
+from pipeline.summaries import (
+    SCHEMA,
+    SOURCES,
+    STAMP,
+    STAMP_COLUMN,
+    Summary,
+    anchor,
+    metadata,
+    of_source,
+)
 
 STATE_TABLE = f"{SCHEMA}.summary_state"
-FORGET_SNAPSHOTS = f"UPDATE {STATE_TABLE} SET changed = {STAMP}"
+STAMPED = f"{STAMP_COLUMN} = {STAMP}"
+"""The SET item that stamps a summary row (`pipeline.summaries.STAMP`)."""
+FORGET_SNAPSHOTS = f"UPDATE {STATE_TABLE} SET {STAMPED}"
 """Stamp the state row: no stored value computed from an earlier snapshot may serve as the base
 of an incremental recompute (`pipeline.aggregates.delta`). Run by whatever removes summary rows
 wholesale, which the rows' own stamps cannot tell: a TRUNCATE, a repair of lost triggers, the
@@ -55,7 +66,7 @@ def delta_upsert(summary: Summary, rows: str) -> str:
     sums = [f"sum({SIGN} * ({expression}))" for expression in summary.values.values()]
     having = "" if summary.is_anchor else "HAVING " + " OR ".join(f"{s} <> 0" for s in sums)
     updates = ", ".join(f'"{c}" = s."{c}" + excluded."{c}"' for c in summary.values)
-    columns = ", ".join(f'"{c}"' for c in [*keys, *summary.values, "changed"])
+    columns = ", ".join(f'"{c}"' for c in [*keys, *summary.values, STAMP_COLUMN])
     return f"""
     INSERT INTO {SCHEMA}.{summary.table.name} AS s ({columns})
     SELECT {", ".join(summary.keys.values())}, {", ".join(sums)}, {STAMP}
@@ -63,7 +74,7 @@ def delta_upsert(summary: Summary, rows: str) -> str:
     WHERE coach_id IS NOT NULL AND ({summary.where})
     GROUP BY {positions} {having}
     ORDER BY {positions}
-    ON CONFLICT ({", ".join(keys)}) DO UPDATE SET {updates}, "changed" = excluded."changed";
+    ON CONFLICT ({", ".join(keys)}) DO UPDATE SET {updates}, {STAMPED};
     """
 
 
@@ -77,7 +88,7 @@ def _latest_value(summary: Summary) -> str:
         SELECT {latest.function}({latest.source_column}) FROM public.{summary.source}
         WHERE {match} AND ({summary.where}) AND ({latest.condition}))"""
     checked = f", {latest.checked_at} = now()" if latest.checked_at else ""
-    return f"{value}{checked}, changed = {STAMP}"
+    return f"{value}{checked}, {STAMPED}"
 
 
 def latest_update(summary: Summary, rows: str) -> str:
@@ -130,6 +141,7 @@ def fill_statements(summary: Summary) -> list[str]:
     rows = f"(SELECT 1 AS {SIGN}, * FROM public.{summary.source})"
     return [
         f"TRUNCATE {SCHEMA}.{summary.table.name}",
+        FORGET_SNAPSHOTS,
         *(sql for sql in _statements(summary, rows) if sql),
     ]
 
@@ -205,12 +217,12 @@ def schema_ddl() -> str:
             singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
             ready boolean NOT NULL,
             backfilled_at timestamptz,
-            changed xid8 DEFAULT {STAMP}
+            {STAMP_COLUMN} xid8 DEFAULT {STAMP}
         )
         """,
-        f"ALTER TABLE {STATE_TABLE} ADD COLUMN IF NOT EXISTS changed xid8 DEFAULT {STAMP}",
+        f"ALTER TABLE {STATE_TABLE} ADD COLUMN IF NOT EXISTS {STAMP_COLUMN} xid8 DEFAULT {STAMP}",
         *(
-            f"ALTER TABLE {SCHEMA}.{table.name} ADD COLUMN IF NOT EXISTS changed xid8"
+            f"ALTER TABLE {SCHEMA}.{table.name} ADD COLUMN IF NOT EXISTS {STAMP_COLUMN} xid8"
             for table in metadata.sorted_tables
         ),
         *(trigger_function(source) + triggers(source) for source in SOURCES),
@@ -237,7 +249,7 @@ def rebuild_statements(source: str) -> list[str]:
     """
     main = anchor(source)
     table = f"{SCHEMA}.{main.table.name}"
-    zeros = ", ".join(f'"{column}" = 0' for column in main.values)
+    zeros = ", ".join([*(f'"{column}" = 0' for column in main.values), STAMPED])
     return [
         f"INSERT INTO {table} (coach_id) SELECT id FROM unnest(%(coach_ids)s::uuid[]) AS c(id)"
         " ORDER BY id ON CONFLICT DO NOTHING",
@@ -256,16 +268,16 @@ def rebuild_statements(source: str) -> list[str]:
 def _clear(summary: Summary) -> str:
     """Before a rebuild adds the base rows again: a summary keyed by client keeps its rows,
     zeroed and stamped, so that a reader comparing stamps with an earlier snapshot reads every
-    client of the coach again (a deleted row leaves no stamp); the others' rows are deleted (a
-    zero row in an hourly summary would be an hour with nothing in it)."""
+    client of the coach again (a deleted row leaves no stamp); their latest value is none, read
+    at `now()` (what it stays for a client without a source row: no probe by readers); the
+    others' rows are deleted (a zero row in an hourly summary would be an hour with nothing in
+    it)."""
     where = "WHERE coach_id = ANY(%(coach_ids)s)"
     if "client_id" not in summary.keys:
         return f"DELETE FROM {SCHEMA}.{summary.table.name} {where}"
     latest = summary.latest
     cleared = [f'"{column}" = 0' for column in summary.values]
-    if latest is not None:
+    if latest is not None:  # none: read again below for every key that has a source row
         cleared += [f"{latest.column} = NULL"]
-        cleared += [f"{latest.checked_at} = NULL"] if latest.checked_at else []
-    return (
-        f"UPDATE {SCHEMA}.{summary.table.name} SET {', '.join(cleared)}, changed = {STAMP} {where}"
-    )
+        cleared += [f"{latest.checked_at} = now()"] if latest.checked_at else []
+    return f"UPDATE {SCHEMA}.{summary.table.name} SET {', '.join(cleared)}, {STAMPED} {where}"

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from pipeline import backfill
 from pipeline.aggregates import get
-from pipeline.aggregates.delta import MIN_LINES, Base
+from pipeline.aggregates.delta import MIN_LINES, Base, SnapshotId
 from pipeline.db import make_engine
 from pipeline.migrate import VERSION_TABLE, upgrade
 from pipeline.recompute import Snapshot, compute_snapshot, recompute_due
@@ -53,7 +53,7 @@ def readers(database_url: str) -> Iterator[Engine]:
 def bases_of(snapshot: Snapshot) -> dict[str, dict[UUID, Base]]:
     return {
         CLIENTS.name: {
-            coach: Base(value, snapshot.at, snapshot.snapshot)
+            coach: Base(value, snapshot.at, snapshot.taken)
             for coach, value in snapshot.values[CLIENTS.name].items()
         }
     }
@@ -77,7 +77,8 @@ def assert_oracle(conn: psycopg.Connection[Any], snapshot: Snapshot, coaches: li
         assert snapshot.values[CLIENTS.name][coach] == expected, coach
 
 
-# Besides the row changes: a rebuild of every coach's summaries, a TRUNCATE of a watched table.
+# Besides the row changes: a rebuild of every coach's summaries, a TRUNCATE of the goals (their
+# per-client summary is one coach-clients reads).
 STEPS = st.one_of(CHANGES, st.sampled_from([("rebuild", 0, 0, 0), ("truncate", 0, 0, 0)]))
 
 
@@ -108,7 +109,7 @@ def test_incremental_values_equal_the_oracle_through_any_change_sequence(
             if step[0] == "rebuild":
                 backfill.rebuild(engine, backfill.every_coach(engine))
             elif step[0] == "truncate":
-                conn.execute("TRUNCATE session_feedback")
+                conn.execute("TRUNCATE goals")
                 conn.commit()
             else:
                 as_of = apply(conn, step, as_of)
@@ -263,7 +264,8 @@ def test_a_base_from_a_later_snapshot_is_not_used(
     """Another database's snapshot (a restore, say) ahead of this one's: read in full."""
     before = compute_snapshot(readers, [CLIENTS], [coach])
     value = before.values[CLIENTS.name][coach]
-    ahead = {CLIENTS.name: {coach: Base(value, before.at, "4000000000:4000000000:")}}
+    taken = SnapshotId("4000000000:4000000000:", before.taken.server)
+    ahead = {CLIENTS.name: {coach: Base(value, before.at, taken)}}
     full = readings("full")
     compute_snapshot(readers, [CLIENTS], [coach], ahead)
     assert readings("full") - full == 1
@@ -301,7 +303,7 @@ def test_a_drain_starts_from_the_stored_value(
         served = readings("incremental")
         result = recompute_due(readers, store, [(CLIENTS, [coach])], incremental=True)
         assert (result.stored, readings("incremental") - served) == (1, 1)
-        stored = store.bases(CLIENTS, [coach])[coach]
+        stored = store.versions_and_bases([], [(CLIENTS, [coach])])[1][CLIENTS.name][coach]
         expected = oracle.expected(read_back(conn), CLIENTS.name, coach, stored.as_of)
     assert stored.value == expected
     assert stored.value["clients"][0]["average_goal_progress"] == 90.0
@@ -317,33 +319,138 @@ def test_a_bulk_refresh_reads_in_full(readers: Engine, redis_client: RedisClient
     assert readings("incremental") + readings("full") == checked
 
 
-def test_migration_0005_stamps_a_database_with_data(fresh_database: str) -> None:
-    """A database at 0004 with data (no stamps): upgrading adds them, rows keep NULL, and a
-    value stored from before the migration never serves as a base; one stored after does."""
+@pytest.fixture
+def unstamped(fresh_database: str) -> Iterator[tuple[str, Engine, Engine, UUID]]:
+    """A migrated database of its own with a coach (`seed_coach`): (url, writer, readers,
+    coach). The tests take stamps away from it, as before migration 0005."""
     writer = make_engine(fresh_database)
     readers = make_engine(fresh_database, snapshots=True)
     try:
         upgrade(writer, "coachpipe")
         with psycopg.connect(fresh_database) as conn:
             coach = seed_coach(conn)
-            for table in (*(t.name for t in summary_metadata.sorted_tables), "summary_state"):
-                conn.execute(f"ALTER TABLE {SCHEMA}.{table} DROP COLUMN changed")
-            conn.execute(f"UPDATE {VERSION_TABLE} SET version_num = '0004'")
-            conn.commit()
-        before = compute_snapshot(readers, [CLIENTS], [coach])
-        upgrade(writer, "coachpipe")
-        with psycopg.connect(fresh_database) as conn:
-            full = readings("full")
-            after = compute_snapshot(readers, [CLIENTS], [coach], bases_of(before))
-            assert readings("full") - full == 1
-            conn.execute(
-                "UPDATE goals SET progress = 70 WHERE client_id = %s", (first_client(conn, coach),)
-            )
-            conn.commit()
-            served = readings("incremental")
-            changed = compute_snapshot(readers, [CLIENTS], [coach], bases_of(after))
-            assert readings("incremental") - served == 1
-            assert_oracle(conn, changed, [coach])
+        yield fresh_database, writer, readers, coach
     finally:
         writer.dispose()
         readers.dispose()
+
+
+def test_migration_0005_stamps_a_database_with_data(
+    unstamped: tuple[str, Engine, Engine, UUID],
+) -> None:
+    """A database at 0004 with data (no stamps): upgrading adds them, rows keep NULL, and a
+    value stored from before the migration never serves as a base; one stored after does."""
+    url, writer, readers, coach = unstamped
+    with psycopg.connect(url) as conn:
+        for table in (*(t.name for t in summary_metadata.sorted_tables), "summary_state"):
+            conn.execute(f"ALTER TABLE {SCHEMA}.{table} DROP COLUMN changed")
+        conn.execute(f"UPDATE {VERSION_TABLE} SET version_num = '0004'")
+        conn.commit()
+    before = compute_snapshot(readers, [CLIENTS], [coach])
+    upgrade(writer, "coachpipe")
+    compute_snapshot(readers, [CLIENTS], [coach])  # the process sees the stamps
+    with psycopg.connect(url) as conn:
+        full = readings("full")
+        after = compute_snapshot(readers, [CLIENTS], [coach], bases_of(before))
+        assert readings("full") - full == 1
+        conn.execute(
+            "UPDATE goals SET progress = 70 WHERE client_id = %s", (first_client(conn, coach),)
+        )
+        conn.commit()
+        served = readings("incremental")
+        changed = compute_snapshot(readers, [CLIENTS], [coach], bases_of(after))
+        assert readings("incremental") - served == 1
+        assert_oracle(conn, changed, [coach])
+
+
+def test_a_base_from_another_server_run_is_not_used(
+    database_url: str, readers: Engine, coach: UUID
+) -> None:
+    """Transaction IDs handed out again after a failover, a point-in-time recovery or a crash
+    that lost commits: a snapshot of another run of the server is never compared with."""
+    before = compute_snapshot(readers, [CLIENTS], [coach])
+    value = before.values[CLIENTS.name][coach]
+    taken = SnapshotId(before.taken.snapshot, "2000-01-01 00:00:00+00")
+    full = readings("full")
+    compute_snapshot(
+        readers, [CLIENTS], [coach], {CLIENTS.name: {coach: Base(value, before.at, taken)}}
+    )
+    assert readings("full") - full == 1
+
+
+def test_a_next_session_past_year_9999_is_read_again_not_fatal(
+    database_url: str, readers: Engine, coach: UUID
+) -> None:
+    with psycopg.connect(database_url) as conn:
+        client = first_client(conn, coach)
+        conn.execute(
+            "UPDATE sessions SET scheduled_at = '20260-01-01' WHERE client_id = %s"
+            " AND status = 'scheduled'",
+            (client,),
+        )
+        conn.commit()
+        before = compute_snapshot(readers, [CLIENTS], [coach])
+        assert before.values[CLIENTS.name][coach]["clients"][0]["next_session_at"].startswith(
+            "20260-"
+        )
+        lines = lines_read()
+        after = compute_snapshot(readers, [CLIENTS], [coach], bases_of(before))
+        assert lines_read() - lines == 1
+        assert after.values == before.values
+
+
+def test_a_rebuild_after_writes_without_triggers_reads_the_roster_in_full(
+    database_url: str, engine: Engine, readers: Engine, coach: UUID
+) -> None:
+    """Every client moved away with the triggers off (a restore with triggers disabled): the
+    roster's row is wrong until the rebuild, which stamps it; then the value is read in full."""
+    before = compute_snapshot(readers, [CLIENTS], [coach])
+    with psycopg.connect(database_url) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("UPDATE users SET coach_id = NULL WHERE coach_id = %s", (coach,))
+        conn.commit()
+        backfill.rebuild(engine, [coach])
+        full = readings("full")
+        after = compute_snapshot(readers, [CLIENTS], [coach], bases_of(before))
+        assert readings("full") - full == 1
+        assert after.values[CLIENTS.name][coach] == {"total": 0, "clients": []}
+
+
+def test_a_worker_before_migration_0005_reads_in_full(
+    unstamped: tuple[str, Engine, Engine, UUID],
+) -> None:
+    """Deployed before `coachpipe migrate` (no stamps yet): no stamp check is sent, nothing
+    fails."""
+    url, _, readers, coach = unstamped
+    with psycopg.connect(url) as conn:
+        conn.execute(f"ALTER TABLE {SCHEMA}.summary_state DROP COLUMN changed")
+        conn.commit()
+    before = compute_snapshot(readers, [CLIENTS], [coach])
+    checked = readings("incremental") + readings("full")
+    again = compute_snapshot(readers, [CLIENTS], [coach], bases_of(before))
+    assert readings("incremental") + readings("full") == checked
+    assert again.values == before.values
+
+
+def test_a_write_under_a_savepoint_is_read_again(
+    database_url: str, readers: Engine, coach: UUID
+) -> None:
+    """A writer in flight when the base was taken, its summary rows written in a
+    subtransaction: their stamp is the top-level transaction's, which the base's snapshot lists
+    as in progress (a row's `xmin` would be the subtransaction's, which `pg_visible_in_snapshot`
+    would call visible)."""
+    with psycopg.connect(database_url) as writer, psycopg.connect(database_url) as conn:
+        client = first_client(conn, coach)
+        writer.execute("UPDATE users SET updated_at = now() WHERE id = %s", (coach,))  # an xid
+        with writer.transaction():  # SAVEPOINT
+            writer.execute(
+                "INSERT INTO sessions (coach_id, client_id, status, scheduled_at, completed_at)"
+                " VALUES (%s, %s, 'completed', now(), now())",
+                (coach, client),
+            )
+        before = compute_snapshot(readers, [CLIENTS], [coach])
+        writer.commit()
+        after = compute_snapshot(readers, [CLIENTS], [coach], bases_of(before))
+        assert before.values[CLIENTS.name][coach]["clients"][0]["completed_sessions"] == 3
+        assert after.values[CLIENTS.name][coach]["clients"][0]["completed_sessions"] == 4
+        assert_oracle(conn, after, [coach])

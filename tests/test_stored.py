@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -10,10 +11,10 @@ import pytest
 import redis
 
 from pipeline import keys
-from pipeline.aggregates.delta import Base
+from pipeline.aggregates.delta import Base, SnapshotId
 from pipeline.read import read_aggregate
 from pipeline.store import AggregateStore
-from pipeline.stored import HASH_FIELDS, StoredAggregate, base_from_hash
+from pipeline.stored import HASH_FIELDS, StoredAggregate
 
 COACH = uuid.UUID("00000000-0000-0000-0000-0000000000c1")
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -75,25 +76,32 @@ def test_the_store_writes_exactly_the_layout_and_readers_decode_it(
     assert orjson.loads(stored.value_json) == {"completed": 4}
 
 
-BASE_REPLY = [b"3", b'{"completed":4}', NOW.isoformat().encode(), b"10:20:12,15"]
-
-
-def test_a_base_decodes_the_value_its_clock_and_its_snapshot() -> None:
-    base = base_from_hash(BASE_REPLY, schema_version=3)
-    assert base == Base({"completed": 4}, NOW, "10:20:12,15")
+def test_a_value_with_its_snapshot_is_a_base() -> None:
+    stored = replace(STORED, snapshot="10:20:12,15@2026-12-03 17:12:59.1+00")
+    assert stored.as_base(schema_version=3) == Base(
+        {"completed": 4, "rating": None},
+        NOW - timedelta(seconds=1),
+        SnapshotId("10:20:12,15", "2026-12-03 17:12:59.1+00"),
+    )
 
 
 @pytest.mark.parametrize(
-    "reply",
+    ("snapshot", "schema", "value"),
     [
-        [None, None, None, None],  # nothing stored
-        [b"2", *BASE_REPLY[1:]],  # another schema
-        [*BASE_REPLY[:3], b""],  # written without a snapshot
-        [*BASE_REPLY[:3], None],  # written before snapshots were
-        [*BASE_REPLY[:3], b"10:20:12,15'; DROP TABLE x"],  # not Postgres's: never cast
-        [*BASE_REPLY[:3], b"xmin:xmax:"],
+        ("10:20:@t", 2, STORED.value_json),  # another schema
+        ("", 3, STORED.value_json),  # written without a snapshot
+        ("10:20:", 3, STORED.value_json),  # no server run
+        ("10:20:12,15'; DROP TABLE x@t", 3, STORED.value_json),  # not Postgres's: never cast
+        ("xmin:xmax:@t", 3, STORED.value_json),
+        ("0:0:@t", 3, STORED.value_json),  # Postgres rejects a zero xmin
+        ("5:3:@t", 3, STORED.value_json),  # xmin after xmax
+        ("10:20:15,12@t", 3, STORED.value_json),  # in progress out of order
+        ("10:20:25@t", 3, STORED.value_json),  # in progress past xmax
+        (f"10:{2**64}:@t", 3, STORED.value_json),  # past 64 bits
+        ("10:20:@t", 3, b"{not json"),
+        ("10:20:@t", 3, b"[1, 2]"),  # not an object
     ],
-    ids=["none", "schema", "empty", "missing", "injected", "garbage"],
 )
-def test_no_base_from_what_cannot_serve(reply: list[bytes | None]) -> None:
-    assert base_from_hash(reply, schema_version=3) is None
+def test_no_base_from_what_cannot_serve(snapshot: str, schema: int, value: bytes) -> None:
+    stored = replace(STORED, snapshot=snapshot, schema_version=3, value_json=value)
+    assert stored.as_base(schema_version=schema) is None

@@ -139,7 +139,7 @@ def drain_read(
     snapshot, coach-clients from the value `previous` computed (`pipeline.aggregates.delta`)."""
     bases = {
         aggregate.name: {
-            coach: Base(previous.values[aggregate.name][coach], previous.at, previous.snapshot)
+            coach: Base(previous.values[aggregate.name][coach], previous.at, previous.taken)
         }
         for aggregate in aggregates
         if previous is not None and aggregate.name in previous.values

@@ -6,7 +6,8 @@ JSON value per coach. An aggregate whose statements read summaries (`pipeline.su
 keeps `scan_statements` that read only the base tables, for a database whose summaries are
 not filled yet (`coachpipe backfill`). Every statement takes the same two parameters,
 `:coach_ids` (a batch) and `:as_of` (the clock the value is computed for), so one code path
-serves a realtime recompute of three coaches and a beat refresh of five hundred.
+serves a realtime recompute of three coaches and a beat refresh of five hundred (an
+`Incremental` aggregate's lines statement takes `:client_ids` too, `pipeline.aggregates.delta`).
 """
 
 from __future__ import annotations
@@ -187,24 +188,37 @@ class Aggregate:
         `summaries=False`: the `scan_statements` (when the aggregate has any).
         """
         chosen = self.statements if summaries else self.scan_statements or self.statements
-        key = (self.name, dialect.name, dialect.driver, chosen is self.statements)
-        if key not in _COMPILED:
-            _COMPILED[key] = {
-                name: driver_sql(statement, dialect) for name, statement in chosen.items()
-            }
-        return _COMPILED[key]
+        return _compiled(self.name, "summaries" if summaries else "scan", chosen, dialect)
+
+    def compiled_lines(self, dialect: Dialect) -> str:
+        """`incremental.lines` as SQL for `dialect`, compiled once (see `driver_sql`)."""
+        assert self.incremental is not None, f"{self.name} is not incremental"
+        return _compiled(self.name, "lines", {"lines": self.incremental.lines}, dialect)["lines"]
 
 
-PARAMETERS = frozenset({COACH_IDS.key, AS_OF.key, "client_ids"})
+def _compiled(
+    name: str, kind: str, statements: Mapping[str, Select[Any]], dialect: Dialect
+) -> Mapping[str, str]:
+    key = (name, kind, dialect.name, dialect.driver)
+    if key not in _COMPILED:
+        _COMPILED[key] = {
+            label: driver_sql(statement, dialect) for label, statement in statements.items()
+        }
+    return _COMPILED[key]
+
+
+CLIENT_IDS = bindparam("client_ids", type_=ARRAY(Uuid))
+"""The clients an incremental aggregate's lines statement reads (`Incremental.lines`)."""
+PARAMETERS = frozenset({COACH_IDS.key, AS_OF.key, CLIENT_IDS.key})
 
 
 def driver_sql(statement: Select[Any], dialect: Dialect) -> str:
     """The statement as the driver's SQL, its constants inlined as literals.
 
-    Only `:coach_ids` and `:as_of` stay parameters, so Postgres can plan each statement once
-    (a generic plan, see `compute_all`) for every batch; with the constants as parameters too
-    the generic plans are far worse (status filters of unknown selectivity) and replanning
-    every execution costs more than executing. Compiled once, these strings also spare
+    Only `:coach_ids`, `:as_of` (and `:client_ids`) stay parameters, so Postgres can plan each
+    statement once (a generic plan, see `compute_all`) for every batch; with the constants as
+    parameters too the generic plans are far worse (status filters of unknown selectivity) and
+    replanning every execution costs more than executing. Compiled once, these strings also spare
     SQLAlchemy's per-execution walk of the statement for its cache key.
     """
 
@@ -219,7 +233,7 @@ def driver_sql(statement: Select[Any], dialect: Dialect) -> str:
     return str(expanded.statement)
 
 
-_COMPILED: dict[tuple[str, str, str, bool], Mapping[str, str]] = {}
+_COMPILED: dict[tuple[str, str, str, str], Mapping[str, str]] = {}
 
 SUMMARIES_READY = "SELECT ready FROM coachpipe.summary_state"
 """Whether the summaries may be read (pipeline.summary_sql); one row, in the same snapshot."""

@@ -8,13 +8,11 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import (
-    ARRAY,
     Numeric,
     Select,
     Text,
     Uuid,
     and_,
-    bindparam,
     case,
     cast,
     column,
@@ -28,6 +26,7 @@ from sqlalchemy import (
 
 from pipeline.aggregates.base import (
     AS_OF,
+    CLIENT_IDS,
     COACH_IDS,
     Aggregate,
     Incremental,
@@ -120,8 +119,6 @@ SCAN_STATEMENT = (
 )
 
 _coach = coach_set()
-CLIENT_IDS = bindparam("client_ids", type_=ARRAY(Uuid))
-"""The clients whose lines `LINES_STATEMENT` reads (an incremental recompute's)."""
 
 
 def _listed(only_given: bool) -> Any:
@@ -290,9 +287,17 @@ def _clocked(value: JSONValue, as_of: datetime) -> set[str]:
     return {
         line["id"]
         for line in value["clients"]
-        if line["next_session_at"] is not None
-        and datetime.fromisoformat(line["next_session_at"]) <= as_of
+        if line["next_session_at"] is not None and not _ahead(line["next_session_at"], as_of)
     }
+
+
+def _ahead(moment: str, as_of: datetime) -> bool:
+    """Whether a line's `iso_text` moment is after `as_of`; not when it cannot be read (a year
+    past 9999 has five digits): such a line is read again, never trusted."""
+    try:
+        return datetime.fromisoformat(moment) > as_of
+    except ValueError:
+        return False
 
 
 def _merge(value: JSONValue, rows: Rows) -> JSONValue:

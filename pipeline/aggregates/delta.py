@@ -19,10 +19,15 @@ and reads again, in its own snapshot, only the lines whose summary rows were wri
 
 Each line is computed whole from the summaries at the current snapshot, so the result is the full
 read's value by construction (no delta arithmetic); the property tests compare it with the oracle
-after random changes. A base that is older than it claims would only make more lines read again:
-the stamps are compared with the snapshot stored beside the value, in the same hash write.
-Delivery stays at-least-once: a replay reads the same lines again, a stale write is refused by
-the version compare-and-set as before.
+after random changes. The snapshot is stored with the value, in the same hash write; a snapshot
+older than its value (a worker of an earlier release rewrote the value and left the field) only
+makes more lines read again. Delivery stays at-least-once: a replay reads the same lines again,
+a stale write is refused by the version compare-and-set as before.
+
+Transaction IDs identify a write only within one run of one server: a failover to a standby
+that had not received every commit, a point-in-time recovery or a crash that lost unflushed
+commits hands some out again. So the snapshot is stored with the server's start
+(`pg_postmaster_start_time()`, `SnapshotId`), and a base from another run is read in full.
 """
 
 from __future__ import annotations
@@ -33,14 +38,49 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import psycopg
+import structlog
 from psycopg.rows import namedtuple_row
 from sqlalchemy.engine import Connection
 
 from pipeline import metrics
-from pipeline.aggregates.base import Aggregate, Incremental, JSONValue, driver_sql
+from pipeline.aggregates.base import Aggregate, Incremental, JSONValue
 from pipeline.db import psycopg_connection
-from pipeline.summaries import SCHEMA
+from pipeline.summaries import SCHEMA, STAMP_COLUMN
 from pipeline.summary_sql import STATE_TABLE
+
+log = structlog.get_logger("pipeline.aggregates.delta")
+
+
+@dataclass(frozen=True)
+class SnapshotId:
+    """Which snapshot of which server run a value was computed from: `pg_current_snapshot()`
+    (`xmin:xmax:xip_list`) and `pg_postmaster_start_time()`, both as Postgres prints them.
+    Stored as one text (`encode`) beside the value (`pipeline.stored`)."""
+
+    snapshot: str
+    server: str
+
+    def encode(self) -> str:
+        return f"{self.snapshot}@{self.server}"
+
+    @classmethod
+    def decode(cls, text: str) -> SnapshotId | None:
+        """The stored text read back; None unless Postgres would accept the snapshot (its
+        format, `0 < xmin <= xmax < 2^63`, in-progress IDs ascending in `[xmin, xmax)`: the
+        Postgres manual, "Snapshot Components"), so a bad one never aborts a recompute."""
+        snapshot, _, server = text.partition("@")
+        parts = snapshot.split(":")
+        if not server or len(parts) != 3 or not all(p.isdigit() for p in parts[:2]):
+            return None
+        xmin, xmax = int(parts[0]), int(parts[1])
+        in_progress = parts[2].split(",") if parts[2] else []
+        if not all(p.isdigit() for p in in_progress) or not 0 < xmin <= xmax < 2**63:
+            return None
+        ids = [int(p) for p in in_progress]
+        if ids != sorted(set(ids)) or any(not xmin <= x < xmax for x in ids):
+            return None
+        return cls(snapshot, server)
 
 
 @dataclass(frozen=True)
@@ -49,11 +89,10 @@ class Base:
 
     value: JSONValue
     as_of: datetime
-    snapshot: str
-    """`pg_current_snapshot()` of the transaction the value was computed in, as text."""
+    taken: SnapshotId
 
 
-_SEEN = "pg_visible_in_snapshot({column}, %(snapshot)s::pg_snapshot)"
+_SEEN = f"pg_visible_in_snapshot({STAMP_COLUMN}, %(snapshot)s::pg_snapshot)"
 
 
 def changed_sql(incremental: Incremental) -> str:
@@ -61,35 +100,35 @@ def changed_sql(incremental: Incremental) -> str:
     transaction's snapshot, and the client IDs (text) whose rows were written since."""
     changed = " UNION ".join(
         f"SELECT client_id::text FROM {SCHEMA}.{table} WHERE coach_id = %(coach_id)s"
-        f" AND NOT {_SEEN.format(column='changed')}"
+        f" AND NOT {_SEEN}"
         for table in incremental.by_client
     )
     return f"""
     SELECT pg_snapshot_xmax(%(snapshot)s::pg_snapshot) <= pg_snapshot_xmax(pg_current_snapshot())
-       AND EXISTS (SELECT FROM {STATE_TABLE} WHERE {_SEEN.format(column="changed")})
+       AND EXISTS (SELECT FROM {STATE_TABLE} WHERE {_SEEN})
        AND EXISTS (SELECT FROM {SCHEMA}.{incremental.roster} WHERE coach_id = %(coach_id)s
-                   AND (changed IS NULL OR {_SEEN.format(column="changed")})),
+                   AND ({STAMP_COLUMN} IS NULL OR {_SEEN})),
        ARRAY({changed})
     """
 
 
-_SQL: dict[str, tuple[str, str]] = {}
+_CHANGED_SQL: dict[str, str] = {}
+
+
+def _changed_sql(aggregate: Aggregate) -> str:
+    """`changed_sql` of an incremental aggregate, built once."""
+    if aggregate.name not in _CHANGED_SQL:
+        assert aggregate.incremental is not None
+        _CHANGED_SQL[aggregate.name] = changed_sql(aggregate.incremental)
+    return _CHANGED_SQL[aggregate.name]
+
 
 MIN_LINES = 100
 """A base with fewer lines is not worth it: the value is read in full. Reading a line costs
 about 15 µs (its summaries' rows, its text, its Python dict; the 1M-session whale's 500 lines:
-9.2 ms of 12.5 ms), checking the stamps one statement more and the commit one round trip more
-(1-1.5 ms): a coach of 20 clients read 1.8 ms in full against 3.2 ms incrementally."""
-
-
-def _sql(aggregate: Aggregate, connection: Connection) -> tuple[str, str]:
-    """(changed, lines) SQL of an incremental aggregate, compiled once."""
-    incremental = aggregate.incremental
-    assert incremental is not None
-    if aggregate.name not in _SQL:
-        lines = driver_sql(incremental.lines, connection.dialect)
-        _SQL[aggregate.name] = (changed_sql(incremental), lines)
-    return _SQL[aggregate.name]
+9.2 ms of 12.5 ms), checking the stamps one statement more (a range scan of the coach's rows
+of three summaries, 1 ms for the whale): a coach of 20 clients read 1.8 ms in full against
+3.2 ms incrementally."""
 
 
 @dataclass
@@ -99,14 +138,15 @@ class Reading:
     aggregate: Aggregate
     coach: UUID
     base: Base
-    check: Any
+    check: psycopg.Cursor[Any]
     """The cursor of `changed_sql`, sent in the snapshot's first round trip."""
-    ids: list[str] = field(default_factory=list)
-    lines: Any = None
+    ids: list[UUID] = field(default_factory=list)
+    lines: psycopg.Cursor[Any] | None = None
     """The cursor of the lines of `ids` (none when no line changed)."""
 
     @property
     def incremental(self) -> Incremental:
+        """The aggregate's `Incremental` (every reading is of an incremental aggregate)."""
         assert self.aggregate.incremental is not None
         return self.aggregate.incremental
 
@@ -127,30 +167,53 @@ def send_checks(
             coach,
             base,
             driver.execute(
-                _sql(aggregate, connection)[0], {"coach_id": coach, "snapshot": base.snapshot}
+                _changed_sql(aggregate),
+                {"coach_id": coach, "snapshot": base.taken.snapshot},
             ),
         )
         for aggregate in aggregates
         if aggregate.incremental is not None
         for coach, base in bases.get(aggregate.name, {}).items()
-        if len(aggregate.incremental.listed(base.value)) >= min_lines
+        if _lines(aggregate.incremental, base.value) >= min_lines
     ]
 
 
-def plan(readings: Sequence[Reading], as_of: datetime) -> list[Reading]:
-    """The readings whose base serves at clock `as_of` (its stamps checked, its clock not
-    ahead), each with the IDs of its lines to read again; the others are read in full."""
+UNREADABLE = (KeyError, TypeError, ValueError, AttributeError)
+"""What reading a stored value's lines raises when it is not a value this release wrote."""
+
+
+def _lines(incremental: Incremental, value: JSONValue) -> int:
+    """How many lines a stored value lists; 0 when it cannot be read (it is then read in full)."""
+    try:
+        return len(incremental.listed(value))
+    except UNREADABLE:
+        return 0
+
+
+def plan(readings: Sequence[Reading], as_of: datetime, server: str) -> list[Reading]:
+    """The readings whose base serves at clock `as_of` on the server run `server` (its stamps
+    checked, its clock not ahead, its lines readable), each with the IDs of its lines to read
+    again; the others are read in full."""
     planned = []
     for reading in readings:
         row = reading.check.fetchone()
-        name = reading.aggregate.name
-        if row is None or row[0] is not True or reading.base.as_of > as_of:
-            metrics.INCREMENTAL_RECOMPUTES.labels(name, "full").inc()
-            continue
-        listed = reading.incremental.listed(reading.base.value)
-        stale = set(row[1]) | reading.incremental.clocked(reading.base.value, as_of)
-        reading.ids = sorted(stale & set(listed))
-        planned.append(reading)
+        base = reading.base
+        if (
+            row is not None
+            and row[0] is True
+            and base.taken.server == server
+            and base.as_of <= as_of
+        ):
+            try:
+                listed = set(reading.incremental.listed(base.value))
+                stale = (set(row[1]) | reading.incremental.clocked(base.value, as_of)) & listed
+                reading.ids = sorted(UUID(client) for client in stale)
+            except UNREADABLE:
+                log.warning("incremental_base_unreadable", aggregate=reading.aggregate.name)
+            else:
+                planned.append(reading)
+                continue
+        metrics.INCREMENTAL_RECOMPUTES.labels(reading.aggregate.name, "full").inc()
     return planned
 
 
@@ -168,26 +231,29 @@ def send_lines(connection: Connection, planned: Sequence[Reading], as_of: dateti
     for reading in planned:
         if reading.ids:
             reading.lines = driver.cursor(row_factory=namedtuple_row).execute(
-                _sql(reading.aggregate, connection)[1],
+                reading.aggregate.compiled_lines(connection.dialect),
                 {"coach_ids": [reading.coach], "as_of": as_of, "client_ids": reading.ids},
             )
 
 
 def merged(planned: Sequence[Reading]) -> tuple[dict[str, dict[UUID, JSONValue]], list[Reading]]:
-    """(values by aggregate name and coach, the readings whose lines did not all come back: a
-    listed client gone, which the roster's stamp should have told; read them in full)."""
+    """(values by aggregate name and coach, the readings that could not be completed: a listed
+    client's line did not come back, which the roster's stamp should have told, or the stored
+    value could not be merged; the caller reads those in full)."""
     values: dict[str, dict[UUID, JSONValue]] = {}
     missed = []
     for reading in planned:
         rows: list[Any] = reading.lines.fetchall() if reading.lines is not None else []
         name = reading.aggregate.name
-        if {row.id for row in rows} != set(reading.ids):
+        try:
+            if {row.id for row in rows} != {str(client) for client in reading.ids}:
+                raise KeyError("a listed client's line did not come back")
+            value = reading.incremental.merge(reading.base.value, rows)
+        except UNREADABLE:
             metrics.INCREMENTAL_RECOMPUTES.labels(name, "full").inc()
             missed.append(reading)
             continue
         metrics.INCREMENTAL_RECOMPUTES.labels(name, "incremental").inc()
         metrics.INCREMENTAL_LINES.labels(name).observe(len(reading.ids))
-        values.setdefault(name, {})[reading.coach] = reading.incremental.merge(
-            reading.base.value, rows
-        )
+        values.setdefault(name, {})[reading.coach] = value
     return values, missed
