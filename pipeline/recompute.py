@@ -123,7 +123,7 @@ def compute_snapshot(
         def checks() -> None:
             readings.extend(send_checks(connection, aggregates, bases or {}, min_lines))
 
-        stamps = _STAMPS_SEEN.get(database, False)
+        stamps = _STAMPS_SEEN.pop(database, False)  # back only if the checks did not fail
         start = snapshot_start(connection, also=checks if bases and stamps else None)
         _STAMPS_SEEN[database] = start.stamps
         clock = start.at if as_of is None else as_of
@@ -150,7 +150,7 @@ def compute_snapshot(
 
 SNAPSHOT_START = f"""
 SELECT clock_timestamp(), ({SUMMARIES_READY}), pg_current_snapshot()::text,
-       pg_postmaster_start_time()::text,
+       pg_postmaster_start_time()::text || ' ' || pg_stat_get_bgwriter_stat_reset_time()::text,
        EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('{STATE_TABLE}')
                AND attname = '{STAMP_COLUMN}' AND NOT attisdropped)
 """

@@ -29,7 +29,7 @@ from pipeline.aggregates import Aggregate, JSONValue
 from pipeline.aggregates.delta import Base
 from pipeline.lua import Lua, run_pipeline
 from pipeline.redis_client import RedisClient, is_cluster
-from pipeline.stored import HASH_FIELDS, StoredAggregate
+from pipeline.stored import HASH_FIELDS, StoredAggregate, version_snapshot
 
 STORE_IF_NEWER = """
 local version = tonumber(ARGV[4])
@@ -197,7 +197,7 @@ class AggregateStore:
                     as_of=snapshot_at,
                     schema_version=schema_version,
                     value_json=orjson.dumps(value),
-                    snapshot=(snapshots or {}).get(aggregate, ""),
+                    snapshot=version_snapshot((snapshots or {}).get(aggregate), coach_version),
                 )
                 fields = [part for pair in stored.to_hash().items() for part in pair]
                 calls.append(
@@ -238,6 +238,6 @@ def _base(coach: UUID, aggregate: Aggregate, fields: Sequence[Any]) -> Base | No
     """A stored value as a base (`StoredAggregate.as_base`); None when nothing can serve."""
     try:
         stored = StoredAggregate.from_hash(coach, aggregate.name, fields)
+        return None if stored is None else stored.as_base(aggregate.schema_version)
     except (TypeError, ValueError):  # a hash this release did not write
         return None
-    return None if stored is None else stored.as_base(aggregate.schema_version)

@@ -40,7 +40,7 @@ class StoredAggregate:
     value_json: bytes
     """The value as the worker wrote it (JSON), so the read API can send it without parsing."""
     snapshot: str = ""
-    """`SnapshotId.encode()` of the value's transaction; empty when not kept or unknown."""
+    """`version_snapshot` of the value's transaction; empty when not kept or unknown."""
 
     @cached_property
     def value(self) -> JSONValue:
@@ -81,10 +81,12 @@ class StoredAggregate:
 
     def as_base(self, schema_version: int) -> Base | None:
         """The value as the base of an incremental recompute (`pipeline.aggregates.delta`), or
-        None: its schema is not `schema_version`, its snapshot unknown or not one Postgres
-        would accept, or its JSON unreadable (then it is read in full, never failing)."""
-        taken = SnapshotId.decode(self.snapshot)
-        if taken is None or self.schema_version != schema_version:
+        None: its schema is not `schema_version`, its snapshot unknown, not one Postgres would
+        accept or another version's (`version_snapshot`), its clock without a time zone or its
+        JSON unreadable (then it is read in full, never failing)."""
+        token, _, version = self.snapshot.rpartition("#")
+        taken = SnapshotId.decode(token) if version == str(self.version) else None
+        if taken is None or self.schema_version != schema_version or self.as_of.tzinfo is None:
             return None
         try:
             value = self.value
@@ -102,3 +104,11 @@ class StoredAggregate:
             "schema_version": self.schema_version,
             "value": self.value,
         }
+
+
+def version_snapshot(taken: str | None, version: int) -> str:
+    """The snapshot field of a value at `version` computed in the snapshot `taken`
+    (`SnapshotId.encode`; none: empty): `<taken>#<version>`. A worker of an earlier release
+    rewrites a value without this field; the version in it then no longer matches the hash's,
+    and the snapshot it names is never taken for the new value's (`as_base`)."""
+    return f"{taken}#{version}" if taken else ""

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY as METRICS
 from sqlalchemy import Engine
 
-from pipeline import backfill
+from pipeline import backfill, keys
 from pipeline.aggregates import get
 from pipeline.aggregates.delta import MIN_LINES, Base, SnapshotId
 from pipeline.db import make_engine
@@ -454,3 +454,31 @@ def test_a_write_under_a_savepoint_is_read_again(
         assert before.values[CLIENTS.name][coach]["clients"][0]["completed_sessions"] == 3
         assert after.values[CLIENTS.name][coach]["clients"][0]["completed_sessions"] == 4
         assert_oracle(conn, after, [coach])
+
+
+def test_a_crash_recovery_is_another_server_run(
+    database_url: str, readers: Engine, coach: UUID
+) -> None:
+    """Crash recovery after a backend's crash keeps the postmaster (its start time) but resets
+    the shared statistics, as `pg_stat_reset_shared` does: the run changes, bases taken before
+    are read in full."""
+    before = compute_snapshot(readers, [CLIENTS], [coach])
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_reset_shared('bgwriter')")
+    full = readings("full")
+    after = compute_snapshot(readers, [CLIENTS], [coach], bases_of(before))
+    assert after.taken.server != before.taken.server
+    assert readings("full") - full == 1
+
+
+def test_a_value_an_earlier_release_rewrote_is_no_base(
+    readers: Engine, redis_client: RedisClient, coach: UUID
+) -> None:
+    """A worker of an earlier release writes the value's fields but not the snapshot: the one
+    left there names another version, so it is never taken for this value's."""
+    store = AggregateStore(redis_client)
+    recompute_due(readers, store, [(CLIENTS, [coach])])
+    assert store.versions_and_bases([], [(CLIENTS, [coach])])[1]
+    key = keys.aggregate(CLIENTS.name, coach)
+    redis_client.hset(key, mapping={"version": 99, "value": b'{"total": 0, "clients": []}'})
+    assert store.versions_and_bases([], [(CLIENTS, [coach])])[1] == {}

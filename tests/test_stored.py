@@ -14,7 +14,7 @@ from pipeline import keys
 from pipeline.aggregates.delta import Base, SnapshotId
 from pipeline.read import read_aggregate
 from pipeline.store import AggregateStore
-from pipeline.stored import HASH_FIELDS, StoredAggregate
+from pipeline.stored import HASH_FIELDS, StoredAggregate, version_snapshot
 
 COACH = uuid.UUID("00000000-0000-0000-0000-0000000000c1")
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -76,32 +76,45 @@ def test_the_store_writes_exactly_the_layout_and_readers_decode_it(
     assert orjson.loads(stored.value_json) == {"completed": 4}
 
 
+RUN = "2026-12-03 17:12:59.1+00 2026-12-03 17:12:58.7+00"
+
+
 def test_a_value_with_its_snapshot_is_a_base() -> None:
-    stored = replace(STORED, snapshot="10:20:12,15@2026-12-03 17:12:59.1+00")
+    stored = replace(STORED, snapshot=version_snapshot(f"10:20:12,15@{RUN}", STORED.version))
     assert stored.as_base(schema_version=3) == Base(
         {"completed": 4, "rating": None},
         NOW - timedelta(seconds=1),
-        SnapshotId("10:20:12,15", "2026-12-03 17:12:59.1+00"),
+        SnapshotId("10:20:12,15", RUN),
     )
 
 
 @pytest.mark.parametrize(
     ("snapshot", "schema", "value"),
     [
-        ("10:20:@t", 2, STORED.value_json),  # another schema
+        (f"10:20:@{RUN}#12", 2, STORED.value_json),  # another schema
         ("", 3, STORED.value_json),  # written without a snapshot
-        ("10:20:", 3, STORED.value_json),  # no server run
-        ("10:20:12,15'; DROP TABLE x@t", 3, STORED.value_json),  # not Postgres's: never cast
-        ("xmin:xmax:@t", 3, STORED.value_json),
-        ("0:0:@t", 3, STORED.value_json),  # Postgres rejects a zero xmin
-        ("5:3:@t", 3, STORED.value_json),  # xmin after xmax
-        ("10:20:15,12@t", 3, STORED.value_json),  # in progress out of order
-        ("10:20:25@t", 3, STORED.value_json),  # in progress past xmax
-        (f"10:{2**64}:@t", 3, STORED.value_json),  # past 64 bits
-        ("10:20:@t", 3, b"{not json"),
-        ("10:20:@t", 3, b"[1, 2]"),  # not an object
+        (f"10:20:@{RUN}#11", 3, STORED.value_json),  # another version's (an older worker's)
+        (f"10:20:@{RUN}", 3, STORED.value_json),  # no version
+        ("10:20:#12", 3, STORED.value_json),  # no server run
+        (f"10:20:12,15'; DROP TABLE x@{RUN}#12", 3, STORED.value_json),  # never cast
+        (f"xmin:xmax:@{RUN}#12", 3, STORED.value_json),
+        (f"\u0661\u0660:\u0662\u0660:@{RUN}#12", 3, STORED.value_json),  # not ASCII digits
+        (f"\u00b2:3:@{RUN}#12", 3, STORED.value_json),
+        (f"0:0:@{RUN}#12", 3, STORED.value_json),  # Postgres rejects a zero xmin
+        (f"4294967296:4294967297:@{RUN}#12", 3, STORED.value_json),  # low 32 bits zero
+        (f"5:3:@{RUN}#12", 3, STORED.value_json),  # xmin after xmax
+        (f"10:20:15,12@{RUN}#12", 3, STORED.value_json),  # in progress out of order
+        (f"10:20:25@{RUN}#12", 3, STORED.value_json),  # in progress past xmax
+        (f"10:{2**64}:@{RUN}#12", 3, STORED.value_json),  # past 64 bits
+        (f"10:20:@{RUN}#12", 3, b"{not json"),
+        (f"10:20:@{RUN}#12", 3, b"[1, 2]"),  # not an object
     ],
 )
 def test_no_base_from_what_cannot_serve(snapshot: str, schema: int, value: bytes) -> None:
     stored = replace(STORED, snapshot=snapshot, schema_version=3, value_json=value)
     assert stored.as_base(schema_version=schema) is None
+
+
+def test_no_base_from_a_clock_without_a_time_zone() -> None:
+    stored = replace(STORED, snapshot=f"10:20:@{RUN}#12", as_of=datetime(2026, 1, 2))
+    assert stored.as_base(schema_version=3) is None

@@ -19,19 +19,21 @@ and reads again, in its own snapshot, only the lines whose summary rows were wri
 
 Each line is computed whole from the summaries at the current snapshot, so the result is the full
 read's value by construction (no delta arithmetic); the property tests compare it with the oracle
-after random changes. The snapshot is stored with the value, in the same hash write; a snapshot
-older than its value (a worker of an earlier release rewrote the value and left the field) only
-makes more lines read again. Delivery stays at-least-once: a replay reads the same lines again,
-a stale write is refused by the version compare-and-set as before.
+after random changes. Delivery stays at-least-once: a replay reads the same lines again, a
+stale write is refused by the version compare-and-set as before.
 
 Transaction IDs identify a write only within one run of one server: a failover to a standby
-that had not received every commit, a point-in-time recovery or a crash that lost unflushed
-commits hands some out again. So the snapshot is stored with the server's start
-(`pg_postmaster_start_time()`, `SnapshotId`), and a base from another run is read in full.
+that had not received every commit, a point-in-time recovery or a crash that lost commits
+(asynchronous ones) hands some out again. So the snapshot is stored with the server's run
+(`SnapshotId`: its start, and the reset of its statistics that every crash recovery makes), and
+a base from another run is read in full. And it is stored with the value's version
+(`pipeline.stored`): a worker of an earlier release rewrites the value without the field, and
+the snapshot left there then belongs to another value.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,7 +57,9 @@ log = structlog.get_logger("pipeline.aggregates.delta")
 @dataclass(frozen=True)
 class SnapshotId:
     """Which snapshot of which server run a value was computed from: `pg_current_snapshot()`
-    (`xmin:xmax:xip_list`) and `pg_postmaster_start_time()`, both as Postgres prints them.
+    (`xmin:xmax:xip_list`) and the run, `pg_postmaster_start_time()` with the time the
+    server's statistics were last reset (`pg_stat_get_bgwriter_stat_reset_time()`, which crash
+    recovery after a backend's crash resets without a new postmaster), as Postgres prints them.
     Stored as one text (`encode`) beside the value (`pipeline.stored`)."""
 
     snapshot: str
@@ -66,21 +70,23 @@ class SnapshotId:
 
     @classmethod
     def decode(cls, text: str) -> SnapshotId | None:
-        """The stored text read back; None unless Postgres would accept the snapshot (its
-        format, `0 < xmin <= xmax < 2^63`, in-progress IDs ascending in `[xmin, xmax)`: the
-        Postgres manual, "Snapshot Components"), so a bad one never aborts a recompute."""
+        """The stored text read back; None unless Postgres would accept the snapshot (ASCII
+        digits, `xmin <= xmax < 2^63`, every ID's low 32 bits not 0, in-progress IDs ascending
+        in `[xmin, xmax)`: `parse_snapshot` in Postgres's xid8funcs.c), so a bad one never
+        aborts a recompute."""
         snapshot, _, server = text.partition("@")
-        parts = snapshot.split(":")
-        if not server or len(parts) != 3 or not all(p.isdigit() for p in parts[:2]):
+        if not server or not _SNAPSHOT.fullmatch(snapshot):
             return None
-        xmin, xmax = int(parts[0]), int(parts[1])
-        in_progress = parts[2].split(",") if parts[2] else []
-        if not all(p.isdigit() for p in in_progress) or not 0 < xmin <= xmax < 2**63:
+        xmin_text, xmax_text, listed = snapshot.split(":")
+        xmin, xmax = int(xmin_text), int(xmax_text)
+        ids = [int(x) for x in listed.split(",")] if listed else []
+        valid = all(x % 2**32 != 0 for x in (xmin, xmax, *ids))
+        if not valid or not xmin <= xmax < 2**63 or ids != sorted(set(ids)):
             return None
-        ids = [int(p) for p in in_progress]
-        if ids != sorted(set(ids)) or any(not xmin <= x < xmax for x in ids):
-            return None
-        return cls(snapshot, server)
+        return cls(snapshot, server) if all(xmin <= x < xmax for x in ids) else None
+
+
+_SNAPSHOT = re.compile(r"[0-9]{1,19}:[0-9]{1,19}:(?:[0-9]{1,19}(?:,[0-9]{1,19})*)?")
 
 
 @dataclass(frozen=True)
