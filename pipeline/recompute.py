@@ -90,6 +90,14 @@ class Snapshot:
     values: dict[str, dict[UUID, JSONValue]]
     taken: SnapshotId
 
+    def as_bases(self) -> dict[str, dict[UUID, Base]]:
+        """Every value as the base of a later incremental recompute (by aggregate, by coach):
+        what a drain reads back from the store, without the store."""
+        return {
+            name: {coach: Base(value, self.at, self.taken) for coach, value in by_coach.items()}
+            for name, by_coach in self.values.items()
+        }
+
 
 _STAMPS_SEEN: dict[str, bool] = {}
 """By database URL, whether this process's last snapshot there saw the summaries' stamps

@@ -29,7 +29,6 @@ from devtools.bench.scenarios import FloorProbe, Profile, bench_coaches, write_p
 from devtools.bench.stack import Stack
 from pipeline.aggregates import CRITICAL, Aggregate
 from pipeline.aggregates.base import compute_all
-from pipeline.aggregates.delta import Base
 from pipeline.db import make_engine
 from pipeline.recompute import Snapshot, compute_snapshot, database_clock
 
@@ -137,13 +136,7 @@ def drain_read(
 ) -> tuple[float, Snapshot]:
     """(ms, values) for `aggregates` of `coach` as a drain reads them after a change: one
     snapshot, coach-clients from the value `previous` computed (`pipeline.aggregates.delta`)."""
-    bases = {
-        aggregate.name: {
-            coach: Base(previous.values[aggregate.name][coach], previous.at, previous.taken)
-        }
-        for aggregate in aggregates
-        if previous is not None and aggregate.name in previous.values
-    }
+    bases = previous.as_bases() if previous is not None else None
     started = time.perf_counter()
     snapshot = compute_snapshot(engine, aggregates, [coach], bases)
     return (time.perf_counter() - started) * 1000, snapshot
